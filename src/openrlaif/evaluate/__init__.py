@@ -1,0 +1,1 @@
+"""Evaluation: win rates with confidence intervals (more oversight tools follow)."""

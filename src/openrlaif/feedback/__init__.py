@@ -1,0 +1,1 @@
+"""The auxiliary AI: constitutions, judges, labelling."""

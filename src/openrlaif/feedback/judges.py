@@ -1,0 +1,198 @@
+"""Judges: the auxiliary AI that compares two responses under a principle.
+
+A judge reads both orders of every comparison (A/B and B/A), takes the probability that each slot is
+better from the log-probs of the answer tokens, and averages the two orders (Lee et al. 2023). The
+maths is in pure functions below; ``LocalJudge`` runs it on any local HF causal LM and only computes
+the vocabulary projection for the last position.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from openrlaif.feedback.constitution import Principle
+
+PAIRWISE_TEMPLATE_VERSION = "pairwise-v1"
+
+JUDGE_SYSTEM = "You are a fair, careful judge of AI assistant responses. You answer with a single letter."
+JUDGE_USER = (
+    "A user sent this request:\n{prompt}\n\n"
+    "Response A:\n{a}\n\n"
+    "Response B:\n{b}\n\n"
+    "{question}\nAnswer with one letter: A or B."
+)
+# Written after the assistant header so that the next token is the verdict letter.
+JUDGE_PREFILL = "The better response is Response"
+
+
+@dataclass
+class Comparison:
+    """Is ``first`` better than ``second`` as an answer to ``prompt`` under ``principle``?"""
+
+    prompt: str
+    first: str
+    second: str
+    principle: Principle
+
+
+@dataclass
+class Verdict:
+    p_first: float | None  # P(first is better), the two orders averaged; None = unscored
+    score_ab: float | None  # P(first is better) read with first shown as A
+    score_ba: float | None  # P(first is better) read with first shown as B
+    principle: str
+    rationale: str | None = None
+    raw: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+class Judge(Protocol):
+    def compare(self, items: list[Comparison]) -> list[Verdict]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure maths
+
+
+def logsumexp(values: list[float]) -> float:
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+def prob_first_slot(logp_a: list[float], logp_b: list[float]) -> float:
+    """P(slot A is better) from the log-probs of the tokens that spell 'A' and those that spell 'B'.
+
+    The probability mass of each answer is summed over its token variants, then renormalised over
+    the two answers: sigmoid(logsumexp(A) - logsumexp(B)).
+    """
+    d = logsumexp(logp_a) - logsumexp(logp_b)
+    return 1.0 / (1.0 + math.exp(-d)) if d > -700 else 0.0
+
+
+def combine_orders(p_a_when_first_is_a: float, p_a_when_first_is_b: float) -> tuple[float, float, float]:
+    """Both orders -> (p_first averaged, score_ab, score_ba), all as P(first is better).
+
+    In the swapped order the first response sits in slot B, so P(first better) = 1 - P(A better).
+    """
+    score_ab = p_a_when_first_is_a
+    score_ba = 1.0 - p_a_when_first_is_b
+    return (score_ab + score_ba) / 2.0, score_ab, score_ba
+
+
+def position_stats(verdicts: list[Verdict]) -> dict[str, float | int]:
+    """Position consistency, first-position rate and confidence of a list of scored verdicts.
+
+    - position_consistency: share of comparisons whose two orders pick the same response;
+    - first_position_rate: share of the 2n single-order readings that prefer slot A (0.5 = no bias);
+    - mean_confidence: mean of max(p, 1 - p) of the averaged probability (0.5 = coin flip).
+    """
+    scored = [v for v in verdicts if v.p_first is not None]
+    n = len(scored)
+    if n == 0:
+        return {"n": 0, "unscored": len(verdicts), "position_consistency": float("nan"),
+                "first_position_rate": float("nan"), "mean_confidence": float("nan")}
+    consistent = sum((v.score_ab > 0.5) == (v.score_ba > 0.5) for v in scored)
+    # Slot A holds `first` in the AB reading and `second` in the BA reading.
+    picks_a = sum(v.score_ab > 0.5 for v in scored) + sum(v.score_ba <= 0.5 for v in scored)
+    return {
+        "n": n,
+        "unscored": len(verdicts) - n,
+        "position_consistency": consistent / n,
+        "first_position_rate": picks_a / (2 * n),
+        "mean_confidence": sum(max(v.p_first, 1 - v.p_first) for v in scored) / n,
+    }
+
+
+def truncate(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 3].rstrip() + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Local HF judge
+
+
+def answer_token_ids(tokenizer, letter: str) -> list[int]:
+    """Token ids that can spell the answer letter right after the prefill (' A' and 'A')."""
+    ids = set()
+    for variant in (f" {letter}", letter):
+        toks = tokenizer(variant, add_special_tokens=False).input_ids
+        if toks:
+            ids.add(toks[0])
+    return sorted(ids)
+
+
+class LocalJudge:
+    """Pairwise constitutional judge on a local causal LM, read from answer-token log-probs."""
+
+    def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8,
+                 max_response_chars: int = 1200, description: str = "judge"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.max_response_chars = max_response_chars
+        self.description = description
+        self.ids_a = answer_token_ids(tokenizer, "A")
+        self.ids_b = answer_token_ids(tokenizer, "B")
+        if set(self.ids_a) & set(self.ids_b):
+            raise ValueError("the tokenizer spells 'A' and 'B' with a shared token; cannot read verdicts")
+        self.seconds = 0.0
+
+    def render(self, prompt: str, a: str, b: str, question: str) -> str:
+        from openrlaif.models import chat_prompt
+
+        user = JUDGE_USER.format(prompt=prompt, a=truncate(a, self.max_response_chars),
+                                 b=truncate(b, self.max_response_chars), question=question)
+        messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+        return chat_prompt(self.tokenizer, messages) + JUDGE_PREFILL
+
+    def last_logprobs(self, texts: list[str]) -> list[tuple[list[float], list[float]]]:
+        """For each text: log-probs of the A tokens and the B tokens at the next position."""
+        import torch
+
+        from openrlaif.progress import advance, bar
+
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        encoded = [tok(t, add_special_tokens=False).input_ids for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        results: list[tuple[list[float], list[float]]] = [([], [])] * len(texts)
+        start = time.perf_counter()
+        with bar(self.description, len(texts), "prompts") as progress, torch.inference_mode():
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b : b + self.batch_size]
+                batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                logits = last_position_logits(self.model, batch["input_ids"], batch["attention_mask"])
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                for row, i in zip(logp, idx):
+                    results[i] = (row[self.ids_a].tolist(), row[self.ids_b].tolist())
+                elapsed = time.perf_counter() - start
+                advance(progress, len(idx), (b + len(idx)) / max(elapsed, 1e-9), "prompts")
+        self.seconds += time.perf_counter() - start
+        return results
+
+    def compare(self, items: list[Comparison]) -> list[Verdict]:
+        texts = []
+        for it in items:
+            texts.append(self.render(it.prompt, it.first, it.second, it.principle.text))
+            texts.append(self.render(it.prompt, it.second, it.first, it.principle.text))
+        logps = self.last_logprobs(texts)
+        verdicts = []
+        for n, it in enumerate(items):
+            (a1, b1), (a2, b2) = logps[2 * n], logps[2 * n + 1]
+            p_first, s_ab, s_ba = combine_orders(prob_first_slot(a1, b1), prob_first_slot(a2, b2))
+            verdicts.append(Verdict(p_first, s_ab, s_ba, it.principle.id,
+                                    raw={"logp_ab": [a1, b1], "logp_ba": [a2, b2]}))
+        return verdicts
+
+
+def last_position_logits(model, input_ids, attention_mask):
+    """Logits of the final position only (left padding), without projecting every position."""
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
+    except TypeError:  # older transformers / custom models
+        out = model(input_ids=input_ids, attention_mask=attention_mask)
+    return out.logits[:, -1, :]

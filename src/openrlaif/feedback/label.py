@@ -1,0 +1,145 @@
+"""Stage `label`: candidates -> AI preference pairs.
+
+Every pair of distinct candidates of a prompt is judged in both orders under a principle sampled
+for that comparison; pairs are then selected (best vs worst by mean win probability, or all) and
+written as ``preferences.jsonl`` in TRL's conversational preference format plus the judge's
+probability, per-order scores and principle. ``judge_stats.json`` holds the judge's position
+consistency, first-position rate and confidence.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from itertools import combinations
+
+from openrlaif.config import RunConfig
+from openrlaif.errors import UserError
+from openrlaif.feedback.judges import PAIRWISE_TEMPLATE_VERSION, Comparison, LocalJudge, position_stats
+from openrlaif.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
+
+
+def select_pairs(n: int, p_better: dict[tuple[int, int], float], mode: str, min_margin: float = 0.0
+                 ) -> list[tuple[int, int, float]]:
+    """Choose (chosen, rejected, p_chosen) among ``n`` candidates from judged pair probabilities.
+
+    ``p_better[(i, j)]`` (i < j) is P(candidate i beats candidate j). Every pair is oriented so that
+    p_chosen >= 0.5. 'best_worst' keeps one pair per prompt: the candidate with the highest mean win
+    probability against the others vs the one with the lowest. Pairs with |p - 0.5| < min_margin
+    are dropped as too uncertain.
+    """
+
+    def p(i: int, j: int) -> float:
+        return p_better[(i, j)] if (i, j) in p_better else 1.0 - p_better[(j, i)]
+
+    def oriented(i: int, j: int) -> tuple[int, int, float]:
+        q = p(i, j)
+        return (i, j, q) if q >= 0.5 else (j, i, 1.0 - q)
+
+    judged = sorted({i for pair in p_better for i in pair})
+    if len(judged) < 2:
+        return []
+    if mode == "all":
+        pairs = [oriented(i, j) for i, j in sorted(p_better)]
+    elif mode == "best_worst":
+        neighbours = {i: [j for j in judged if j != i and (min(i, j), max(i, j)) in p_better] for i in judged}
+        wins = {i: sum(p(i, j) for j in neighbours[i]) / len(neighbours[i]) for i in judged}
+        best = max(judged, key=lambda i: (wins[i], -i))
+        worst = min(judged, key=lambda i: (wins[i], i))
+        if best == worst or (min(best, worst), max(best, worst)) not in p_better:
+            return []
+        pairs = [oriented(best, worst)]
+    else:
+        raise ValueError(f"unknown pair mode {mode!r}")
+    return [t for t in pairs if t[2] - 0.5 >= min_margin]
+
+
+def comparison_seed(seed: int, k: int, prompt_id: str, i: int, j: int) -> str:
+    return f"{seed}:{k}:{prompt_id}:{i}:{j}"
+
+
+def build_judge(cfg: RunConfig, description: str = "judge"):
+    from openrlaif.models import load_causal_lm
+
+    spec = cfg.model.judge or cfg.model.policy
+    loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
+    return LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
+                      max_response_chars=cfg.label.max_response_chars, description=description), spec
+
+
+def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
+    """Judge all candidate pairs and write preferences.jsonl + judge_stats.json."""
+    from openrlaif.feedback.constitution import load_constitution
+    from openrlaif.models import set_threads
+
+    # 1. Inputs: this round's candidates and the constitution.
+    cand_path = store.path("candidates.jsonl", k)
+    if not cand_path.is_file():
+        raise UserError(f"{cand_path} not found; run `rlaif generate -o {store.root}` first")
+    rows = read_jsonl(cand_path)
+    constitution = load_constitution(cfg.data.constitution)
+    # 2. One comparison per pair of distinct candidates, each with its own sampled principle.
+    items: list[Comparison] = []
+    keys: list[tuple[int, int, int]] = []
+    for r, row in enumerate(rows):
+        cands = row["candidates"]
+        for i, j in combinations(range(len(cands)), 2):
+            if not cands[i].strip() or not cands[j].strip() or cands[i].strip() == cands[j].strip():
+                continue
+            rng = random.Random(comparison_seed(cfg.seed, k, row["prompt_id"], i, j))
+            items.append(Comparison(row["prompt"], cands[i], cands[j], constitution.sample(rng)))
+            keys.append((r, i, j))
+    # 3. Judge both orders.
+    set_threads(cfg.model.threads)
+    judge, judge_name = build_judge(cfg, "label")
+    start = time.perf_counter()
+    verdicts = judge.compare(items)
+    seconds = time.perf_counter() - start
+    # 4. Select pairs per prompt.
+    per_prompt: dict[int, dict[tuple[int, int], float]] = {}
+    detail: dict[tuple[int, int, int], object] = {}
+    for (r, i, j), v in zip(keys, verdicts):
+        if v.p_first is not None:
+            per_prompt.setdefault(r, {})[(i, j)] = v.p_first
+            detail[(r, i, j)] = v
+    prefs = []
+    for r, probs in per_prompt.items():
+        row = rows[r]
+        for c, rej, p_chosen in select_pairs(len(row["candidates"]), probs, cfg.label.pairs, cfg.label.min_margin):
+            v = detail[(r, min(c, rej), max(c, rej))]
+            chosen_first = c < rej  # the comparison showed the lower index as `first`
+            prefs.append({
+                "prompt": row["messages"],
+                "chosen": [{"role": "assistant", "content": row["candidates"][c]}],
+                "rejected": [{"role": "assistant", "content": row["candidates"][rej]}],
+                "p_chosen": round(p_chosen, 6),
+                "principle": v.principle,
+                "judge": judge_name,
+                "scores_ab": round(v.score_ab if chosen_first else 1 - v.score_ab, 6),
+                "scores_ba": round(v.score_ba if chosen_first else 1 - v.score_ba, 6),
+                "rationale": v.rationale,
+                "source": "ai",
+                "round": k,
+                "prompt_id": row["prompt_id"],
+                "chosen_index": c,
+                "rejected_index": rej,
+            })
+    # 5. Write the pairs and the judge's statistics.
+    atomic_write_jsonl(store.path("preferences.jsonl", k), prefs)
+    stats = position_stats(verdicts)
+    stats.update({
+        "judge": judge_name,
+        "method": "pairwise_logprob",
+        "template": PAIRWISE_TEMPLATE_VERSION,
+        "constitution": constitution.name,
+        "comparisons": len(items),
+        "forward_passes": 2 * len(items),
+        "pairs_written": len(prefs),
+        "pair_mode": cfg.label.pairs,
+        "seconds": round(seconds, 2),
+        "comparisons_per_s": round(len(items) / seconds, 3) if seconds else None,
+        "mean_p_chosen": round(sum(p["p_chosen"] for p in prefs) / len(prefs), 4) if prefs else None,
+    })
+    atomic_write_json(store.path("judge_stats.json", k), stats)
+    return {k2: stats[k2] for k2 in ("comparisons", "pairs_written", "position_consistency",
+                                     "first_position_rate", "mean_confidence", "comparisons_per_s")}

@@ -1,0 +1,136 @@
+"""Stage `generate`: sample N candidates per train prompt from the policy (best-of-N data).
+
+Reads the train prompts named in the config, writes ``round_K/candidates.jsonl`` with one row per
+prompt: ``{prompt_id, prompt, messages, candidates: [str, ...], finished: [bool, ...]}``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from openrlaif.config import RunConfig
+from openrlaif.store import RunStore, atomic_write_jsonl
+
+Conversation = list[dict[str, str]]
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class SampleStats:
+    sequences: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    finished: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+class Sampler(Protocol):
+    """Anything that turns conversations into n sampled assistant replies each."""
+
+    def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]: ...
+
+
+class HFSampler:
+    """Batched sampling with transformers ``generate`` (left padding, sorted by length).
+
+    After ``sample`` the attributes ``stats`` (tokens, seconds) and ``finished`` (whether each
+    sample ended with the end-of-turn token rather than hitting ``max_new_tokens``) are set.
+    """
+
+    def __init__(self, model, tokenizer, description: str = "generate"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.description = description
+        self.stats = SampleStats()
+        self.finished: list[list[bool]] = []
+
+    def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]:
+        import torch
+
+        from openrlaif.models import chat_prompt, end_of_turn_id
+        from openrlaif.progress import advance, bar
+
+        tok = self.tokenizer
+        stop_ids = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
+        texts = [chat_prompt(tok, conv) for conv in prompts]
+        lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
+        # Sequence j of prompt i sits at flat index i * n + j; decode longest prompts together.
+        flat = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        order = sorted(range(len(flat)), key=lambda f: -lengths[flat[f][0]])
+        outputs: list[list[str]] = [["" for _ in range(n)] for _ in prompts]
+        finished: list[list[bool]] = [[False] * n for _ in prompts]
+        stats = SampleStats(sequences=len(flat))
+        torch.manual_seed(params.seed)
+        tok.padding_side = "left"
+        start = time.perf_counter()
+        with bar(self.description, len(flat), "tok") as progress, torch.inference_mode():
+            for b in range(0, len(order), params.batch_size):
+                chunk = [flat[f] for f in order[b : b + params.batch_size]]
+                enc = tok([texts[i] for i, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+                out = self.model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=0,
+                    max_new_tokens=params.max_new_tokens,
+                    eos_token_id=stop_ids,
+                    pad_token_id=tok.pad_token_id,
+                )
+                new = out[:, enc["input_ids"].shape[1] :]
+                for row, (i, j) in zip(new.tolist(), chunk):
+                    ended = next((t for t, tid in enumerate(row) if tid in stop_ids), None)
+                    kept = row if ended is None else row[:ended]
+                    outputs[i][j] = tok.decode(kept, skip_special_tokens=True).strip()
+                    finished[i][j] = ended is not None
+                    stats.new_tokens += len(kept) + (1 if ended is not None else 0)
+                    stats.finished += ended is not None
+                stats.seconds = time.perf_counter() - start
+                advance(progress, len(chunk), stats.tokens_per_s, "tok")
+        self.stats = stats
+        self.finished = finished
+        return outputs
+
+
+def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
+    """Sample ``generate.n`` candidates for every train prompt and write candidates.jsonl."""
+    from openrlaif.models import load_causal_lm, set_threads
+    from openrlaif.prompts import load_prompts, select
+
+    # 1. The train prompts.
+    prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
+    # 2. The policy that samples this round (round 1: the starting policy).
+    set_threads(cfg.model.threads)
+    policy = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    # 3. Sample N candidates per prompt.
+    sampler = HFSampler(policy.model, policy.tokenizer)
+    params = SamplingParams(cfg.generate.temperature, cfg.generate.top_p, cfg.generate.max_new_tokens,
+                            cfg.generate.batch_size, cfg.seed + 1000 * k)
+    candidates = sampler.sample([p.messages for p in prompts], cfg.generate.n, params)
+    # 4. Write one row per prompt.
+    rows = [
+        {"prompt_id": p.id, "prompt": p.text, "messages": p.messages, "candidates": cands, "finished": fin}
+        for p, cands, fin in zip(prompts, candidates, sampler.finished)
+    ]
+    atomic_write_jsonl(store.path("candidates.jsonl", k), rows)
+    s = sampler.stats
+    return {
+        "prompts": len(prompts),
+        "sequences": s.sequences,
+        "new_tokens": s.new_tokens,
+        "tokens_per_s": round(s.tokens_per_s, 2),
+        "finished_rate": round(s.finished / max(s.sequences, 1), 3),
+    }

