@@ -77,7 +77,7 @@ class LabelConfig(_Strict):
     )
     batch_size: int = Field(8, ge=1, description="Judge prompts scored together (grouped by length).")
     max_response_chars: int = Field(
-        1200, ge=50, description="Responses are cut to this many characters inside the judge prompt."
+        600, ge=50, description="Responses are cut to this many characters inside the judge prompt."
     )
     min_margin: float = Field(
         0.0,
@@ -118,7 +118,7 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(64, ge=1, description="Maximum tokens per eval answer.")
     batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
     tie_margin: float = Field(
-        0.05, ge=0, lt=0.5, description="|p - 0.5| at or below this counts as a tie."
+        0.01, ge=0, lt=0.5, description="|p - 0.5| at or below this counts as a tie."
     )
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for the 95% CI.")
 

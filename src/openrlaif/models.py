@@ -128,6 +128,7 @@ def load_causal_lm(spec: str, dtype: str = "float32", field: str = "model.policy
 
     path = resolve_model(spec, field)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
     model.eval()
     return LoadedModel(model=model, tokenizer=load_tokenizer(path), path=str(path))

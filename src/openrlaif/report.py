@@ -15,6 +15,11 @@ def _fmt(x, digits=3):
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def write_report(store: RunStore, k: int = 1) -> str:
     m = store.read_manifest()
     lines = [f"# OpenRLAIF run: {m.get('name', '')}", "", f"Run directory: `{store.root}`", ""]
@@ -60,9 +65,9 @@ def write_report(store: RunStore, k: int = 1) -> str:
             lines += ["", "### Samples", ""]
             for s in read_jsonl(samples_path)[:3]:
                 p = s.get("p_trained_better")
-                lines += [f"**Prompt:** {s['prompt']}", "",
-                          f"- *trained:* {s['trained'][:400]}",
-                          f"- *start:* {s['start'][:400]}",
+                lines += [f"**Prompt:** {_one_line(s['prompt'])}", "",
+                          f"- *trained:* {_one_line(s['trained'])}",
+                          f"- *start:* {_one_line(s['start'])}",
                           f"- judge ({s['principle']}): P(trained better) = {_fmt(p)}", ""]
     text = "\n".join(lines) + "\n"
     atomic_write_text(store.report_path, text)

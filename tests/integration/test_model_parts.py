@@ -1,0 +1,184 @@
+"""Model-facing parts on the tiny model: loading, sampler bookkeeping, judge batching, encoding."""
+
+import math
+
+import pytest
+import torch
+
+from openrlaif.errors import UserError
+from openrlaif.feedback.constitution import Principle
+from openrlaif.feedback.judges import JUDGE_PREFILL, Comparison, LocalJudge, answer_token_ids
+from openrlaif.generate import HFSampler, SamplingParams
+from openrlaif.models import chat_prompt, end_of_turn_id, load_causal_lm, load_tokenizer, resolve_model
+from openrlaif.optimize.dpo import collate, encode_pair_side, smoothing_for
+from openrlaif.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_causal_lm(str(tiny_model_dir))
+
+
+def test_resolve_model(tiny_model_dir, tmp_path):
+    assert resolve_model(str(tiny_model_dir)) == tiny_model_dir
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="without config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match=r"model.judge: unknown model '/no/such'"):
+        resolve_model("/no/such", "model.judge")
+    # a hub id that is not in the (offline) cache is an error, not a download
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+        resolve_model("nobody-xyz/not-a-real-model-123")
+
+
+def test_tokenizer_and_chat_template(tiny):
+    tok = tiny.tokenizer
+    assert end_of_turn_id(tok) == tok.convert_tokens_to_ids("<|im_end|>")
+    text = chat_prompt(tok, [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}])
+    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_tokenizer_without_chat_template_is_refused(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(UserError, match="no chat template"):
+        load_tokenizer(tmp_path)
+
+
+class ScriptedModel:
+    """Stands in for a causal LM: 'generates' a reply that names the prompt it was given."""
+
+    def __init__(self, tok, stop_for):
+        self.tok = tok
+        self.stop_for = stop_for
+        self.calls = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, **kw):
+        self.calls.append(input_ids.shape[0])
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            assert mask[0] == 0 or all(mask)  # left padding
+            text = self.tok.decode([t for t, m in zip(ids, mask) if m])
+            word = text.split("user\n", 1)[1].split("<|im_end|>")[0]
+            reply = self.tok(f" {word} ok", add_special_tokens=False).input_ids
+            if word in self.stop_for:
+                reply = reply + [eos_token_id[0]] + self.tok(" after stop", add_special_tokens=False).input_ids
+            reply = (reply + [pad_token_id] * max_new_tokens)[:max_new_tokens]
+            rows.append(ids + reply)
+        return torch.tensor(rows)
+
+
+def test_sampler_maps_outputs_back_and_stops(tiny):
+    tok = tiny.tokenizer
+    prompts = [[{"role": "user", "content": w}] for w in ["cat", "elephant giraffe zebra", "dog"]]
+    model = ScriptedModel(tok, stop_for={"cat", "dog"})
+    sampler = HFSampler(model, tok)
+    out = sampler.sample(prompts, 2, SamplingParams(max_new_tokens=30, batch_size=4))
+    assert out == [["cat ok"] * 2, ["elephant giraffe zebra ok"] * 2, ["dog ok"] * 2]
+    assert sampler.finished == [[True, True], [False, False], [True, True]]
+    assert model.calls == [4, 2]  # 6 sequences in batches of 4
+    assert sampler.stats.sequences == 6
+    assert sampler.stats.finished == 4
+    n_cat = len(tok(" cat ok", add_special_tokens=False).input_ids) + 1
+    n_dog = len(tok(" dog ok", add_special_tokens=False).input_ids) + 1
+    assert sampler.stats.new_tokens == 2 * n_cat + 2 * n_dog + 2 * 30
+
+
+def test_sampler_real_model_is_seeded(tiny):
+    sampler = HFSampler(tiny.model, tiny.tokenizer)
+    convs = [[{"role": "user", "content": "Why is the sky blue?"}], [{"role": "user", "content": "Hi"}]]
+    params = SamplingParams(temperature=1.5, max_new_tokens=6, batch_size=3, seed=11)
+    a = sampler.sample(convs, 2, params)
+    b = sampler.sample(convs, 2, params)
+    assert a == b
+    assert len(a) == 2 and all(len(x) == 2 for x in a)
+    assert sampler.stats.new_tokens <= 4 * 6
+
+
+def test_judge_answer_tokens(tiny):
+    tok = tiny.tokenizer
+    a, b = answer_token_ids(tok, "A"), answer_token_ids(tok, "B")
+    assert a and b and not set(a) & set(b)
+    assert tok.convert_tokens_to_ids("A") in a
+
+
+def test_judge_render(tiny):
+    judge = LocalJudge(tiny.model, tiny.tokenizer, max_response_chars=50)
+    text = judge.render("the question", "x" * 80, "short", "Which is better?")
+    assert text.endswith("<|im_start|>assistant\n" + JUDGE_PREFILL)
+    assert "x" * 47 + "..." in text and "x" * 48 not in text
+    assert "Response B:\nshort" in text
+    assert "Which is better?" in text
+
+
+def test_judge_is_batch_invariant_and_consistent(tiny):
+    """Left padding must not change a verdict: batch size 1 and 8 give the same probabilities."""
+    principle = Principle("helpful", "Which response is more helpful?")
+    items = [
+        Comparison("Why is the sky blue?", "Sunlight scatters.", "Because of the sea and the stars at night.", principle),
+        Comparison("Hi", "Hello! How can I help you today?", "no", principle),
+        Comparison("List the planets.", "Mercury, Venus, Earth, Mars, Jupiter, Saturn, Uranus, Neptune.", "Mars", principle),
+    ]
+    one = LocalJudge(tiny.model, tiny.tokenizer, batch_size=1).compare(items)
+    many = LocalJudge(tiny.model, tiny.tokenizer, batch_size=8).compare(items)
+    for v1, v8 in zip(one, many):
+        assert v1.p_first == pytest.approx(v8.p_first, abs=1e-4)
+        assert v1.score_ab == pytest.approx(v8.score_ab, abs=1e-4)
+        assert v1.score_ba == pytest.approx(v8.score_ba, abs=1e-4)
+        assert v1.p_first == pytest.approx((v1.score_ab + v1.score_ba) / 2)
+        assert v1.principle == "helpful"
+        (la, lb) = v1.raw["logp_ab"]
+        assert all(x <= 0 for x in la + lb)
+        pa = sum(math.exp(x) for x in la)
+        pb = sum(math.exp(x) for x in lb)
+        assert v1.score_ab == pytest.approx(pa / (pa + pb), abs=1e-6)
+
+
+def test_encode_pair_side(tiny):
+    tok = tiny.tokenizer
+    eot = end_of_turn_id(tok)
+    prompt = [{"role": "user", "content": "Explain why the sky is blue in simple words please."}]
+    p_ids = tok(chat_prompt(tok, prompt), add_special_tokens=False).input_ids
+    r_ids = tok("Sunlight scatters off molecules.", add_special_tokens=False).input_ids
+
+    enc = encode_pair_side(tok, prompt, "Sunlight scatters off molecules.", max_length=200)
+    assert enc.input_ids == p_ids + r_ids + [eot]
+    assert enc.response_mask == [0] * len(p_ids) + [1] * (len(r_ids) + 1)
+
+    # tight budget: the prompt keeps its end (the assistant header), at most half the budget
+    budget = 16
+    enc = encode_pair_side(tok, prompt, "Sunlight scatters off molecules.", max_length=budget)
+    assert len(enc.input_ids) <= budget
+    n_prompt = enc.response_mask.count(0)
+    assert 1 <= n_prompt <= budget // 2
+    assert enc.input_ids[:n_prompt] == p_ids[-n_prompt:]
+    assert enc.input_ids[n_prompt:] == (r_ids + [eot])[: len(enc.input_ids) - n_prompt]
+
+    # a response longer than the budget is cut; the sequence never exceeds max_length
+    enc = encode_pair_side(tok, prompt, "water " * 100, max_length=32)
+    assert len(enc.input_ids) == 32
+    assert len(enc.input_ids) == len(enc.response_mask)
+    assert enc.response_mask[0] == 0 and enc.response_mask[-1] == 1
+
+
+def test_collate_right_pads():
+    from openrlaif.optimize.dpo import Encoded
+
+    ids, attn, resp = collate([Encoded([5, 6, 7], [0, 1, 1]), Encoded([8], [1])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert attn.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert resp.tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+def test_smoothing_for():
+    soft = TrainConfig()
+    hard = TrainConfig(soft_labels=False, label_smoothing=0.1)
+    assert smoothing_for({"p_chosen": 0.8}, soft) == pytest.approx(0.2)
+    assert smoothing_for({"p_chosen": 0.3}, soft) == pytest.approx(0.5)  # clamped to at most 0.5
+    assert smoothing_for({"p_chosen": 1.2}, soft) == 0.0  # clamped to at least 0
+    assert smoothing_for({}, soft) == 0.0  # no judge probability: the fixed value
+    assert smoothing_for({"p_chosen": 0.8}, hard) == pytest.approx(0.1)

@@ -1,0 +1,151 @@
+"""The whole round through openrlaif.pipeline.run: outputs, manifest, resume, config guard."""
+
+import json
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+import openrlaif
+from conftest import tiny_overrides
+from openrlaif import pipeline
+from openrlaif.config import dump_config, load_config
+from openrlaif.errors import UserError
+from openrlaif.store import STAGES, RunStore, sha256_file
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_model_dir):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir))
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    result = pipeline.run(cfg, out)
+    return cfg, out, result
+
+
+def test_result_and_files(full_run):
+    cfg, out, result = full_run
+    assert result["run_dir"] == str(out)
+    ev = json.loads((out / "round_1" / "eval.json").read_text())
+    assert result["eval"]["win_rate"] == ev["win_rate"]
+    assert result["eval"]["n"] == ev["n"] == 4
+    for name in ("candidates.jsonl", "preferences.jsonl", "judge_stats.json", "eval.json", "samples.jsonl",
+                 "ref_logps.json", "policy/adapter_config.json", "policy/adapter_model.safetensors"):
+        assert (out / "round_1" / name).is_file(), name
+    weights = load_file(str(out / "round_1" / "policy" / "adapter_model.safetensors"))
+    assert any(v.abs().max().item() > 0 for k, v in weights.items() if "lora_B" in k)
+    # no temp files or directories left behind anywhere
+    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp") or ".old-" in p.name]
+    assert leftovers == []
+
+
+def test_config_resolved_and_report(full_run):
+    cfg, out, _ = full_run
+    resolved = (out / "config.resolved.yaml").read_text()
+    assert resolved == dump_config(cfg)
+    assert yaml.safe_load(resolved)["generate"]["n"] == 3
+    report = (out / "report.md").read_text()
+    assert "# OpenRLAIF run" in report
+    ev = json.loads((out / "round_1" / "eval.json").read_text())
+    assert f"Win rate {ev['win_rate']:.3f}" in report
+    for name in STAGES:
+        assert f"| {name} | done |" in report
+
+
+def test_manifest_contents(full_run, tiny_model_dir):
+    cfg, out, _ = full_run
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["name"] == cfg.name
+    assert m["seeds"] == {"seed": cfg.seed}
+    assert m["inputs"]["policy"] == str(tiny_model_dir)
+    assert m["inputs"]["judge"] == str(tiny_model_dir)
+    builtin = openrlaif.pipeline.validate_inputs(cfg)
+    assert m["inputs"]["prompts"] == builtin["prompts"]
+    assert len(m["inputs"]["prompts"]) == 64 and len(m["inputs"]["constitution"]) == 64
+    from openrlaif.prompts import builtin_path
+    assert m["inputs"]["prompts"] == sha256_file(builtin_path("prompts.jsonl"))
+    for pkg in ("python", "torch", "transformers", "peft", "openrlaif"):
+        assert m["versions"][pkg]
+    assert m["versions"]["openrlaif"] == openrlaif.__version__
+    assert len(m["config_sha256"]) == 64
+    for name in STAGES:
+        st = m["stages"][f"round_1/{name}"]
+        assert st["status"] == "done"
+        assert isinstance(st["wall_s"], float) and st["wall_s"] >= 0
+        assert st["peak_rss_mb"] > 0
+        assert "updated" in st and "summary" in st
+
+
+def test_second_call_skips_every_stage(full_run, monkeypatch):
+    cfg, out, first = full_run
+    before = json.loads((out / "manifest.json").read_text())["stages"]
+    eval_bytes = (out / "round_1" / "eval.json").read_bytes()
+
+    def must_not_run(name):
+        raise AssertionError(f"stage {name} ran again")
+
+    monkeypatch.setattr(pipeline, "stage_function", must_not_run)
+    second = pipeline.run(cfg, out)
+    assert second == first
+    after = json.loads((out / "manifest.json").read_text())["stages"]
+    assert after == before  # statuses, 'updated' timestamps and wall times unchanged
+    assert (out / "round_1" / "eval.json").read_bytes() == eval_bytes
+
+
+def test_different_config_same_dir_is_refused(full_run, tiny_model_dir):
+    cfg, out, _ = full_run
+    config_before = (out / "config.resolved.yaml").read_text()
+    other = load_config(None, tiny_overrides(tiny_model_dir) + ["train.beta=0.3"])
+    with pytest.raises(UserError) as ei:
+        pipeline.run(other, out)
+    assert "different config" in str(ei.value)
+    assert str(out / "config.resolved.yaml") in str(ei.value)
+    assert (out / "config.resolved.yaml").read_text() == config_before
+
+
+def test_open_run_validates_before_writing(tiny_model_dir, tmp_path):
+    bad = load_config(None, tiny_overrides(tiny_model_dir) + [f"data.prompts={tmp_path / 'missing.jsonl'}"])
+    with pytest.raises(UserError, match="not found"):
+        pipeline.run(bad, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_stage_is_recorded_and_resumed(tiny_model_dir, tmp_path, monkeypatch):
+    """A stage that crashes is marked failed; the next run redoes only the unfinished stages."""
+    cfg = load_config(None, tiny_overrides(tiny_model_dir))
+    out = tmp_path / "run"
+    calls = []
+    crash = {"train": True}
+
+    def fake_stage(name):
+        def run(cfg, store, k=1):
+            calls.append(name)
+            if crash.pop(name, False):
+                raise RuntimeError("out of memory (simulated)")
+            return {}
+        return run
+
+    monkeypatch.setattr(pipeline, "stage_function", fake_stage)
+    with pytest.raises(RuntimeError, match="simulated"):
+        pipeline.run(cfg, out)
+    store = RunStore(out)
+    assert store.stage_done("generate") and store.stage_done("label")
+    st = store.stage_status("train")
+    assert st["status"] == "failed" and "out of memory" in st["error"]
+    assert store.stage_status("eval") == {}
+    calls.clear()
+    pipeline.run(cfg, out)
+    assert calls == ["train", "eval"]
+    assert all(store.stage_done(s) for s in STAGES)
+    # --force redoes everything
+    calls.clear()
+    pipeline.run(cfg, out, force=True)
+    assert calls == list(STAGES)
+
+
+def test_python_api_entry_point(tiny_model_dir, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(pipeline, "stage_function", lambda name: (lambda c, s, k=1: seen.append(name) or {}))
+    result = openrlaif.run(None, out=tmp_path / "r", overrides=tiny_overrides(tiny_model_dir))
+    assert seen == list(STAGES)
+    assert result["run_dir"] == str(tmp_path / "r")
+    assert load_config(tmp_path / "r" / "config.resolved.yaml").model.policy == str(tiny_model_dir)

@@ -1,0 +1,231 @@
+"""Each stage on the tiny random Llama, in order, on one run directory."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_overrides
+from openrlaif.config import load_config
+from openrlaif.errors import UserError
+from openrlaif.feedback.constitution import load_constitution
+from openrlaif.pipeline import open_run, run_stage
+from openrlaif.prompts import load_prompts, select
+from openrlaif.store import STAGES, RunStore, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory, tiny_model_dir):
+    """Run generate, label, train, eval in order (hard labels, so DPO has a real signal)."""
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["train.soft_labels=false"])
+    out = tmp_path_factory.mktemp("staged") / "run"
+    store = open_run(cfg, out)
+    summaries = {}
+    for name in STAGES:
+        summaries[name] = run_stage(name, cfg, store)
+    return cfg, store, summaries
+
+
+def test_manifest_after_stages(staged):
+    cfg, store, summaries = staged
+    m = store.read_manifest()
+    for name in STAGES:
+        st = m["stages"][f"round_1/{name}"]
+        assert st["status"] == "done"
+        assert st["wall_s"] >= 0
+        assert st["summary"] == json.loads(json.dumps(summaries[name]))
+    done_events = [r["stage"] for r in store.read_metrics() if r.get("event") == "done"]
+    assert done_events == list(STAGES)
+
+
+def test_generate_output(staged):
+    cfg, store, summaries = staged
+    rows = read_jsonl(store.path("candidates.jsonl"))
+    expected = select(load_prompts("builtin"), "train", cfg.data.max_train_prompts)
+    assert len(rows) == cfg.data.max_train_prompts == 4
+    assert [r["prompt_id"] for r in rows] == [p.id for p in expected]
+    for r, p in zip(rows, expected):
+        assert r["prompt"] == p.text
+        assert r["messages"] == p.messages
+        assert len(r["candidates"]) == cfg.generate.n == 3
+        assert all(isinstance(c, str) for c in r["candidates"])
+        assert len(r["finished"]) == 3 and all(isinstance(f, bool) for f in r["finished"])
+    assert summaries["generate"]["prompts"] == 4
+    assert summaries["generate"]["sequences"] == 12
+    # no candidate can have more than max_new_tokens new tokens
+    assert 0 < summaries["generate"]["new_tokens"] <= 12 * cfg.generate.max_new_tokens
+    # high temperature on a random model: candidates of a prompt differ
+    assert any(len(set(r["candidates"])) > 1 for r in rows)
+
+
+def test_label_output(staged):
+    cfg, store, summaries = staged
+    prefs = read_jsonl(store.path("preferences.jsonl"))
+    cands = {r["prompt_id"]: r for r in read_jsonl(store.path("candidates.jsonl"))}
+    principle_ids = {p.id for p in load_constitution("builtin").principles}
+    assert len(prefs) > 0
+    assert len(prefs) <= len(cands)  # best_worst: at most one pair per prompt
+    for p in prefs:
+        row = cands[p["prompt_id"]]
+        assert p["prompt"] == row["messages"]
+        assert p["chosen"] == [{"role": "assistant", "content": row["candidates"][p["chosen_index"]]}]
+        assert p["rejected"] == [{"role": "assistant", "content": row["candidates"][p["rejected_index"]]}]
+        assert p["chosen_index"] != p["rejected_index"]
+        assert 0.5 <= p["p_chosen"] <= 1.0
+        # p_chosen is the mean of the two order readings (oriented toward the chosen response)
+        assert p["p_chosen"] == pytest.approx((p["scores_ab"] + p["scores_ba"]) / 2, abs=2e-6)
+        assert 0.0 <= p["scores_ab"] <= 1.0 and 0.0 <= p["scores_ba"] <= 1.0
+        assert p["principle"] in principle_ids
+        assert p["judge"] == cfg.model.policy
+        assert p["source"] == "ai" and p["round"] == 1
+    stats = json.loads(store.path("judge_stats.json").read_text())
+    for key in ("position_consistency", "first_position_rate", "mean_confidence"):
+        assert 0.0 <= stats[key] <= 1.0
+    assert 0.5 <= stats["mean_confidence"]
+    # 3 candidates -> 3 comparisons per prompt (fewer only for identical/empty candidates)
+    assert 0 < stats["comparisons"] <= 4 * 3
+    assert stats["forward_passes"] == 2 * stats["comparisons"]
+    assert stats["n"] + stats["unscored"] == stats["comparisons"]
+    assert stats["pairs_written"] == len(prefs)
+    assert stats["pair_mode"] == "best_worst"
+    assert summaries["label"]["pairs_written"] == len(prefs)
+
+
+def test_train_output(staged):
+    cfg, store, summaries = staged
+    policy = store.path("policy")
+    adapter_cfg = json.loads((policy / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == cfg.train.lora_r
+    assert set(adapter_cfg["target_modules"]) == set(cfg.train.lora_target_modules)
+    weights = load_file(str(policy / "adapter_model.safetensors"))
+    lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
+    lora_a = {k: v for k, v in weights.items() if "lora_A" in k}
+    assert lora_b and lora_a
+    # lora_B starts at zero: a non-zero B means the optimiser moved the adapter
+    assert any(v.abs().max().item() > 0 for v in lora_b.values())
+    rows = [r for r in store.read_metrics() if r.get("stage") == "train" and "step" in r]
+    n_pairs = len(read_jsonl(store.path("preferences.jsonl")))
+    assert len(rows) == math.ceil(n_pairs / cfg.train.batch_size) * cfg.train.epochs
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    for r in rows:
+        assert math.isfinite(r["loss"]) and r["loss"] > 0
+        assert math.isfinite(r["grad_norm"])
+        assert 0.0 <= r["reward_accuracy"] <= 1.0
+    # the adapter starts as the identity: the first step's loss is exactly log 2 (hard labels)
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert summaries["train"]["pairs"] == n_pairs
+    assert summaries["train"]["first_loss"] == rows[0]["loss"]
+
+
+def test_training_raises_preference_margin(staged, tiny_model_dir):
+    """Reference log-probs are the base model's, and DPO moved chosen above rejected."""
+    from peft import PeftModel
+
+    from openrlaif.models import load_causal_lm
+    from openrlaif.optimize.dpo import _text, batch_logprobs, encode_pair_side
+
+    cfg, store, _ = staged
+    prefs = read_jsonl(store.path("preferences.jsonl"))
+    ref = json.loads(store.path("ref_logps.json").read_text())
+    base = load_causal_lm(str(tiny_model_dir))
+    tok = base.tokenizer
+    model = PeftModel.from_pretrained(base.model, str(store.path("policy")))
+    model.eval()
+    chosen = [encode_pair_side(tok, p["prompt"], _text(p["chosen"]), cfg.train.max_length) for p in prefs]
+    rejected = [encode_pair_side(tok, p["prompt"], _text(p["rejected"]), cfg.train.max_length) for p in prefs]
+    with torch.no_grad():
+        pc = batch_logprobs(model, chosen, tok.pad_token_id)
+        pr = batch_logprobs(model, rejected, tok.pad_token_id)
+        with model.disable_adapter():
+            rc = batch_logprobs(model, chosen, tok.pad_token_id)
+            rr = batch_logprobs(model, rejected, tok.pad_token_id)
+    assert rc.tolist() == pytest.approx(ref["chosen"], abs=1e-3)
+    assert rr.tolist() == pytest.approx(ref["rejected"], abs=1e-3)
+    margin = (pc - rc) - (pr - rr)
+    assert margin.mean().item() > 0
+
+
+@pytest.mark.xfail(strict=True, reason="src bug: optimize/dpo.py logs scheduler.get_last_lr() after "
+                   "scheduler.step(), i.e. the next step's learning rate, not the one used")
+def test_logged_lr_is_the_lr_used(staged):
+    cfg, store, _ = staged
+    rows = [r for r in store.read_metrics() if r.get("stage") == "train" and "step" in r]
+    # warmup_ratio 0.1 of 2 steps -> no warmup: step 1 runs at the full learning rate
+    assert rows[0]["lr"] == pytest.approx(cfg.train.learning_rate)
+
+
+def test_eval_output(staged):
+    cfg, store, summaries = staged
+    ev = json.loads(store.path("eval.json").read_text())
+    heldout = select(load_prompts("builtin"), "heldout", cfg.data.max_eval_prompts)
+    assert ev["n"] + ev["unscored"] == len(heldout) == 4
+    assert ev["n"] == 4
+    assert 0.0 <= ev["win_rate"] <= 1.0
+    lo, hi = ev["ci95"]
+    assert 0.0 <= lo <= ev["win_rate"] <= hi <= 1.0
+    assert ev["wins"] + ev["ties"] + ev["losses"] == ev["n"]
+    assert ev["win_rate"] == pytest.approx((ev["wins"] + 0.5 * ev["ties"]) / ev["n"], abs=1e-4)
+    assert set(ev["mean_length_tokens"]) == {"trained", "start"}
+    assert all(v >= 0 for v in ev["mean_length_tokens"].values())
+    samples = read_jsonl(store.path("samples.jsonl"))
+    assert [s["prompt_id"] for s in samples] == [p.id for p in heldout]
+    principle_ids = {p.id for p in load_constitution("builtin").principles}
+    for s in samples:
+        assert isinstance(s["trained"], str) and isinstance(s["start"], str)
+        assert s["principle"] in principle_ids
+        assert 0.0 <= s["p_trained_better"] <= 1.0
+        assert s["p_trained_better"] == pytest.approx((s["score_ab"] + s["score_ba"]) / 2)
+    assert summaries["eval"]["win_rate"] == ev["win_rate"]
+
+
+# --- stage order and empty inputs (cheap: they fail before loading a model) -------------------
+
+
+def test_label_before_generate(tiny_config, tmp_path):
+    store = open_run(tiny_config, tmp_path / "run")
+    with pytest.raises(UserError, match="rlaif generate"):
+        run_stage("label", tiny_config, store)
+    st = store.stage_status("label")
+    assert st["status"] == "failed" and "UserError" in st["error"]
+
+
+def test_train_without_pairs(tiny_config, tmp_path):
+    store = open_run(tiny_config, tmp_path / "run")
+    with pytest.raises(UserError, match="rlaif label"):
+        run_stage("train", tiny_config, store)
+    store.path("preferences.jsonl").parent.mkdir(parents=True)
+    store.path("preferences.jsonl").write_text("")
+    with pytest.raises(UserError, match="no pairs"):
+        run_stage("train", tiny_config, store)
+
+
+def test_eval_without_adapter(tiny_config, tmp_path):
+    store = open_run(tiny_config, tmp_path / "run")
+    with pytest.raises(UserError, match="no trained adapter"):
+        run_stage("eval", tiny_config, store)
+
+
+def test_label_skips_identical_and_empty_candidates(tiny_model_dir, tmp_path):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["label.pairs=all"])
+    store = open_run(cfg, tmp_path / "run")
+    rows = [
+        {"prompt_id": "x", "prompt": "Say hi", "messages": [{"role": "user", "content": "Say hi"}],
+         "candidates": ["same answer", " same answer ", "  "], "finished": [True, True, True]},
+        {"prompt_id": "y", "prompt": "Name a fruit", "messages": [{"role": "user", "content": "Name a fruit"}],
+         "candidates": ["An apple.", "Banana", "The sea is wide."], "finished": [True, False, True]},
+    ]
+    store.path("candidates.jsonl").parent.mkdir(parents=True)
+    store.path("candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_stage("label", cfg, store)
+    stats = json.loads(store.path("judge_stats.json").read_text())
+    assert stats["comparisons"] == 3  # only the 3 distinct pairs of prompt y
+    prefs = read_jsonl(store.path("preferences.jsonl"))
+    assert stats["pairs_written"] == len(prefs) == 3
+    assert all(p["prompt_id"] == "y" for p in prefs)
+    assert {frozenset((p["chosen_index"], p["rejected_index"])) for p in prefs} == {
+        frozenset(s) for s in [(0, 1), (0, 2), (1, 2)]}
+    for p in prefs:
+        assert p["chosen"][0]["content"] == rows[1]["candidates"][p["chosen_index"]]
+        assert p["p_chosen"] >= 0.5

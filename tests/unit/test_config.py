@@ -1,0 +1,177 @@
+"""Config loading: defaults, YAML files, dotted overrides, and one-line errors naming the problem."""
+
+from pathlib import Path
+
+import pytest
+
+from openrlaif.config import (
+    RunConfig,
+    apply_overrides,
+    dump_config,
+    load_config,
+    parse_override,
+)
+from openrlaif.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults():
+    cfg = load_config(None)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.policy == "embedded"
+    assert cfg.generate.n == 4
+    assert cfg.train.beta == pytest.approx(0.1)
+    assert cfg.data.max_train_prompts is None
+    assert cfg.label.pairs == "best_worst"
+
+
+def test_yaml_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: mine\nseed: 7\ngenerate:\n  n: 5\ntrain:\n  beta: 0.25\n  lora_target_modules: [q_proj]\n")
+    cfg = load_config(p)
+    assert cfg.name == "mine"
+    assert cfg.seed == 7
+    assert cfg.generate.n == 5
+    assert cfg.train.beta == pytest.approx(0.25)
+    assert cfg.train.lora_target_modules == ["q_proj"]
+    # untouched sections keep their defaults
+    assert cfg.eval.bootstrap == 2000
+
+
+def test_empty_yaml_file_is_defaults(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing\n")
+    assert load_config(p) == load_config(None)
+
+
+def test_overrides_are_typed_as_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  max_train_prompts: 8\n")
+    cfg = load_config(p, ["generate.n=2", "data.max_train_prompts=null", "train.beta=0.2",
+                          "train.soft_labels=false", "name=hello world"])
+    assert cfg.generate.n == 2 and type(cfg.generate.n) is int
+    assert cfg.data.max_train_prompts is None
+    assert cfg.train.beta == pytest.approx(0.2)
+    assert cfg.train.soft_labels is False
+    assert cfg.name == "hello world"
+
+
+def test_parse_override():
+    assert parse_override("train.beta=0.2") == (["train", "beta"], 0.2)
+    assert parse_override("generate.n=2") == (["generate", "n"], 2)
+    assert parse_override("data.max_train_prompts=null") == (["data", "max_train_prompts"], None)
+    assert parse_override("model.policy=a=b") == (["model", "policy"], "a=b")
+    assert parse_override("name=") == (["name"], "")
+    # unparseable YAML falls back to the raw string
+    assert parse_override("name=[oops") == (["name"], "[oops")
+
+
+def test_apply_overrides_does_not_mutate_input():
+    data = {"train": {"beta": 0.1}}
+    out = apply_overrides(data, ["train.beta=0.3", "generate.n=3"])
+    assert data == {"train": {"beta": 0.1}}
+    assert out == {"train": {"beta": 0.3}, "generate": {"n": 3}}
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(UserError) as ei:
+        load_config(None, ["train.betta=1"])
+    msg = str(ei.value)
+    assert "train.betta" in msg
+    assert "unknown config key" in msg
+    assert "beta" in msg.replace("betta", "")  # lists the known keys of the section
+    assert "\n" not in msg
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("generate:\n  nn: 3\n")
+    with pytest.raises(UserError) as ei:
+        load_config(p)
+    assert str(p) in str(ei.value)
+    assert "generate.nn" in str(ei.value)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(UserError, match="'trian'"):
+        load_config(None, ["trian.beta=1"])
+
+
+def test_wrong_type_names_the_field():
+    with pytest.raises(UserError) as ei:
+        load_config(None, ["generate.n=abc"])
+    msg = str(ei.value)
+    assert "generate.n" in msg
+    assert "'abc'" in msg
+
+
+def test_out_of_range_names_the_field():
+    with pytest.raises(UserError, match=r"generate\.n"):
+        load_config(None, ["generate.n=1"])
+    with pytest.raises(UserError, match=r"label\.pairs"):
+        load_config(None, ["label.pairs=some"])
+
+
+def test_override_into_scalar_is_an_error():
+    with pytest.raises(UserError, match="'name' is not a section"):
+        load_config(None, ["name=abc", "name.x=1"])
+    # Without an earlier value the nested dict reaches validation, which names the field.
+    with pytest.raises(UserError, match="field 'name'"):
+        load_config(None, ["name.x=1"])
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(UserError) as ei:
+        load_config(missing)
+    assert str(missing) in str(ei.value)
+    assert "not found" in str(ei.value)
+
+
+def test_invalid_yaml_names_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  beta: [0.1\n  epochs: 2\n")
+    with pytest.raises(UserError) as ei:
+        load_config(p)
+    assert str(p) in str(ei.value)
+    assert "not valid YAML" in str(ei.value)
+
+
+def test_top_level_not_a_mapping(tmp_path):
+    p = tmp_path / "list.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("bad", ["generate.n", "", "=3", "train..beta=1", ".beta=1"])
+def test_malformed_override(bad):
+    with pytest.raises(UserError) as ei:
+        load_config(None, [bad])
+    assert "override" in str(ei.value)
+
+
+def test_override_without_equals_message():
+    with pytest.raises(UserError, match="expected key=value"):
+        load_config(None, ["generate.n"])
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config(None, ["generate.n=3", "data.max_eval_prompts=5"])
+    p = tmp_path / "dumped.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg
+
+
+def test_repo_quick_config_parses():
+    cfg = load_config(REPO / "configs" / "quick.yaml")
+    assert cfg.name == "quick"
+    assert cfg.generate.n == 3
+
+
+def test_repo_default_config_parses():
+    path = REPO / "configs" / "default.yaml"
+    if not path.is_file():
+        pytest.skip("configs/default.yaml does not exist yet")
+    load_config(path)

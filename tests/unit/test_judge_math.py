@@ -1,0 +1,124 @@
+"""Pure judge maths: slot probabilities, order averaging, position statistics."""
+
+import math
+
+import pytest
+
+from openrlaif.feedback.judges import (
+    Verdict,
+    combine_orders,
+    logsumexp,
+    position_stats,
+    prob_first_slot,
+    truncate,
+)
+
+
+def test_logsumexp():
+    assert logsumexp([0.0]) == pytest.approx(0.0)
+    assert logsumexp([math.log(0.3), math.log(0.5)]) == pytest.approx(math.log(0.8))
+    assert logsumexp([0.0, 0.0, 0.0]) == pytest.approx(math.log(3))
+    # stable for large magnitudes
+    assert logsumexp([1000.0, 1000.0]) == pytest.approx(1000.0 + math.log(2))
+    assert logsumexp([-1000.0, -1000.0 + math.log(3)]) == pytest.approx(-1000.0 + math.log(4))
+
+
+def test_prob_first_slot_equal_is_half():
+    assert prob_first_slot([-2.0], [-2.0]) == pytest.approx(0.5)
+
+
+def test_prob_first_slot_renormalises():
+    # 0.6 / (0.6 + 0.2) = 0.75
+    assert prob_first_slot([math.log(0.6)], [math.log(0.2)]) == pytest.approx(0.75)
+    assert prob_first_slot([math.log(0.2)], [math.log(0.6)]) == pytest.approx(0.25)
+
+
+def test_prob_first_slot_sums_variants():
+    # (0.3 + 0.3) / (0.3 + 0.3 + 0.2) = 0.75
+    assert prob_first_slot([math.log(0.3), math.log(0.3)], [math.log(0.2)]) == pytest.approx(0.75)
+    # (0.1) / (0.1 + 0.2 + 0.1) = 0.25
+    assert prob_first_slot([math.log(0.1)], [math.log(0.2), math.log(0.1)]) == pytest.approx(0.25)
+
+
+def test_prob_first_slot_extremes():
+    assert prob_first_slot([0.0], [-1000.0]) == pytest.approx(1.0)
+    assert prob_first_slot([-1000.0], [0.0]) == 0.0
+
+
+def test_combine_orders():
+    p, ab, ba = combine_orders(0.8, 0.3)
+    assert ab == pytest.approx(0.8)
+    assert ba == pytest.approx(0.7)  # first sits in slot B: 1 - 0.3
+    assert p == pytest.approx((0.8 + 0.7) / 2)
+    assert p == pytest.approx(0.75)
+    # a judge that always says "A" with 0.9 is left with no preference
+    p, ab, ba = combine_orders(0.9, 0.9)
+    assert (p, ab, ba) == pytest.approx((0.5, 0.9, 0.1))
+
+
+def V(ab, ba):
+    if ab is None:
+        return Verdict(None, None, None, "helpful")
+    p, s_ab, s_ba = combine_orders(ab, 1 - ba)
+    return Verdict(p, s_ab, s_ba, "helpful")
+
+
+def test_position_stats_slot_a_judge():
+    # Always picks slot A with 0.9: AB reading says first (0.9), BA reading says second (0.1).
+    vs = [Verdict(*combine_orders(0.9, 0.9), "helpful") for _ in range(4)]
+    s = position_stats(vs)
+    assert s["n"] == 4
+    assert s["unscored"] == 0
+    assert s["position_consistency"] == 0.0
+    assert s["first_position_rate"] == 1.0
+    assert s["mean_confidence"] == pytest.approx(0.5)
+
+
+def test_position_stats_slot_b_judge():
+    vs = [Verdict(*combine_orders(0.2, 0.2), "helpful") for _ in range(3)]
+    s = position_stats(vs)
+    assert s["position_consistency"] == 0.0
+    assert s["first_position_rate"] == 0.0
+
+
+def test_position_stats_consistent_judge():
+    # Prefers `first` in both orders: score_ab 0.8, score_ba 0.7 -> p 0.75; and one prefers `second`.
+    vs = [V(0.8, 0.7), V(0.3, 0.1)]
+    assert vs[0].p_first == pytest.approx(0.75)
+    assert vs[1].p_first == pytest.approx(0.2)
+    s = position_stats(vs)
+    assert s["n"] == 2
+    assert s["position_consistency"] == 1.0
+    # AB readings pick A once (0.8), BA readings pick A once (second verdict: score_ba 0.1 -> A holds second)
+    assert s["first_position_rate"] == pytest.approx(2 / 4)
+    assert s["mean_confidence"] == pytest.approx((0.75 + 0.8) / 2)
+
+
+def test_position_stats_mixed_and_unscored():
+    vs = [V(0.8, 0.7), V(0.9, 0.1), V(None, None), V(None, None)]
+    s = position_stats(vs)
+    assert s["n"] == 2
+    assert s["unscored"] == 2
+    assert s["position_consistency"] == pytest.approx(0.5)
+    # readings picking slot A: 0.8 (AB), 0.9 (AB), score_ba 0.1 (BA) -> 3 of 4
+    assert s["first_position_rate"] == pytest.approx(0.75)
+    assert s["mean_confidence"] == pytest.approx((0.75 + 0.5) / 2)
+
+
+def test_position_stats_nothing_scored():
+    s = position_stats([V(None, None)])
+    assert s["n"] == 0 and s["unscored"] == 1
+    assert math.isnan(s["position_consistency"])
+    assert math.isnan(s["first_position_rate"])
+    assert math.isnan(s["mean_confidence"])
+    assert position_stats([])["unscored"] == 0
+
+
+def test_truncate():
+    assert truncate("short", 10) == "short"
+    assert truncate("x" * 10, 10) == "x" * 10
+    out = truncate("abcdefghijk", 10)
+    assert out == "abcdefg..."
+    assert len(out) == 10
+    # trailing whitespace before the ellipsis is removed
+    assert truncate("abcd   efghijk", 10) == "abcd..."

@@ -1,0 +1,190 @@
+"""Run directory store: atomic writes, atomic directories, manifest and metrics."""
+
+import json
+import os
+
+import pytest
+
+from openrlaif import store as store_mod
+from openrlaif.errors import UserError
+from openrlaif.store import (
+    RunStore,
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_jsonl,
+    sha256_file,
+    sha256_text,
+)
+
+
+def names(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_atomic_writes_content_and_no_temp(tmp_path):
+    atomic_write_bytes(tmp_path / "a.bin", b"\x00\x01")
+    atomic_write_text(tmp_path / "sub" / "b.txt", "héllo")
+    atomic_write_json(tmp_path / "c.json", {"x": [1, 2], "s": "é"})
+    atomic_write_jsonl(tmp_path / "d.jsonl", [{"a": 1}, {"b": "ü"}])
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "sub" / "b.txt").read_text(encoding="utf-8") == "héllo"
+    assert json.loads((tmp_path / "c.json").read_text(encoding="utf-8")) == {"x": [1, 2], "s": "é"}
+    assert (tmp_path / "d.jsonl").read_text(encoding="utf-8") == '{"a": 1}\n{"b": "ü"}\n'
+    assert read_jsonl(tmp_path / "d.jsonl") == [{"a": 1}, {"b": "ü"}]
+    assert names(tmp_path) == ["a.bin", "c.json", "d.jsonl", "sub"]
+    assert names(tmp_path / "sub") == ["b.txt"]
+
+
+def test_atomic_write_overwrites(tmp_path):
+    p = tmp_path / "f.txt"
+    atomic_write_text(p, "one")
+    atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    assert names(tmp_path) == ["f.txt"]
+
+
+def test_failed_replace_keeps_original_and_no_temp(tmp_path, monkeypatch):
+    p = tmp_path / "f.txt"
+    p.write_text("original")
+
+    def boom(src, dst):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(store_mod.os, "replace", boom)
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_bytes(p, b"new content")
+    monkeypatch.undo()
+    assert p.read_text() == "original"
+    assert names(tmp_path) == ["f.txt"]
+
+
+def test_failed_write_keeps_original_and_no_temp(tmp_path, monkeypatch):
+    p = tmp_path / "f.txt"
+    p.write_text("original")
+
+    def boom(fd):
+        raise OSError("fsync failed")
+
+    monkeypatch.setattr(store_mod.os, "fsync", boom)
+    with pytest.raises(OSError, match="fsync failed"):
+        atomic_write_text(p, "new")
+    monkeypatch.undo()
+    assert p.read_text() == "original"
+    assert names(tmp_path) == ["f.txt"]
+
+
+def test_atomic_directory_creates_and_replaces(tmp_path):
+    final = tmp_path / "policy"
+    with atomic_directory(final) as tmp:
+        assert tmp != final and tmp.parent == tmp_path
+        (tmp / "a.txt").write_text("1")
+        assert not final.exists()
+    assert names(final) == ["a.txt"]
+    with atomic_directory(final) as tmp:
+        (tmp / "b.txt").write_text("2")
+        # the old directory is still there while the new one is being written
+        assert names(final) == ["a.txt"]
+    assert names(final) == ["b.txt"]
+    assert names(tmp_path) == ["policy"]  # no temp or .old leftovers
+
+
+def test_atomic_directory_cleans_up_on_exception(tmp_path):
+    final = tmp_path / "policy"
+    final.mkdir()
+    (final / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(final) as tmp:
+            (tmp / "half.txt").write_text("partial")
+            raise RuntimeError("crash while saving")
+    assert names(final) == ["keep.txt"]
+    assert (final / "keep.txt").read_text() == "old"
+    assert names(tmp_path) == ["policy"]
+
+
+def test_atomic_directory_exception_without_existing(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(tmp_path / "out"):
+            raise KeyboardInterrupt
+    assert names(tmp_path) == []
+
+
+def test_read_jsonl_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n\n{"b": oops}\n')
+    with pytest.raises(UserError) as ei:
+        read_jsonl(p)
+    assert f"{p}:3" in str(ei.value)
+    p.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(UserError, match=r"x\.jsonl:2"):
+        read_jsonl(p)
+
+
+def test_read_jsonl_skips_blank_lines(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('\n{"a": 1}\n   \n{"a": 2}\n')
+    assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
+
+
+def test_hashes(tmp_path):
+    p = tmp_path / "h"
+    p.write_bytes(b"abc")
+    expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert sha256_file(p) == expected
+    assert sha256_text("abc") == expected
+
+
+def test_runstore_layout(tmp_path):
+    s = RunStore(tmp_path / "run")
+    assert s.config_path == tmp_path / "run" / "config.resolved.yaml"
+    assert s.manifest_path.name == "manifest.json"
+    assert s.path("candidates.jsonl") == tmp_path / "run" / "round_1" / "candidates.jsonl"
+    assert s.path("eval.json", 2) == tmp_path / "run" / "round_2" / "eval.json"
+    assert s.stage_key("train", 3) == "round_3/train"
+
+
+def test_manifest_stage_marks(tmp_path):
+    s = RunStore(tmp_path / "run")
+    assert not s.exists()
+    assert s.read_manifest() == {}
+    assert s.stage_status("generate") == {}
+    assert not s.stage_done("generate")
+    s.update_manifest(name="x")
+    assert s.exists()
+    s.mark_stage("generate", "running")
+    assert s.stage_status("generate")["status"] == "running"
+    assert not s.stage_done("generate")
+    s.mark_stage("generate", "done", wall_s=1.5, summary={"prompts": 2})
+    st = s.stage_status("generate")
+    assert st["status"] == "done" and st["wall_s"] == 1.5 and st["summary"] == {"prompts": 2}
+    assert "updated" in st
+    assert s.stage_done("generate")
+    assert not s.stage_done("generate", k=2)
+    assert not s.stage_done("label")
+    m = s.read_manifest()
+    assert m["name"] == "x"
+    assert set(m["stages"]) == {"round_1/generate"}
+    assert [p.name for p in s.root.iterdir()] == ["manifest.json"]
+
+
+@pytest.mark.xfail(strict=True, reason="src bug: RunStore.mark_stage merges into the old entry, so an "
+                   "'error' from a failed attempt survives a later successful re-run")
+def test_rerun_after_failure_clears_error(tmp_path):
+    s = RunStore(tmp_path / "run")
+    s.mark_stage("train", "running")
+    s.mark_stage("train", "failed", error="RuntimeError: boom")
+    s.mark_stage("train", "running")
+    s.mark_stage("train", "done", wall_s=2.0, summary={})
+    assert "error" not in s.stage_status("train")
+
+
+def test_append_metrics_appends(tmp_path):
+    s = RunStore(tmp_path / "run")
+    assert s.read_metrics() == []
+    s.append_metrics([{"step": 1, "loss": 0.7}])
+    s.append_metrics([{"step": 2, "loss": 0.6}, {"step": 3, "loss": 0.5}])
+    assert s.read_metrics() == [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6}, {"step": 3, "loss": 0.5}]
+    assert s.metrics_path.read_text().count("\n") == 3
+    assert names(s.root) == ["metrics.jsonl"]
