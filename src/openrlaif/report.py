@@ -33,7 +33,7 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"{gen['prompts']} train prompts x {gen['sequences'] // max(gen['prompts'], 1)} candidates; "
                   f"{gen['new_tokens']} tokens at {gen['tokens_per_s']} tok/s; "
                   f"{gen['finished_rate']:.0%} ended on their own (the rest hit max_new_tokens)."]
-    js = _load(store.path("judge_stats.json", k))
+    js = _load(store.path("judge_stats.json", k)) if store.stage_done("label", k) else None
     if js:
         lines += ["", "## AI feedback (judge)", "",
                   f"Judge `{js['judge']}`, method {js['method']} ({js['template']}), constitution `{js['constitution']}`.", "",
@@ -50,7 +50,7 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"{tr['pairs']} pairs, {tr['steps']} steps, {tr['pairs_per_s']} pairs/s; "
                   f"loss {tr['first_loss']:.4f} (first step) -> {tr['final_loss']:.4f} (last epoch mean), "
                   f"implicit-reward accuracy {tr['final_reward_accuracy']:.2f}."]
-    ev = _load(store.path("eval.json", k))
+    ev = _load(store.path("eval.json", k)) if store.stage_done("eval", k) else None
     if ev:
         lo, hi = ev["ci95"]
         lines += ["", "## Evaluation: trained vs starting policy (held-out prompts)", "",

@@ -182,7 +182,10 @@ class RunStore:
     def mark_stage(self, stage: str, status: str, k: int = 1, **info: Any) -> None:
         m = self.read_manifest()
         stages = m.setdefault("stages", {})
-        entry = stages.setdefault(self.stage_key(stage, k), {})
+        key = self.stage_key(stage, k)
+        if status == "running":
+            stages[key] = {}  # a new attempt: drop the previous attempt's error, summary and timings
+        entry = stages.setdefault(key, {})
         entry.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
         self.write_manifest(m)
 

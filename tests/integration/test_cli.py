@@ -12,10 +12,10 @@ from conftest import TINY_OVERRIDES
 
 SUBCOMMANDS = {
     "run": ["--config", "--out", "--force", "overrides"],
-    "generate": ["--config", "--out", "overrides"],
-    "label": ["--config", "--out", "overrides"],
-    "train": ["--config", "--out", "overrides"],
-    "eval": ["--config", "--out", "overrides"],
+    "generate": ["--config", "--out", "--force", "overrides"],
+    "label": ["--config", "--out", "--force", "overrides"],
+    "train": ["--config", "--out", "--force", "overrides"],
+    "eval": ["--config", "--out", "--force", "overrides"],
     "report": ["run_dir"],
     "convert": ["--force"],
 }
@@ -69,7 +69,12 @@ def test_cli_missing_config_file(tmp_path):
 
 def test_cli_stage_error(tmp_path):
     out = tmp_path / "run"
-    proc = rlaif("generate", "-o", out, "label.pairs=some")
+    proc = rlaif("generate", "-o", out)
+    assert_user_error(proc, str(out), "not a run directory", "-c")
+    assert not out.exists()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    proc = rlaif("generate", "-c", cfg, "-o", out, "label.pairs=some")
     assert_user_error(proc, "label.pairs")
     assert not out.exists()
 
@@ -128,14 +133,29 @@ def test_cli_run_tiny_model(tiny_model_dir, tmp_path):
     assert_user_error(changed, "different config", "--force")
 
 
+
 def _fake_stages(monkeypatch, calls):
+    """Stages that only write the file the next stage checks for, and record that they ran."""
     from openrlaif import pipeline
 
-    monkeypatch.setattr(pipeline, "stage_function", lambda name: (lambda c, s, k=1: calls.append(name) or {}))
+    outputs = {"generate": "candidates.jsonl", "label": "preferences.jsonl", "train": "policy/adapter_config.json",
+               "eval": "eval.json"}
+
+    def fake(name):
+        def run(cfg, store, k=1):
+            calls.append(name)
+            path = store.path(outputs[name], k)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}\n")
+            return {}
+        return run
+
+    monkeypatch.setattr(pipeline, "stage_function", fake)
 
 
-def test_stage_commands_without_config_reuse_run_config(tiny_model_dir, tmp_path, monkeypatch):
-    """`rlaif label -o RUN` (no -c) reads RUN/config.resolved.yaml and keeps earlier stages."""
+def test_stage_commands_share_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    """Stage commands: -c starts a run, later stages reuse RUN/config.resolved.yaml and keep earlier
+    stages; a changed config is refused unless --force."""
     from openrlaif import cli
     from openrlaif.errors import UserError
     from openrlaif.store import RunStore
@@ -143,29 +163,54 @@ def test_stage_commands_without_config_reuse_run_config(tiny_model_dir, tmp_path
     calls = []
     _fake_stages(monkeypatch, calls)
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("seed: 3\n")
+    cfg_file.write_text(f"seed: 3\nmodel:\n  policy: {tiny_model_dir}\n")
     out = tmp_path / "run"
-    cli._stage("generate", cfg_file, out, [f"model.policy={tiny_model_dir}", *TINY_OVERRIDES])
-    cli._stage("label", None, out, None)
-    assert calls == ["generate", "label"]
     store = RunStore(out)
-    assert store.stage_done("generate") and store.stage_done("label")
+
+    with pytest.raises(UserError, match="not a run directory"):
+        cli._stage("generate", None, out, None, False)
+    assert not out.exists()
+    # a stage whose input is missing fails before anything is written
+    with pytest.raises(UserError, match="rlaif generate"):
+        cli._stage("label", cfg_file, out, None, False)
+    assert not out.exists()
+
+    cli._stage("generate", cfg_file, out, None, False)
+    cli._stage("label", None, out, None, False)       # config from the run directory
+    cli._stage("train", cfg_file, out, None, False)   # the same config again: accepted
+    assert calls == ["generate", "label", "train"]
+    assert all(store.stage_done(s) for s in ("generate", "label", "train"))
+    assert store.read_manifest()["seeds"] == {"seed": 3}
     assert (out / "report.md").is_file()
-    with pytest.raises(UserError, match="overrides need -c"):
-        cli._stage("train", None, out, ["train.beta=0.2"])
+
+    # overrides apply on top of the run's config; a change is refused without --force
+    with pytest.raises(UserError, match="different config"):
+        cli._stage("eval", None, out, ["train.beta=0.2"], False)
+    assert "eval" not in calls
+    cli._stage("eval", None, out, ["train.beta=0.2"], True)
+    assert calls[-1] == "eval"
+    assert "beta: 0.2" in store.config_path.read_text()
+    # --force with a changed config starts the run's bookkeeping over
+    assert not store.stage_done("generate") and store.stage_done("eval")
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: cli._stage calls open_run(cfg, out, force=True) whenever -c is "
-                   "given, which resets the manifest and forgets stages already done with the same config")
-def test_stage_command_with_same_config_keeps_earlier_stages(tiny_model_dir, tmp_path, monkeypatch):
-    from openrlaif import cli
-    from openrlaif.store import RunStore
+def test_redoing_a_stage_marks_later_stages_stale(tiny_model_dir, tmp_path, monkeypatch):
+    from openrlaif import pipeline
+    from openrlaif.config import load_config
+    from openrlaif.store import STAGES, RunStore
 
     calls = []
     _fake_stages(monkeypatch, calls)
-    cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(f"model:\n  policy: {tiny_model_dir}\n")
+    cfg = load_config(None, [f"model.policy={tiny_model_dir}", *TINY_OVERRIDES])
     out = tmp_path / "run"
-    cli._stage("generate", cfg_file, out, None)
-    cli._stage("label", cfg_file, out, None)
-    assert RunStore(out).stage_done("generate")
+    pipeline.run(cfg, out)
+    assert calls == list(STAGES)
+    store = RunStore(out)
+    pipeline.run_stage("label", cfg, store)
+    assert store.stage_done("generate") and store.stage_done("label")
+    assert store.stage_status("train")["status"] == "stale"
+    assert store.stage_status("eval")["status"] == "stale"
+    calls.clear()
+    pipeline.run(cfg, out)
+    assert calls == ["train", "eval"]
+    assert all(store.stage_done(s) for s in STAGES)

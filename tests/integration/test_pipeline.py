@@ -149,3 +149,18 @@ def test_python_api_entry_point(tiny_model_dir, tmp_path, monkeypatch):
     assert seen == list(STAGES)
     assert result["run_dir"] == str(tmp_path / "r")
     assert load_config(tmp_path / "r" / "config.resolved.yaml").model.policy == str(tiny_model_dir)
+
+
+def test_changed_prompt_file_is_refused_on_resume(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"Question number {i}?", "split": "heldout" if i % 2 else "train"} for i in range(6)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + [f"data.prompts={prompts}"])
+    out = tmp_path / "run"
+    pipeline.open_run(cfg, out)
+    pipeline.open_run(cfg, out)  # unchanged inputs: reopening is fine
+    prompts.write_text(prompts.read_text() + json.dumps({"prompt": "A new one?", "split": "train"}) + "\n")
+    with pytest.raises(UserError, match="prompts file .* changed"):
+        pipeline.open_run(cfg, out)
+    pipeline.open_run(cfg, out, force=True)
+    assert RunStore(out).read_manifest()["inputs"]["prompts"] == sha256_file(prompts)

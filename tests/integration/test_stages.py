@@ -147,8 +147,6 @@ def test_training_raises_preference_margin(staged, tiny_model_dir):
     assert margin.mean().item() > 0
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: optimize/dpo.py logs scheduler.get_last_lr() after "
-                   "scheduler.step(), i.e. the next step's learning rate, not the one used")
 def test_logged_lr_is_the_lr_used(staged):
     cfg, store, _ = staged
     rows = [r for r in store.read_metrics() if r.get("stage") == "train" and "step" in r]

@@ -108,9 +108,9 @@ def test_position_stats_mixed_and_unscored():
 def test_position_stats_nothing_scored():
     s = position_stats([V(None, None)])
     assert s["n"] == 0 and s["unscored"] == 1
-    assert math.isnan(s["position_consistency"])
-    assert math.isnan(s["first_position_rate"])
-    assert math.isnan(s["mean_confidence"])
+    assert s["position_consistency"] is None
+    assert s["first_position_rate"] is None
+    assert s["mean_confidence"] is None
     assert position_stats([])["unscored"] == 0
 
 

@@ -169,8 +169,6 @@ def test_manifest_stage_marks(tmp_path):
     assert [p.name for p in s.root.iterdir()] == ["manifest.json"]
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: RunStore.mark_stage merges into the old entry, so an "
-                   "'error' from a failed attempt survives a later successful re-run")
 def test_rerun_after_failure_clears_error(tmp_path):
     s = RunStore(tmp_path / "run")
     s.mark_stage("train", "running")

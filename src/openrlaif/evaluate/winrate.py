@@ -7,7 +7,8 @@ import random
 
 def outcomes(p_trained: list[float], tie_margin: float) -> list[float]:
     """1 = trained policy wins, 0 = loses, 0.5 = tie (|p - 0.5| <= tie_margin)."""
-    return [0.5 if abs(p - 0.5) <= tie_margin else (1.0 if p > 0.5 else 0.0) for p in p_trained]
+    eps = 1e-9  # so that 0.55 and 0.45 sit on the same side of a 0.05 margin despite float error
+    return [0.5 if abs(p - 0.5) <= tie_margin + eps else (1.0 if p > 0.5 else 0.0) for p in p_trained]
 
 
 def win_rate(scores: list[float]) -> float:

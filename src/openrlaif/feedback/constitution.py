@@ -50,7 +50,7 @@ def load_constitution(spec: str) -> Constitution:
             raise UserError(f"{path}: principles[{i}]: duplicate id '{pid}'; ids must be unique")
         seen.add(pid)
         weight = item.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or weight <= 0:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 < weight < float("inf")):
             raise UserError(f"{path}: principles[{i}] ('{pid}'): weight must be a positive number")
         principles.append(Principle(pid, item["text"].strip(), float(weight)))
     return Constitution(str(data.get("name", path.stem)), tuple(principles))

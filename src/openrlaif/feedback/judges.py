@@ -92,8 +92,8 @@ def position_stats(verdicts: list[Verdict]) -> dict[str, float | int]:
     scored = [v for v in verdicts if v.p_first is not None]
     n = len(scored)
     if n == 0:
-        return {"n": 0, "unscored": len(verdicts), "position_consistency": float("nan"),
-                "first_position_rate": float("nan"), "mean_confidence": float("nan")}
+        return {"n": 0, "unscored": len(verdicts), "position_consistency": None,
+                "first_position_rate": None, "mean_confidence": None}
     consistent = sum((v.score_ab > 0.5) == (v.score_ba > 0.5) for v in scored)
     # Slot A holds `first` in the AB reading and `second` in the BA reading.
     picks_a = sum(v.score_ab > 0.5 for v in scored) + sum(v.score_ba <= 0.5 for v in scored)
@@ -191,8 +191,10 @@ class LocalJudge:
 
 def last_position_logits(model, input_ids, attention_mask):
     """Logits of the final position only (left padding), without projecting every position."""
+    # Positions count real tokens only, so left padding does not shift absolute-position models.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     try:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
     except TypeError:  # older transformers / custom models
-        out = model(input_ids=input_ids, attention_mask=attention_mask)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     return out.logits[:, -1, :]

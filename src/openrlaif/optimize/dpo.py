@@ -29,13 +29,15 @@ class Encoded:
 def encode_pair_side(tokenizer, prompt_messages: list[dict], response: str, max_length: int) -> Encoded:
     """Chat-templated prompt + response + end-of-turn, truncated to ``max_length`` tokens.
 
-    The prompt keeps at most half the budget (its end is kept); the response fills the rest.
+    The prompt keeps its end and gets at least half the budget (more when the response is short);
+    the response fills the rest and is cut at its end.
     """
     from openrlaif.models import chat_prompt, end_of_turn_id
 
     prompt_ids = tokenizer(chat_prompt(tokenizer, prompt_messages), add_special_tokens=False).input_ids
     response_ids = tokenizer(response, add_special_tokens=False).input_ids + [end_of_turn_id(tokenizer)]
-    prompt_ids = prompt_ids[-max(1, min(len(prompt_ids), max_length // 2, max_length - len(response_ids))):]
+    keep = min(len(prompt_ids), max(max_length // 2, max_length - len(response_ids)))
+    prompt_ids = prompt_ids[len(prompt_ids) - keep :]
     response_ids = response_ids[: max_length - len(prompt_ids)]
     return Encoded(prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids))
 
@@ -136,6 +138,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 pc, pr = logps[: len(idx)], logps[len(idx) :]
                 loss_vec, r_c, r_r = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], tc.beta, smoothing[idx])
                 loss = loss_vec.mean()
+                lr = scheduler.get_last_lr()[0]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
@@ -152,7 +155,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                     "chosen_reward": round(r_c.mean().item(), 6),
                     "rejected_reward": round(r_r.mean().item(), 6),
                     "grad_norm": round(float(grad_norm), 6),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr,
                     "pairs_per_s": round(pairs_done / elapsed, 4),
                 })
                 advance(pg, 1, step / elapsed, "steps")
