@@ -182,3 +182,30 @@ def test_smoothing_for():
     assert smoothing_for({"p_chosen": 1.2}, soft) == 0.0  # clamped to at least 0
     assert smoothing_for({}, soft) == 0.0  # no judge probability: the fixed value
     assert smoothing_for({"p_chosen": 0.8}, hard) == pytest.approx(0.1)
+
+
+def test_response_logprobs_matches_full_vocabulary_path(tiny):
+    """The fast path (LM head on response positions only) equals log-softmax over every position."""
+    from openrlaif.optimize.dpo import add_lora, response_logprobs
+    from openrlaif.optimize.losses import sequence_logprobs
+
+    tok = tiny.tokenizer
+    prompt = [{"role": "user", "content": "Explain why the sky is blue."}]
+    seqs = [encode_pair_side(tok, prompt, text, 64)
+            for text in ("Sunlight scatters off molecules.", "Blue.", "The sea is wide, the stars are bright.")]
+    ids, attn, resp = collate(seqs, tok.pad_token_id)
+    torch.manual_seed(0)
+    model = add_lora(tiny.model, TrainConfig(lora_r=4, lora_alpha=8))
+    for module_name, param in model.named_parameters():  # make the adapter non-trivial
+        if "lora_B" in module_name:
+            torch.nn.init.normal_(param, std=0.5)
+    with torch.no_grad():
+        full = sequence_logprobs(model(input_ids=ids, attention_mask=attn).logits.float(), ids, resp)
+        fast = response_logprobs(model, ids, attn, resp)
+        with model.disable_adapter():
+            full_ref = sequence_logprobs(model(input_ids=ids, attention_mask=attn).logits.float(), ids, resp)
+            fast_ref = response_logprobs(model, ids, attn, resp)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_ref, full_ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(full, full_ref)  # the adapter really changed the log-probs
+    model.unload()  # leave the shared tiny model as it was

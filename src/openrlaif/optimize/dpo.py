@@ -16,7 +16,7 @@ import torch
 
 from openrlaif.config import RunConfig, TrainConfig
 from openrlaif.errors import UserError
-from openrlaif.optimize.losses import dpo_loss, sequence_logprobs
+from openrlaif.optimize.losses import dpo_loss, gathered_logprobs, sequence_logprobs
 from openrlaif.store import RunStore, atomic_directory, atomic_write_json, read_jsonl
 
 
@@ -56,10 +56,29 @@ def collate(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, attn, resp
 
 
+def response_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+    """Summed log-probs of the response tokens, projecting only response positions onto the vocabulary.
+
+    The decoder runs on the whole batch; the LM head (a 49k-wide matmul for SmolLM2) runs only on
+    the hidden states that predict a response token, not on prompt or padding positions. Models
+    whose head does more than a linear projection (e.g. logit soft-capping) take the full path.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if decoder is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+        logits = model(input_ids=ids, attention_mask=attn).logits
+        return sequence_logprobs(logits.float(), ids, resp)
+    hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
+    mask = resp[:, 1:].bool()  # position t predicts token t + 1
+    token_logp = gathered_logprobs(head(hidden[:, :-1][mask]).float(), ids[:, 1:][mask])
+    rows = mask.nonzero()[:, 0]
+    return torch.zeros(ids.shape[0], dtype=token_logp.dtype).index_add(0, rows, token_logp)
+
+
 def batch_logprobs(model, seqs: list[Encoded], pad_id: int) -> torch.Tensor:
     ids, attn, resp = collate(seqs, pad_id)
-    logits = model(input_ids=ids, attention_mask=attn).logits
-    return sequence_logprobs(logits.float(), ids, resp)
+    return response_logprobs(model, ids, attn, resp)
 
 
 def smoothing_for(pref: dict, tc: TrainConfig) -> float:

@@ -32,6 +32,11 @@ def dpo_loss(
     return loss, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 
+def gathered_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per row of ``logits`` (N, V): logit[target] - logsumexp(logits)."""
+    return torch.gather(logits, 1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Sum of log p(token) over the response tokens of each sequence.
 
