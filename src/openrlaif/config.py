@@ -66,7 +66,7 @@ class GenerateConfig(_Strict):
     temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(64, ge=1, description="Maximum tokens per candidate.")
-    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together (64 is ~15% faster than 32 on 2 cores).")
 
 
 class LabelConfig(_Strict):
@@ -97,7 +97,7 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="Fixed cDPO label smoothing when soft_labels is false."
     )
-    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate for the LoRA weights.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate for the LoRA weights.")
     epochs: int = Field(2, ge=1, description="Passes over the preference pairs.")
     batch_size: int = Field(4, ge=1, description="Pairs per optimizer step.")
     max_length: int = Field(320, ge=16, description="Prompt+response tokens kept per sequence.")
@@ -116,7 +116,7 @@ class EvalConfig(_Strict):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for the eval answers.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass for eval answers.")
     max_new_tokens: int = Field(64, ge=1, description="Maximum tokens per eval answer.")
-    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
     tie_margin: float = Field(
         0.01, ge=0, lt=0.5, description="|p - 0.5| at or below this counts as a tie."
     )

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from openrlaif.errors import UserError
+from openrlaif.store import iter_jsonl
 
 BUILTIN = "builtin"
 
@@ -42,33 +43,24 @@ def load_prompts(spec: str, heldout_fraction: float = 0.25) -> list[Prompt]:
     if not path.is_file():
         raise UserError(f"data.prompts: prompt file '{spec}' not found; give a JSONL file with a 'prompt' per line, or 'builtin'")
     prompts: list[Prompt] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object with 'prompt' or 'messages'")
-            if isinstance(row.get("messages"), list) and row["messages"]:
-                messages = row["messages"]
-                if not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-                    raise UserError(f"{path}:{lineno}: 'messages' must be a list of {{role, content}} objects")
-            elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
-                messages = [{"role": "user", "content": row["prompt"].strip()}]
-            else:
-                raise UserError(f"{path}:{lineno}: needs a non-empty 'prompt' string or a 'messages' list")
-            first = messages[-1]["content"]
-            split = row.get("split")
-            if split is None:
-                split = "heldout" if _stable_fraction(json.dumps(messages)) < heldout_fraction else "train"
-            if split not in ("train", "heldout"):
-                raise UserError(f"{path}:{lineno}: split must be 'train' or 'heldout', got {split!r}")
-            pid = str(row.get("id", f"L{lineno}-{hashlib.sha256(first.encode()).hexdigest()[:8]}"))
-            prompts.append(Prompt(pid, messages, split, str(row.get("category", "")),
-                                  {k: v for k, v in row.items() if k not in ("id", "prompt", "messages", "split", "category")}))
+    for lineno, row in iter_jsonl(path):
+        if isinstance(row.get("messages"), list) and row["messages"]:
+            messages = row["messages"]
+            if not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+                raise UserError(f"{path}:{lineno}: 'messages' must be a list of {{role, content}} objects")
+        elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
+            messages = [{"role": "user", "content": row["prompt"].strip()}]
+        else:
+            raise UserError(f"{path}:{lineno}: needs a non-empty 'prompt' string or a 'messages' list")
+        first = messages[-1]["content"]
+        split = row.get("split")
+        if split is None:
+            split = "heldout" if _stable_fraction(json.dumps(messages)) < heldout_fraction else "train"
+        if split not in ("train", "heldout"):
+            raise UserError(f"{path}:{lineno}: split must be 'train' or 'heldout', got {split!r}")
+        pid = str(row.get("id", f"L{lineno}-{hashlib.sha256(first.encode()).hexdigest()[:8]}"))
+        prompts.append(Prompt(pid, messages, split, str(row.get("category", "")),
+                              {k: v for k, v in row.items() if k not in ("id", "prompt", "messages", "split", "category")}))
     if not prompts:
         raise UserError(f"data.prompts: '{path}' holds no prompts; add JSONL lines with a 'prompt' field")
     return prompts
