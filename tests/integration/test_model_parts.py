@@ -10,7 +10,8 @@ from openrlaif.feedback.constitution import Principle
 from openrlaif.feedback.judges import JUDGE_PREFILL, Comparison, LocalJudge, answer_token_ids
 from openrlaif.generate import HFSampler, SamplingParams
 from openrlaif.models import chat_prompt, end_of_turn_id, load_causal_lm, load_tokenizer, resolve_model
-from openrlaif.optimize.dpo import collate, encode_pair_side, smoothing_for
+from openrlaif.logprobs import collate, encode_response as encode_pair_side
+from openrlaif.optimize.dpo import smoothing_for
 from openrlaif.config import TrainConfig
 
 
@@ -166,7 +167,7 @@ def test_encode_pair_side(tiny):
 
 
 def test_collate_right_pads():
-    from openrlaif.optimize.dpo import Encoded
+    from openrlaif.logprobs import Encoded
 
     ids, attn, resp = collate([Encoded([5, 6, 7], [0, 1, 1]), Encoded([8], [1])], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -186,7 +187,8 @@ def test_smoothing_for():
 
 def test_response_logprobs_matches_full_vocabulary_path(tiny):
     """The fast path (LM head on response positions only) equals log-softmax over every position."""
-    from openrlaif.optimize.dpo import add_lora, response_logprobs
+    from openrlaif.logprobs import response_logprobs
+    from openrlaif.optimize.dpo import add_lora
     from openrlaif.optimize.losses import sequence_logprobs
 
     tok = tiny.tokenizer

@@ -124,7 +124,8 @@ def test_training_raises_preference_margin(staged, tiny_model_dir):
     from peft import PeftModel
 
     from openrlaif.models import load_causal_lm
-    from openrlaif.optimize.dpo import _text, batch_logprobs, encode_pair_side
+    from openrlaif.logprobs import batch_logprobs, encode_response as encode_pair_side
+    from openrlaif.optimize.dpo import _text
 
     cfg, store, _ = staged
     prefs = read_jsonl(store.path("preferences.jsonl"))

@@ -14,9 +14,22 @@ from openrlaif.prompts import BUILTIN, builtin_path
 
 @dataclass(frozen=True)
 class Principle:
+    """One principle: a comparison question, and system prompts of an assistant that follows it
+    (``positive``) or violates it (``negative``) for the contrastive likelihood method."""
+
     id: str
     text: str
     weight: float = 1.0
+    positive: str = ""
+    negative: str = ""
+
+    @property
+    def positive_prompt(self) -> str:
+        return self.positive or f"You are an excellent assistant. Your replies always win on this question: {self.text}"
+
+    @property
+    def negative_prompt(self) -> str:
+        return self.negative or f"You are a poor assistant. Your replies always lose on this question: {self.text}"
 
 
 @dataclass(frozen=True)
@@ -52,5 +65,11 @@ def load_constitution(spec: str) -> Constitution:
         weight = item.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 < weight < float("inf")):
             raise UserError(f"{path}: principles[{i}] ('{pid}'): weight must be a positive number")
-        principles.append(Principle(pid, item["text"].strip(), float(weight)))
+        prompts = {}
+        for key in ("positive", "negative"):
+            value = item.get(key, "")
+            if not isinstance(value, str):
+                raise UserError(f"{path}: principles[{i}] ('{pid}'): '{key}' must be a string (a system prompt)")
+            prompts[key] = value.strip()
+        principles.append(Principle(pid, item["text"].strip(), float(weight), **prompts))
     return Constitution(str(data.get("name", path.stem)), tuple(principles))
