@@ -102,6 +102,54 @@ def eval_(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, fo
     _stage("eval", config, out, overrides, force)
 
 
+@app.command(name="judge-eval")
+def judge_eval(
+    pairs: Annotated[str, typer.Option("--pairs", "-p", help="Labelled pairs (JSONL: prompt|context, chosen, "
+                                       "rejected; or instruction, output_1, output_2, preference), or 'builtin' "
+                                       "for the calibration set written for OpenRLAIF.")] = "builtin",
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    principle: Annotated[Optional[str], typer.Option("--principle", help="Judge every pair under this constitution "
+                                                     "principle id (default: the pair's own, else drawn per pair).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N pairs.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+):
+    """Measure a judge against labelled pairs: agreement, position consistency, first-position rate,
+    calibration (ECE, Brier), unscored pairs, pairs/s. Judge options are config keys, e.g.
+    `feedback.method=contrastive model.judge=/path/to/model`."""
+    from rich.table import Table
+
+    from openrlaif.config import load_config
+    from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+    from openrlaif.feedback.constitution import load_constitution
+    from openrlaif.feedback.label import build_judge
+    from openrlaif.models import set_threads
+    from openrlaif.progress import console
+    from openrlaif.store import atomic_write_json
+
+    cfg = load_config(config, overrides or [])
+    labelled = load_labelled_pairs(pairs, limit)
+    constitution = load_constitution(cfg.data.constitution)
+    set_threads(cfg.model.threads)
+    judge, _ = build_judge(cfg, "judge-eval")
+    metrics = evaluate_judge(judge, labelled, constitution, principle, cfg.seed).metrics
+    metrics["pairs"] = pairs
+    metrics["principle"] = principle
+    table = Table(title=f"judge {metrics['judge']} · {metrics['method']} · {pairs}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("n", "agreement", "position_consistency", "first_position_rate", "ece", "brier",
+                "mean_confidence", "unscored", "pairs_per_s"):
+        value = metrics[key]
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if json_out is not None:
+        atomic_write_json(json_out, metrics)
+    import json
+
+    print(json.dumps(metrics))
+
+
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")]):
     """Rewrite RUN_DIR/report.md from the run's files and print it."""

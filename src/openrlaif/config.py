@@ -87,6 +87,22 @@ class LabelConfig(_Strict):
     )
 
 
+class FeedbackConfig(_Strict):
+    method: Literal["pairwise", "contrastive"] = Field(
+        "pairwise",
+        description="How the judge is asked: 'pairwise' (A or B? both orders, answer-letter log-probs) or "
+        "'contrastive' (log-likelihood of each response under the principle's positive vs negative "
+        "system prompt; order-free).",
+    )
+    normalize: Literal["mean", "sum"] = Field(
+        "mean", description="contrastive: per-token mean or total log-likelihood ratio."
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="contrastive: soft label = sigmoid(score difference / temperature)."
+    )
+    max_length: int = Field(384, ge=16, description="contrastive: tokens kept per scored sequence.")
+
+
 class TrainConfig(_Strict):
     algo: Literal["dpo"] = Field("dpo", description="Policy optimisation algorithm.")
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the KL anchor).")
@@ -130,6 +146,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

@@ -69,3 +69,26 @@ def response_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.
 def batch_logprobs(model, seqs: list[Encoded], pad_id: int) -> torch.Tensor:
     ids, attn, resp = collate(seqs, pad_id)
     return response_logprobs(model, ids, attn, resp)
+
+
+def batched_response_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: int,
+                              description: str = "score") -> tuple[list[float], list[int]]:
+    """Summed response log-probs of many sequences without gradients, batched by length.
+
+    Returns (log-probs, response token counts) in the order of ``seqs``, with a progress bar.
+    """
+    import time
+
+    from openrlaif.progress import advance, bar
+
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].input_ids))
+    out = [0.0] * len(seqs)
+    start = time.perf_counter()
+    with bar(description, len(seqs), "seq") as progress, torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            values = batch_logprobs(model, [seqs[i] for i in idx], pad_id)
+            for i, v in zip(idx, values.tolist()):
+                out[i] = v
+            advance(progress, len(idx), (b + len(idx)) / max(time.perf_counter() - start, 1e-9), "seq")
+    return out, [sum(s.response_mask) for s in seqs]

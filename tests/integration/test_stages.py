@@ -78,7 +78,7 @@ def test_label_output(staged):
         assert p["p_chosen"] == pytest.approx((p["scores_ab"] + p["scores_ba"]) / 2, abs=2e-6)
         assert 0.0 <= p["scores_ab"] <= 1.0 and 0.0 <= p["scores_ba"] <= 1.0
         assert p["principle"] in principle_ids
-        assert p["judge"] == cfg.model.policy
+        assert p["judge"] == f"{cfg.model.policy}:pairwise"
         assert p["source"] == "ai" and p["round"] == 1
     stats = json.loads(store.path("judge_stats.json").read_text())
     for key in ("position_consistency", "first_position_rate", "mean_confidence"):

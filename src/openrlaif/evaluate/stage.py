@@ -51,7 +51,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 3. Judge trained (first) vs start (second), both orders, a principle per prompt.
     constitution = load_constitution(cfg.data.constitution)
     items = [
-        Comparison(p.text, t, s, constitution.sample(random.Random(f"eval:{cfg.seed}:{k}:{p.id}")))
+        Comparison(p.text, t, s, constitution.sample(random.Random(f"eval:{cfg.seed}:{k}:{p.id}")), p.messages)
         for p, t, s in zip(prompts, trained, start)
     ]
     judge, judge_name = build_judge(cfg, "eval: judge")

@@ -30,12 +30,21 @@ JUDGE_PREFILL = "The better response is Response"
 
 @dataclass
 class Comparison:
-    """Is ``first`` better than ``second`` as an answer to ``prompt`` under ``principle``?"""
+    """Is ``first`` better than ``second`` as an answer to ``prompt`` under ``principle``?
+
+    ``prompt`` is the request as text (what a pairwise judge reads); ``messages`` is the full
+    conversation when there is one (likelihood judges condition on it), else the prompt as one user turn.
+    """
 
     prompt: str
     first: str
     second: str
     principle: Principle
+    messages: list[dict] | None = None
+
+    @property
+    def conversation(self) -> list[dict]:
+        return self.messages or [{"role": "user", "content": self.prompt}]
 
 
 @dataclass
@@ -50,6 +59,12 @@ class Verdict:
 
 
 class Judge(Protocol):
+    """Anything that returns one Verdict per Comparison (batched). ``name`` and ``method`` are recorded
+    with every label."""
+
+    name: str
+    method: str
+
     def compare(self, items: list[Comparison]) -> list[Verdict]: ...
 
 
@@ -126,6 +141,9 @@ def answer_token_ids(tokenizer, letter: str) -> list[int]:
 
 class LocalJudge:
     """Pairwise constitutional judge on a local causal LM, read from answer-token log-probs."""
+
+    method = "pairwise"
+    template = PAIRWISE_TEMPLATE_VERSION
 
     def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8,
                  max_response_chars: int = 1200, description: str = "judge"):

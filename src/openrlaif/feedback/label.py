@@ -15,7 +15,7 @@ from itertools import combinations
 
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
-from openrlaif.feedback.judges import PAIRWISE_TEMPLATE_VERSION, Comparison, LocalJudge, position_stats
+from openrlaif.feedback.judges import Comparison, LocalJudge, position_stats
 from openrlaif.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
@@ -54,17 +54,27 @@ def select_pairs(n: int, p_better: dict[tuple[int, int], float], mode: str, min_
     return [t for t in pairs if t[2] - 0.5 >= min_margin]
 
 
-def comparison_seed(seed: int, k: int, prompt_id: str, i: int, j: int) -> str:
-    return f"{seed}:{k}:{prompt_id}:{i}:{j}"
+def comparison_seed(seed: int, k: int, prompt_id: str, i: int, j: int, per_prompt: bool = False) -> str:
+    """Seed of the principle drawn for one comparison (or for all of a prompt's comparisons)."""
+    return f"{seed}:{k}:{prompt_id}" if per_prompt else f"{seed}:{k}:{prompt_id}:{i}:{j}"
 
 
 def build_judge(cfg: RunConfig, description: str = "judge"):
+    """The judge the config asks for (model + feedback method); returns (judge, judge name)."""
+    from openrlaif.feedback.methods import ContrastiveJudge
     from openrlaif.models import load_causal_lm
 
     spec = cfg.model.judge or cfg.model.policy
     loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
-    return LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
-                      max_response_chars=cfg.label.max_response_chars, description=description), spec
+    fb = cfg.feedback
+    if fb.method == "contrastive":
+        judge = ContrastiveJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
+                                 max_length=fb.max_length, normalize=fb.normalize, temperature=fb.temperature,
+                                 description=description)
+    else:
+        judge = LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
+                           max_response_chars=cfg.label.max_response_chars, description=description)
+    return judge, spec
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
@@ -78,7 +88,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         raise UserError(f"{cand_path} not found; run `rlaif generate -o {store.root}` first")
     rows = read_jsonl(cand_path)
     constitution = load_constitution(cfg.data.constitution)
-    # 2. One comparison per pair of distinct candidates, each with its own sampled principle.
+    # 2. One comparison per pair of distinct candidates, each with its own sampled principle
+    #    (one principle per prompt for the contrastive method, which scores each candidate once).
+    per_prompt = cfg.feedback.method == "contrastive"
     items: list[Comparison] = []
     keys: list[tuple[int, int, int]] = []
     for r, row in enumerate(rows):
@@ -86,8 +98,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         for i, j in combinations(range(len(cands)), 2):
             if not cands[i].strip() or not cands[j].strip() or cands[i].strip() == cands[j].strip():
                 continue
-            rng = random.Random(comparison_seed(cfg.seed, k, row["prompt_id"], i, j))
-            items.append(Comparison(row["prompt"], cands[i], cands[j], constitution.sample(rng)))
+            rng = random.Random(comparison_seed(cfg.seed, k, row["prompt_id"], i, j, per_prompt))
+            items.append(Comparison(row["prompt"], cands[i], cands[j], constitution.sample(rng), row["messages"]))
             keys.append((r, i, j))
     # 3. Judge both orders.
     set_threads(cfg.model.threads)
@@ -114,7 +126,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 "rejected": [{"role": "assistant", "content": row["candidates"][rej]}],
                 "p_chosen": round(p_chosen, 6),
                 "principle": v.principle,
-                "judge": judge_name,
+                "judge": f"{judge_name}:{judge.method}",
                 "scores_ab": round(v.score_ab if chosen_first else 1 - v.score_ab, 6),
                 "scores_ba": round(v.score_ba if chosen_first else 1 - v.score_ba, 6),
                 "rationale": v.rationale,
@@ -129,8 +141,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     stats = position_stats(verdicts)
     stats.update({
         "judge": judge_name,
-        "method": "pairwise_logprob",
-        "template": PAIRWISE_TEMPLATE_VERSION,
+        "method": judge.method,
+        "template": judge.template,
         "constitution": constitution.name,
         "comparisons": len(items),
         "forward_passes": 2 * len(items),

@@ -1,0 +1,176 @@
+"""`rlaif judge-eval`: measure a judge against labelled preference pairs before trusting it.
+
+Reads pairs from the built-in calibration set (written for OpenRLAIF, one principle per pair) or a
+JSONL file in any of these shapes:
+- ``{"prompt" | "context", "chosen", "rejected"}`` (HH-RLHF style: a "Human: ... Assistant: ..."
+  transcript in ``context`` becomes a chat conversation), optional ``principle`` (a constitution id);
+- ``{"instruction", "output_1", "output_2", "preference" | "gpt4_preference"}`` (AlpacaEval style, 1 or 2).
+
+Reports agreement with the labels (both orders averaged), raw position consistency, first-position
+rate, calibration (ECE, Brier), unscored pairs and speed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from openrlaif.errors import UserError
+from openrlaif.feedback.judges import Comparison, Verdict, position_stats
+from openrlaif.store import iter_jsonl
+
+BUILTIN_CALIBRATION = "builtin"
+
+
+@dataclass
+class LabelledPair:
+    id: str
+    messages: list[dict]
+    chosen: str
+    rejected: str
+    principle: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):\s?")
+
+
+def transcript_to_messages(text: str) -> list[dict]:
+    """'Human: a\\n\\nAssistant: b\\n\\nHuman: c' -> chat messages (text without markers = one user turn)."""
+    parts = _TURN.split(text)
+    if len(parts) < 3:
+        return [{"role": "user", "content": text.strip()}]
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        content = content.strip()
+        if content:
+            messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content})
+    while messages and messages[-1]["role"] == "assistant":  # the judged reply comes after the last user turn
+        messages.pop()
+    return messages or [{"role": "user", "content": text.strip()}]
+
+
+def load_labelled_pairs(spec: str, limit: int | None = None) -> list[LabelledPair]:
+    from openrlaif.prompts import builtin_path
+
+    path = builtin_path("calibration_pairs.jsonl") if spec == BUILTIN_CALIBRATION else Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"--pairs: file '{spec}' not found; give a JSONL file of labelled pairs or 'builtin'")
+    pairs = []
+    for lineno, row in iter_jsonl(path):
+        rid = str(row.get("id", f"L{lineno}"))
+        if "output_1" in row and "output_2" in row:
+            pref = row.get("preference", row.get("gpt4_preference"))
+            if pref not in (1, 2, 1.0, 2.0):
+                continue  # ties and missing preferences carry no label
+            a, b = str(row["output_1"]), str(row["output_2"])
+            chosen, rejected = (a, b) if int(pref) == 1 else (b, a)
+            messages = [{"role": "user", "content": str(row.get("instruction", ""))}]
+        elif "chosen" in row and "rejected" in row:
+            context = row.get("prompt", row.get("context"))
+            if isinstance(context, list):
+                messages = [m for m in context if isinstance(m, dict)]
+            elif isinstance(context, str):
+                messages = transcript_to_messages(context)
+            else:
+                raise UserError(f"{path}:{lineno}: needs a 'prompt' or 'context' (string or chat list)")
+            chosen, rejected = _reply(row["chosen"]), _reply(row["rejected"])
+        else:
+            raise UserError(f"{path}:{lineno}: needs chosen/rejected (+ prompt or context) or "
+                            "instruction/output_1/output_2/preference columns")
+        pairs.append(LabelledPair(rid, messages, chosen, rejected, row.get("principle")))
+        if limit and len(pairs) >= limit:
+            break
+    if not pairs:
+        raise UserError(f"{path}: no labelled pairs found")
+    return pairs
+
+
+def _reply(value) -> str:
+    """A response column: a string, or a chat list whose assistant turns are the response."""
+    if isinstance(value, list):
+        return "".join(m.get("content", "") for m in value if isinstance(m, dict) and m.get("role") == "assistant")
+    return str(value).strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure metrics: predictions q = P(first is better), labels y = 1 if first is the human-preferred one
+
+
+def agreement(q: list[float], y: list[int]) -> float:
+    """Share of pairs where the judge prefers the labelled winner (an exact 0.5 counts half)."""
+    hits = [0.5 if qi == 0.5 else float((qi > 0.5) == bool(yi)) for qi, yi in zip(q, y)]
+    return sum(hits) / len(hits) if hits else float("nan")
+
+
+def brier(q: list[float], y: list[int]) -> float:
+    return sum((qi - yi) ** 2 for qi, yi in zip(q, y)) / len(q) if q else float("nan")
+
+
+def expected_calibration_error(q: list[float], y: list[int], bins: int = 10) -> float:
+    """ECE with equal-width bins on P(first is better): sum_b n_b/n * |mean(y_b) - mean(q_b)|."""
+    if not q:
+        return float("nan")
+    groups: dict[int, list[tuple[float, int]]] = {}
+    for qi, yi in zip(q, y):
+        groups.setdefault(min(int(qi * bins), bins - 1), []).append((qi, yi))
+    return sum(len(g) / len(q) * abs(sum(t[1] for t in g) / len(g) - sum(t[0] for t in g) / len(g))
+               for g in groups.values())
+
+
+@dataclass
+class JudgeEvalResult:
+    metrics: dict
+    verdicts: list[Verdict]
+    labels: list[int]
+
+
+def evaluate_judge(judge, pairs: list[LabelledPair], constitution, principle: str | None = None,
+                   seed: int = 0) -> JudgeEvalResult:
+    """Judge every pair (each side shown first in a random, seeded half) and score against the labels.
+
+    The principle of a pair is ``principle`` if given, else the pair's own, else one drawn from the
+    constitution with a seeded generator.
+    """
+    by_id = {p.id: p for p in constitution.principles}
+    if principle is not None and principle not in by_id:
+        raise UserError(f"--principle: '{principle}' is not in constitution '{constitution.name}'; "
+                        f"choose from {', '.join(by_id)}")
+    rng = random.Random(seed)
+    items, labels = [], []
+    for pair in pairs:
+        pid = principle or pair.principle
+        if pid is not None and pid not in by_id:
+            raise UserError(f"pair {pair.id}: principle '{pid}' is not in constitution '{constitution.name}'")
+        pr = by_id[pid] if pid else constitution.sample(rng)
+        chosen_first = rng.random() < 0.5
+        first, second = (pair.chosen, pair.rejected) if chosen_first else (pair.rejected, pair.chosen)
+        items.append(Comparison(pair.prompt, first, second, pr, pair.messages))
+        labels.append(int(chosen_first))
+    start = time.perf_counter()
+    verdicts = judge.compare(items)
+    seconds = time.perf_counter() - start
+    scored = [(v.p_first, y) for v, y in zip(verdicts, labels) if v.p_first is not None]
+    q, y = [s[0] for s in scored], [s[1] for s in scored]
+    pos = position_stats(verdicts)
+    metrics = {
+        "method": judge.method,
+        "judge": judge.name,
+        "n": len(pairs),
+        "agreement": agreement(q, y),
+        "position_consistency": pos["position_consistency"],
+        "first_position_rate": pos["first_position_rate"],
+        "ece": expected_calibration_error(q, y),
+        "brier": brier(q, y),
+        "mean_confidence": pos["mean_confidence"],
+        "unscored": len(verdicts) - len(scored),
+        "pairs_per_s": len(pairs) / seconds if seconds else None,
+        "seconds": seconds,
+    }
+    return JudgeEvalResult(metrics, verdicts, labels)

@@ -1,0 +1,107 @@
+"""Feedback methods beyond pairwise A/B (which lives in ``judges.LocalJudge``).
+
+Contrastive likelihood (``ContrastiveJudge``): how much more likely is a response from an assistant
+told to follow the principle than from one told to violate it?
+
+    score(r) = log p(r | positive system prompt, conversation) - log p(r | negative system prompt, conversation)
+
+A pair's soft label is sigmoid((score(first) - score(second)) / temperature). The response is
+scored on its own, so the verdict cannot depend on the order the pair is shown in, and each
+candidate costs two forward passes however many pairs it takes part in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from openrlaif.feedback.constitution import Principle
+from openrlaif.feedback.judges import Comparison, Verdict
+
+CONTRASTIVE_TEMPLATE_VERSION = "contrastive-v1"
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def contrastive_score(logp_positive: float, logp_negative: float, n_tokens: int, normalize: str) -> float:
+    """Log-likelihood ratio of a response under the positive vs the negative system prompt.
+
+    ``normalize='mean'`` divides by the response length in tokens (a per-token ratio), ``'sum'`` keeps
+    the total, which grows with length.
+    """
+    diff = logp_positive - logp_negative
+    if normalize == "mean":
+        return diff / max(n_tokens, 1)
+    if normalize == "sum":
+        return diff
+    raise ValueError(f"unknown normalize {normalize!r}")
+
+
+def pair_probability(score_first: float, score_second: float, temperature: float) -> float:
+    """P(first is better) = sigmoid((score_first - score_second) / temperature)."""
+    return sigmoid((score_first - score_second) / temperature)
+
+
+def with_system(messages: list[dict], system: str) -> list[dict]:
+    """The conversation with its system turn replaced by ``system``."""
+    return [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
+
+
+class ContrastiveJudge:
+    """Constitution-conditioned likelihood ratio on a local causal LM (order-free soft labels)."""
+
+    method = "contrastive"
+    template = CONTRASTIVE_TEMPLATE_VERSION
+
+    def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8, max_length: int = 384,
+                 normalize: str = "mean", temperature: float = 1.0, description: str = "judge"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.normalize = normalize
+        self.temperature = temperature
+        self.description = description
+        self.seconds = 0.0
+
+    def scores(self, units: list[tuple[list[dict], str, Principle]]) -> list[float]:
+        """Contrastive score of each (conversation, response, principle)."""
+        from openrlaif.logprobs import batched_response_logprobs, encode_response
+
+        seqs = []
+        for messages, response, principle in units:
+            for system in (principle.positive_prompt, principle.negative_prompt):
+                seqs.append(encode_response(self.tokenizer, with_system(messages, system), response, self.max_length))
+        start = time.perf_counter()
+        logps, counts = batched_response_logprobs(self.model, seqs, self.tokenizer.pad_token_id, self.batch_size,
+                                                  self.description)
+        self.seconds += time.perf_counter() - start
+        return [contrastive_score(logps[2 * i], logps[2 * i + 1], counts[2 * i], self.normalize)
+                for i in range(len(units))]
+
+    def compare(self, items: list[Comparison]) -> list[Verdict]:
+        # Each distinct (conversation, response, principle) is scored once, however many pairs share it.
+        index: dict[tuple, int] = {}
+        units: list[tuple[list[dict], str, Principle]] = []
+
+        def unit(it: Comparison, response: str) -> int:
+            key = (repr(it.conversation), response, it.principle)
+            if key not in index:
+                index[key] = len(units)
+                units.append((it.conversation, response, it.principle))
+            return index[key]
+
+        pairs = [(unit(it, it.first), unit(it, it.second)) for it in items]
+        scores = self.scores(units)
+        verdicts = []
+        for it, (a, b) in zip(items, pairs):
+            p = pair_probability(scores[a], scores[b], self.temperature)
+            verdicts.append(Verdict(p, p, p, it.principle.id,
+                                    raw={"score_first": scores[a], "score_second": scores[b]}))
+        return verdicts
