@@ -101,6 +101,11 @@ class FeedbackConfig(_Strict):
         1.0, gt=0, description="contrastive: soft label = sigmoid(score difference / temperature)."
     )
     max_length: int = Field(384, ge=16, description="contrastive: tokens kept per scored sequence.")
+    cache: str | None = Field(
+        "run",
+        description="Judge cache (SQLite): 'run' = RUN_DIR/judge_cache.sqlite (judge-eval: the user cache), "
+        "a file path to share one cache between runs, or null to turn it off.",
+    )
 
 
 class TrainConfig(_Strict):

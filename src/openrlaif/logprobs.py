@@ -72,10 +72,11 @@ def batch_logprobs(model, seqs: list[Encoded], pad_id: int) -> torch.Tensor:
 
 
 def batched_response_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: int,
-                              description: str = "score") -> tuple[list[float], list[int]]:
+                              description: str = "score", on_batch=None) -> tuple[list[float], list[int]]:
     """Summed response log-probs of many sequences without gradients, batched by length.
 
     Returns (log-probs, response token counts) in the order of ``seqs``, with a progress bar.
+    ``on_batch({index: log-prob})`` is called after every batch (e.g. to store it in a cache).
     """
     import time
 
@@ -90,5 +91,7 @@ def batched_response_logprobs(model, seqs: list[Encoded], pad_id: int, batch_siz
             values = batch_logprobs(model, [seqs[i] for i in idx], pad_id)
             for i, v in zip(idx, values.tolist()):
                 out[i] = v
+            if on_batch is not None:
+                on_batch({i: out[i] for i in idx})
             advance(progress, len(idx), (b + len(idx)) / max(time.perf_counter() - start, 1e-9), "seq")
     return out, [sum(s.response_mask) for s in seqs]

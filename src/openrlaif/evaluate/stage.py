@@ -54,7 +54,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         Comparison(p.text, t, s, constitution.sample(random.Random(f"eval:{cfg.seed}:{k}:{p.id}")), p.messages)
         for p, t, s in zip(prompts, trained, start)
     ]
-    judge, judge_name = build_judge(cfg, "eval: judge")
+    judge, judge_name = build_judge(cfg, "eval: judge", store.root)
     verdicts = judge.compare(items)
     # 4. Win rate with ties and a bootstrap CI over prompts.
     scored = [(i, v) for i, v in enumerate(verdicts) if v.p_first is not None]

@@ -146,7 +146,7 @@ class LocalJudge:
     template = PAIRWISE_TEMPLATE_VERSION
 
     def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8,
-                 max_response_chars: int = 1200, description: str = "judge"):
+                 max_response_chars: int = 1200, description: str = "judge", cache=None):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -157,7 +157,17 @@ class LocalJudge:
         self.ids_b = answer_token_ids(tokenizer, "B")
         if set(self.ids_a) & set(self.ids_b):
             raise ValueError("the tokenizer spells 'A' and 'B' with a shared token; cannot read verdicts")
+        self.cache = cache  # a feedback.cache.JudgeCache, or None
+        self._fingerprint: str | None = None
         self.seconds = 0.0
+
+    @property
+    def fingerprint(self) -> str:
+        from openrlaif.feedback.cache import model_fingerprint
+
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.name)
+        return self._fingerprint
 
     def render(self, prompt: str, a: str, b: str, question: str) -> str:
         from openrlaif.models import chat_prompt
@@ -168,29 +178,35 @@ class LocalJudge:
         return chat_prompt(self.tokenizer, messages) + JUDGE_PREFILL
 
     def last_logprobs(self, texts: list[str]) -> list[tuple[list[float], list[float]]]:
-        """For each text: log-probs of the A tokens and the B tokens at the next position."""
+        """For each text: log-probs of the A tokens and the B tokens at the next position (cached)."""
         import torch
 
+        from openrlaif.feedback.cache import cache_key, cached_compute
         from openrlaif.progress import advance, bar
 
         tok = self.tokenizer
         tok.padding_side = "left"
         encoded = [tok(t, add_special_tokens=False).input_ids for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        results: list[tuple[list[float], list[float]]] = [([], [])] * len(texts)
+        keys = ([cache_key(self.fingerprint, self.method, self.template, self.ids_a, self.ids_b, ids) for ids in encoded]
+                if self.cache is not None else [""] * len(texts))
+
+        def compute(missing: list[int], on_batch) -> None:
+            order = sorted(missing, key=lambda i: len(encoded[i]))
+            start = time.perf_counter()
+            with bar(self.description, len(order), "prompts") as progress, torch.inference_mode():
+                for b in range(0, len(order), self.batch_size):
+                    idx = order[b : b + self.batch_size]
+                    batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                    logits = last_position_logits(self.model, batch["input_ids"], batch["attention_mask"])
+                    logp = torch.log_softmax(logits.float(), dim=-1)
+                    on_batch({i: [row[self.ids_a].tolist(), row[self.ids_b].tolist()] for row, i in zip(logp, idx)})
+                    elapsed = time.perf_counter() - start
+                    advance(progress, len(idx), (b + len(idx)) / max(elapsed, 1e-9), "prompts")
+
         start = time.perf_counter()
-        with bar(self.description, len(texts), "prompts") as progress, torch.inference_mode():
-            for b in range(0, len(order), self.batch_size):
-                idx = order[b : b + self.batch_size]
-                batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
-                logits = last_position_logits(self.model, batch["input_ids"], batch["attention_mask"])
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                for row, i in zip(logp, idx):
-                    results[i] = (row[self.ids_a].tolist(), row[self.ids_b].tolist())
-                elapsed = time.perf_counter() - start
-                advance(progress, len(idx), (b + len(idx)) / max(elapsed, 1e-9), "prompts")
+        values = cached_compute(self.cache, keys, compute, self.method)
         self.seconds += time.perf_counter() - start
-        return results
+        return [(v[0], v[1]) for v in values]
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
         texts = []

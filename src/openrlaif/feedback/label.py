@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from itertools import combinations
+from pathlib import Path
 
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
@@ -59,21 +60,35 @@ def comparison_seed(seed: int, k: int, prompt_id: str, i: int, j: int, per_promp
     return f"{seed}:{k}:{prompt_id}" if per_prompt else f"{seed}:{k}:{prompt_id}:{i}:{j}"
 
 
-def build_judge(cfg: RunConfig, description: str = "judge"):
-    """The judge the config asks for (model + feedback method); returns (judge, judge name)."""
+def open_cache(cfg: RunConfig, run_dir: Path | None):
+    """The judge cache the config names ('run' = inside the run directory, else the user cache)."""
+    from openrlaif.feedback.cache import JudgeCache
+    from openrlaif.models import cache_dir
+
+    spec = cfg.feedback.cache
+    if spec is None:
+        return None
+    if spec == "run":
+        return JudgeCache((run_dir if run_dir is not None else cache_dir()) / "judge_cache.sqlite")
+    return JudgeCache(Path(spec).expanduser())
+
+
+def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None = None):
+    """The judge the config asks for (model + feedback method + cache); returns (judge, judge name)."""
     from openrlaif.feedback.methods import ContrastiveJudge
     from openrlaif.models import load_causal_lm
 
     spec = cfg.model.judge or cfg.model.policy
     loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
     fb = cfg.feedback
+    cache = open_cache(cfg, run_dir)
     if fb.method == "contrastive":
         judge = ContrastiveJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
                                  max_length=fb.max_length, normalize=fb.normalize, temperature=fb.temperature,
-                                 description=description)
+                                 description=description, cache=cache)
     else:
         judge = LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
-                           max_response_chars=cfg.label.max_response_chars, description=description)
+                           max_response_chars=cfg.label.max_response_chars, description=description, cache=cache)
     return judge, spec
 
 
@@ -103,7 +118,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             keys.append((r, i, j))
     # 3. Judge both orders.
     set_threads(cfg.model.threads)
-    judge, judge_name = build_judge(cfg, "label")
+    judge, judge_name = build_judge(cfg, "label", store.root)
     start = time.perf_counter()
     verdicts = judge.compare(items)
     seconds = time.perf_counter() - start
@@ -151,6 +166,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "seconds": round(seconds, 2),
         "comparisons_per_s": round(len(items) / seconds, 3) if seconds else None,
         "mean_p_chosen": round(sum(p["p_chosen"] for p in prefs) / len(prefs), 4) if prefs else None,
+        "cache": {"path": str(judge.cache.path), "hits": judge.cache.hits, "misses": judge.cache.misses}
+        if judge.cache is not None else None,
     })
     atomic_write_json(store.path("judge_stats.json", k), stats)
     return {k2: stats[k2] for k2 in ("comparisons", "pairs_written", "position_consistency",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 
+from openrlaif.feedback.cache import JudgeCache, cache_key, cached_compute, model_fingerprint
 from openrlaif.feedback.constitution import Principle
 from openrlaif.feedback.judges import Comparison, Verdict
 
@@ -59,7 +60,8 @@ class ContrastiveJudge:
     template = CONTRASTIVE_TEMPLATE_VERSION
 
     def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8, max_length: int = 384,
-                 normalize: str = "mean", temperature: float = 1.0, description: str = "judge"):
+                 normalize: str = "mean", temperature: float = 1.0, description: str = "judge",
+                 cache: JudgeCache | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -68,7 +70,15 @@ class ContrastiveJudge:
         self.normalize = normalize
         self.temperature = temperature
         self.description = description
+        self.cache = cache
+        self._fingerprint: str | None = None
         self.seconds = 0.0
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.name)
+        return self._fingerprint
 
     def scores(self, units: list[tuple[list[dict], str, Principle]]) -> list[float]:
         """Contrastive score of each (conversation, response, principle)."""
@@ -78,10 +88,18 @@ class ContrastiveJudge:
         for messages, response, principle in units:
             for system in (principle.positive_prompt, principle.negative_prompt):
                 seqs.append(encode_response(self.tokenizer, with_system(messages, system), response, self.max_length))
+        keys = ([cache_key(self.fingerprint, "response-logprob", s.input_ids, s.response_mask) for s in seqs]
+                if self.cache is not None else [""] * len(seqs))
+
+        def compute(missing: list[int], on_batch) -> None:
+            batched_response_logprobs(self.model, [seqs[i] for i in missing], self.tokenizer.pad_token_id,
+                                      self.batch_size, self.description,
+                                      on_batch=lambda done: on_batch({missing[j]: v for j, v in done.items()}))
+
         start = time.perf_counter()
-        logps, counts = batched_response_logprobs(self.model, seqs, self.tokenizer.pad_token_id, self.batch_size,
-                                                  self.description)
+        logps = cached_compute(self.cache, keys, compute, self.method)
         self.seconds += time.perf_counter() - start
+        counts = [sum(s.response_mask) for s in seqs]
         return [contrastive_score(logps[2 * i], logps[2 * i + 1], counts[2 * i], self.normalize)
                 for i in range(len(units))]
 

@@ -1,0 +1,102 @@
+"""Persistent judge cache (SQLite): nothing already judged is judged again.
+
+A key is a hash of everything that decides a judge's raw output: the judge model's fingerprint, the
+method and its template version, and the exact token ids the model reads (which contain the
+principle, the prompt, the responses and their order). Values are small JSON documents (log-probs).
+Each batch is committed as soon as it is computed, so an interrupted `label` resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+
+def cache_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":"), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def model_fingerprint(model, name: str = "") -> str:
+    """A cheap identity of a model's weights: its config plus a sample of every 16th parameter tensor."""
+    import torch
+
+    h = hashlib.sha256()
+    h.update(name.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        h.update(config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for i, (pname, param) in enumerate(model.named_parameters()):
+            if i % 16 == 0:
+                h.update(pname.encode())
+                h.update(param.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+class JudgeCache:
+    """Key -> JSON value store in one SQLite file (safe to share between runs of the same judge)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS judged (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+                          "method TEXT, created REAL)")
+        self.conn.commit()
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, value in self.conn.execute(f"SELECT key, value FROM judged WHERE key IN ({marks})", chunk):
+                found[key] = json.loads(value)
+        self.hits += sum(k in found for k in keys)
+        self.misses += sum(k not in found for k in keys)
+        return found
+
+    def put_many(self, items: dict[str, Any], method: str = "") -> None:
+        now = time.time()
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO judged (key, value, method, created) VALUES (?, ?, ?, ?)",
+                                  [(k, json.dumps(v), method, now) for k, v in items.items()])
+
+    def __len__(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM judged").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def cached_compute(cache: JudgeCache | None, keys: list[str], compute, method: str = "") -> list[Any]:
+    """Values for ``keys``: cached ones read back, the rest computed by ``compute(indices, on_batch)``.
+
+    ``compute`` receives the indices still missing and a callback ``on_batch({index: value})`` that it
+    calls after each batch, so finished batches are stored even if a later one is interrupted.
+    """
+    values: list[Any] = [None] * len(keys)
+    found = cache.get_many(keys) if cache is not None else {}
+    missing = []
+    for i, key in enumerate(keys):
+        if key in found:
+            values[i] = found[key]
+        else:
+            missing.append(i)
+
+    def on_batch(batch: dict[int, Any]) -> None:
+        for i, v in batch.items():
+            values[i] = v
+        if cache is not None:
+            cache.put_many({keys[i]: v for i, v in batch.items()}, method)
+
+    if missing:
+        compute(missing, on_batch)
+    return values

@@ -1,0 +1,76 @@
+"""The persistent judge cache: an interrupted `label` resumes without re-judging anything."""
+
+import json
+
+import pytest
+
+from openrlaif import pipeline
+from openrlaif.feedback import judges
+from openrlaif.feedback.cache import JudgeCache, cache_key, cached_compute
+
+
+def test_cache_roundtrip_and_partial_batches(tmp_path):
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    keys = [cache_key("m", i) for i in range(5)]
+    computed = []
+
+    def compute(missing, on_batch):
+        for i in missing:
+            if i == 3:
+                raise KeyboardInterrupt  # interrupted half-way
+            computed.append(i)
+            on_batch({i: [i * 1.5]})
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_compute(cache, keys, compute)
+    assert len(cache) == 3  # batches finished before the interrupt are stored
+    cache.close()
+    cache = JudgeCache(tmp_path / "c.sqlite")  # a new process opens the same file
+    computed.clear()
+    values = cached_compute(cache, keys, lambda missing, on_batch: on_batch({i: [i * 1.5] for i in missing}))
+    assert values == [[0.0], [1.5], [3.0], [4.5], [6.0]]
+    assert (cache.hits, cache.misses) == (3, 2)
+    assert cache_key("a", [1, 2]) != cache_key("a", [2, 1])
+
+
+@pytest.mark.parametrize("method", ["pairwise", "contrastive"])
+def test_interrupted_label_rejudges_nothing(tiny_config, tmp_path, monkeypatch, method):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.feedback.method = method
+    cfg.label.batch_size = 2
+    store = pipeline.open_run(cfg, tmp_path / "run")
+    pipeline.run_stage("generate", cfg, store)
+
+    # 1. Interrupt the judge after two batches.
+    import openrlaif.logprobs as lp
+
+    target = (judges, "last_position_logits") if method == "pairwise" else (lp, "batch_logprobs")
+    real = getattr(*target)
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(*target, flaky)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_stage("label", cfg, store)
+    assert store.stage_status("label")["status"] == "failed"
+    monkeypatch.setattr(*target, real)
+
+    # 2. Run it again: the two finished batches come from the cache.
+    pipeline.run_stage("label", cfg, store)
+    stats = json.loads(store.path("judge_stats.json").read_text())
+    assert stats["cache"]["hits"] == 4  # 2 batches x 2 sequences
+    total = stats["cache"]["hits"] + stats["cache"]["misses"]
+
+    # 3. A third run judges nothing at all and writes the same preferences.
+    before = store.path("preferences.jsonl").read_text()
+    monkeypatch.setattr(*target, lambda *a, **k: pytest.fail("the judge ran although everything was cached"))
+    pipeline.run_stage("label", cfg, store)
+    stats = json.loads(store.path("judge_stats.json").read_text())
+    assert (stats["cache"]["hits"], stats["cache"]["misses"]) == (total, 0)
+    assert store.path("preferences.jsonl").read_text() == before
+    assert (store.root / "judge_cache.sqlite").is_file()
