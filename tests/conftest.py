@@ -158,6 +158,7 @@ TINY_OVERRIDES = [
     "eval.max_new_tokens=8",
     "eval.bootstrap=200",
     "label.batch_size=4",
+    "feedback.min_agreement=0",  # the judge gate has its own tests
 ]
 
 

@@ -101,6 +101,20 @@ class FeedbackConfig(_Strict):
         1.0, gt=0, description="contrastive: soft label = sigmoid(score difference / temperature)."
     )
     max_length: int = Field(384, ge=16, description="contrastive: tokens kept per scored sequence.")
+    min_agreement: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="Judge gate: before labelling, the judge is measured on labelled calibration pairs; "
+        "below this agreement the label stage stops (or warns, see gate_action). 0 turns the gate off.",
+    )
+    gate_action: Literal["stop", "warn"] = Field(
+        "warn", description="What a judge below min_agreement does: 'stop' the run or 'warn' and go on."
+    )
+    gate_pairs: str = Field(
+        "builtin", description="Labelled pairs for the gate: 'builtin' (72 pairs written for OpenRLAIF) or a JSONL file."
+    )
+    gate_limit: int | None = Field(None, ge=1, description="Use only the first N gate pairs; null = all.")
     cache: str | None = Field(
         "run",
         description="Judge cache (SQLite): 'run' = RUN_DIR/judge_cache.sqlite (judge-eval: the user cache), "

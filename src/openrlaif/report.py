@@ -43,7 +43,14 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"{_fmt(js['first_position_rate'])} | {_fmt(js['mean_confidence'])} | {js['comparisons_per_s']} |", "",
                   "Position consistency is the share of comparisons whose two orders pick the same response; "
                   "a first-position rate far from 0.5 means the judge favours a slot, not a response. "
-                  "Low consistency means the labels are noisy: read the win rate below with that in mind."]
+                  "Low consistency means the labels are noisy: read the win rate below with that in mind. "
+                  "(The contrastive method scores each response on its own, so it is order-free by construction.)"]
+        gate = js.get("gate")
+        if gate:
+            verdict = "passed" if gate["passed"] else f"**FAILED** (action: {gate['action']})"
+            lines += ["", f"Judge gate {verdict}: agreement {gate['agreement']:.1%} with the labels of {gate['n']} "
+                      f"calibration pairs (`{gate['pairs']}`), threshold {gate['min_agreement']:.0%}; "
+                      f"ECE {gate['ece']:.3f}, Brier {gate['brier']:.3f}."]
     tr = store.stage_status("train", k).get("summary", {})
     if tr:
         lines += ["", "## Training (DPO + LoRA)", "",

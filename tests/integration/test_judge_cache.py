@@ -74,3 +74,33 @@ def test_interrupted_label_rejudges_nothing(tiny_config, tmp_path, monkeypatch, 
     assert (stats["cache"]["hits"], stats["cache"]["misses"]) == (total, 0)
     assert store.path("preferences.jsonl").read_text() == before
     assert (store.root / "judge_cache.sqlite").is_file()
+
+
+@pytest.mark.parametrize("action", ["stop", "warn"])
+def test_judge_gate(tiny_config, tmp_path, action):
+    from openrlaif.errors import UserError
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.feedback.method = "contrastive"
+    cfg.feedback.min_agreement = 0.99  # a random tiny model cannot reach this
+    cfg.feedback.gate_action = action
+    cfg.feedback.gate_limit = 12
+    store = pipeline.open_run(cfg, tmp_path / "run")
+    pipeline.run_stage("generate", cfg, store)
+    if action == "stop":
+        with pytest.raises(UserError, match="min_agreement=0.99"):
+            pipeline.run_stage("label", cfg, store)
+        assert not store.path("preferences.jsonl").exists()
+        assert store.stage_status("label")["status"] == "failed"
+        return
+    pipeline.run_stage("label", cfg, store)
+    gate = json.loads(store.path("judge_stats.json").read_text())["gate"]
+    assert gate["n"] == 12 and gate["passed"] is False and gate["action"] == "warn"
+    assert 0.0 <= gate["agreement"] <= 1.0 and gate["min_agreement"] == 0.99
+
+
+def test_gate_off_records_nothing(tiny_config, tmp_path):
+    store = pipeline.open_run(tiny_config, tmp_path / "run")
+    pipeline.run_stage("generate", tiny_config, store)
+    pipeline.run_stage("label", tiny_config, store)
+    assert json.loads(store.path("judge_stats.json").read_text())["gate"] is None

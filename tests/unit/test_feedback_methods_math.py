@@ -54,3 +54,18 @@ def test_transcript_to_messages():
     # a trailing assistant turn (the judged reply's slot) is dropped; plain text is one user turn
     assert transcript_to_messages("\n\nHuman: hi\n\nAssistant:") == [{"role": "user", "content": "hi"}]
     assert transcript_to_messages("just a question") == [{"role": "user", "content": "just a question"}]
+
+
+def test_fit_temperature_recovers_the_generating_temperature():
+    import random
+
+    from openrlaif.evaluate.judge_eval import fit_temperature
+
+    rng = random.Random(0)
+    true_t = 0.2
+    diffs = [rng.uniform(-1, 1) for _ in range(4000)]
+    labels = [int(rng.random() < sigmoid(d / true_t)) for d in diffs]
+    assert fit_temperature(diffs, labels) == pytest.approx(true_t, rel=0.15)
+    # labels that ignore the score: the best temperature is huge (predictions near 0.5)
+    noise = [int(rng.random() < 0.5) for _ in diffs]
+    assert fit_temperature(diffs, noise) > 2.0

@@ -124,6 +124,27 @@ def expected_calibration_error(q: list[float], y: list[int], bins: int = 10) -> 
                for g in groups.values())
 
 
+def fit_temperature(diffs: list[float], y: list[int]) -> float:
+    """The temperature T minimising the log loss of sigmoid(diff / T) against the labels.
+
+    A grid over 0.001..100 (log-spaced, 400 points): cheap, deterministic and free of local minima
+    worries for one parameter.
+    """
+    import math
+
+    from openrlaif.feedback.methods import sigmoid
+
+    def log_loss(t: float) -> float:
+        total = 0.0
+        for d, yi in zip(diffs, y):
+            p = min(max(sigmoid(d / t), 1e-12), 1 - 1e-12)
+            total -= math.log(p if yi else 1 - p)
+        return total
+
+    grid = [10 ** (-3 + 5 * i / 399) for i in range(400)]
+    return min(grid, key=log_loss)
+
+
 @dataclass
 class JudgeEvalResult:
     metrics: dict
@@ -173,4 +194,14 @@ def evaluate_judge(judge, pairs: list[LabelledPair], constitution, principle: st
         "pairs_per_s": len(pairs) / seconds if seconds else None,
         "seconds": seconds,
     }
+    # Score-based judges expose their score difference: report the best temperature for calibration.
+    diffs = [(v.raw["score_first"] - v.raw["score_second"], yi) for v, yi in zip(verdicts, labels)
+             if "score_first" in v.raw and "score_second" in v.raw]
+    if diffs:
+        from openrlaif.feedback.methods import sigmoid
+
+        d, yy = [t[0] for t in diffs], [t[1] for t in diffs]
+        t = fit_temperature(d, yy)
+        metrics["fitted_temperature"] = t
+        metrics["ece_at_fitted_temperature"] = expected_calibration_error([sigmoid(x / t) for x in d], yy)
     return JudgeEvalResult(metrics, verdicts, labels)

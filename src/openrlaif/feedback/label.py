@@ -92,6 +92,38 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
     return judge, spec
 
 
+def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
+    """Measure the judge on labelled pairs; stop (or warn) when it agrees less than feedback.min_agreement."""
+    from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+    from openrlaif.progress import console
+
+    fb = cfg.feedback
+    if fb.min_agreement <= 0:
+        return None
+    pairs = load_labelled_pairs(fb.gate_pairs, fb.gate_limit)
+    description, judge.description = judge.description, "judge gate"
+    try:
+        metrics = evaluate_judge(judge, pairs, constitution, None, cfg.seed).metrics
+    finally:
+        judge.description = description
+    agreement = metrics["agreement"]
+    passed = agreement >= fb.min_agreement
+    result = {"pairs": fb.gate_pairs, "n": metrics["n"], "agreement": round(agreement, 4),
+              "ece": round(metrics["ece"], 4), "brier": round(metrics["brier"], 4),
+              "position_consistency": metrics["position_consistency"],
+              "min_agreement": fb.min_agreement, "passed": passed, "action": fb.gate_action}
+    message = (f"judge '{judge.name}' ({judge.method}) agrees with {agreement:.1%} of {metrics['n']} labelled "
+               f"calibration pairs, below feedback.min_agreement={fb.min_agreement}")
+    if not passed and fb.gate_action == "stop":
+        raise UserError(f"{message}; use a stronger judge (model.judge) or method (feedback.method=contrastive), "
+                        "or set feedback.gate_action=warn to label anyway")
+    if not passed:
+        console.print(f"[bold yellow]warning:[/bold yellow] {message}; labelling anyway (feedback.gate_action=warn)")
+    else:
+        console.print(f"judge gate passed: agreement {agreement:.1%} on {metrics['n']} calibration pairs")
+    return result
+
+
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Judge all candidate pairs and write preferences.jsonl + judge_stats.json."""
     from openrlaif.feedback.constitution import load_constitution
@@ -116,13 +148,17 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             rng = random.Random(comparison_seed(cfg.seed, k, row["prompt_id"], i, j, per_prompt))
             items.append(Comparison(row["prompt"], cands[i], cands[j], constitution.sample(rng), row["messages"]))
             keys.append((r, i, j))
-    # 3. Judge both orders.
+    # 3. The judge, measured on labelled calibration pairs before it is trusted (the gate).
     set_threads(cfg.model.threads)
     judge, judge_name = build_judge(cfg, "label", store.root)
+    gate = judge_gate(cfg, judge, constitution)
+    if judge.cache is not None:
+        judge.cache.hits = judge.cache.misses = 0  # count the labelling itself below
+    # 4. Judge every comparison (both orders for pairwise judges).
     start = time.perf_counter()
     verdicts = judge.compare(items)
     seconds = time.perf_counter() - start
-    # 4. Select pairs per prompt.
+    # 5. Select pairs per prompt.
     per_prompt: dict[int, dict[tuple[int, int], float]] = {}
     detail: dict[tuple[int, int, int], object] = {}
     for (r, i, j), v in zip(keys, verdicts):
@@ -151,7 +187,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 "chosen_index": c,
                 "rejected_index": rej,
             })
-    # 5. Write the pairs and the judge's statistics.
+    # 6. Write the pairs and the judge's statistics.
     atomic_write_jsonl(store.path("preferences.jsonl", k), prefs)
     stats = position_stats(verdicts)
     stats.update({
@@ -168,6 +204,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "mean_p_chosen": round(sum(p["p_chosen"] for p in prefs) / len(prefs), 4) if prefs else None,
         "cache": {"path": str(judge.cache.path), "hits": judge.cache.hits, "misses": judge.cache.misses}
         if judge.cache is not None else None,
+        "gate": gate,
     })
     atomic_write_json(store.path("judge_stats.json", k), stats)
     return {k2: stats[k2] for k2 in ("comparisons", "pairs_written", "position_consistency",
