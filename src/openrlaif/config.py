@@ -88,11 +88,21 @@ class LabelConfig(_Strict):
 
 
 class FeedbackConfig(_Strict):
-    method: Literal["pairwise", "contrastive"] = Field(
+    method: Literal["pairwise", "contrastive", "rule", "ensemble"] = Field(
         "pairwise",
-        description="How the judge is asked: 'pairwise' (A or B? both orders, answer-letter log-probs) or "
+        description="How feedback is made: 'pairwise' (A or B? both orders, answer-letter log-probs), "
         "'contrastive' (log-likelihood of each response under the principle's positive vs negative "
-        "system prompt; order-free).",
+        "system prompt; order-free), 'rule' (a Python function scores responses, see feedback.rule), "
+        "'ensemble' (feedback.members combined by feedback.aggregate).",
+    )
+    rule: str | None = Field(
+        None, description="rule: 'package.module:function' taking (prompt, response) and returning a score."
+    )
+    members: list[Literal["pairwise", "contrastive", "rule"]] = Field(
+        default_factory=lambda: ["pairwise", "contrastive"], description="ensemble: the member methods."
+    )
+    aggregate: Literal["mean", "majority"] = Field(
+        "mean", description="ensemble: average the probabilities or take the majority vote."
     )
     normalize: Literal["mean", "sum"] = Field(
         "mean", description="contrastive: per-token mean or total log-likelihood ratio."

@@ -134,3 +134,26 @@ def test_judge_eval_cli_on_tiny_model(tiny_model_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "openrlaif.cli", "judge-eval", "--pairs", str(tmp_path / "x.jsonl"),
                           f"model.policy={tiny_model_dir}"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rule_and_ensemble_through_build_judge(tiny_config, tmp_path, monkeypatch):
+    from openrlaif.feedback.label import build_judge
+
+    (tmp_path / "my_rules.py").write_text("def words(prompt, response):\n    return len(response.split())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.feedback.method = "rule"
+    cfg.feedback.rule = "my_rules:words"
+    judge, name = build_judge(cfg)
+    assert name == "my_rules:words" and judge.method == "rule"
+    [v] = judge.compare([Comparison("q", "a b c", "a", PRINCIPLE)])
+    assert v.p_first > 0.5
+    cfg.feedback.method = "ensemble"
+    cfg.feedback.members = ["pairwise", "contrastive", "rule"]
+    judge, _ = build_judge(cfg, run_dir=tmp_path)
+    [v] = judge.compare([Comparison("q", "a b c", "a", PRINCIPLE)])
+    assert [m["method"] for m in v.raw["members"]] == ["pairwise", "contrastive", "rule"]
+    assert 0.0 <= v.p_first <= 1.0 and 0.0 <= v.raw["disagreement"] <= 0.5
+    cfg.feedback.rule = None
+    with pytest.raises(UserError, match="feedback.rule"):
+        build_judge(cfg)

@@ -232,3 +232,125 @@ def last_position_logits(model, input_ids, attention_mask):
     except TypeError:  # older transformers / custom models
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     return out.logits[:, -1, :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule judge and ensembles
+
+
+def load_callable(path: str, field: str = "feedback.rule"):
+    """'package.module:function' -> the function (errors name the config field)."""
+    import importlib
+
+    from openrlaif.errors import UserError
+
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"{field}: '{path}' must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"{field}: cannot import module '{module_name}' ({err}); is it on PYTHONPATH?") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UserError(f"{field}: '{module_name}' has no function '{attr}'")
+    return fn
+
+
+class RuleJudge:
+    """Verifiable preferences: a Python function ``score(prompt, response) -> float`` ranks responses.
+
+    A pair's label is sigmoid((score(first) - score(second)) / temperature); a score of None or an
+    exception leaves the pair unscored (with the error kept), never silently labelled.
+    """
+
+    method = "rule"
+
+    def __init__(self, fn, *, name: str = "rule", temperature: float = 1.0):
+        self.fn = fn
+        self.name = name
+        self.template = f"rule:{name}"
+        self.temperature = temperature
+        self.cache = None
+
+    def _score(self, prompt: str, response: str) -> tuple[float | None, str | None]:
+        try:
+            value = self.fn(prompt, response)
+        except Exception as err:  # a user's rule may fail on odd input: record it, do not guess
+            return None, f"{type(err).__name__}: {err}"
+        if value is None:
+            return None, "rule returned None"
+        return float(value), None
+
+    def compare(self, items: list[Comparison]) -> list[Verdict]:
+        from openrlaif.feedback.methods import pair_probability
+
+        verdicts = []
+        for it in items:
+            (s1, e1), (s2, e2) = self._score(it.prompt, it.first), self._score(it.prompt, it.second)
+            if s1 is None or s2 is None:
+                verdicts.append(Verdict(None, None, None, it.principle.id, error=e1 or e2))
+                continue
+            p = pair_probability(s1, s2, self.temperature)
+            verdicts.append(Verdict(p, p, p, it.principle.id, raw={"score_first": s1, "score_second": s2}))
+        return verdicts
+
+
+def aggregate_probabilities(ps: list[float], how: str) -> tuple[float, float]:
+    """Ensemble of member probabilities -> (p, disagreement).
+
+    'mean' averages the probabilities; 'majority' is the share of members preferring the first
+    response (0.5 on a split vote). Disagreement is the share of members on the minority side
+    (0 = unanimous, 0.5 = evenly split).
+    """
+    if not ps:
+        raise ValueError("no member probabilities")
+    votes = sum(1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in ps) / len(ps)
+    disagreement = min(votes, 1.0 - votes)
+    if how == "mean":
+        return sum(ps) / len(ps), disagreement
+    if how == "majority":
+        return votes, disagreement
+    raise ValueError(f"unknown aggregation {how!r}")
+
+
+class EnsembleJudge:
+    """Several judges on the same comparisons; mean or majority, with member disagreement recorded."""
+
+    method = "ensemble"
+
+    def __init__(self, members: list, *, aggregate: str = "mean", name: str = "ensemble"):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = members
+        self.aggregate = aggregate
+        self.name = name
+        self.template = "ensemble[" + ",".join(getattr(m, "template", m.method) for m in members) + f"]:{aggregate}"
+        self.cache = getattr(members[0], "cache", None)
+
+    @property
+    def description(self) -> str:
+        return getattr(self.members[0], "description", "judge")
+
+    @description.setter
+    def description(self, value: str) -> None:
+        for m in self.members:
+            if hasattr(m, "description"):
+                m.description = value
+
+    def compare(self, items: list[Comparison]) -> list[Verdict]:
+        per_member = [m.compare(items) for m in self.members]
+        verdicts = []
+        for n, it in enumerate(items):
+            vs = [pm[n] for pm in per_member]
+            scored = [v for v in vs if v.p_first is not None]
+            raw = {"members": [{"method": m.method, "p_first": v.p_first} for m, v in zip(self.members, vs)]}
+            if not scored:
+                verdicts.append(Verdict(None, None, None, it.principle.id, raw=raw, error="no member scored this pair"))
+                continue
+            p, disagreement = aggregate_probabilities([v.p_first for v in scored], self.aggregate)
+            s_ab, _ = aggregate_probabilities([v.score_ab for v in scored], self.aggregate)
+            s_ba, _ = aggregate_probabilities([v.score_ba for v in scored], self.aggregate)
+            raw["disagreement"] = disagreement
+            verdicts.append(Verdict(p, s_ab, s_ba, it.principle.id, raw=raw))
+        return verdicts

@@ -75,21 +75,35 @@ def open_cache(cfg: RunConfig, run_dir: Path | None):
 
 def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None = None):
     """The judge the config asks for (model + feedback method + cache); returns (judge, judge name)."""
+    from openrlaif.feedback.judges import EnsembleJudge, RuleJudge, load_callable
     from openrlaif.feedback.methods import ContrastiveJudge
     from openrlaif.models import load_causal_lm
 
+    fb = cfg.feedback
+    methods = fb.members if fb.method == "ensemble" else [fb.method]
+    if "rule" in methods and not fb.rule:
+        raise UserError("feedback.rule: required with feedback.method=rule (or a rule ensemble member); "
+                        "give 'package.module:function'")
+    rule = load_callable(fb.rule) if "rule" in methods else None
+    if methods == ["rule"]:
+        return RuleJudge(rule, name=fb.rule, temperature=fb.temperature), fb.rule
     spec = cfg.model.judge or cfg.model.policy
     loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
-    fb = cfg.feedback
     cache = open_cache(cfg, run_dir)
-    if fb.method == "contrastive":
-        judge = ContrastiveJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
-                                 max_length=fb.max_length, normalize=fb.normalize, temperature=fb.temperature,
-                                 description=description, cache=cache)
-    else:
-        judge = LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
-                           max_response_chars=cfg.label.max_response_chars, description=description, cache=cache)
-    return judge, spec
+
+    def make(method: str):
+        if method == "contrastive":
+            return ContrastiveJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
+                                    max_length=fb.max_length, normalize=fb.normalize, temperature=fb.temperature,
+                                    description=description, cache=cache)
+        if method == "rule":
+            return RuleJudge(rule, name=fb.rule, temperature=fb.temperature)
+        return LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
+                          max_response_chars=cfg.label.max_response_chars, description=description, cache=cache)
+
+    if fb.method == "ensemble":
+        return EnsembleJudge([make(m) for m in methods], aggregate=fb.aggregate, name=spec), spec
+    return make(fb.method), spec
 
 
 def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
