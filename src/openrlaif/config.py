@@ -88,17 +88,18 @@ class LabelConfig(_Strict):
 
 
 class FeedbackConfig(_Strict):
-    method: Literal["pairwise", "contrastive", "rule", "ensemble"] = Field(
+    method: Literal["pairwise", "contrastive", "pointwise", "rule", "ensemble"] = Field(
         "pairwise",
         description="How feedback is made: 'pairwise' (A or B? both orders, answer-letter log-probs), "
         "'contrastive' (log-likelihood of each response under the principle's positive vs negative "
-        "system prompt; order-free), 'rule' (a Python function scores responses, see feedback.rule), "
+        "system prompt; order-free), 'pointwise' (each response rated 0-9, expected rating from the digit "
+        "log-probs), 'rule' (a Python function scores responses, see feedback.rule), "
         "'ensemble' (feedback.members combined by feedback.aggregate).",
     )
     rule: str | None = Field(
         None, description="rule: 'package.module:function' taking (prompt, response) and returning a score."
     )
-    members: list[Literal["pairwise", "contrastive", "rule"]] = Field(
+    members: list[Literal["pairwise", "contrastive", "pointwise", "rule"]] = Field(
         default_factory=lambda: ["pairwise", "contrastive"], description="ensemble: the member methods."
     )
     aggregate: Literal["mean", "majority"] = Field(

@@ -157,3 +157,22 @@ def test_rule_and_ensemble_through_build_judge(tiny_config, tmp_path, monkeypatc
     cfg.feedback.rule = None
     with pytest.raises(UserError, match="feedback.rule"):
         build_judge(cfg)
+
+
+def test_pointwise_judge_on_tiny_model(tiny, tmp_path):
+    from openrlaif.feedback.cache import JudgeCache
+    from openrlaif.feedback.methods import PointwiseJudge, digit_token_groups
+
+    groups = digit_token_groups(tiny.tokenizer)
+    assert len(groups) == 10 and all(groups) and not set(groups[0]) & set(groups[1])
+    judge = PointwiseJudge(tiny.model, tiny.tokenizer, batch_size=2, cache=JudgeCache(tmp_path / "c.sqlite"))
+    texts = ["An apple.", "The sea is wide.", "Numbers one two."]
+    items = [Comparison("Q?", texts[i], texts[j], PRINCIPLE) for i in range(3) for j in range(3) if i != j]
+    verdicts = judge.compare(items)
+    assert judge.cache.misses == 3  # each response rated once
+    for v in verdicts:
+        assert 0.0 <= v.raw["score_first"] <= 9.0 and 0.0 < v.p_first < 1.0
+    by_pair = {(it.first, it.second): v.p_first for it, v in zip(items, verdicts)}
+    assert by_pair[(texts[0], texts[1])] == pytest.approx(1 - by_pair[(texts[1], texts[0])], abs=1e-9)
+    judge.compare(items)
+    assert judge.cache.hits == 3  # the second call reads the cache

@@ -69,3 +69,14 @@ def test_fit_temperature_recovers_the_generating_temperature():
     # labels that ignore the score: the best temperature is huge (predictions near 0.5)
     noise = [int(rng.random() < 0.5) for _ in diffs]
     assert fit_temperature(diffs, noise) > 2.0
+
+
+def test_expected_rating_by_hand():
+    from openrlaif.feedback.methods import expected_rating
+
+    lp = [[math.log(1e-12)] for _ in range(10)]
+    lp[7] = [math.log(0.5)]
+    lp[3] = [math.log(0.25), math.log(0.25)]  # two token variants of '3' sum to 0.5
+    assert expected_rating(lp) == pytest.approx(5.0)  # 0.5 * 7 + 0.5 * 3
+    uniform = [[0.0] for _ in range(10)]
+    assert expected_rating(uniform) == pytest.approx(4.5)

@@ -179,32 +179,10 @@ class LocalJudge:
 
     def last_logprobs(self, texts: list[str]) -> list[tuple[list[float], list[float]]]:
         """For each text: log-probs of the A tokens and the B tokens at the next position (cached)."""
-        import torch
-
-        from openrlaif.feedback.cache import cache_key, cached_compute
-        from openrlaif.progress import advance, bar
-
-        tok = self.tokenizer
-        tok.padding_side = "left"
-        encoded = [tok(t, add_special_tokens=False).input_ids for t in texts]
-        keys = ([cache_key(self.fingerprint, self.method, self.template, self.ids_a, self.ids_b, ids) for ids in encoded]
-                if self.cache is not None else [""] * len(texts))
-
-        def compute(missing: list[int], on_batch) -> None:
-            order = sorted(missing, key=lambda i: len(encoded[i]))
-            start = time.perf_counter()
-            with bar(self.description, len(order), "prompts") as progress, torch.inference_mode():
-                for b in range(0, len(order), self.batch_size):
-                    idx = order[b : b + self.batch_size]
-                    batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
-                    logits = last_position_logits(self.model, batch["input_ids"], batch["attention_mask"])
-                    logp = torch.log_softmax(logits.float(), dim=-1)
-                    on_batch({i: [row[self.ids_a].tolist(), row[self.ids_b].tolist()] for row, i in zip(logp, idx)})
-                    elapsed = time.perf_counter() - start
-                    advance(progress, len(idx), (b + len(idx)) / max(elapsed, 1e-9), "prompts")
-
         start = time.perf_counter()
-        values = cached_compute(self.cache, keys, compute, self.method)
+        values = read_next_token(self.model, self.tokenizer, texts, [self.ids_a, self.ids_b],
+                                 batch_size=self.batch_size, cache=self.cache, description=self.description,
+                                 key_parts=(self.fingerprint if self.cache is not None else "", self.method, self.template))
         self.seconds += time.perf_counter() - start
         return [(v[0], v[1]) for v in values]
 
@@ -221,6 +199,37 @@ class LocalJudge:
             verdicts.append(Verdict(p_first, s_ab, s_ba, it.principle.id,
                                     raw={"logp_ab": [a1, b1], "logp_ba": [a2, b2]}))
         return verdicts
+
+
+def read_next_token(model, tokenizer, texts: list[str], groups: list[list[int]], *, batch_size: int,
+                    cache=None, key_parts: tuple = (), description: str = "judge") -> list[list[list[float]]]:
+    """For each text, the next-token log-probs of every token id in each group (cached, batched by length).
+
+    Only the last position is projected onto the vocabulary. With a cache, the key is
+    ``key_parts`` + the groups + the exact token ids, and each batch is stored as soon as it is done.
+    """
+    import torch
+
+    from openrlaif.feedback.cache import cache_key, cached_compute
+    from openrlaif.progress import advance, bar
+
+    tokenizer.padding_side = "left"
+    encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    keys = ([cache_key(*key_parts, groups, ids) for ids in encoded] if cache is not None else [""] * len(texts))
+
+    def compute(missing: list[int], on_batch) -> None:
+        order = sorted(missing, key=lambda i: len(encoded[i]))
+        start = time.perf_counter()
+        with bar(description, len(order), "prompts") as progress, torch.inference_mode():
+            for b in range(0, len(order), batch_size):
+                idx = order[b : b + batch_size]
+                batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                logits = last_position_logits(model, batch["input_ids"], batch["attention_mask"])
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                on_batch({i: [row[g].tolist() for g in groups] for row, i in zip(logp, idx)})
+                advance(progress, len(idx), (b + len(idx)) / max(time.perf_counter() - start, 1e-9), "prompts")
+
+    return cached_compute(cache, keys, compute, str(key_parts[1]) if len(key_parts) > 1 else "")
 
 
 def last_position_logits(model, input_ids, attention_mask):

@@ -76,7 +76,7 @@ def open_cache(cfg: RunConfig, run_dir: Path | None):
 def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None = None):
     """The judge the config asks for (model + feedback method + cache); returns (judge, judge name)."""
     from openrlaif.feedback.judges import EnsembleJudge, RuleJudge, load_callable
-    from openrlaif.feedback.methods import ContrastiveJudge
+    from openrlaif.feedback.methods import ContrastiveJudge, PointwiseJudge
     from openrlaif.models import load_causal_lm
 
     fb = cfg.feedback
@@ -98,6 +98,10 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
                                     description=description, cache=cache)
         if method == "rule":
             return RuleJudge(rule, name=fb.rule, temperature=fb.temperature)
+        if method == "pointwise":
+            return PointwiseJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
+                                  max_response_chars=cfg.label.max_response_chars, temperature=fb.temperature,
+                                  description=description, cache=cache)
         return LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
                           max_response_chars=cfg.label.max_response_chars, description=description, cache=cache)
 
@@ -150,8 +154,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     rows = read_jsonl(cand_path)
     constitution = load_constitution(cfg.data.constitution)
     # 2. One comparison per pair of distinct candidates, each with its own sampled principle
-    #    (one principle per prompt for the contrastive method, which scores each candidate once).
-    per_prompt = cfg.feedback.method == "contrastive"
+    #    (one principle per prompt for methods that score each candidate alone, so each is scored once).
+    per_prompt = cfg.feedback.method in ("contrastive", "pointwise")
     items: list[Comparison] = []
     keys: list[tuple[int, int, int]] = []
     for r, row in enumerate(rows):

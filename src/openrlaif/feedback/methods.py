@@ -123,3 +123,110 @@ class ContrastiveJudge:
             verdicts.append(Verdict(p, p, p, it.principle.id,
                                     raw={"score_first": scores[a], "score_second": scores[b]}))
         return verdicts
+
+
+# ---------------------------------------------------------------------------------------------
+# Pointwise expected score (d-RLAIF): the judge rates one response; the rating's expectation is the score.
+
+POINTWISE_TEMPLATE_VERSION = "pointwise-0to9-v1"
+POINTWISE_SYSTEM = "You are a fair, careful judge of AI assistant replies. You answer with a single digit."
+POINTWISE_USER = (
+    "A user sent this request:\n{prompt}\n\n"
+    "An assistant replied:\n{response}\n\n"
+    "Judge the reply by this question: {question}\n"
+    "Rate the reply from 0 (worst) to 9 (best). Answer with one digit."
+)
+POINTWISE_PREFILL = "Rating: "
+
+
+def digit_token_groups(tokenizer) -> list[list[int]]:
+    """Token ids that can spell each rating 0..9 next (' 7' and '7'); ids shared by digits are dropped."""
+    groups = []
+    for d in range(10):
+        ids = set()
+        for variant in (f" {d}", str(d)):
+            toks = tokenizer(variant, add_special_tokens=False).input_ids
+            if toks:
+                ids.add(toks[0])
+        groups.append(ids)
+    shared = {t for i, g in enumerate(groups) for t in g if any(t in h for j, h in enumerate(groups) if j != i)}
+    out = [sorted(g - shared) for g in groups]
+    if any(not g for g in out):
+        raise ValueError("the tokenizer has no distinct token for every digit 0-9; cannot read ratings")
+    return out
+
+
+def expected_rating(logps: list[list[float]]) -> float:
+    """E[rating] over 0..9 from each digit's token log-probs, renormalised over the ten digits."""
+    from openrlaif.feedback.judges import logsumexp
+
+    per_digit = [logsumexp(g) for g in logps]
+    m = max(per_digit)
+    weights = [math.exp(v - m) for v in per_digit]
+    return sum(d * w for d, w in enumerate(weights)) / sum(weights)
+
+
+class PointwiseJudge:
+    """Rates each response alone on 0..9 from the digit log-probs; pairs compare expected ratings."""
+
+    method = "pointwise"
+    template = POINTWISE_TEMPLATE_VERSION
+
+    def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8, max_response_chars: int = 600,
+                 temperature: float = 1.0, description: str = "judge", cache: JudgeCache | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.max_response_chars = max_response_chars
+        self.temperature = temperature
+        self.description = description
+        self.cache = cache
+        self.groups = digit_token_groups(tokenizer)
+        self._fingerprint: str | None = None
+        self.seconds = 0.0
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.name)
+        return self._fingerprint
+
+    def render(self, prompt: str, response: str, principle: Principle) -> str:
+        from openrlaif.feedback.judges import truncate
+        from openrlaif.models import chat_prompt
+
+        user = POINTWISE_USER.format(prompt=prompt, response=truncate(response, self.max_response_chars),
+                                     question=principle.text)
+        messages = [{"role": "system", "content": POINTWISE_SYSTEM}, {"role": "user", "content": user}]
+        return chat_prompt(self.tokenizer, messages) + POINTWISE_PREFILL
+
+    def score(self, items: list[tuple[str, str, Principle]]) -> list[float | None]:
+        """Expected 0..9 rating of each (prompt, response, principle)."""
+        from openrlaif.feedback.judges import read_next_token
+
+        start = time.perf_counter()
+        values = read_next_token(self.model, self.tokenizer, [self.render(*it) for it in items], self.groups,
+                                 batch_size=self.batch_size, cache=self.cache, description=self.description,
+                                 key_parts=(self.fingerprint if self.cache is not None else "", self.method, self.template))
+        self.seconds += time.perf_counter() - start
+        return [expected_rating(v) for v in values]
+
+    def compare(self, items: list[Comparison]) -> list[Verdict]:
+        index: dict[tuple, int] = {}
+        units: list[tuple[str, str, Principle]] = []
+
+        def unit(it: Comparison, response: str) -> int:
+            key = (it.prompt, response, it.principle)
+            if key not in index:
+                index[key] = len(units)
+                units.append(key)
+            return index[key]
+
+        pairs = [(unit(it, it.first), unit(it, it.second)) for it in items]
+        scores = self.score(units)
+        verdicts = []
+        for it, (a, b) in zip(items, pairs):
+            p = pair_probability(scores[a], scores[b], self.temperature)
+            verdicts.append(Verdict(p, p, p, it.principle.id, raw={"score_first": scores[a], "score_second": scores[b]}))
+        return verdicts
