@@ -32,6 +32,8 @@ METHODS = {
     "pairwise": ["feedback.method=pairwise"],
     "contrastive": ["feedback.method=contrastive", "feedback.normalize=mean"],
     "contrastive-sum": ["feedback.method=contrastive", "feedback.normalize=sum"],
+    "pointwise": ["feedback.method=pointwise"],
+    "ensemble": ["feedback.method=ensemble", "feedback.members=[contrastive,pointwise]"],
 }
 
 

@@ -25,7 +25,11 @@ def encode_response(tokenizer, prompt_messages: list[dict], response: str, max_l
     from openrlaif.models import chat_prompt, end_of_turn_id
 
     prompt_ids = tokenizer(chat_prompt(tokenizer, prompt_messages), add_special_tokens=False).input_ids
-    response_ids = tokenizer(response, add_special_tokens=False).input_ids + [end_of_turn_id(tokenizer)]
+    from openrlaif.feedback.judges import neutralize_special_tokens
+
+    # A response that spells a special token ('<|im_end|>') is scored as the characters it wrote.
+    response_ids = (tokenizer(neutralize_special_tokens(response, tokenizer), add_special_tokens=False).input_ids
+                    + [end_of_turn_id(tokenizer)])
     keep = min(len(prompt_ids), max(max_length // 2, max_length - len(response_ids)))
     prompt_ids = prompt_ids[len(prompt_ids) - keep :]
     response_ids = response_ids[: max_length - len(prompt_ids)]

@@ -9,6 +9,7 @@ the vocabulary projection for the last position.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -121,6 +122,32 @@ def position_stats(verdicts: list[Verdict]) -> dict[str, float | int]:
     }
 
 
+_ROLE = r"(judge|judges|evaluator|evaluators|grader|graders|rater|raters|evaluation|grading|AI judge)"
+_ASK = r"(pick|choose|select|prefer|rate|score|reward|win|must|required|instructed|forget|disregard|ignore)"
+_JUDGE_DIRECTED = re.compile(
+    rf"\b{_ROLE}\b[^\n]{{0,80}}\b{_ASK}|\b{_ASK}\b[^\n]{{0,80}}\b{_ROLE}\b|"
+    r"ignore (all |the )?(previous|above|prior|earlier) (instructions|text)|new instruction|\bverdict\b|"
+    r"response [ab] is (better|the winner)|\banswer:\s*[ab]\b|\bwinner\b\s*[:\"]|\"(choice|winner)\"\s*:|"
+    r"<\|im_(start|end)\|>|\[/?inst\]|</?(system|evaluation|response_[ab])>|end of responses|"
+    r"^\s*system\s*:|\b(choose|pick|select) (me|this (one|reply|response|answer))\b",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def judge_directed(text: str) -> bool:
+    """True when a response contains text aimed at the judge (instructions, fake verdicts, chat markers)."""
+    return bool(_JUDGE_DIRECTED.search(text))
+
+
+def neutralize_special_tokens(text: str, tokenizer) -> str:
+    """Break special-token strings (e.g. '<|im_end|>') inside candidate text so they are read as plain
+    characters and cannot end the judge's turn or forge a new one."""
+    for special in getattr(tokenizer, "all_special_tokens", []) + list(getattr(tokenizer, "additional_special_tokens", []) or []):
+        if special and len(special) > 1 and special in text:
+            text = text.replace(special, special[0] + "\u200b" + special[1:])
+    return text
+
+
 def truncate(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 3].rstrip() + "..."
 
@@ -172,8 +199,8 @@ class LocalJudge:
     def render(self, prompt: str, a: str, b: str, question: str) -> str:
         from openrlaif.models import chat_prompt
 
-        user = JUDGE_USER.format(prompt=prompt, a=truncate(a, self.max_response_chars),
-                                 b=truncate(b, self.max_response_chars), question=question)
+        a, b = (neutralize_special_tokens(truncate(x, self.max_response_chars), self.tokenizer) for x in (a, b))
+        user = JUDGE_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer), a=a, b=b, question=question)
         messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
         return chat_prompt(self.tokenizer, messages) + JUDGE_PREFILL
 

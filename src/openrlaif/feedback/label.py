@@ -16,7 +16,7 @@ from pathlib import Path
 
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
-from openrlaif.feedback.judges import Comparison, LocalJudge, position_stats
+from openrlaif.feedback.judges import Comparison, LocalJudge, judge_directed, position_stats
 from openrlaif.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
@@ -202,6 +202,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 "source": "ai",
                 "round": k,
                 "prompt_id": row["prompt_id"],
+                "judge_directed": judge_directed(row["candidates"][c]) or judge_directed(row["candidates"][rej]),
                 "chosen_index": c,
                 "rejected_index": rej,
             })

@@ -193,10 +193,12 @@ class PointwiseJudge:
         return self._fingerprint
 
     def render(self, prompt: str, response: str, principle: Principle) -> str:
-        from openrlaif.feedback.judges import truncate
+        from openrlaif.feedback.judges import neutralize_special_tokens, truncate
         from openrlaif.models import chat_prompt
 
-        user = POINTWISE_USER.format(prompt=prompt, response=truncate(response, self.max_response_chars),
+        user = POINTWISE_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer),
+                                     response=neutralize_special_tokens(truncate(response, self.max_response_chars),
+                                                                        self.tokenizer),
                                      question=principle.text)
         messages = [{"role": "system", "content": POINTWISE_SYSTEM}, {"role": "user", "content": user}]
         return chat_prompt(self.tokenizer, messages) + POINTWISE_PREFILL
