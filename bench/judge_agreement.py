@@ -25,6 +25,7 @@ from openrlaif.feedback.label import build_judge
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = [
     ("builtin calibration", "builtin", None),
+    ("builtin injection", "builtin:injection", None),
     ("hh_harmless_dev (human)", str(SHARED / "hh_harmless_dev.jsonl"), "harmless"),
     ("alpacaeval_gpt4_pairs_dev (GPT-4)", str(SHARED / "alpacaeval_gpt4_pairs_dev.jsonl"), "helpful"),
 ]
@@ -41,12 +42,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=200, help="pairs per external set (the first N)")
     ap.add_argument("--methods", default="pairwise,contrastive,contrastive-sum")
-    ap.add_argument("--sets", default="all", help="comma list of: builtin,hh,alpaca")
+    ap.add_argument("--sets", default="all", help="comma list of: builtin,injection,hh,alpaca")
     ap.add_argument("--json", type=Path, help="write all rows to this JSON file")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     wanted = None if args.sets == "all" else set(args.sets.split(","))
-    keys = {"builtin calibration": "builtin", "hh_harmless_dev (human)": "hh", "alpacaeval_gpt4_pairs_dev (GPT-4)": "alpaca"}
+    keys = {"builtin calibration": "builtin", "builtin injection": "injection", "hh_harmless_dev (human)": "hh",
+            "alpacaeval_gpt4_pairs_dev (GPT-4)": "alpaca"}
     if not SHARED.is_dir():
         print(f"note: {SHARED} is absent; measuring the built-in calibration set only")
     rows = []
@@ -57,9 +59,9 @@ def main() -> None:
         for title, spec, principle in SETS:
             if wanted and keys[title] not in wanted:
                 continue
-            if spec != "builtin" and not Path(spec).is_file():
+            if not spec.startswith("builtin") and not Path(spec).is_file():
                 continue
-            pairs = load_labelled_pairs(spec, None if spec == "builtin" else args.limit)
+            pairs = load_labelled_pairs(spec, None if spec.startswith("builtin") else args.limit)
             m = evaluate_judge(judge, pairs, constitution, principle, cfg.seed).metrics
             rows.append({"set": title, "method": method, **m})
             print(json.dumps(rows[-1]), flush=True)

@@ -176,3 +176,8 @@ def test_pointwise_judge_on_tiny_model(tiny, tmp_path):
     assert by_pair[(texts[0], texts[1])] == pytest.approx(1 - by_pair[(texts[1], texts[0])], abs=1e-9)
     judge.compare(items)
     assert judge.cache.hits == 3  # the second call reads the cache
+
+
+def test_builtin_injection_set_loads():
+    pairs = load_labelled_pairs("builtin:injection")
+    assert len(pairs) >= 30 and all(p.principle for p in pairs)

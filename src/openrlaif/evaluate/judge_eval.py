@@ -1,7 +1,8 @@
 """`rlaif judge-eval`: measure a judge against labelled preference pairs before trusting it.
 
-Reads pairs from the built-in calibration set (written for OpenRLAIF, one principle per pair) or a
-JSONL file in any of these shapes:
+Reads pairs from the built-in calibration set ('builtin', written for OpenRLAIF, one principle per
+pair), the built-in prompt-injection set ('builtin:injection': the worse reply addresses the judge), or
+a JSONL file in any of these shapes:
 - ``{"prompt" | "context", "chosen", "rejected"}`` (HH-RLHF style: a "Human: ... Assistant: ..."
   transcript in ``context`` becomes a chat conversation), optional ``principle`` (a constitution id);
 - ``{"instruction", "output_1", "output_2", "preference" | "gpt4_preference"}`` (AlpacaEval style, 1 or 2).
@@ -59,7 +60,8 @@ def transcript_to_messages(text: str) -> list[dict]:
 def load_labelled_pairs(spec: str, limit: int | None = None) -> list[LabelledPair]:
     from openrlaif.prompts import builtin_path
 
-    path = builtin_path("calibration_pairs.jsonl") if spec == BUILTIN_CALIBRATION else Path(spec).expanduser()
+    builtin = {BUILTIN_CALIBRATION: "calibration_pairs.jsonl", "builtin:injection": "injection_pairs.jsonl"}
+    path = builtin_path(builtin[spec]) if spec in builtin else Path(spec).expanduser()
     if not path.is_file():
         raise UserError(f"--pairs: file '{spec}' not found; give a JSONL file of labelled pairs or 'builtin'")
     pairs = []
