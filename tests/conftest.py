@@ -159,6 +159,7 @@ TINY_OVERRIDES = [
     "eval.bootstrap=200",
     "label.batch_size=4",
     "feedback.min_agreement=0",  # the judge gate has its own tests
+    "feedback.method=pairwise",  # the stage tests check the two-order pairwise maths; other methods have their own
 ]
 
 

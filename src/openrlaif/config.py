@@ -89,7 +89,7 @@ class LabelConfig(_Strict):
 
 class FeedbackConfig(_Strict):
     method: Literal["pairwise", "contrastive", "pointwise", "rule", "ensemble"] = Field(
-        "pairwise",
+        "contrastive",
         description="How feedback is made: 'pairwise' (A or B? both orders, answer-letter log-probs), "
         "'contrastive' (log-likelihood of each response under the principle's positive vs negative "
         "system prompt; order-free), 'pointwise' (each response rated 0-9, expected rating from the digit "
@@ -109,7 +109,11 @@ class FeedbackConfig(_Strict):
         "mean", description="contrastive: per-token mean or total log-likelihood ratio."
     )
     temperature: float = Field(
-        1.0, gt=0, description="contrastive: soft label = sigmoid(score difference / temperature)."
+        0.1,
+        gt=0,
+        description="Score-based methods (contrastive, pointwise, rule): soft label = sigmoid(score difference "
+        "/ temperature). 0.1 is the calibrated value for contrastive with mean normalisation on the embedded "
+        "model (`rlaif judge-eval` reports the best fit for your judge as fitted_temperature).",
     )
     max_length: int = Field(384, ge=16, description="contrastive: tokens kept per scored sequence.")
     min_agreement: float = Field(
