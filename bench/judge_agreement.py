@@ -63,16 +63,18 @@ def main() -> None:
                 continue
             pairs = load_labelled_pairs(spec, None if spec.startswith("builtin") else args.limit)
             m = evaluate_judge(judge, pairs, constitution, principle, cfg.seed).metrics
-            rows.append({"set": title, "method": method, **m})
+            rows.append({**m, "set": title, "method": method, "judge_cache_hits": judge.cache.hits if judge.cache else None})
             print(json.dumps(rows[-1]), flush=True)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
           f"command: python bench/judge_agreement.py --limit {args.limit} --methods {args.methods} "
           f"--sets {args.sets} {' '.join(args.overrides)}\n")
-    print("| set | method | n | agreement | position consistency | first-position rate | ECE | Brier | pairs/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| set | method | n | agreement | position consistency | first-position rate | ECE | Brier | fitted T | pairs/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        fitted = f"{r['fitted_temperature']:.3f}" if "fitted_temperature" in r else "-"
+        speed = f"{r['pairs_per_s']:.2f}" if not r["judge_cache_hits"] else "cached"
         print(f"| {r['set']} | {r['method']} | {r['n']} | {r['agreement']:.3f} | {r['position_consistency']:.3f} | "
-              f"{r['first_position_rate']:.3f} | {r['ece']:.3f} | {r['brier']:.3f} | {r['pairs_per_s']:.2f} |")
+              f"{r['first_position_rate']:.3f} | {r['ece']:.3f} | {r['brier']:.3f} | {fitted} | {speed} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
