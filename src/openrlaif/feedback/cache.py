@@ -21,8 +21,15 @@ def cache_key(*parts: Any) -> str:
 
 
 def model_fingerprint(model, name: str = "") -> str:
-    """A cheap identity of a model's weights: its config plus a sample of every 16th parameter tensor."""
+    """A cheap identity of a model's weights: its config plus a sample of every 16th parameter tensor.
+
+    Computed once per (model object, name) and remembered on the model: meant for frozen judge models.
+    """
     import torch
+
+    remembered = getattr(model, "_openrlaif_fingerprint", None)
+    if remembered is not None and remembered[0] == name:
+        return remembered[1]
 
     h = hashlib.sha256()
     h.update(name.encode())
@@ -34,7 +41,12 @@ def model_fingerprint(model, name: str = "") -> str:
             if i % 16 == 0:
                 h.update(pname.encode())
                 h.update(param.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:32]
+    fingerprint = h.hexdigest()[:32]
+    try:
+        model._openrlaif_fingerprint = (name, fingerprint)
+    except AttributeError:
+        pass
+    return fingerprint
 
 
 class JudgeCache:

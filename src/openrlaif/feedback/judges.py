@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from openrlaif.feedback.cache import model_fingerprint
 from openrlaif.feedback.constitution import Principle
 
 PAIRWISE_TEMPLATE_VERSION = "pairwise-v1"
@@ -185,16 +186,7 @@ class LocalJudge:
         if set(self.ids_a) & set(self.ids_b):
             raise ValueError("the tokenizer spells 'A' and 'B' with a shared token; cannot read verdicts")
         self.cache = cache  # a feedback.cache.JudgeCache, or None
-        self._fingerprint: str | None = None
         self.seconds = 0.0
-
-    @property
-    def fingerprint(self) -> str:
-        from openrlaif.feedback.cache import model_fingerprint
-
-        if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model, self.name)
-        return self._fingerprint
 
     def render(self, prompt: str, a: str, b: str, question: str) -> str:
         from openrlaif.models import chat_prompt
@@ -209,7 +201,7 @@ class LocalJudge:
         start = time.perf_counter()
         values = read_next_token(self.model, self.tokenizer, texts, [self.ids_a, self.ids_b],
                                  batch_size=self.batch_size, cache=self.cache, description=self.description,
-                                 key_parts=(self.fingerprint if self.cache is not None else "", self.method, self.template))
+                                 key_parts=(model_fingerprint(self.model, self.name) if self.cache is not None else "", self.method, self.template))
         self.seconds += time.perf_counter() - start
         return [(v[0], v[1]) for v in values]
 

@@ -12,6 +12,7 @@ candidate costs two forward passes however many pairs it takes part in.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -48,6 +49,25 @@ def pair_probability(score_first: float, score_second: float, temperature: float
     return sigmoid((score_first - score_second) / temperature)
 
 
+def compare_by_scores(items: list[Comparison], unit_of, score_units, temperature: float) -> list[Verdict]:
+    """Verdicts for judges that score each response alone.
+
+    ``unit_of(item, response)`` gives the hashable unit to score; each distinct unit is scored once by
+    ``score_units(units)``, however many pairs share it; P(first) = sigmoid(score difference / T).
+    """
+    index: dict = {}
+    for it in items:
+        for response in (it.first, it.second):
+            index.setdefault(unit_of(it, response), len(index))
+    scores = score_units(list(index))
+    verdicts = []
+    for it in items:
+        a, b = scores[index[unit_of(it, it.first)]], scores[index[unit_of(it, it.second)]]
+        p = pair_probability(a, b, temperature)
+        verdicts.append(Verdict(p, p, p, it.principle.id, raw={"score_first": a, "score_second": b}))
+    return verdicts
+
+
 def with_system(messages: list[dict], system: str) -> list[dict]:
     """The conversation with its system turn replaced by ``system``."""
     return [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
@@ -71,14 +91,7 @@ class ContrastiveJudge:
         self.temperature = temperature
         self.description = description
         self.cache = cache
-        self._fingerprint: str | None = None
         self.seconds = 0.0
-
-    @property
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model, self.name)
-        return self._fingerprint
 
     def scores(self, units: list[tuple[list[dict], str, Principle]]) -> list[float]:
         """Contrastive score of each (conversation, response, principle)."""
@@ -88,7 +101,7 @@ class ContrastiveJudge:
         for messages, response, principle in units:
             for system in (principle.positive_prompt, principle.negative_prompt):
                 seqs.append(encode_response(self.tokenizer, with_system(messages, system), response, self.max_length))
-        keys = ([cache_key(self.fingerprint, "response-logprob", s.input_ids, s.response_mask) for s in seqs]
+        keys = ([cache_key(model_fingerprint(self.model, self.name), "response-logprob", s.input_ids, s.response_mask) for s in seqs]
                 if self.cache is not None else [""] * len(seqs))
 
         def compute(missing: list[int], on_batch) -> None:
@@ -104,25 +117,9 @@ class ContrastiveJudge:
                 for i in range(len(units))]
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
-        # Each distinct (conversation, response, principle) is scored once, however many pairs share it.
-        index: dict[tuple, int] = {}
-        units: list[tuple[list[dict], str, Principle]] = []
-
-        def unit(it: Comparison, response: str) -> int:
-            key = (repr(it.conversation), response, it.principle)
-            if key not in index:
-                index[key] = len(units)
-                units.append((it.conversation, response, it.principle))
-            return index[key]
-
-        pairs = [(unit(it, it.first), unit(it, it.second)) for it in items]
-        scores = self.scores(units)
-        verdicts = []
-        for it, (a, b) in zip(items, pairs):
-            p = pair_probability(scores[a], scores[b], self.temperature)
-            verdicts.append(Verdict(p, p, p, it.principle.id,
-                                    raw={"score_first": scores[a], "score_second": scores[b]}))
-        return verdicts
+        return compare_by_scores(
+            items, lambda it, response: (json.dumps(it.conversation), response, it.principle),
+            lambda units: self.scores([(json.loads(c), r, p) for c, r, p in units]), self.temperature)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,14 +180,7 @@ class PointwiseJudge:
         self.description = description
         self.cache = cache
         self.groups = digit_token_groups(tokenizer)
-        self._fingerprint: str | None = None
         self.seconds = 0.0
-
-    @property
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model, self.name)
-        return self._fingerprint
 
     def render(self, prompt: str, response: str, principle: Principle) -> str:
         from openrlaif.feedback.judges import neutralize_special_tokens, truncate
@@ -210,25 +200,10 @@ class PointwiseJudge:
         start = time.perf_counter()
         values = read_next_token(self.model, self.tokenizer, [self.render(*it) for it in items], self.groups,
                                  batch_size=self.batch_size, cache=self.cache, description=self.description,
-                                 key_parts=(self.fingerprint if self.cache is not None else "", self.method, self.template))
+                                 key_parts=(model_fingerprint(self.model, self.name) if self.cache is not None else "", self.method, self.template))
         self.seconds += time.perf_counter() - start
         return [expected_rating(v) for v in values]
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
-        index: dict[tuple, int] = {}
-        units: list[tuple[str, str, Principle]] = []
-
-        def unit(it: Comparison, response: str) -> int:
-            key = (it.prompt, response, it.principle)
-            if key not in index:
-                index[key] = len(units)
-                units.append(key)
-            return index[key]
-
-        pairs = [(unit(it, it.first), unit(it, it.second)) for it in items]
-        scores = self.score(units)
-        verdicts = []
-        for it, (a, b) in zip(items, pairs):
-            p = pair_probability(scores[a], scores[b], self.temperature)
-            verdicts.append(Verdict(p, p, p, it.principle.id, raw={"score_first": scores[a], "score_second": scores[b]}))
-        return verdicts
+        return compare_by_scores(items, lambda it, response: (it.prompt, response, it.principle),
+                                 self.score, self.temperature)
