@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import openrlaif
 from openrlaif.store import RunStore

@@ -65,8 +65,8 @@ class HFSampler:
 
         tok = self.tokenizer
         stop_ids = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
-        texts = [chat_prompt(tok, conv) for conv in prompts]
-        lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
+        encoded = [tok(chat_prompt(tok, conv), add_special_tokens=False).input_ids for conv in prompts]
+        lengths = [len(ids) for ids in encoded]
         # Sequence j of prompt i sits at flat index i * n + j; decode longest prompts together.
         flat = [(i, j) for i in range(len(prompts)) for j in range(n)]
         order = sorted(range(len(flat)), key=lambda f: -lengths[flat[f][0]])
@@ -79,7 +79,7 @@ class HFSampler:
         with bar(self.description, len(flat), "tok") as progress, torch.inference_mode():
             for b in range(0, len(order), params.batch_size):
                 chunk = [flat[f] for f in order[b : b + params.batch_size]]
-                enc = tok([texts[i] for i, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = tok.pad({"input_ids": [encoded[i] for i, _ in chunk]}, return_tensors="pt")
                 out = self.model.generate(
                     **enc,
                     do_sample=True,

@@ -13,7 +13,7 @@ from openrlaif.errors import UserError
 from openrlaif.feedback.constitution import load_constitution
 from openrlaif.pipeline import open_run, run_stage
 from openrlaif.prompts import load_prompts, select
-from openrlaif.store import STAGES, RunStore, read_jsonl
+from openrlaif.store import STAGES, read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Run directory store: atomic writes, atomic directories, manifest and metrics."""
 
 import json
-import os
 
 import pytest
 

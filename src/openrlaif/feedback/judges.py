@@ -186,7 +186,6 @@ class LocalJudge:
         if set(self.ids_a) & set(self.ids_b):
             raise ValueError("the tokenizer spells 'A' and 'B' with a shared token; cannot read verdicts")
         self.cache = cache  # a feedback.cache.JudgeCache, or None
-        self.seconds = 0.0
 
     def render(self, prompt: str, a: str, b: str, question: str) -> str:
         from openrlaif.models import chat_prompt
@@ -198,11 +197,9 @@ class LocalJudge:
 
     def last_logprobs(self, texts: list[str]) -> list[tuple[list[float], list[float]]]:
         """For each text: log-probs of the A tokens and the B tokens at the next position (cached)."""
-        start = time.perf_counter()
         values = read_next_token(self.model, self.tokenizer, texts, [self.ids_a, self.ids_b],
                                  batch_size=self.batch_size, cache=self.cache, description=self.description,
                                  key_parts=(model_fingerprint(self.model, self.name) if self.cache is not None else "", self.method, self.template))
-        self.seconds += time.perf_counter() - start
         return [(v[0], v[1]) for v in values]
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:

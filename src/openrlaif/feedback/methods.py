@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 from openrlaif.feedback.cache import JudgeCache, cache_key, cached_compute, model_fingerprint
 from openrlaif.feedback.constitution import Principle
@@ -91,7 +90,6 @@ class ContrastiveJudge:
         self.temperature = temperature
         self.description = description
         self.cache = cache
-        self.seconds = 0.0
 
     def scores(self, units: list[tuple[list[dict], str, Principle]]) -> list[float]:
         """Contrastive score of each (conversation, response, principle)."""
@@ -109,9 +107,7 @@ class ContrastiveJudge:
                                       self.batch_size, self.description,
                                       on_batch=lambda done: on_batch({missing[j]: v for j, v in done.items()}))
 
-        start = time.perf_counter()
         logps = cached_compute(self.cache, keys, compute, self.method)
-        self.seconds += time.perf_counter() - start
         counts = [sum(s.response_mask) for s in seqs]
         return [contrastive_score(logps[2 * i], logps[2 * i + 1], counts[2 * i], self.normalize)
                 for i in range(len(units))]
@@ -180,7 +176,6 @@ class PointwiseJudge:
         self.description = description
         self.cache = cache
         self.groups = digit_token_groups(tokenizer)
-        self.seconds = 0.0
 
     def render(self, prompt: str, response: str, principle: Principle) -> str:
         from openrlaif.feedback.judges import neutralize_special_tokens, truncate
@@ -197,11 +192,9 @@ class PointwiseJudge:
         """Expected 0..9 rating of each (prompt, response, principle)."""
         from openrlaif.feedback.judges import read_next_token
 
-        start = time.perf_counter()
         values = read_next_token(self.model, self.tokenizer, [self.render(*it) for it in items], self.groups,
                                  batch_size=self.batch_size, cache=self.cache, description=self.description,
                                  key_parts=(model_fingerprint(self.model, self.name) if self.cache is not None else "", self.method, self.template))
-        self.seconds += time.perf_counter() - start
         return [expected_rating(v) for v in values]
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
