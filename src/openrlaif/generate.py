@@ -105,6 +105,47 @@ class HFSampler:
         return outputs
 
 
+def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, *, batch_size: int = 16,
+                   description: str = "generate", cache=None, key_parts: tuple = ()) -> list[str]:
+    """Greedy continuation of each raw text (a rendered chat prompt, maybe with a prefilled reply),
+    stopping at the end of the turn; batched by length, and cached when ``cache`` is given.
+
+    Used where the judge writes something itself: chain-of-thought rationales, critiques, revisions.
+    """
+    import torch
+
+    from openrlaif.feedback.cache import cache_key, cached_compute
+    from openrlaif.models import end_of_turn_id
+    from openrlaif.progress import advance, bar
+
+    tok = tokenizer
+    stop_ids = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
+    encoded = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    keys = ([cache_key(*key_parts, "greedy", max_new_tokens, ids) for ids in encoded] if cache is not None
+            else [""] * len(texts))
+
+    def compute(missing: list[int], on_batch) -> None:
+        order = sorted(missing, key=lambda i: -len(encoded[i]))
+        tok.padding_side = "left"
+        start, tokens = time.perf_counter(), 0
+        with bar(description, len(order), "tok") as progress, torch.inference_mode():
+            for b in range(0, len(order), batch_size):
+                idx = order[b : b + batch_size]
+                enc = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                                     pad_token_id=tok.pad_token_id)
+                done = {}
+                for row, i in zip(out[:, enc["input_ids"].shape[1]:].tolist(), idx):
+                    ended = next((t for t, tid in enumerate(row) if tid in stop_ids), None)
+                    kept = row if ended is None else row[:ended]
+                    tokens += len(kept)
+                    done[i] = tok.decode(kept, skip_special_tokens=True)
+                on_batch(done)
+                advance(progress, len(idx), tokens / max(time.perf_counter() - start, 1e-9), "tok")
+
+    return cached_compute(cache, keys, compute, str(key_parts[1]) if len(key_parts) > 1 else "generate")
+
+
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Sample ``generate.n`` candidates for every train prompt and write candidates.jsonl."""
     from openrlaif.models import load_causal_lm, set_threads
@@ -115,18 +156,21 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 2. The policy that samples this round (round 1: the starting policy).
     set_threads(cfg.model.threads)
     policy = load_causal_lm(cfg.model.policy, cfg.model.dtype)
-    # 3. Sample N candidates per prompt.
+    # 3. Sample N candidates per prompt (RLCD: half under the positive, half under the negative prompt).
     sampler = HFSampler(policy.model, policy.tokenizer)
     params = SamplingParams(cfg.generate.temperature, cfg.generate.top_p, cfg.generate.max_new_tokens,
                             cfg.generate.batch_size, cfg.seed + 1000 * k)
-    candidates = sampler.sample([p.messages for p in prompts], cfg.generate.n, params)
+    if cfg.generate.mode == "rlcd":
+        rows, s = sample_rlcd(cfg, sampler, prompts, params, k)
+    else:
+        candidates = sampler.sample([p.messages for p in prompts], cfg.generate.n, params)
+        rows = [
+            {"prompt_id": p.id, "prompt": p.text, "messages": p.messages, "candidates": cands, "finished": fin}
+            for p, cands, fin in zip(prompts, candidates, sampler.finished)
+        ]
+        s = sampler.stats
     # 4. Write one row per prompt.
-    rows = [
-        {"prompt_id": p.id, "prompt": p.text, "messages": p.messages, "candidates": cands, "finished": fin}
-        for p, cands, fin in zip(prompts, candidates, sampler.finished)
-    ]
     atomic_write_jsonl(store.path("candidates.jsonl", k), rows)
-    s = sampler.stats
     return {
         "prompts": len(prompts),
         "sequences": s.sequences,
@@ -134,3 +178,33 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "tokens_per_s": round(s.tokens_per_s, 2),
         "finished_rate": round(s.finished / max(s.sequences, 1), 3),
     }
+
+
+def sample_rlcd(cfg: RunConfig, sampler: HFSampler, prompts, params: SamplingParams, k: int):
+    """RLCD sampling: per prompt a principle is drawn; n//2 candidates come from the policy under the
+    principle's positive system prompt and n - n//2 under its negative one. The rows keep the
+    original conversation (no system prompt) and record each candidate's condition."""
+    import random
+
+    from openrlaif.feedback.constitution import load_constitution
+    from openrlaif.feedback.methods import with_system
+
+    constitution = load_constitution(cfg.data.constitution)
+    principles = [constitution.sample(random.Random(f"{cfg.seed}:{k}:{p.id}:rlcd")) for p in prompts]
+    n_pos = cfg.generate.n // 2
+    n_neg = cfg.generate.n - n_pos
+    sampler.description = "generate (positive)"
+    pos = sampler.sample([with_system(p.messages, pr.positive_prompt) for p, pr in zip(prompts, principles)], n_pos, params)
+    pos_done, pos_stats = sampler.finished, sampler.stats
+    sampler.description = "generate (negative)"
+    neg_params = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.batch_size, params.seed + 1)
+    neg = sampler.sample([with_system(p.messages, pr.negative_prompt) for p, pr in zip(prompts, principles)], n_neg, neg_params)
+    rows = [
+        {"prompt_id": p.id, "prompt": p.text, "messages": p.messages, "candidates": a + b, "finished": fa + fb,
+         "conditions": ["positive"] * n_pos + ["negative"] * n_neg, "principle": pr.id}
+        for p, pr, a, b, fa, fb in zip(prompts, principles, pos, neg, pos_done, sampler.finished)
+    ]
+    s = sampler.stats
+    total = SampleStats(pos_stats.sequences + s.sequences, pos_stats.new_tokens + s.new_tokens,
+                        pos_stats.seconds + s.seconds, pos_stats.finished + s.finished)
+    return rows, total

@@ -34,7 +34,17 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"{gen['new_tokens']} tokens at {gen['tokens_per_s']} tok/s; "
                   f"{gen['finished_rate']:.0%} ended on their own (the rest hit max_new_tokens)."]
     js = _load(store.path("judge_stats.json", k)) if store.stage_done("label", k) else None
-    if js:
+    if js and js["method"] in ("revision", "rlcd"):
+        how = ("the judge model critiqued candidates against a principle and rewrote them; revised preferred to original"
+               if js["method"] == "revision" else
+               "candidates sampled under a principle's positive vs negative system prompt; positive preferred")
+        lines += ["", "## AI feedback (by construction)", "",
+                  f"Method {js['method']}: {how}. {js['pairs_written']} pairs, each labelled p_chosen = "
+                  f"{js['construction_confidence']} without a verdict."]
+        if js["method"] == "revision":
+            lines += ["", f"{js['usable_revisions']} of {js['revisions']} revisions were usable (non-empty and different "
+                      "from the original); they are also written as SFT rows in revisions.jsonl."]
+    elif js:
         lines += ["", "## AI feedback (judge)", "",
                   f"Judge `{js['judge']}`, method {js['method']} ({js['template']}), constitution `{js['constitution']}`.", "",
                   "| comparisons | pairs written | position consistency | first-position rate | mean confidence | comparisons/s |",

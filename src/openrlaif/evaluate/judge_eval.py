@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openrlaif.errors import UserError
+from openrlaif.feedback.api import usage_json
 from openrlaif.feedback.judges import Comparison, Verdict, position_stats
 from openrlaif.store import iter_jsonl
 
@@ -196,9 +197,12 @@ def evaluate_judge(judge, pairs: list[LabelledPair], constitution, principle: st
         "pairs_per_s": len(pairs) / seconds if seconds else None,
         "seconds": seconds,
     }
+    usage = usage_json(judge)
+    if usage is not None:
+        metrics["api"] = usage
     # Score-based judges expose their score difference: report the best temperature for calibration.
     diffs = [(v.raw["score_first"] - v.raw["score_second"], yi) for v, yi in zip(verdicts, labels)
-             if "score_first" in v.raw and "score_second" in v.raw]
+             if v.p_first is not None and "score_first" in v.raw and "score_second" in v.raw]
     if diffs:
         from openrlaif.feedback.methods import sigmoid
 

@@ -14,14 +14,17 @@ from openrlaif.prompts import BUILTIN, builtin_path
 
 @dataclass(frozen=True)
 class Principle:
-    """One principle: a comparison question, and system prompts of an assistant that follows it
-    (``positive``) or violates it (``negative``) for the contrastive likelihood method."""
+    """One principle: a comparison question, system prompts of an assistant that follows it
+    (``positive``) or violates it (``negative``) for the contrastive likelihood method and RLCD, and
+    the critique and revision requests of Constitutional AI (each with a fallback built from the text)."""
 
     id: str
     text: str
     weight: float = 1.0
     positive: str = ""
     negative: str = ""
+    critique: str = ""
+    revision: str = ""
 
     @property
     def positive_prompt(self) -> str:
@@ -30,6 +33,18 @@ class Principle:
     @property
     def negative_prompt(self) -> str:
         return self.negative or f"You are a poor assistant. Your replies always lose on this question: {self.text}"
+
+    @property
+    def critique_request(self) -> str:
+        """Constitutional AI: what the critic is asked about the assistant's last reply."""
+        return self.critique or (f"Point out, briefly and concretely, how your last reply falls short on this "
+                                 f"question: {self.text}")
+
+    @property
+    def revision_request(self) -> str:
+        """Constitutional AI: how the reply is to be rewritten after the critique."""
+        return self.revision or (f"Rewrite your last reply so that it does as well as possible on this question: "
+                                 f"{self.text} Write only the new reply.")
 
 
 @dataclass(frozen=True)
@@ -66,10 +81,10 @@ def load_constitution(spec: str) -> Constitution:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 < weight < float("inf")):
             raise UserError(f"{path}: principles[{i}] ('{pid}'): weight must be a positive number")
         prompts = {}
-        for key in ("positive", "negative"):
+        for key in ("positive", "negative", "critique", "revision"):
             value = item.get(key, "")
             if not isinstance(value, str):
-                raise UserError(f"{path}: principles[{i}] ('{pid}'): '{key}' must be a string (a system prompt)")
+                raise UserError(f"{path}: principles[{i}] ('{pid}'): '{key}' must be a string (a system prompt or request)")
             prompts[key] = value.strip()
         principles.append(Principle(pid, item["text"].strip(), float(weight), **prompts))
     return Constitution(str(data.get("name", path.stem)), tuple(principles))

@@ -149,6 +149,15 @@ def neutralize_special_tokens(text: str, tokenizer) -> str:
     return text
 
 
+def both_orders(items: list[Comparison], render) -> list:
+    """``render(prompt, a, b, question)`` of every comparison in both orders: [AB_0, BA_0, AB_1, BA_1, ...]."""
+    out = []
+    for it in items:
+        out.append(render(it.prompt, it.first, it.second, it.principle.text))
+        out.append(render(it.prompt, it.second, it.first, it.principle.text))
+    return out
+
+
 def truncate(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 3].rstrip() + "..."
 
@@ -203,11 +212,7 @@ class LocalJudge:
         return [(v[0], v[1]) for v in values]
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
-        texts = []
-        for it in items:
-            texts.append(self.render(it.prompt, it.first, it.second, it.principle.text))
-            texts.append(self.render(it.prompt, it.second, it.first, it.principle.text))
-        logps = self.last_logprobs(texts)
+        logps = self.last_logprobs(both_orders(items, self.render))
         verdicts = []
         for n, it in enumerate(items):
             (a1, b1), (a2, b2) = logps[2 * n], logps[2 * n + 1]
@@ -379,3 +384,32 @@ class EnsembleJudge:
             raw["disagreement"] = disagreement
             verdicts.append(Verdict(p, s_ab, s_ba, it.principle.id, raw=raw))
         return verdicts
+
+
+class RewardModelJudge:
+    """A trained preference (reward) model as the labeler: P(first) = sigmoid((r_first - r_second) / T).
+
+    ``reward_model`` is anything with ``rewards(prompts, responses) -> list[float]`` (see
+    ``openrlaif.reward.model``); each distinct response is scored once, so the label is order-free.
+    """
+
+    method = "reward_model"
+
+    def __init__(self, reward_model, *, name: str = "reward_model", temperature: float = 1.0):
+        self.reward_model = reward_model
+        self.name = name
+        self.template = f"reward_model:{name}"
+        self.temperature = temperature
+        self.cache = None
+        self.description = "judge"
+
+    def compare(self, items: list[Comparison]) -> list[Verdict]:
+        import json
+
+        from openrlaif.feedback.methods import compare_by_scores
+
+        def score_units(units):
+            return self.reward_model.rewards([json.loads(c) for c, _ in units], [r for _, r in units])
+
+        return compare_by_scores(items, lambda it, response: (json.dumps(it.conversation), response),
+                                 score_units, self.temperature)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from itertools import combinations
 from pathlib import Path
 
 from openrlaif.config import RunConfig
+from openrlaif.feedback.api import usage_json
 from openrlaif.errors import UserError
 from openrlaif.feedback.judges import Comparison, LocalJudge, judge_directed, position_stats
 from openrlaif.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -75,11 +77,14 @@ def open_cache(cfg: RunConfig, run_dir: Path | None):
 
 def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None = None):
     """The judge the config asks for (model + feedback method + cache); returns (judge, judge name)."""
-    from openrlaif.feedback.judges import EnsembleJudge, RuleJudge, load_callable
-    from openrlaif.feedback.methods import ContrastiveJudge, PointwiseJudge
+    from openrlaif.feedback.judges import EnsembleJudge, RewardModelJudge, RuleJudge, load_callable
+    from openrlaif.feedback.methods import ChainOfThoughtJudge, ContrastiveJudge, PointwiseJudge
     from openrlaif.models import load_causal_lm
 
     fb = cfg.feedback
+    if fb.method in ("revision", "rlcd"):
+        # Pairs made by construction have no verdicts; grading (eval, gate) uses the contrastive judge.
+        fb = fb.model_copy(update={"method": "contrastive"})
     methods = fb.members if fb.method == "ensemble" else [fb.method]
     if "rule" in methods and not fb.rule:
         raise UserError("feedback.rule: required with feedback.method=rule (or a rule ensemble member); "
@@ -87,17 +92,42 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
     rule = load_callable(fb.rule) if "rule" in methods else None
     if methods == ["rule"]:
         return RuleJudge(rule, name=fb.rule, temperature=fb.temperature), fb.rule
-    spec = cfg.model.judge or cfg.model.policy
-    loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
+    if "reward_model" in methods and not fb.reward_model:
+        raise UserError("feedback.reward_model: required with feedback.method=reward_model (or a reward_model "
+                        "ensemble member); give a model directory or 'package.module:function'")
+    reward = None
+    if "reward_model" in methods:
+        from openrlaif.reward.model import load_reward
+
+        reward = RewardModelJudge(load_reward(fb.reward_model), name=fb.reward_model, temperature=fb.temperature)
+        if methods == ["reward_model"]:
+            return reward, fb.reward_model
     cache = open_cache(cfg, run_dir)
+    if fb.api is not None:
+        local_only = sorted(set(methods) - {"pairwise", "pointwise", "rule", "reward_model"})
+        if local_only:
+            raise UserError(f"feedback.api: method(s) {', '.join(local_only)} need a local model (they read "
+                            "prompt log-probs); use pairwise or pointwise with an API judge, or remove feedback.api")
+        api = api_judge(cfg, cache, description)
+    else:
+        spec = cfg.model.judge or cfg.model.policy
+        loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
 
     def make(method: str):
+        if method == "reward_model":
+            return reward
+        if fb.api is not None and method != "rule":
+            return api(method)
         if method == "contrastive":
             return ContrastiveJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
                                     max_length=fb.max_length, normalize=fb.normalize, temperature=fb.temperature,
                                     description=description, cache=cache)
         if method == "rule":
             return RuleJudge(rule, name=fb.rule, temperature=fb.temperature)
+        if method == "cot":
+            return ChainOfThoughtJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
+                                       max_response_chars=cfg.label.max_response_chars, max_new_tokens=fb.cot_max_tokens,
+                                       description=description, cache=cache)
         if method == "pointwise":
             return PointwiseJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
                                   max_response_chars=cfg.label.max_response_chars, temperature=fb.temperature,
@@ -105,9 +135,31 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
         return LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
                           max_response_chars=cfg.label.max_response_chars, description=description, cache=cache)
 
+    name = fb.api.model if fb.api is not None else spec
     if fb.method == "ensemble":
-        return EnsembleJudge([make(m) for m in methods], aggregate=fb.aggregate, name=spec), spec
-    return make(fb.method), spec
+        return EnsembleJudge([make(m) for m in methods], aggregate=fb.aggregate, name=name), name
+    return make(fb.method), name
+
+
+def api_judge(cfg: RunConfig, cache, description: str):
+    """A factory method -> OpenAICompatibleJudge for the endpoint in feedback.api."""
+    import os
+
+    from openrlaif.feedback.api import OpenAICompatibleJudge
+
+    api = cfg.feedback.api
+    key = os.environ.get(api.api_key_env) if api.api_key_env else None
+
+    def make(method: str):
+        return OpenAICompatibleJudge(
+            api.base_url, api.model, method=method, api_key=key, concurrency=api.concurrency,
+            requests_per_s=api.requests_per_s, timeout_s=api.timeout_s, max_retries=api.max_retries,
+            backoff_base_s=api.backoff_base_s, top_logprobs=api.top_logprobs, prefill=api.prefill,
+            price_input_per_mtok=api.price_input_per_mtok, price_output_per_mtok=api.price_output_per_mtok,
+            max_response_chars=cfg.label.max_response_chars, temperature=cfg.feedback.temperature,
+            cache=cache, seed=cfg.seed, description=description)
+
+    return make
 
 
 def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
@@ -153,9 +205,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         raise UserError(f"{cand_path} not found; run `rlaif generate -o {store.root}` first")
     rows = read_jsonl(cand_path)
     constitution = load_constitution(cfg.data.constitution)
+    if cfg.feedback.method in ("revision", "rlcd"):  # labelled by construction, not by verdicts
+        return construction_run(cfg, store, k, rows, constitution)
     # 2. One comparison per pair of distinct candidates, each with its own sampled principle
     #    (one principle per prompt for methods that score each candidate alone, so each is scored once).
-    per_prompt = cfg.feedback.method in ("contrastive", "pointwise")
+    per_prompt = cfg.feedback.method in ("contrastive", "pointwise", "reward_model")
     items: list[Comparison] = []
     keys: list[tuple[int, int, int]] = []
     for r, row in enumerate(rows):
@@ -224,7 +278,83 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "cache": {"path": str(judge.cache.path), "hits": judge.cache.hits, "misses": judge.cache.misses}
         if judge.cache is not None else None,
         "gate": gate,
+        "api": usage_json(judge),
+        "unscored_errors": dict(Counter(v.error for v in verdicts if v.p_first is None and v.error)),
     })
+    atomic_write_json(store.path("judge_stats.json", k), stats)
+    return {k2: stats[k2] for k2 in ("comparisons", "pairs_written", "position_consistency",
+                                     "first_position_rate", "mean_confidence", "comparisons_per_s")}
+
+
+def preference_row(row: dict, chosen: str, rejected: str, p_chosen: float, principle: str, judge: str, source: str,
+                   k: int, rationale: str | None = None) -> dict:
+    """A pair labelled by construction, in the same columns as judged pairs (no per-order scores)."""
+    return {"prompt": row["messages"], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": p_chosen, "principle": principle,
+            "judge": judge, "scores_ab": None, "scores_ba": None, "rationale": rationale, "source": source,
+            "round": k, "prompt_id": row["prompt_id"],
+            "judge_directed": judge_directed(chosen) or judge_directed(rejected)}
+
+
+def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], constitution) -> dict:
+    """Label pairs by how they were made: Constitutional-AI revisions (revised > original, plus revision SFT
+    rows in revisions.jsonl) or RLCD (positive-prompt candidate > negative-prompt candidate)."""
+    from openrlaif.feedback.revision import critique_and_revise, rlcd_pairs
+    from openrlaif.models import load_causal_lm, set_threads
+
+    fb = cfg.feedback
+    start = time.perf_counter()
+    prefs: list[dict] = []
+    stats: dict = {"method": fb.method, "constitution": constitution.name, "gate": None,
+                   "construction_confidence": fb.construction_confidence}
+    if fb.method == "rlcd":
+        # 1. Pair each positive-prompt candidate with a negative-prompt one.
+        if not all("conditions" in row for row in rows):
+            raise UserError("feedback.method=rlcd needs candidates sampled with generate.mode=rlcd; set it and run "
+                            "`rlaif generate --force` first (or pick a judging method)")
+        for row in rows:
+            for i, j in rlcd_pairs(row["conditions"]):
+                a, b = row["candidates"][i], row["candidates"][j]
+                if a.strip() and b.strip() and a.strip() != b.strip():
+                    prefs.append(preference_row(row, a, b, fb.construction_confidence, row["principle"],
+                                                "rlcd:construction", "ai-rlcd", k))
+        judge_name = "rlcd"
+    else:
+        # 1. The judge model critiques and rewrites the first candidates of every prompt under a principle.
+        set_threads(cfg.model.threads)
+        spec = cfg.model.judge or cfg.model.policy
+        loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
+        units, owners = [], []
+        for r, row in enumerate(rows):
+            picked = [c for c in row["candidates"] if c.strip()][: fb.revisions_per_prompt]
+            for c, reply in enumerate(picked):
+                principle = constitution.sample(random.Random(comparison_seed(cfg.seed, k, row["prompt_id"], c, -1)))
+                units.append((row["messages"], reply, principle))
+                owners.append(r)
+        cache = open_cache(cfg, store.root)
+        revisions = critique_and_revise(loaded.model, loaded.tokenizer, units, max_new_tokens=fb.revision_max_tokens,
+                                        batch_size=cfg.label.batch_size, cache=cache, name=spec, description="revise")
+        # 2. Usable revisions become pairs and SFT rows.
+        sft = []
+        for r, rev in zip(owners, revisions):
+            if not rev.usable:
+                continue
+            row = rows[r]
+            prefs.append(preference_row(row, rev.revised, rev.original, fb.construction_confidence, rev.principle,
+                                        f"{spec}:revision", "ai-revision", k, rationale=rev.critique))
+            sft.append({"messages": [*row["messages"], {"role": "assistant", "content": rev.revised}],
+                        "prompt_id": row["prompt_id"], "original": rev.original, "critique": rev.critique,
+                        "principle": rev.principle, "round": k})
+        atomic_write_jsonl(store.path("revisions.jsonl", k), sft)
+        stats.update({"revisions": len(revisions), "usable_revisions": len(sft),
+                      "usable_rate": round(len(sft) / len(revisions), 4) if revisions else None})
+        judge_name = spec
+    # 3. Write the pairs and what was done.
+    atomic_write_jsonl(store.path("preferences.jsonl", k), prefs)
+    seconds = time.perf_counter() - start
+    stats.update({"judge": judge_name, "pairs_written": len(prefs), "seconds": round(seconds, 2),
+                  "position_consistency": None, "first_position_rate": None, "mean_confidence": None,
+                  "comparisons": 0, "comparisons_per_s": None})
     atomic_write_json(store.path("judge_stats.json", k), stats)
     return {k2: stats[k2] for k2 in ("comparisons", "pairs_written", "position_consistency",
                                      "first_position_rate", "mean_confidence", "comparisons_per_s")}

@@ -200,3 +200,83 @@ class PointwiseJudge:
     def compare(self, items: list[Comparison]) -> list[Verdict]:
         return compare_by_scores(items, lambda it, response: (it.prompt, response, it.principle),
                                  self.score, self.temperature)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chain of thought: the judge writes a short comparison first, then the verdict is read from the
+# log-probs of the answer letter that follows it (Lee et al. 2023). Both orders; rationale kept.
+
+COT_TEMPLATE_VERSION = "cot-v1"
+COT_SYSTEM = "You are a fair, careful judge of AI assistant responses. You explain briefly, then decide."
+COT_USER = (
+    "A user sent this request:\n{prompt}\n\n"
+    "Response A:\n{a}\n\n"
+    "Response B:\n{b}\n\n"
+    "{question}\n"
+    "Compare the two responses on this question in two or three sentences, then say which is better."
+)
+COT_PREFILL = "Comparison:"
+COT_VERDICT = "\nTherefore, the better response is Response"
+_VERDICT_START = ("therefore", "the better response is", "so the better", "response a is better", "response b is better")
+
+
+def clean_rationale(text: str) -> str:
+    """The rationale up to (not including) any verdict the judge wrote itself: the verdict is read from
+    log-probs after our own 'Therefore, ...' line, never from the judge's free text."""
+    low = text.lower()
+    cut = min((i for i in (low.find(m) for m in _VERDICT_START) if i >= 0), default=len(text))
+    return text[:cut].strip()
+
+
+class ChainOfThoughtJudge:
+    """Pairwise judge that reasons before its verdict; the rationale of each comparison is stored."""
+
+    method = "cot"
+
+    def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8, max_response_chars: int = 600,
+                 max_new_tokens: int = 64, description: str = "judge", cache: JudgeCache | None = None):
+        from openrlaif.feedback.judges import answer_token_ids
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.max_response_chars = max_response_chars
+        self.max_new_tokens = max_new_tokens
+        self.description = description
+        self.cache = cache
+        self.template = f"{COT_TEMPLATE_VERSION}:{max_new_tokens}"
+        self.ids_a = answer_token_ids(tokenizer, "A")
+        self.ids_b = answer_token_ids(tokenizer, "B")
+
+    def render(self, prompt: str, a: str, b: str, question: str) -> str:
+        from openrlaif.feedback.judges import neutralize_special_tokens, truncate
+        from openrlaif.models import chat_prompt
+
+        a, b = (neutralize_special_tokens(truncate(x, self.max_response_chars), self.tokenizer) for x in (a, b))
+        user = COT_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer), a=a, b=b, question=question)
+        messages = [{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": user}]
+        return chat_prompt(self.tokenizer, messages) + COT_PREFILL
+
+    def compare(self, items: list[Comparison]) -> list[Verdict]:
+        from openrlaif.feedback.judges import both_orders, combine_orders, prob_first_slot, read_next_token
+        from openrlaif.generate import continue_texts
+
+        fingerprint = model_fingerprint(self.model, self.name) if self.cache is not None else ""
+        prompts = both_orders(items, self.render)
+        # 1. The judge writes its comparison (greedy, cached).
+        rationales = [clean_rationale(t) for t in continue_texts(
+            self.model, self.tokenizer, prompts, self.max_new_tokens, batch_size=self.batch_size,
+            description=f"{self.description} (reasoning)", cache=self.cache, key_parts=(fingerprint, self.method, self.template))]
+        # 2. The verdict letter after 'Therefore, the better response is Response', from log-probs.
+        texts = [p + " " + r + COT_VERDICT for p, r in zip(prompts, rationales)]
+        logps = read_next_token(self.model, self.tokenizer, texts, [self.ids_a, self.ids_b], batch_size=self.batch_size,
+                                cache=self.cache, description=f"{self.description} (verdicts)",
+                                key_parts=(fingerprint, self.method, self.template))
+        verdicts = []
+        for n, it in enumerate(items):
+            (a1, b1), (a2, b2) = logps[2 * n], logps[2 * n + 1]
+            p_first, s_ab, s_ba = combine_orders(prob_first_slot(a1, b1), prob_first_slot(a2, b2))
+            verdicts.append(Verdict(p_first, s_ab, s_ba, it.principle.id, rationale=rationales[2 * n],
+                                    raw={"logp_ab": [a1, b1], "logp_ba": [a2, b2], "rationale_ba": rationales[2 * n + 1]}))
+        return verdicts

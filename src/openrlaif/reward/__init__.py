@@ -1,0 +1,1 @@
+"""Reward models: Bradley-Terry scorers of (conversation, response)."""
