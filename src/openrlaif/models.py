@@ -153,3 +153,21 @@ def set_threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def quantize_int8(model):
+    """A copy of ``model`` with int8 dynamic quantisation of its Linear layers (CPU inference only).
+
+    Weights are stored in int8 and activations quantised on the fly; on this project's 2-core CPU a
+    judge forward pass runs ~1.4x faster than fp32 (bench/label_throughput.py). Verdicts shift slightly,
+    so measure the quantised judge with `rlaif judge-eval` before trusting it.
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    quantized.eval()
+    return quantized

@@ -156,3 +156,41 @@ def test_contrastive_with_an_api_judge_is_refused():
                         "feedback.api.base_url=http://127.0.0.1:9/v1", "feedback.api.model=x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "need a local model" in r.stderr
+
+
+def test_rlaif_serve_command_serves_the_model(tiny_model_dir):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "openrlaif.cli", "serve", "--model", str(tiny_model_dir),
+                             "--name", "tiny-cli", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+                time.sleep(0.2)
+        assert models["data"][0]["id"] == "tiny-cli"
+        judge = OpenAICompatibleJudge(f"http://127.0.0.1:{port}/v1", "tiny-cli", prefill=True, top_logprobs=400)
+        [v] = judge.compare(comparisons(1))
+        assert v.p_first is not None and v.raw["ab"]["source"] == "logprobs"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_serve_requires_the_key_when_configured(tiny):
+    with ServerThread(create_app(tiny.model, tiny.tokenizer, "tiny", api_key="sekret")) as url:
+        assert httpx.get(f"{url}/models").status_code == 401
+        assert httpx.get(f"{url}/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
+        with pytest.raises(Exception, match="refused the key"):
+            OpenAICompatibleJudge(url, "tiny", api_key="wrong").compare(comparisons(1))
+        ok = OpenAICompatibleJudge(url, "tiny", api_key="sekret", prefill=True, top_logprobs=400).compare(comparisons(1))
+        assert ok[0].p_first is not None

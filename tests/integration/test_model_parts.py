@@ -211,3 +211,20 @@ def test_response_logprobs_matches_full_vocabulary_path(tiny):
     torch.testing.assert_close(fast_ref, full_ref, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(full, full_ref)  # the adapter really changed the log-probs
     model.unload()  # leave the shared tiny model as it was
+
+
+def test_int8_judge_is_close_to_fp32_and_named_apart(tiny_model_dir):
+    from openrlaif.config import load_config
+    from openrlaif.feedback.constitution import Principle
+    from openrlaif.feedback.judges import Comparison
+    from openrlaif.feedback.label import build_judge
+
+    items = [Comparison("Say hello.", "Hello there, friend.", "Go away.", Principle("p", "Which is kinder?")),
+             Comparison("Name a planet.", "Mars.", "The sea is wide.", Principle("p", "Which is right?"))]
+    base = [f"model.policy={tiny_model_dir}", "feedback.method=contrastive", "feedback.temperature=1", "feedback.cache=null"]
+    fp32, name32 = build_judge(load_config(None, base))
+    int8, name8 = build_judge(load_config(None, base + ["model.judge_quantize=int8"]))
+    assert name8 == f"{name32}@int8"
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in int8.model.modules())
+    for a, b in zip(fp32.compare(items), int8.compare(items)):
+        assert b.p_first == pytest.approx(a.p_first, abs=0.05)

@@ -112,6 +112,11 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
     else:
         spec = cfg.model.judge or cfg.model.policy
         loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
+        if cfg.model.judge_quantize == "int8":
+            from openrlaif.models import quantize_int8
+
+            loaded.model = quantize_int8(loaded.model)
+            spec = f"{spec}@int8"  # a different judge: its own cache entries and its own name in the labels
 
     def make(method: str):
         if method == "reward_model":
