@@ -35,6 +35,10 @@ METHODS = {
     "contrastive-sum": ["feedback.method=contrastive", "feedback.normalize=sum"],
     "pointwise": ["feedback.method=pointwise"],
     "ensemble": ["feedback.method=ensemble", "feedback.members=[contrastive,pointwise]"],
+    "ensemble-pc": ["feedback.method=ensemble", "feedback.members=[pairwise,contrastive]"],
+    "cot": ["feedback.method=cot"],
+    "contrastive-int8": ["feedback.method=contrastive", "model.judge_quantize=int8"],
+    "pairwise-int8": ["feedback.method=pairwise", "model.judge_quantize=int8"],
 }
 
 
