@@ -8,7 +8,8 @@ known too), same judge prompt:
   'A'/'B' (how TRL's removed judges worked); 'naive+prefill' does the same after our
   "The better response is Response" prefill, so the next token can be a letter;
 - ours, pairwise: both orders, soft labels from the answer-letter log-probs, batched by length, last
-  position projected only (fp32, and with int8 dynamic quantisation of the Linear layers);
+  position projected only, the shared start of both orders' prompts run once (its key/value cache
+  reused; also shown without that), fp32 and with int8 dynamic quantisation of the Linear layers;
 - ours, contrastive: each response's log-likelihood under the principle's positive vs negative
   system prompt (order-free).
 The roofline is the tokens/s of one large batched forward pass (batch 8, logits of the last
@@ -114,9 +115,16 @@ def main() -> None:
     rows["roofline (fp32, batch 8 x 320, last-position logits)"] = {"tokens_per_s": roofline(lm.model, lm.tokenizer)}
     rows["naive: 1 order, generate 1 token, parse"] = naive_loop(pair, items, labels, prefill=False)
     rows["naive+prefill: 1 order, generate 1 token, parse"] = naive_loop(pair, items, labels, prefill=True)
+    plain = LocalJudge(lm.model, lm.tokenizer, batch_size=args.batch_size, max_response_chars=600, reuse_prefix=False)
+    r = ours(plain, items, labels)
+    r["tokens_per_s"] = both_orders_tokens / r["seconds"]
+    rows["ours pairwise fp32, no prefix reuse: 2 orders, soft labels"] = r
     r = ours(pair, items, labels)
     r["tokens_per_s"] = both_orders_tokens / r["seconds"]
     rows["ours pairwise fp32: 2 orders, soft labels"] = r
+    rows["ours contrastive fp32, no prefix reuse"] = ours(
+        ContrastiveJudge(lm.model, lm.tokenizer, batch_size=args.batch_size, temperature=0.1, reuse_prefix=False),
+        items, labels)
     contrastive = ContrastiveJudge(lm.model, lm.tokenizer, batch_size=args.batch_size, temperature=0.1)
     rows["ours contrastive fp32: order-free, soft labels"] = ours(contrastive, items, labels)
     q = quantize_int8(lm.model)

@@ -31,9 +31,23 @@ def encode_response(tokenizer, prompt_messages: list[dict], response: str, max_l
     response_ids = (tokenizer(neutralize_special_tokens(response, tokenizer), add_special_tokens=False).input_ids
                     + [end_of_turn_id(tokenizer)])
     keep = min(len(prompt_ids), max(max_length // 2, max_length - len(response_ids)))
-    prompt_ids = prompt_ids[len(prompt_ids) - keep :]
+    prompt_ids = keep_system_turn(tokenizer, prompt_messages, prompt_ids, keep)
     response_ids = response_ids[: max_length - len(prompt_ids)]
     return Encoded(prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids))
+
+
+def keep_system_turn(tokenizer, messages: list[dict], prompt_ids: list[int], keep: int) -> list[int]:
+    """The last ``keep`` prompt tokens, except that a system turn at the start is always kept whole
+    (the conversation is cut just after it): a likelihood judge conditions on that system prompt."""
+    if keep >= len(prompt_ids):
+        return prompt_ids
+    tail = prompt_ids[len(prompt_ids) - keep :]
+    if not messages or messages[0].get("role") != "system":
+        return tail
+    system_ids = tokenizer(tokenizer.apply_chat_template(messages[:1], tokenize=False), add_special_tokens=False).input_ids
+    if prompt_ids[: len(system_ids)] != system_ids or keep < len(system_ids) + 16:
+        return tail
+    return system_ids + prompt_ids[len(prompt_ids) - (keep - len(system_ids)) :]
 
 
 def collate(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,3 +113,151 @@ def batched_response_logprobs(model, seqs: list[Encoded], pad_id: int, batch_siz
                 on_batch({i: out[i] for i in idx})
             advance(progress, len(idx), (b + len(idx)) / max(time.perf_counter() - start, 1e-9), "seq")
     return out, [sum(s.response_mask) for s in seqs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared prefixes: judge prompts of one request share everything up to the first response (both
+# orders, every pair of candidates), and a likelihood judge's sequences share the system prompt and
+# conversation. The prefix is run once; its key/value cache is reused by every suffix.
+
+
+@dataclass
+class Split:
+    """One sequence as a shared ``prefix`` (token ids) and its own non-empty ``suffix``."""
+
+    prefix: tuple[int, ...]
+    suffix: list[int]
+
+
+def _heads(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    head = base.get_output_embeddings()
+    if decoder is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+        return None, None
+    return decoder, head
+
+
+def _cache_argument(decoder) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` in the model forward (5.2x)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def supports_prefix_reuse(model) -> bool:
+    return _heads(model)[0] is not None
+
+
+def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def prefix_hidden_states(model, splits: list[Split], batch_size: int, pad_id: int):
+    """Yield ``(index, H)`` for every split, where ``H`` (len(suffix) + 1, hidden) holds the final
+    hidden states that predict each suffix token and then the token after the sequence.
+
+    Distinct prefixes are run once (left-padded batches), then suffixes run in batches of
+    ``batch_size`` on top of their prefix's cache (left-padded to a common prefix length, masked).
+    Work goes in chunks so that at most ``8 * batch_size`` prefixes' caches are alive at once.
+    """
+    from transformers import DynamicCache
+
+    decoder, _ = _heads(model)
+    if decoder is None:
+        raise ValueError("this model's head is not a plain projection; use the full-sequence path")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(splits):
+        if not s.suffix:
+            raise ValueError("every suffix needs at least one token")
+        groups.setdefault(s.prefix, []).append(i)
+    prefixes = sorted(groups, key=len)
+    chunk = 8 * batch_size
+    for c in range(0, len(prefixes), chunk):
+        chunk_prefixes = prefixes[c : c + chunk]
+        # 1. Each distinct prefix once: its per-layer keys/values and its last hidden state.
+        kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        last: dict[tuple[int, ...], torch.Tensor] = {}
+        for b in range(0, len(chunk_prefixes), batch_size):
+            batch = chunk_prefixes[b : b + batch_size]
+            width = max(len(p) for p in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attn = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, p in enumerate(batch):
+                ids[r, width - len(p):] = torch.tensor(p)
+                attn[r, width - len(p):] = 1
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            out = decoder(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+            layers = _kv(getattr(out, "cache", None) or out.past_key_values)
+            for r, p in enumerate(batch):
+                kv[p] = [(k[r : r + 1, :, width - len(p):], v[r : r + 1, :, width - len(p):]) for k, v in layers]
+                last[p] = out.last_hidden_state[r, -1]
+        # 2. Suffixes, sorted by length, on top of their prefix's cache.
+        members = sorted((i for p in chunk_prefixes for i in groups[p]), key=lambda i: len(splits[i].suffix))
+        for b in range(0, len(members), batch_size):
+            idx = members[b : b + batch_size]
+            pmax = max(len(splits[i].prefix) for i in idx)
+            smax = max(len(splits[i].suffix) for i in idx)
+            ids = torch.full((len(idx), smax), pad_id, dtype=torch.long)
+            attn = torch.zeros((len(idx), pmax + smax), dtype=torch.long)
+            pos = torch.zeros((len(idx), smax), dtype=torch.long)
+            for r, i in enumerate(idx):
+                p, s = splits[i].prefix, splits[i].suffix
+                ids[r, : len(s)] = torch.tensor(s)
+                attn[r, pmax - len(p) : pmax + len(s)] = 1
+                pos[r] = len(p) + torch.arange(smax)
+            layer_kv = []
+            for layer in range(len(kv[splits[idx[0]].prefix])):
+                ks, vs = [], []
+                for i in idx:
+                    k, v = kv[splits[i].prefix][layer]
+                    pad = pmax - k.shape[2]
+                    ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                    vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+                layer_kv.append((torch.cat(ks), torch.cat(vs)))
+            out = decoder(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                          **{_cache_argument(decoder): DynamicCache(layer_kv)})
+            for r, i in enumerate(idx):
+                n = len(splits[i].suffix)
+                yield i, torch.cat([last[splits[i].prefix][None], out.last_hidden_state[r, :n]])
+
+
+def split_next_token_logprobs(model, splits: list[Split], batch_size: int, pad_id: int, on_batch=None) -> dict[int, torch.Tensor]:
+    """Log-softmax over the vocabulary of the token after each sequence (prefix reused).
+
+    ``on_batch({index: log-probs})`` is called every ``batch_size`` results (e.g. to store them)."""
+    _, head = _heads(model)
+    out: dict[int, torch.Tensor] = {}
+    pending: dict[int, torch.Tensor] = {}
+    for i, hidden in prefix_hidden_states(model, splits, batch_size, pad_id):
+        pending[i] = torch.log_softmax(head(hidden[-1:])[0].float(), dim=-1)  # 2-D: int8 heads need it
+        if len(pending) >= batch_size:
+            out.update(pending)
+            if on_batch is not None:
+                on_batch(pending)
+            pending = {}
+    out.update(pending)
+    if pending and on_batch is not None:
+        on_batch(pending)
+    return out
+
+
+def split_response_logprobs(model, splits: list[Split], masks: list[list[int]], batch_size: int, pad_id: int,
+                            on_batch=None) -> dict[int, float]:
+    """Summed log-probs of the suffix tokens whose ``masks[i]`` entry is 1 (prefix reused)."""
+    _, head = _heads(model)
+    out: dict[int, float] = {}
+    pending: dict[int, float] = {}
+    for i, hidden in prefix_hidden_states(model, splits, batch_size, pad_id):
+        mask = torch.tensor(masks[i], dtype=torch.bool)
+        targets = torch.tensor(splits[i].suffix)[mask]
+        pending[i] = float(gathered_logprobs(head(hidden[:-1][mask]).float(), targets).sum()) if mask.any() else 0.0
+        if len(pending) >= batch_size:
+            out.update(pending)
+            if on_batch is not None:
+                on_batch(pending)
+            pending = {}
+    out.update(pending)
+    if pending and on_batch is not None:
+        on_batch(pending)
+    return out

@@ -41,18 +41,23 @@ def test_interrupted_label_rejudges_nothing(tiny_config, tmp_path, monkeypatch, 
     store = pipeline.open_run(cfg, tmp_path / "run")
     pipeline.run_stage("generate", cfg, store)
 
-    # 1. Interrupt the judge after two batches.
+    # 1. Interrupt the judge after two batches (the LM head runs once per sequence).
     import openrlaif.logprobs as lp
 
-    target = (judges, "last_position_logits") if method == "pairwise" else (lp, "batch_logprobs")
+    target = (lp, "_heads")
     real = getattr(*target)
     calls = {"n": 0}
 
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def flaky(model):
+        decoder, head = real(model)
+
+        def counted(hidden):
+            calls["n"] += 1
+            if calls["n"] > 4:
+                raise KeyboardInterrupt
+            return head(hidden)
+
+        return decoder, counted
 
     monkeypatch.setattr(*target, flaky)
     with pytest.raises(KeyboardInterrupt):
@@ -68,7 +73,11 @@ def test_interrupted_label_rejudges_nothing(tiny_config, tmp_path, monkeypatch, 
 
     # 3. A third run judges nothing at all and writes the same preferences.
     before = store.path("preferences.jsonl").read_text()
-    monkeypatch.setattr(*target, lambda *a, **k: pytest.fail("the judge ran although everything was cached"))
+    def fail(*a, **k):
+        pytest.fail("the judge ran although everything was cached")
+
+    for module, name in ((lp, "prefix_hidden_states"), (lp, "batch_logprobs"), (judges, "last_position_logits")):
+        monkeypatch.setattr(module, name, fail)
     pipeline.run_stage("label", cfg, store)
     stats = json.loads(store.path("judge_stats.json").read_text())
     assert (stats["cache"]["hits"], stats["cache"]["misses"]) == (total, 0)

@@ -228,3 +228,72 @@ def test_int8_judge_is_close_to_fp32_and_named_apart(tiny_model_dir):
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in int8.model.modules())
     for a, b in zip(fp32.compare(items), int8.compare(items)):
         assert b.p_first == pytest.approx(a.p_first, abs=0.05)
+
+
+def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir):
+    """Prefix KV reuse (several prefixes of different lengths, groups split across batches) gives the
+    same next-token and response log-probs as running every full sequence alone."""
+    from openrlaif.feedback.judges import last_position_logits
+    from openrlaif.logprobs import Split, split_next_token_logprobs, split_response_logprobs
+    from openrlaif.models import load_causal_lm
+
+    m = load_causal_lm(str(tiny_model_dir)).model
+    gen = torch.Generator().manual_seed(0)
+    prefixes = [tuple(torch.randint(10, 300, (n,), generator=gen).tolist()) for n in (5, 9, 3)]
+    splits = [Split(prefixes[i % 3], torch.randint(10, 300, (2 + (i * 7) % 11,), generator=gen).tolist()) for i in range(10)]
+    masks = [[int(t % 2 == 0) for t in range(len(s.suffix))] for s in splits]
+    with torch.inference_mode():
+        nxt = split_next_token_logprobs(m, splits, 3, 0)
+        resp = split_response_logprobs(m, splits, masks, 4, 0)
+        for i, s in enumerate(splits):
+            ids = torch.tensor([list(s.prefix) + s.suffix])
+            ref = torch.log_softmax(last_position_logits(m, ids, torch.ones_like(ids))[0].float(), -1)
+            assert torch.allclose(nxt[i], ref, atol=1e-5)
+            lp = torch.log_softmax(m(input_ids=ids).logits[0].float(), -1)
+            p = len(s.prefix)
+            expected = sum(lp[p + t - 1, s.suffix[t]].item() for t in range(len(s.suffix)) if masks[i][t])
+            assert resp[i] == pytest.approx(expected, abs=1e-4)
+
+
+def test_pairwise_judge_with_and_without_prefix_reuse_agree(tiny_model_dir):
+    from openrlaif.feedback.constitution import Principle
+    from openrlaif.feedback.judges import Comparison, LocalJudge, combine_orders, last_position_logits, prob_first_slot
+    from openrlaif.models import load_causal_lm
+
+    lm = load_causal_lm(str(tiny_model_dir))
+    judge = LocalJudge(lm.model, lm.tokenizer, batch_size=3)
+    cands = ["Paris.", "It is Paris, the capital.", "Lyon", "I do not know."]
+    items = [Comparison("What is the capital of France?", cands[i], cands[j], Principle("p", "Which is right?"))
+             for i in range(4) for j in range(i + 1, 4)]
+    texts = [t for it in items for t in (judge.render(it.prompt, it.first, it.second, "Which is right?"),
+                                         judge.render(it.prompt, it.second, it.first, "Which is right?"))]
+    shared = judge.compare(items)
+    # The plain path on the same token ids (head and rest tokenised apart) gives the same readings.
+    head = judge.request_head(items[0].prompt)
+    ids = [lm.tokenizer(t[: t.find(head) + len(head)], add_special_tokens=False).input_ids
+           + lm.tokenizer(t[t.find(head) + len(head):], add_special_tokens=False).input_ids for t in texts]
+    with torch.inference_mode():
+        for n, v in enumerate(shared):
+            reads = []
+            for k in (2 * n, 2 * n + 1):
+                x = torch.tensor([ids[k]])
+                logp = torch.log_softmax(last_position_logits(lm.model, x, torch.ones_like(x))[0], -1)
+                reads.append((logp[judge.ids_a].tolist(), logp[judge.ids_b].tolist()))
+            p, _, _ = combine_orders(prob_first_slot(*reads[0]), prob_first_slot(*reads[1]))
+            assert v.p_first == pytest.approx(p, abs=1e-5)
+
+
+def test_truncated_prompt_keeps_the_system_turn(tiny_model_dir):
+    from openrlaif.logprobs import encode_response
+    from openrlaif.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    system = {"role": "system", "content": "You are kind."}
+    long_user = {"role": "user", "content": "word " * 300 + "the final question?"}
+    enc = encode_response(tok, [system, long_user], "A reply.", 96)
+    text = tok.decode(enc.input_ids)
+    assert len(enc.input_ids) <= 96 and text.startswith(tok.apply_chat_template([system], tokenize=False))
+    assert "the final question?" in text and "A reply." in text
+    # Without a system turn the tail is kept as before.
+    plain = encode_response(tok, [long_user], "A reply.", 96)
+    assert len(plain.input_ids) <= 96 and "the final question?" in tok.decode(plain.input_ids)

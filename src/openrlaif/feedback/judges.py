@@ -17,7 +17,7 @@ from typing import Protocol
 from openrlaif.feedback.cache import model_fingerprint
 from openrlaif.feedback.constitution import Principle
 
-PAIRWISE_TEMPLATE_VERSION = "pairwise-v1"
+PAIRWISE_TEMPLATE_VERSION = "pairwise-v2"  # v2: prompt head and the rest tokenised apart (prefix reuse)
 
 JUDGE_SYSTEM = "You are a fair, careful judge of AI assistant responses. You answer with a single letter."
 JUDGE_USER = (
@@ -183,10 +183,11 @@ class LocalJudge:
     template = PAIRWISE_TEMPLATE_VERSION
 
     def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8,
-                 max_response_chars: int = 1200, description: str = "judge", cache=None):
+                 max_response_chars: int = 1200, description: str = "judge", cache=None, reuse_prefix: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.reuse_prefix = reuse_prefix  # run the shared start of a request's judge prompts once
         self.batch_size = batch_size
         self.max_response_chars = max_response_chars
         self.description = description
@@ -204,15 +205,23 @@ class LocalJudge:
         messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
         return chat_prompt(self.tokenizer, messages) + JUDGE_PREFILL
 
-    def last_logprobs(self, texts: list[str]) -> list[tuple[list[float], list[float]]]:
+    def last_logprobs(self, texts: list[str], prefix_chars: list[int] | None = None) -> list[tuple[list[float], list[float]]]:
         """For each text: log-probs of the A tokens and the B tokens at the next position (cached)."""
         values = read_next_token(self.model, self.tokenizer, texts, [self.ids_a, self.ids_b],
                                  batch_size=self.batch_size, cache=self.cache, description=self.description,
-                                 key_parts=(model_fingerprint(self.model, self.name) if self.cache is not None else "", self.method, self.template))
+                                 key_parts=(model_fingerprint(self.model, self.name) if self.cache is not None else "", self.method, self.template),
+                                 prefix_chars=prefix_chars)
         return [(v[0], v[1]) for v in values]
 
+    def request_head(self, prompt: str) -> str:
+        """The start of the user turn shared by every judge prompt about ``prompt`` (up to Response A)."""
+        return JUDGE_USER.split("{a}")[0].format(prompt=neutralize_special_tokens(prompt, self.tokenizer))
+
     def compare(self, items: list[Comparison]) -> list[Verdict]:
-        logps = self.last_logprobs(both_orders(items, self.render))
+        texts = both_orders(items, self.render)
+        heads = [self.request_head(it.prompt) for it in items for _ in (0, 1)]
+        logps = self.last_logprobs(texts, [shared_prefix_chars(t, h) if self.reuse_prefix else 0
+                                           for t, h in zip(texts, heads)])
         verdicts = []
         for n, it in enumerate(items):
             (a1, b1), (a2, b2) = logps[2 * n], logps[2 * n + 1]
@@ -223,25 +232,55 @@ class LocalJudge:
 
 
 def read_next_token(model, tokenizer, texts: list[str], groups: list[list[int]], *, batch_size: int,
-                    cache=None, key_parts: tuple = (), description: str = "judge") -> list[list[list[float]]]:
+                    cache=None, key_parts: tuple = (), description: str = "judge",
+                    prefix_chars: list[int] | None = None) -> list[list[list[float]]]:
     """For each text, the next-token log-probs of every token id in each group (cached, batched by length).
 
-    Only the last position is projected onto the vocabulary. With a cache, the key is
-    ``key_parts`` + the groups + the exact token ids, and each batch is stored as soon as it is done.
+    Only the last position is projected onto the vocabulary. With ``prefix_chars`` each text is
+    tokenised as its first ``prefix_chars[i]`` characters + the rest, and texts that share that prefix
+    (one judge request's two orders, all pairs of a prompt's candidates) run it once and reuse its
+    key/value cache. With a cache, the key is ``key_parts`` + the groups + the exact token ids, and
+    each batch is stored as soon as it is done.
     """
     import torch
 
     from openrlaif.feedback.cache import cache_key, cached_compute
+    from openrlaif.logprobs import Split, split_next_token_logprobs, supports_prefix_reuse
     from openrlaif.progress import advance, bar
 
     tokenizer.padding_side = "left"
-    encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    if prefix_chars is not None and min(prefix_chars, default=0) > 0 and supports_prefix_reuse(model):
+        prefix_ids: dict[str, tuple[int, ...]] = {}
+        splits = []
+        for text, n in zip(texts, prefix_chars):
+            head = text[:n]
+            if head not in prefix_ids:
+                prefix_ids[head] = tuple(tokenizer(head, add_special_tokens=False).input_ids)
+            splits.append(Split(prefix_ids[head], tokenizer(text[n:], add_special_tokens=False).input_ids))
+        encoded = [list(sp.prefix) + sp.suffix for sp in splits]
+        if any(not sp.prefix or not sp.suffix for sp in splits):
+            splits = None  # nothing to share: the plain path reads the same token ids
+    else:
+        splits = None
+        encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     keys = ([cache_key(*key_parts, groups, ids) for ids in encoded] if cache is not None else [""] * len(texts))
 
     def compute(missing: list[int], on_batch) -> None:
-        order = sorted(missing, key=lambda i: len(encoded[i]))
         start = time.perf_counter()
-        with bar(description, len(order), "prompts") as progress, torch.inference_mode():
+        with bar(description, len(missing), "prompts") as progress, torch.inference_mode():
+            if splits is not None:
+                done = 0
+
+                def store(batch: dict) -> None:
+                    nonlocal done
+                    on_batch({missing[j]: [row[g].tolist() for g in groups] for j, row in batch.items()})
+                    done += len(batch)
+                    advance(progress, len(batch), done / max(time.perf_counter() - start, 1e-9), "prompts")
+
+                split_next_token_logprobs(model, [splits[i] for i in missing], batch_size, tokenizer.pad_token_id,
+                                          on_batch=store)
+                return
+            order = sorted(missing, key=lambda i: len(encoded[i]))
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
                 batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
@@ -251,6 +290,13 @@ def read_next_token(model, tokenizer, texts: list[str], groups: list[list[int]],
                 advance(progress, len(idx), (b + len(idx)) / max(time.perf_counter() - start, 1e-9), "prompts")
 
     return cached_compute(cache, keys, compute, str(key_parts[1]) if len(key_parts) > 1 else "")
+
+
+def shared_prefix_chars(text: str, head: str) -> int:
+    """Characters of ``text`` up to the end of ``head`` (the part of the user turn that every judge
+    prompt of one request shares), or 0 when ``head`` is not found."""
+    at = text.find(head)
+    return at + len(head) if at >= 0 else 0
 
 
 def last_position_logits(model, input_ids, attention_mask):

@@ -80,7 +80,7 @@ class ContrastiveJudge:
 
     def __init__(self, model, tokenizer, *, name: str = "local", batch_size: int = 8, max_length: int = 384,
                  normalize: str = "mean", temperature: float = 1.0, description: str = "judge",
-                 cache: JudgeCache | None = None):
+                 cache: JudgeCache | None = None, reuse_prefix: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -90,10 +90,22 @@ class ContrastiveJudge:
         self.temperature = temperature
         self.description = description
         self.cache = cache
+        self.reuse_prefix = reuse_prefix  # score a prompt's shared system prompt + conversation once
 
     def scores(self, units: list[tuple[list[dict], str, Principle]]) -> list[float]:
         """Contrastive score of each (conversation, response, principle)."""
-        from openrlaif.logprobs import batched_response_logprobs, encode_response
+        import time
+
+        import torch
+
+        from openrlaif.logprobs import (
+            Split,
+            batched_response_logprobs,
+            encode_response,
+            split_response_logprobs,
+            supports_prefix_reuse,
+        )
+        from openrlaif.progress import advance, bar
 
         seqs = []
         for messages, response, principle in units:
@@ -103,8 +115,27 @@ class ContrastiveJudge:
                 if self.cache is not None else [""] * len(seqs))
 
         def compute(missing: list[int], on_batch) -> None:
-            batched_response_logprobs(self.model, [seqs[i] for i in missing], self.tokenizer.pad_token_id,
-                                      self.batch_size, self.description,
+            todo = [seqs[i] for i in missing]
+            if self.reuse_prefix and supports_prefix_reuse(self.model) and all(s.response_mask[0] == 0 for s in todo):
+                # The system prompt + conversation is shared by every candidate of a prompt: run it once.
+                splits, masks = [], []
+                for s in todo:
+                    n = s.response_mask.index(1)
+                    splits.append(Split(tuple(s.input_ids[:n]), s.input_ids[n:]))
+                    masks.append(s.response_mask[n:])
+                with bar(self.description, len(todo), "seq") as progress, torch.inference_mode():
+                    start, done = time.perf_counter(), 0
+
+                    def store(batch: dict) -> None:
+                        nonlocal done
+                        on_batch({missing[j]: v for j, v in batch.items()})
+                        done += len(batch)
+                        advance(progress, len(batch), done / max(time.perf_counter() - start, 1e-9), "seq")
+
+                    split_response_logprobs(self.model, splits, masks, self.batch_size, self.tokenizer.pad_token_id,
+                                            on_batch=store)
+                return
+            batched_response_logprobs(self.model, todo, self.tokenizer.pad_token_id, self.batch_size, self.description,
                                       on_batch=lambda done: on_batch({missing[j]: v for j, v in done.items()}))
 
         logps = cached_compute(self.cache, keys, compute, self.method)
@@ -121,7 +152,7 @@ class ContrastiveJudge:
 # ---------------------------------------------------------------------------------------------
 # Pointwise expected score (d-RLAIF): the judge rates one response; the rating's expectation is the score.
 
-POINTWISE_TEMPLATE_VERSION = "pointwise-0to9-v1"
+POINTWISE_TEMPLATE_VERSION = "pointwise-0to9-v2"
 POINTWISE_SYSTEM = "You are a fair, careful judge of AI assistant replies. You answer with a single digit."
 POINTWISE_USER = (
     "A user sent this request:\n{prompt}\n\n"
@@ -190,11 +221,15 @@ class PointwiseJudge:
 
     def score(self, items: list[tuple[str, str, Principle]]) -> list[float | None]:
         """Expected 0..9 rating of each (prompt, response, principle)."""
-        from openrlaif.feedback.judges import read_next_token
+        from openrlaif.feedback.judges import neutralize_special_tokens, read_next_token, shared_prefix_chars
 
-        values = read_next_token(self.model, self.tokenizer, [self.render(*it) for it in items], self.groups,
+        texts = [self.render(*it) for it in items]
+        heads = [POINTWISE_USER.split("{response}")[0].format(prompt=neutralize_special_tokens(it[0], self.tokenizer))
+                 for it in items]
+        values = read_next_token(self.model, self.tokenizer, texts, self.groups,
                                  batch_size=self.batch_size, cache=self.cache, description=self.description,
-                                 key_parts=(model_fingerprint(self.model, self.name) if self.cache is not None else "", self.method, self.template))
+                                 key_parts=(model_fingerprint(self.model, self.name) if self.cache is not None else "", self.method, self.template),
+                                 prefix_chars=[shared_prefix_chars(t, h) for t, h in zip(texts, heads)])
         return [expected_rating(v) for v in values]
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
@@ -206,7 +241,7 @@ class PointwiseJudge:
 # Chain of thought: the judge writes a short comparison first, then the verdict is read from the
 # log-probs of the answer letter that follows it (Lee et al. 2023). Both orders; rationale kept.
 
-COT_TEMPLATE_VERSION = "cot-v1"
+COT_TEMPLATE_VERSION = "cot-v2"
 COT_SYSTEM = "You are a fair, careful judge of AI assistant responses. You explain briefly, then decide."
 COT_USER = (
     "A user sent this request:\n{prompt}\n\n"
@@ -259,7 +294,14 @@ class ChainOfThoughtJudge:
         return chat_prompt(self.tokenizer, messages) + COT_PREFILL
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
-        from openrlaif.feedback.judges import both_orders, combine_orders, prob_first_slot, read_next_token
+        from openrlaif.feedback.judges import (
+            both_orders,
+            combine_orders,
+            neutralize_special_tokens,
+            prob_first_slot,
+            read_next_token,
+            shared_prefix_chars,
+        )
         from openrlaif.generate import continue_texts
 
         fingerprint = model_fingerprint(self.model, self.name) if self.cache is not None else ""
@@ -270,9 +312,12 @@ class ChainOfThoughtJudge:
             description=f"{self.description} (reasoning)", cache=self.cache, key_parts=(fingerprint, self.method, self.template))]
         # 2. The verdict letter after 'Therefore, the better response is Response', from log-probs.
         texts = [p + " " + r + COT_VERDICT for p, r in zip(prompts, rationales)]
+        heads = [COT_USER.split("{a}")[0].format(prompt=neutralize_special_tokens(it.prompt, self.tokenizer))
+                 for it in items for _ in (0, 1)]
         logps = read_next_token(self.model, self.tokenizer, texts, [self.ids_a, self.ids_b], batch_size=self.batch_size,
                                 cache=self.cache, description=f"{self.description} (verdicts)",
-                                key_parts=(fingerprint, self.method, self.template))
+                                key_parts=(fingerprint, self.method, self.template),
+                                prefix_chars=[shared_prefix_chars(t, h) for t, h in zip(texts, heads)])
         verdicts = []
         for n, it in enumerate(items):
             (a1, b1), (a2, b2) = logps[2 * n], logps[2 * n + 1]
