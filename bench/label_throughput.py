@@ -47,6 +47,33 @@ def comparisons(limit: int):
     return items, labels
 
 
+def label_workload(path: str | None, prompts: int, model) -> tuple[list, list]:
+    """The label stage's work: every pair of each prompt's candidates (no known answer: labels None).
+
+    Candidates come from a run's candidates.jsonl, or are sampled here (4 per prompt, 48 tokens)."""
+    import random
+    from itertools import combinations
+
+    from openrlaif.generate import HFSampler, SamplingParams
+    from openrlaif.prompts import load_prompts, select
+    from openrlaif.store import read_jsonl
+
+    if path:
+        rows = read_jsonl(path)[:prompts]
+    else:
+        chosen = select(load_prompts("builtin"), "train", prompts)
+        cands = HFSampler(model.model, model.tokenizer).sample([p.messages for p in chosen], 4,
+                                                               SamplingParams(0.8, 0.95, 48, 64, 0))
+        rows = [{"prompt_id": p.id, "prompt": p.text, "messages": p.messages, "candidates": c} for p, c in zip(chosen, cands)]
+    constitution = load_constitution("builtin")
+    items = []
+    for row in rows:
+        principle = constitution.sample(random.Random(row["prompt_id"]))  # one per prompt, as the label stage
+        for i, j in combinations(range(len(row["candidates"])), 2):
+            items.append(Comparison(row["prompt"], row["candidates"][i], row["candidates"][j], principle, row["messages"]))
+    return items, [None] * len(items)
+
+
 def naive_loop(judge: LocalJudge, items, labels, prefill: bool) -> dict:
     """One order per call, generate one token, parse the text."""
     tok = judge.tokenizer
@@ -64,10 +91,10 @@ def naive_loop(judge: LocalJudge, items, labels, prefill: bool) -> dict:
             letter = parse_letter(answer)
             if letter is not None:
                 valid += 1
-                agree += (letter == "A") == chosen_first
+                agree += chosen_first is not None and (letter == "A") == chosen_first
     seconds = time.perf_counter() - start
-    return {"pairs_per_s": len(items) / seconds, "valid": valid, "agreement_of_all": agree / len(items),
-            "orders": 1, "tokens_per_s": tokens / seconds, "seconds": seconds}
+    return {"pairs_per_s": len(items) / seconds, "valid": valid,
+            "agreement_of_all": agree / len(items) if labels[0] is not None else None, "orders": 1, "tokens_per_s": tokens / seconds, "seconds": seconds}
 
 
 def ours(judge, items, labels) -> dict:
@@ -75,9 +102,10 @@ def ours(judge, items, labels) -> dict:
     verdicts = judge.compare(items)
     seconds = time.perf_counter() - start
     valid = sum(v.p_first is not None for v in verdicts)
-    agree = sum(((v.p_first > 0.5) == y) + 0.5 * (v.p_first == 0.5) for v, y in zip(verdicts, labels) if v.p_first is not None)
-    return {"pairs_per_s": len(items) / seconds, "valid": valid, "agreement_of_all": agree / len(items),
-            "orders": 2, "seconds": seconds}
+    agree = sum(((v.p_first > 0.5) == y) + 0.5 * (v.p_first == 0.5) for v, y in zip(verdicts, labels)
+                if v.p_first is not None and y is not None)
+    return {"pairs_per_s": len(items) / seconds, "valid": valid,
+            "agreement_of_all": agree / len(items) if labels[0] is not None else None, "orders": 2, "seconds": seconds}
 
 
 def pairwise_tokens(judge: LocalJudge, items) -> int:
@@ -103,12 +131,21 @@ def main() -> None:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workload", choices=["calibration", "label"], default="calibration",
+                    help="'calibration': the first --limit built-in labelled pairs (one pair per prompt); "
+                    "'label': all 6 pairs of 4 candidates for each of --prompts train prompts (the label stage)")
+    ap.add_argument("--prompts", type=int, default=12, help="label workload: prompts")
+    ap.add_argument("--candidates", help="label workload: a run's candidates.jsonl instead of sampling")
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 rows")
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    items, labels = comparisons(args.limit)
     lm = load_causal_lm(args.model)
+    if args.workload == "label":
+        items, labels = label_workload(args.candidates, args.prompts, lm)
+    else:
+        items, labels = comparisons(args.limit)
     pair = LocalJudge(lm.model, lm.tokenizer, batch_size=args.batch_size, max_response_chars=600)
     both_orders_tokens = pairwise_tokens(pair, items)
     rows = {}
@@ -127,6 +164,8 @@ def main() -> None:
         items, labels)
     contrastive = ContrastiveJudge(lm.model, lm.tokenizer, batch_size=args.batch_size, temperature=0.1)
     rows["ours contrastive fp32: order-free, soft labels"] = ours(contrastive, items, labels)
+    if args.no_int8:
+        return report(rows, items, both_orders_tokens, args)
     q = quantize_int8(lm.model)
     rows["roofline (int8 dynamic)"] = {"tokens_per_s": roofline(q, lm.tokenizer)}
     pair8 = LocalJudge(q, lm.tokenizer, batch_size=args.batch_size, max_response_chars=600)
@@ -135,10 +174,16 @@ def main() -> None:
     rows["ours pairwise int8: 2 orders, soft labels"] = r
     rows["ours contrastive int8: order-free, soft labels"] = ours(
         ContrastiveJudge(q, lm.tokenizer, batch_size=args.batch_size, temperature=0.1), items, labels)
+    report(rows, items, both_orders_tokens, args)
+
+
+def report(rows: dict, items, both_orders_tokens: int, args) -> None:
     naive = rows["naive: 1 order, generate 1 token, parse"]["pairs_per_s"]
+    workload = (f"--workload label --prompts {args.prompts}{' --candidates ' + args.candidates if args.candidates else ''}"
+                if args.workload == "label" else f"--limit {args.limit}")
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d')}; "
-          f"command: python bench/label_throughput.py --limit {args.limit}; {len(items)} pairs, "
+          f"command: python bench/label_throughput.py {workload}; {len(items)} pairs, "
           f"{both_orders_tokens / (2 * len(items)):.0f} tokens per pairwise judge prompt\n")
     print("| labeler | orders per pair | pairs/s | vs naive | usable verdicts | agreement (of all pairs) | tokens/s |")
     print("|---|---|---|---|---|---|---|")
@@ -148,7 +193,7 @@ def main() -> None:
             continue
         tps = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-"
         print(f"| {name} | {r['orders']} | {r['pairs_per_s']:.2f} | {r['pairs_per_s'] / naive:.2f}x | "
-              f"{r['valid']}/{len(items)} | {r['agreement_of_all']:.3f} | {tps} |")
+              f"{r['valid']}/{len(items)} | {'-' if r['agreement_of_all'] is None else format(r['agreement_of_all'], '.3f')} | {tps} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

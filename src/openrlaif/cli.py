@@ -128,6 +128,10 @@ def judge_eval(
     from openrlaif.store import atomic_write_json
 
     cfg = load_config(config, overrides or [])
+    if cfg.feedback.method in ("revision", "rlcd"):
+        raise UserError(f"feedback.method={cfg.feedback.method} labels pairs by construction and gives no verdict "
+                        "to measure; judge-eval measures pairwise, contrastive, pointwise, cot, rule, reward_model "
+                        "or ensemble judges")
     labelled = load_labelled_pairs(pairs, limit)
     constitution = load_constitution(cfg.data.constitution)
     set_threads(cfg.model.threads)

@@ -55,6 +55,13 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   "a first-position rate far from 0.5 means the judge favours a slot, not a response. "
                   "Low consistency means the labels are noisy: read the win rate below with that in mind. "
                   "(The contrastive method scores each response on its own, so it is order-free by construction.)"]
+        api = js.get("api")
+        if api:
+            lines += ["", f"Judge API: {api['requests']} requests ({api['retries']} retries, {api['failed']} failed after "
+                      f"retries), {api['prompt_tokens']:,} prompt + {api['completion_tokens']:,} completion tokens, "
+                      f"cost ${api['cost_usd']:.4f}; errors by kind: {api['errors'] or 'none'}."]
+        if js.get("unscored"):
+            lines += ["", f"{js['unscored']} comparisons were left unscored (never guessed): {js.get('unscored_errors') or ''}."]
         gate = js.get("gate")
         if gate:
             verdict = "passed" if gate["passed"] else f"**FAILED** (action: {gate['action']})"

@@ -140,6 +140,7 @@ def test_label_stage_with_an_api_judge_records_usage(tmp_path, tiny_model_dir, s
     assert stats["api"]["requests"] >= 2 * stats["comparisons"] and stats["api"]["cost_usd"] > 0
     prefs = [json.loads(line) for line in (out / "round_1" / "preferences.jsonl").read_text().splitlines()]
     assert prefs and all(p["judge"] == "tiny:pairwise" for p in prefs)
+    assert f"Judge API: {stats['api']['requests']} requests" in (out / "report.md").read_text()
 
 
 def test_unreachable_endpoint_is_one_clear_line(tmp_path):

@@ -95,3 +95,12 @@ def test_critique_then_revision_writes_pairs_and_sft_rows(tmp_path, tiny_model_d
     assert rev.critique == first["critique"] and rev.revised == first["messages"][-1]["content"]
     run_stage("train", cfg, store)
     run_stage("eval", cfg, store)  # graded by the contrastive judge
+
+
+def test_judge_eval_refuses_construction_methods():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "openrlaif.cli", "judge-eval", "-n", "2", "feedback.method=rlcd"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "by construction" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -175,3 +175,13 @@ def test_repo_default_config_parses():
     if not path.is_file():
         pytest.skip("configs/default.yaml does not exist yet")
     load_config(path)
+
+
+@pytest.mark.parametrize("name", ["api_judge.yaml", "constitutional.yaml"])
+def test_example_configs_load(name):
+    cfg = load_config(REPO / "configs" / name)
+    assert cfg.name in ("api-judge", "constitutional")
+    if name == "api_judge.yaml":
+        assert cfg.feedback.api.base_url.endswith("/v1") and cfg.feedback.api.prefill
+    else:
+        assert cfg.feedback.method == "revision" and cfg.feedback.construction_confidence == 0.9
