@@ -91,6 +91,13 @@ def label(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, fo
 
 
 @app.command()
+def reward(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
+    """Train a Bradley-Terry reward model (reward.members > 1: an ensemble) on preferences.jsonl; it goes
+    to round_1/reward_model with its held-out accuracy and calibration."""
+    _stage("reward", config, out, overrides, force)
+
+
+@app.command()
 def train(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
     """Stage 3: DPO with LoRA on preferences.jsonl; the adapter goes to round_1/policy."""
     _stage("train", config, out, overrides, force)

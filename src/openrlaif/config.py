@@ -221,6 +221,29 @@ class TrainConfig(_Strict):
     )
 
 
+class RewardConfig(_Strict):
+    """`rlaif reward`: a Bradley-Terry reward model (or an ensemble) trained on the AI preferences."""
+
+    members: int = Field(1, ge=1, description="Ensemble size K (each member its own seed for the head).")
+    bootstrap: bool = Field(True, description="With members > 1: train each member on a bootstrap resample of the pairs.")
+    aggregate: Literal["mean", "min", "uwo"] = Field(
+        "mean", description="How an ensemble's rewards combine: mean, worst case (min), or mean - uwo_lambda * std."
+    )
+    uwo_lambda: float = Field(1.0, ge=0, description="Uncertainty weight of the 'uwo' aggregation.")
+    full_finetune: bool = Field(False, description="Train every weight instead of LoRA adapters + the score head.")
+    soft_labels: bool = Field(True, description="Cross-entropy to the judge's p_chosen instead of a hard label.")
+    margin: float = Field(0.0, ge=0, description="Bradley-Terry margin subtracted from the reward difference.")
+    center_coef: float = Field(0.01, ge=0, description="Weight of (r_chosen + r_rejected)^2, keeping rewards near 0.")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    epochs: int = Field(2, ge=1, description="Passes over the training pairs.")
+    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
+    max_length: int = Field(384, ge=16, description="Prompt+response tokens kept per scored sequence.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out to report accuracy and calibration.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (full_finetune=false).")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+
+
 class EvalConfig(_Strict):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for the eval answers.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass for eval answers.")
@@ -240,6 +263,7 @@ class RunConfig(_Strict):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

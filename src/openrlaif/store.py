@@ -25,7 +25,8 @@ from typing import Any
 
 from openrlaif.errors import UserError
 
-STAGES = ("generate", "label", "train", "eval")
+STAGES = ("generate", "label", "train", "eval")  # what `rlaif run` chains
+ALL_STAGES = ("generate", "label", "reward", "train", "eval")  # every stage, in data order (reward: `rlaif reward`)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -49,3 +49,44 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_ma
     # log p = logit[target] - logsumexp(logits): avoids materialising a full log_softmax tensor.
     token_logp = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return (token_logp * mask).sum(-1)
+
+
+def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                    clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate over response tokens -> (loss, clip fraction, approx KL old->new).
+
+    ratio = exp(logp - old_logp); loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)));
+    approx KL is mean(0.5 * (logp - old_logp)^2) (all means over the masked tokens).
+    """
+    from openrlaif.optimize.advantages import masked_mean
+
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).to(logp.dtype), mask)
+    approx_kl = masked_mean(0.5 * log_ratio ** 2, mask)
+    return loss, clipfrac.detach(), approx_kl.detach()
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                   clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss -> (loss, value clip fraction).
+
+    v_clipped = old + clip(v - old, -eps, eps); loss = 0.5 * mean(max((v - R)^2, (v_clipped - R)^2)).
+    """
+    from openrlaif.optimize.advantages import masked_mean
+
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    loss_unclipped = (values - returns) ** 2
+    loss_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    clipfrac = masked_mean((loss_clipped > loss_unclipped).to(values.dtype), mask)
+    return loss, clipfrac.detach()
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution of each position: logsumexp(z) - sum(softmax(z) * z)."""
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)

@@ -1,0 +1,163 @@
+"""Stage `reward`: a Bradley-Terry reward model (or a K-member ensemble) on the AI preferences.
+
+Each member is the starting policy's backbone with a fresh one-output score head, trained with LoRA
+(or fully) on cross-entropy to the judge's soft label, plus a small reward-centering term. A seeded
+share of the pairs is held out for accuracy and calibration. Members go to ``round_K/reward_model/
+member_i`` (peft adapter + score head, or full weights) and ``ensemble.json`` says how to combine them;
+``openrlaif.reward.model.load_reward(RUN_DIR/round_K/reward_model)`` loads the result.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+
+from openrlaif.config import RewardConfig, RunConfig
+from openrlaif.errors import UserError
+from openrlaif.reward.loss import bradley_terry_loss, preference_accuracy
+from openrlaif.reward.model import reward_scores
+from openrlaif.store import RunStore, atomic_directory, atomic_write_json, read_jsonl
+
+
+def split_pairs(n: int, heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded (train, held-out) indices; at least one held-out pair when the fraction is positive."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    k = min(n - 1, max(1, round(n * heldout_fraction))) if heldout_fraction > 0 and n > 1 else 0
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def build_reward_model(policy_path: str, rc: RewardConfig, seed: int, pad_id: int, dtype: str = "float32"):
+    """The policy's backbone with a new one-output score head; LoRA unless full_finetune."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)  # the score head's initialisation differs per member
+    model = AutoModelForSequenceClassification.from_pretrained(policy_path, num_labels=1, dtype=getattr(torch, dtype))
+    model.config.pad_token_id = pad_id
+    if rc.full_finetune:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj") if t in names]
+    if not targets:
+        raise UserError("reward.full_finetune: this model has no q/k/v/o or MLP projections for LoRA; set it to true")
+    config = LoraConfig(r=rc.lora_r, lora_alpha=rc.lora_alpha, target_modules=targets, task_type="SEQ_CLS",
+                        modules_to_save=["score"])
+    return get_peft_model(model, config)
+
+
+def pair_rewards(model, chosen, rejected, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from openrlaif.logprobs import collate
+
+    ids, attn, _ = collate(chosen + rejected, pad_id)
+    r = reward_scores(model, ids, attn)
+    return r[: len(chosen)], r[len(chosen) :]
+
+
+def evaluate(model, chosen, rejected, p_chosen: torch.Tensor, pad_id: int, batch_size: int) -> dict:
+    """Held-out accuracy (the chosen side is the judge's pick), BT loss, and calibration error
+    mean |sigmoid(r_c - r_r) - p_chosen|."""
+    if not chosen:
+        return {"n": 0}
+    rc, rr = [], []
+    with torch.inference_mode():
+        for b in range(0, len(chosen), batch_size):
+            c, r = pair_rewards(model, chosen[b : b + batch_size], rejected[b : b + batch_size], pad_id)
+            rc.append(c)
+            rr.append(r)
+    rc, rr = torch.cat(rc), torch.cat(rr)
+    return {"n": len(chosen), "accuracy": round(preference_accuracy(rc, rr), 4),
+            "loss": round(float(bradley_terry_loss(rc, rr, p_chosen).mean()), 4),
+            "calibration_error": round(float((torch.sigmoid(rc - rr) - p_chosen).abs().mean()), 4),
+            "mean_reward": round(float(torch.cat([rc, rr]).mean()), 4)}
+
+
+def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConfig, pad_id: int, seed: int,
+                 k: int, member: int, description: str) -> list[dict]:
+    """Optimise one member; returns per-step metrics."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from openrlaif.progress import advance, bar
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=rc.learning_rate, weight_decay=0.0)
+    total = math.ceil(len(chosen) / rc.batch_size) * rc.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
+    rng = random.Random(seed)
+    metrics, step, start = [], 0, time.perf_counter()
+    model.train()
+    with bar(description, total, "steps") as pg:
+        for epoch in range(rc.epochs):
+            order = list(range(len(chosen)))
+            rng.shuffle(order)
+            for b in range(0, len(order), rc.batch_size):
+                idx = order[b : b + rc.batch_size]
+                r_c, r_r = pair_rewards(model, [chosen[i] for i in idx], [rejected[i] for i in idx], pad_id)
+                loss = bradley_terry_loss(r_c, r_r, p_chosen[idx], rc.margin, rc.center_coef).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, rc.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                metrics.append({"stage": "reward", "round": k, "member": member, "step": step, "epoch": epoch,
+                                "loss": round(loss.item(), 6), "accuracy": round(preference_accuracy(r_c, r_r), 4),
+                                "reward_margin": round(float((r_c - r_r).detach().mean()), 6), "grad_norm": round(float(grad_norm), 6)})
+                advance(pg, 1, step / (time.perf_counter() - start), "steps")
+    model.eval()
+    return metrics
+
+
+def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
+    """Train reward.members reward models on preferences.jsonl; save them and their held-out figures."""
+    from openrlaif.logprobs import encode_response
+    from openrlaif.models import load_tokenizer, resolve_model, set_threads
+    from openrlaif.optimize.dpo import _text
+
+    rc = cfg.reward
+    # 1. Preference pairs (the chosen side is the judge's pick) and a seeded held-out split.
+    pref_path = store.path("preferences.jsonl", k)
+    if not pref_path.is_file():
+        raise UserError(f"{pref_path} not found; run `rlaif label -o {store.root}` first")
+    prefs = read_jsonl(pref_path)
+    if len(prefs) < 2:
+        raise UserError(f"{pref_path} has {len(prefs)} pair(s); a reward model needs at least 2 (raise data.max_train_prompts)")
+    set_threads(cfg.model.threads)
+    policy_path = str(resolve_model(cfg.model.policy, "model.policy"))
+    tok = load_tokenizer(policy_path)
+    pad_id = tok.pad_token_id
+    chosen = [encode_response(tok, p["prompt"], _text(p["chosen"]), rc.max_length) for p in prefs]
+    rejected = [encode_response(tok, p["prompt"], _text(p["rejected"]), rc.max_length) for p in prefs]
+    p_chosen = torch.tensor([float(p.get("p_chosen", 1.0)) if rc.soft_labels and p.get("p_chosen") is not None else 1.0
+                             for p in prefs])
+    train_idx, held_idx = split_pairs(len(prefs), rc.heldout_fraction, cfg.seed)
+    # 2. Each member: its own head seed and (for an ensemble) its own bootstrap resample.
+    members, summaries, start = [], [], time.perf_counter()
+    out_dir = store.path("reward_model", k)
+    with atomic_directory(out_dir) as tmp:
+        for m in range(rc.members):
+            rng = random.Random(f"{cfg.seed}:{k}:reward:{m}")
+            idx = [rng.choice(train_idx) for _ in train_idx] if rc.members > 1 and rc.bootstrap else train_idx
+            model = build_reward_model(policy_path, rc, cfg.seed + 1000 * m, pad_id, cfg.model.dtype)
+            metrics = train_member(model, [chosen[i] for i in idx], [rejected[i] for i in idx], p_chosen[idx], rc,
+                                   pad_id, cfg.seed + m, k, m, f"reward member {m + 1}/{rc.members}")
+            held = evaluate(model, [chosen[i] for i in held_idx], [rejected[i] for i in held_idx], p_chosen[held_idx],
+                            pad_id, rc.batch_size)
+            name = f"member_{m}"
+            model.save_pretrained(tmp / name)
+            tok.save_pretrained(tmp / name)
+            store.append_metrics(metrics)
+            members.append(name)
+            summaries.append({"member": m, "pairs": len(idx), "final_loss": metrics[-1]["loss"], "heldout": held})
+        # 3. How to combine the members, and what they scored on the held-out pairs.
+        atomic_write_json(tmp / "ensemble.json", {"members": members, "aggregate": rc.aggregate,
+                                                  "uwo_lambda": rc.uwo_lambda, "policy": policy_path,
+                                                  "heldout_pairs": len(held_idx), "summaries": summaries})
+    accs = [s["heldout"].get("accuracy") for s in summaries if s["heldout"].get("n")]
+    return {"members": rc.members, "pairs": len(prefs), "train_pairs": len(train_idx), "heldout_pairs": len(held_idx),
+            "heldout_accuracy": round(sum(accs) / len(accs), 4) if accs else None,
+            "seconds": round(time.perf_counter() - start, 2)}
