@@ -67,7 +67,7 @@ def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | 
     if config is None and not store.config_path.is_file():
         raise UserError(f"{out} is not a run directory (no config.resolved.yaml); pass -c CONFIG to start one")
     cfg = load_config(config if config is not None else store.config_path, overrides or [])
-    check_stage_inputs(name, store)
+    check_stage_inputs(name, store, cfg=cfg)
     store = open_run(cfg, out, force)
     run_stage(name, cfg, store)
     write_report(store)

@@ -197,7 +197,9 @@ class FeedbackConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    algo: Literal["dpo"] = Field("dpo", description="Policy optimisation algorithm.")
+    algo: Literal["dpo", "rloo"] = Field(
+        "dpo", description="'dpo' on the AI preference pairs, or 'rloo': RL on a reward (see the rl section)."
+    )
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the KL anchor).")
     soft_labels: bool = Field(
         True,
@@ -244,6 +246,28 @@ class RewardConfig(_Strict):
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
 
 
+class RLConfig(_Strict):
+    """train.algo=rloo: RL directly on a reward (d-RLAIF: the judge's score), REINFORCE leave-one-out."""
+
+    reward: str = Field(
+        "judge",
+        description="Reward source: 'judge' (the pointwise judge's expected 0-9 score under a principle drawn per "
+        "prompt, d-RLAIF), a reward model directory (`rlaif reward` output), or 'package.module:function' "
+        "taking (conversations, responses) and returning scores.",
+    )
+    steps: int = Field(8, ge=1, description="Policy updates.")
+    prompts_per_step: int = Field(4, ge=1, description="Train prompts sampled per update (cycling through them).")
+    k: int = Field(4, ge=2, description="Samples per prompt; each one's baseline is the mean reward of the others.")
+    max_new_tokens: int = Field(48, ge=1, description="Tokens per sampled response.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus mass of the rollouts (1.0 = the policy's distribution).")
+    kl_coef: float = Field(0.05, ge=0, description="KL(policy || start) penalty folded into each sample's reward.")
+    kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator (k3 is never negative).")
+    missing_eos_penalty: float = Field(
+        0.0, ge=0, description="Subtracted from the reward of a sample that hit max_new_tokens without ending."
+    )
+
+
 class EvalConfig(_Strict):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for the eval answers.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass for eval answers.")
@@ -265,6 +289,7 @@ class RunConfig(_Strict):
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

@@ -84,6 +84,26 @@ def response_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.
     return torch.zeros(ids.shape[0], dtype=token_logp.dtype).index_add(0, rows, token_logp)
 
 
+def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) log-probs of each response token (0 elsewhere); position t holds log p(token t+1).
+
+    Like ``response_logprobs`` but per token (RL needs per-token KL); the LM head runs on response
+    positions only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    mask = resp[:, 1:].bool()
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    if decoder is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        out[mask] = gathered_logprobs(logits[mask], ids[:, 1:][mask])
+        return out
+    hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
+    out = out.to(hidden.dtype) if hidden.dtype != torch.float32 else out
+    values = gathered_logprobs(head(hidden[:, :-1][mask]).float(), ids[:, 1:][mask])
+    return torch.zeros(mask.shape, dtype=values.dtype).masked_scatter(mask, values)
+
+
 def batch_logprobs(model, seqs: list[Encoded], pad_id: int) -> torch.Tensor:
     ids, attn, resp = collate(seqs, pad_id)
     return response_logprobs(model, ids, attn, resp)

@@ -23,7 +23,13 @@ def stage_function(name: str):
     elif name == "reward":
         from openrlaif.reward.train import run
     elif name == "train":
-        from openrlaif.optimize.dpo import run
+
+        def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
+            if cfg.train.algo == "rloo":
+                from openrlaif.optimize.rloo import run as rloo
+                return rloo(cfg, store, k)
+            from openrlaif.optimize.dpo import run as dpo
+            return dpo(cfg, store, k)
     elif name == "eval":
         from openrlaif.evaluate.stage import run
     else:
@@ -117,8 +123,10 @@ STAGE_INPUTS = {
 }
 
 
-def check_stage_inputs(name: str, store: RunStore, k: int = 1) -> None:
+def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | None = None) -> None:
     """Fail before anything is written when a stage's input from the previous stage is missing."""
+    if name == "train" and cfg is not None and cfg.train.algo == "rloo":
+        return  # RL samples its own data
     if name in STAGE_INPUTS:
         needed, previous = STAGE_INPUTS[name]
         if not store.path(needed, k).is_file():
@@ -148,6 +156,13 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     return summary
 
 
+def stages_for(cfg: RunConfig) -> tuple[str, ...]:
+    """The stages `rlaif run` chains: RL (train.algo=rloo) samples and scores its own data."""
+    if cfg.train.algo == "rloo":
+        return ("train", "eval")
+    return STAGES
+
+
 def run(config: str | Path | RunConfig | None, out: str | Path, overrides: list[str] | None = None,
         force: bool = False) -> dict:
     """One RLAIF round into ``out``. Finished stages are skipped on a second call (unless force)."""
@@ -159,7 +174,7 @@ def run(config: str | Path | RunConfig | None, out: str | Path, overrides: list[
     store = open_run(cfg, out, force)
     # 2. Run the stages in order; a finished stage is not redone.
     k = 1
-    for name in STAGES:
+    for name in stages_for(cfg):
         if store.stage_done(name, k) and not force:
             console.print(f"[dim]round {k} · {name}: already done, skipped[/dim]")
             continue

@@ -75,7 +75,12 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"labels {_fmt(rw['heldout_accuracy'])} on {rw['heldout_pairs']} pairs "
                   "(per-member loss and calibration in reward_model/ensemble.json)."]
     tr = store.stage_status("train", k).get("summary", {})
-    if tr:
+    if tr.get("algo") == "rloo":
+        lines += ["", "## Training (RLOO + LoRA, RL on the reward)", "",
+                  f"{tr['steps']} updates, {tr['episodes']} sampled responses at {tr['episodes_per_s']} episodes/s; "
+                  f"mean reward {tr['reward_first']} (first quarter) -> {tr['reward_last']} (last quarter), "
+                  f"KL to the start {tr['kl_last']} nats per response at the end."]
+    elif tr:
         lines += ["", "## Training (DPO + LoRA)", "",
                   f"{tr['pairs']} pairs, {tr['steps']} steps, {tr['pairs_per_s']} pairs/s; "
                   f"loss {tr['first_loss']:.4f} (first step) -> {tr['final_loss']:.4f} (last epoch mean), "

@@ -1,0 +1,135 @@
+"""Stage `train` (algo rloo): RL directly on a reward, REINFORCE with leave-one-out baselines.
+
+Each update samples ``rl.k`` responses for each of ``rl.prompts_per_step`` train prompts from the
+policy (LoRA on the starting model), scores them with the reward source (the judge's pointwise score
+= d-RLAIF, a reward model, or a function), folds a KL(policy || start) penalty into each sample's
+reward, and takes each sample's advantage against the mean of the other k - 1 samples of its prompt
+(Ahmadian et al. 2024). No critic, no reward model needed. The adapter goes to ``round_K/policy``, so
+`eval` compares it with the start exactly as after DPO.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from openrlaif.config import RunConfig
+from openrlaif.errors import UserError
+from openrlaif.logprobs import Encoded, collate, token_logprobs
+from openrlaif.optimize.advantages import kl_estimate, rloo_advantages
+from openrlaif.store import RunStore, atomic_directory
+
+
+def reward_source(cfg: RunConfig, run_dir):
+    """(conversations, prompt texts, responses) -> list[float], from rl.reward."""
+    from openrlaif.reward.model import load_reward
+
+    spec = cfg.rl.reward
+    if spec != "judge":
+        rm = load_reward(spec, "rl.reward")
+        return lambda convs, texts, responses: rm.rewards(convs, responses)
+    from openrlaif.feedback.constitution import load_constitution
+    from openrlaif.feedback.label import build_judge
+
+    judge, _ = build_judge(cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"method": "pointwise"})}),
+                           "rl: judge", run_dir)
+    constitution = load_constitution(cfg.data.constitution)
+
+    def score(convs, texts, responses):
+        principles = [constitution.sample(random.Random(f"{cfg.seed}:rl:{t}")) for t in texts]
+        return judge.score(list(zip(texts, responses, principles)))
+
+    return score
+
+
+def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig) -> tuple[list[Encoded], list[bool]]:
+    """k sampled responses per prompt as Encoded sequences (prompt + response incl. its end-of-turn)."""
+    from openrlaif.models import end_of_turn_id
+
+    stop = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
+    flat = [ids for ids in prompt_ids for _ in range(k)]
+    tok.padding_side = "left"
+    enc = tok.pad({"input_ids": flat}, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, do_sample=True, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=0,
+                             max_new_tokens=cfg.rl.max_new_tokens, eos_token_id=stop, pad_token_id=tok.pad_token_id)
+    seqs, finished = [], []
+    for ids, row in zip(flat, out[:, enc["input_ids"].shape[1]:].tolist()):
+        end = next((t for t, x in enumerate(row) if x in stop), None)
+        response = row if end is None else row[: end + 1]
+        seqs.append(Encoded(ids + response, [0] * len(ids) + [1] * len(response)))
+        finished.append(end is not None)
+    return seqs, finished
+
+
+def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
+    """RLOO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
+    from openrlaif.models import chat_prompt, load_causal_lm, set_threads
+    from openrlaif.optimize.dpo import add_lora
+    from openrlaif.progress import advance, bar
+    from openrlaif.prompts import load_prompts, select
+
+    rl, tc = cfg.rl, cfg.train
+    # 1. Train prompts, the policy (a fresh LoRA adapter; adapter off = the reference) and the reward.
+    prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
+    if not prompts:
+        raise UserError("data.prompts: no train prompts for RL")
+    set_threads(cfg.model.threads)
+    torch.manual_seed(cfg.seed)
+    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    tok = loaded.tokenizer
+    model = add_lora(loaded.model, tc)
+    score = reward_source(cfg, store.root)
+    encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
+    metrics, episodes, start = [], 0, time.perf_counter()
+    with bar("rloo", rl.steps, "steps") as pg:
+        for step in range(rl.steps):
+            # 2. Rollouts: k samples for each of this step's prompts.
+            chosen = [(step * rl.prompts_per_step + i) % len(prompts) for i in range(rl.prompts_per_step)]
+            model.eval()
+            seqs, finished = sample(model, tok, [encoded_prompts[i] for i in chosen], rl.k, cfg)
+            ids, attn, resp = collate(seqs, tok.pad_token_id)
+            texts = [tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
+                     for s in seqs]
+            convs = [prompts[i].messages for i in chosen for _ in range(rl.k)]
+            raw = torch.tensor(score(convs, [prompts[i].text for i in chosen for _ in range(rl.k)], texts), dtype=torch.float32)
+            # 3. Reward = score - KL penalty (- missing-EOS penalty); leave-one-out advantages per prompt.
+            mask = resp[:, 1:].float()
+            with torch.inference_mode(), model.disable_adapter():
+                ref_logp = token_logprobs(model, ids, attn, resp)
+            model.train()
+            logp = token_logprobs(model, ids, attn, resp)
+            kl = (kl_estimate(logp.detach(), ref_logp, rl.kl_estimator) * mask).sum(1)
+            total = raw - rl.kl_coef * kl - rl.missing_eos_penalty * (1 - torch.tensor(finished, dtype=torch.float32))
+            adv = rloo_advantages(total.view(len(chosen), rl.k)).view(-1)
+            # 4. REINFORCE with the leave-one-out baseline.
+            loss = -(adv * (logp * mask).sum(1)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            optimizer.step()
+            episodes += len(seqs)
+            elapsed = time.perf_counter() - start
+            metrics.append({"stage": "train", "algo": "rloo", "round": k, "step": step + 1,
+                            "reward_mean": round(float(raw.mean()), 6), "reward_std": round(float(raw.std()), 6),
+                            "kl": round(float(kl.mean()), 6), "total_reward_mean": round(float(total.mean()), 6),
+                            "loss": round(loss.item(), 6), "grad_norm": round(float(grad_norm), 6),
+                            "response_length": round(float(mask.sum(1).mean()), 2),
+                            "finished_rate": round(sum(finished) / len(finished), 4), "kl_coef": rl.kl_coef,
+                            "lr": tc.learning_rate, "episodes_per_s": round(episodes / elapsed, 4)})
+            advance(pg, 1, (step + 1) / elapsed, "steps")
+    # 5. Save the adapter like DPO does.
+    with atomic_directory(store.path("policy", k)) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    store.append_metrics(metrics)
+    first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4):]
+    return {"algo": "rloo", "steps": rl.steps, "episodes": episodes,
+            "episodes_per_s": round(episodes / (time.perf_counter() - start), 4),
+            "reward_first": round(sum(m["reward_mean"] for m in first) / len(first), 4),
+            "reward_last": round(sum(m["reward_mean"] for m in last) / len(last), 4),
+            "kl_last": round(sum(m["kl"] for m in last) / len(last), 4)}
