@@ -177,10 +177,13 @@ def test_repo_default_config_parses():
     load_config(path)
 
 
-@pytest.mark.parametrize("name", ["api_judge.yaml", "constitutional.yaml"])
+@pytest.mark.parametrize("name", ["api_judge.yaml", "constitutional.yaml", "rloo.yaml"])
 def test_example_configs_load(name):
     cfg = load_config(REPO / "configs" / name)
-    assert cfg.name in ("api-judge", "constitutional")
+    assert cfg.name in ("api-judge", "constitutional", "rloo")
+    if name == "rloo.yaml":
+        assert cfg.train.algo == "rloo" and cfg.rl.reward == "judge"
+        return
     if name == "api_judge.yaml":
         assert cfg.feedback.api.base_url.endswith("/v1") and cfg.feedback.api.prefill
     else:
