@@ -201,6 +201,13 @@ class TrainConfig(_Strict):
         "dpo", description="'dpo' on the AI preference pairs, or 'rloo': RL on a reward (see the rl section)."
     )
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the KL anchor).")
+    loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="DPO loss: 'sigmoid' (DPO; soft labels via cDPO smoothing) or 'ipo' (squared gap to "
+        "1/(2 beta); hard labels, soft labels are not used)."
+    )
+    precompute_ref_logps: bool = Field(
+        True, description="Compute the reference log-probs once before training (fast) instead of every step."
+    )
     soft_labels: bool = Field(
         True,
         description="Use the judge probability as a soft label (cDPO label smoothing = 1 - p_chosen).",

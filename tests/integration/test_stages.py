@@ -228,3 +228,25 @@ def test_label_skips_identical_and_empty_candidates(tiny_model_dir, tmp_path):
     for p in prefs:
         assert p["chosen"][0]["content"] == rows[1]["candidates"][p["chosen_index"]]
         assert p["p_chosen"] >= 0.5
+
+
+def test_reference_logps_once_or_per_step_train_the_same_and_ipo_runs(tmp_path, tiny_model_dir):
+    base = tiny_overrides(tiny_model_dir) + ["train.soft_labels=false"]
+    cfg = load_config(None, base)
+    store = open_run(cfg, tmp_path / "run")
+    run_stage("generate", cfg, store)
+    run_stage("label", cfg, store)
+    losses = {}
+    for name, extra in (("once", []), ("per_step", ["train.precompute_ref_logps=false"]), ("ipo", ["train.loss=ipo"])):
+        c = load_config(None, base + extra)
+        s = open_run(c, tmp_path / name)
+        for f in ("candidates.jsonl", "preferences.jsonl"):
+            (s.root / "round_1").mkdir(parents=True, exist_ok=True)
+            (s.root / "round_1" / f).write_bytes(store.path(f).read_bytes())
+        run_stage("train", c, s)
+        losses[name] = [m for m in s.read_metrics() if m.get("stage") == "train" and "step" in m]
+    assert [m["loss"] for m in losses["once"]] == pytest.approx([m["loss"] for m in losses["per_step"]], abs=1e-5)
+    # IPO's loss is (h - 1/(2 beta))^2: at the start h = 0, so the first loss is (1 / 0.2)^2 = 25.
+    ipo = losses["ipo"]
+    assert ipo[0]["loss"] == pytest.approx(25.0, abs=1e-3) and len(ipo) == len(losses["once"])
+    assert (tmp_path / "ipo" / "round_1" / "policy" / "adapter_config.json").is_file()

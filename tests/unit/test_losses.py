@@ -111,3 +111,14 @@ def test_sequence_logprobs_matches_log_softmax_random():
                 s += logp[b, pos - 1, ids[b, pos]].item()
         expected.append(s)
     assert sequence_logprobs(logits, ids, mask).tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_ipo_loss_hand_computed():
+    from openrlaif.optimize.losses import ipo_loss
+
+    # h = (-1 - -1.5) - (-2 - -1.5) = 0.5 + 0.5 = 1; beta 0.25 -> target 2; loss (1 - 2)^2 = 1
+    loss, r_c, r_r = ipo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.25)
+    assert loss.item() == pytest.approx(1.0)
+    assert r_c.item() == pytest.approx(0.125) and r_r.item() == pytest.approx(-0.125)
+    # at the target gap the loss is zero (IPO does not push further)
+    assert ipo_loss(t(0.0), t(-2.0), t(0.0), t(0.0), beta=0.25)[0].item() == pytest.approx(0.0)

@@ -16,7 +16,7 @@ import torch
 from openrlaif.config import RunConfig, TrainConfig
 from openrlaif.errors import UserError
 from openrlaif.logprobs import batch_logprobs, encode_response
-from openrlaif.optimize.losses import dpo_loss
+from openrlaif.optimize.losses import dpo_loss, ipo_loss
 from openrlaif.store import RunStore, atomic_directory, atomic_write_json, read_jsonl
 
 
@@ -65,17 +65,22 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     chosen = [encode_response(tok, p["prompt"], _text(p["chosen"]), tc.max_length) for p in prefs]
     rejected = [encode_response(tok, p["prompt"], _text(p["rejected"]), tc.max_length) for p in prefs]
     smoothing = torch.tensor([smoothing_for(p, tc) for p in prefs])
-    # 3. Reference log-probs, once.
+    # 3. Reference log-probs, once (or per step when train.precompute_ref_logps is false).
     model.eval()
     ref_c, ref_r = torch.zeros(len(prefs)), torch.zeros(len(prefs))
-    with torch.inference_mode(), model.disable_adapter(), bar("reference logps", len(prefs), "pairs") as pg:
-        t0 = time.perf_counter()
-        for b in range(0, len(prefs), tc.batch_size):
-            sl = slice(b, b + tc.batch_size)
-            both = batch_logprobs(model, chosen[sl] + rejected[sl], pad_id)
-            n = len(chosen[sl])
-            ref_c[sl], ref_r[sl] = both[:n], both[n:]
-            advance(pg, n, (b + n) / (time.perf_counter() - t0), "pairs")
+
+    def reference(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode(), model.disable_adapter():
+            both = batch_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
+        return both[: len(idx)].clone(), both[len(idx) :].clone()
+
+    if tc.precompute_ref_logps:
+        with bar("reference logps", len(prefs), "pairs") as pg:
+            t0 = time.perf_counter()
+            for b in range(0, len(prefs), tc.batch_size):
+                idx = list(range(b, min(b + tc.batch_size, len(prefs))))
+                ref_c[idx], ref_r[idx] = reference(idx)
+                advance(pg, len(idx), (b + len(idx)) / (time.perf_counter() - t0), "pairs")
     # 4. Optimise the adapter.
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
@@ -92,9 +97,15 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             rng.shuffle(order)
             for b in range(0, len(order), tc.batch_size):
                 idx = order[b : b + tc.batch_size]
+                if not tc.precompute_ref_logps:
+                    ref_c[idx], ref_r[idx] = reference(idx)
+                    model.train()
                 logps = batch_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
                 pc, pr = logps[: len(idx)], logps[len(idx) :]
-                loss_vec, r_c, r_r = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], tc.beta, smoothing[idx])
+                if tc.loss == "ipo":
+                    loss_vec, r_c, r_r = ipo_loss(pc, pr, ref_c[idx], ref_r[idx], tc.beta)
+                else:
+                    loss_vec, r_c, r_r = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], tc.beta, smoothing[idx])
                 loss = loss_vec.mean()
                 lr = scheduler.get_last_lr()[0]
                 optimizer.zero_grad(set_to_none=True)

@@ -32,6 +32,26 @@ def dpo_loss(
     return loss, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 
+def ipo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example IPO loss (Azar et al. 2023): regress the log-ratio gap onto 1 / (2 * beta).
+
+        h = (pi_c - ref_c) - (pi_r - ref_r);  loss = (h - 1 / (2 * beta))^2
+
+    Unlike the sigmoid loss it does not push the gap to infinity on pairs it already ranks right.
+    Returns (loss, chosen_reward, rejected_reward) like ``dpo_loss``.
+    """
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    loss = (chosen_logratio - rejected_logratio - 1.0 / (2.0 * beta)) ** 2
+    return loss, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
+
+
 def gathered_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) per row of ``logits`` (N, V): logit[target] - logsumexp(logits)."""
     return torch.gather(logits, 1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
