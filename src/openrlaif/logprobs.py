@@ -242,15 +242,12 @@ def prefix_hidden_states(model, splits: list[Split], batch_size: int, pad_id: in
                 yield i, torch.cat([last[splits[i].prefix][None], out.last_hidden_state[r, :n]])
 
 
-def split_next_token_logprobs(model, splits: list[Split], batch_size: int, pad_id: int, on_batch=None) -> dict[int, torch.Tensor]:
-    """Log-softmax over the vocabulary of the token after each sequence (prefix reused).
-
-    ``on_batch({index: log-probs})`` is called every ``batch_size`` results (e.g. to store them)."""
-    _, head = _heads(model)
-    out: dict[int, torch.Tensor] = {}
-    pending: dict[int, torch.Tensor] = {}
-    for i, hidden in prefix_hidden_states(model, splits, batch_size, pad_id):
-        pending[i] = torch.log_softmax(head(hidden[-1:])[0].float(), dim=-1)  # 2-D: int8 heads need it
+def _in_batches(results, batch_size: int, on_batch) -> dict:
+    """Collect ``(index, value)`` pairs; hand them to ``on_batch`` every ``batch_size`` (and at the end)."""
+    out: dict = {}
+    pending: dict = {}
+    for i, value in results:
+        pending[i] = value
         if len(pending) >= batch_size:
             out.update(pending)
             if on_batch is not None:
@@ -260,24 +257,29 @@ def split_next_token_logprobs(model, splits: list[Split], batch_size: int, pad_i
     if pending and on_batch is not None:
         on_batch(pending)
     return out
+
+
+def split_next_token_logprobs(model, splits: list[Split], batch_size: int, pad_id: int, on_batch=None) -> dict[int, torch.Tensor]:
+    """Log-softmax over the vocabulary of the token after each sequence (prefix reused).
+
+    ``on_batch({index: log-probs})`` is called every ``batch_size`` results (e.g. to store them)."""
+    _, head = _heads(model)
+    results = ((i, torch.log_softmax(head(hidden[-1:])[0].float(), dim=-1))  # 2-D: int8 heads need it
+               for i, hidden in prefix_hidden_states(model, splits, batch_size, pad_id))
+    return _in_batches(results, batch_size, on_batch)
 
 
 def split_response_logprobs(model, splits: list[Split], masks: list[list[int]], batch_size: int, pad_id: int,
                             on_batch=None) -> dict[int, float]:
     """Summed log-probs of the suffix tokens whose ``masks[i]`` entry is 1 (prefix reused)."""
     _, head = _heads(model)
-    out: dict[int, float] = {}
-    pending: dict[int, float] = {}
-    for i, hidden in prefix_hidden_states(model, splits, batch_size, pad_id):
+
+    def summed(i: int, hidden: torch.Tensor) -> float:
         mask = torch.tensor(masks[i], dtype=torch.bool)
+        if not mask.any():
+            return 0.0
         targets = torch.tensor(splits[i].suffix)[mask]
-        pending[i] = float(gathered_logprobs(head(hidden[:-1][mask]).float(), targets).sum()) if mask.any() else 0.0
-        if len(pending) >= batch_size:
-            out.update(pending)
-            if on_batch is not None:
-                on_batch(pending)
-            pending = {}
-    out.update(pending)
-    if pending and on_batch is not None:
-        on_batch(pending)
-    return out
+        return float(gathered_logprobs(head(hidden[:-1][mask]).float(), targets).sum())
+
+    results = ((i, summed(i, hidden)) for i, hidden in prefix_hidden_states(model, splits, batch_size, pad_id))
+    return _in_batches(results, batch_size, on_batch)

@@ -49,12 +49,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
     tc = cfg.train
     # 1. Preference pairs from the label stage.
-    pref_path = store.path("preferences.jsonl", k)
-    if not pref_path.is_file():
-        raise UserError(f"{pref_path} not found; run `rlaif label -o {store.root}` first")
-    prefs = read_jsonl(pref_path)
-    if not prefs:
-        raise UserError(f"{pref_path} has no pairs (the judge found no usable pairs); lower label.min_margin or raise generate.n")
+    prefs = read_preferences(store, k)
     # 2. The starting policy with a fresh LoRA adapter; adapter disabled = reference.
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
@@ -145,6 +140,19 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "final_reward_accuracy": round(sum(m["reward_accuracy"] for m in last) / len(last), 4),
         "first_loss": metrics[0]["loss"],
     }
+
+
+def read_preferences(store: RunStore, k: int, minimum: int = 1) -> list[dict]:
+    """The label stage's pairs of round ``k``; a clear error when there are none (or too few)."""
+    path = store.path("preferences.jsonl", k)
+    if not path.is_file():
+        raise UserError(f"{path} not found; run `rlaif label -o {store.root}` first")
+    prefs = read_jsonl(path)
+    if not prefs:
+        raise UserError(f"{path} has no pairs (the judge found no usable pairs); lower label.min_margin or raise generate.n")
+    if len(prefs) < minimum:
+        raise UserError(f"{path} has {len(prefs)} pair(s), fewer than the {minimum} needed; raise data.max_train_prompts")
+    return prefs
 
 
 def _text(side) -> str:

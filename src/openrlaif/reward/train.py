@@ -19,7 +19,7 @@ from openrlaif.config import RewardConfig, RunConfig
 from openrlaif.errors import UserError
 from openrlaif.reward.loss import bradley_terry_loss, preference_accuracy
 from openrlaif.reward.model import reward_scores
-from openrlaif.store import RunStore, atomic_directory, atomic_write_json, read_jsonl
+from openrlaif.store import RunStore, atomic_directory, atomic_write_json
 
 
 def split_pairs(n: int, heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -116,16 +116,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Train reward.members reward models on preferences.jsonl; save them and their held-out figures."""
     from openrlaif.logprobs import encode_response
     from openrlaif.models import load_tokenizer, resolve_model, set_threads
-    from openrlaif.optimize.dpo import _text
+    from openrlaif.optimize.dpo import _text, read_preferences
 
     rc = cfg.reward
     # 1. Preference pairs (the chosen side is the judge's pick) and a seeded held-out split.
-    pref_path = store.path("preferences.jsonl", k)
-    if not pref_path.is_file():
-        raise UserError(f"{pref_path} not found; run `rlaif label -o {store.root}` first")
-    prefs = read_jsonl(pref_path)
-    if len(prefs) < 2:
-        raise UserError(f"{pref_path} has {len(prefs)} pair(s); a reward model needs at least 2 (raise data.max_train_prompts)")
+    prefs = read_preferences(store, k, minimum=2)
     set_threads(cfg.model.threads)
     policy_path = str(resolve_model(cfg.model.policy, "model.policy"))
     tok = load_tokenizer(policy_path)
