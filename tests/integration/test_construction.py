@@ -1,6 +1,8 @@
 """Feedback by construction on the tiny model: RLCD sampling + pairing, and Constitutional-AI
 critique -> revision (pairs + SFT rows), each through the stages of a run directory."""
 
+import json
+
 import pytest
 
 from conftest import tiny_overrides
@@ -77,7 +79,7 @@ def test_critique_then_revision_writes_pairs_and_sft_rows(tmp_path, tiny_model_d
     store = open_run(cfg, tmp_path / "run")
     run_stage("generate", cfg, store)
     summary = run_stage("label", cfg, store)
-    stats = __import__("json").loads(store.path("judge_stats.json").read_text())
+    stats = json.loads(store.path("judge_stats.json").read_text())
     assert stats["method"] == "revision" and stats["revisions"] == 8  # 4 prompts x 2 candidates
     sft = read_jsonl(store.path("revisions.jsonl"))
     prefs = read_jsonl(store.path("preferences.jsonl"))

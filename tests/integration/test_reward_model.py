@@ -5,7 +5,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from conftest import CORPUS, tiny_overrides
 from openrlaif.config import load_config

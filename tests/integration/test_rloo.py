@@ -1,7 +1,6 @@
 """RLOO on the tiny model with a synthetic reward: the reward rises while the KL penalty holds the
 policy near the start; with a large KL coefficient the policy barely moves."""
 
-import pytest
 
 from conftest import tiny_overrides
 from openrlaif.config import load_config

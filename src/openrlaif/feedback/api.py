@@ -353,7 +353,7 @@ class OpenAICompatibleJudge:
         self.usage.failed += 1
         return None
 
-    async def _readings(self, bodies: list[dict], keys: list[str], on_done) -> None:
+    async def _readings(self, bodies: list[dict], on_done) -> None:
         import httpx
 
         from openrlaif.progress import advance, bar
@@ -399,7 +399,7 @@ class OpenAICompatibleJudge:
                 self.cache.put_many({keys[i]: reading}, self.method)
 
         if missing:
-            run_coroutine(self._readings([bodies[i] for i in missing], [keys[i] for i in missing], on_done))
+            run_coroutine(self._readings([bodies[i] for i in missing], on_done))
         return out  # type: ignore[return-value]
 
     # -- Judge protocol -------------------------------------------------------------------------
