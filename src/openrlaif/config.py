@@ -197,8 +197,9 @@ class FeedbackConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    algo: Literal["dpo", "rloo"] = Field(
-        "dpo", description="'dpo' on the AI preference pairs, or 'rloo': RL on a reward (see the rl section)."
+    algo: Literal["dpo", "ppo", "rloo"] = Field(
+        "dpo", description="'dpo' on the AI preference pairs; 'ppo' (critic, GAE, clipping; see the ppo section) or "
+        "'rloo' (leave-one-out baselines, no critic): RL on a reward, with the rl section's rollouts and reward."
     )
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the KL anchor).")
     loss: Literal["sigmoid", "ipo"] = Field(
@@ -227,6 +228,16 @@ class TrainConfig(_Strict):
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Module names that receive LoRA adapters.",
+    )
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-batches whose gradients add up before one optimizer step (accelerate's accumulation)."
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="accelerate mixed precision; 'no' (fp32) is fastest on CPUs, bf16/fp16 are for GPUs."
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save model, optimizer, scheduler, RNG and step every N optimizer steps to round_K/"
+        "checkpoint (0 = never); a re-run of the stage resumes from it."
     )
 
 
@@ -259,12 +270,14 @@ class RLConfig(_Strict):
     reward: str = Field(
         "judge",
         description="Reward source: 'judge' (the pointwise judge's expected 0-9 score under a principle drawn per "
-        "prompt, d-RLAIF), a reward model directory (`rlaif reward` output), or 'package.module:function' "
-        "taking (conversations, responses) and returning scores.",
+        "prompt, d-RLAIF), 'reward_model' (this round's `reward` stage output: `rlaif run` then trains it from "
+        "the AI preferences first), a reward model directory, or 'package.module:function' taking "
+        "(conversations, responses) and returning scores.",
     )
     steps: int = Field(8, ge=1, description="Policy updates.")
     prompts_per_step: int = Field(4, ge=1, description="Train prompts sampled per update (cycling through them).")
-    k: int = Field(4, ge=2, description="Samples per prompt; each one's baseline is the mean reward of the others.")
+    k: int = Field(4, ge=1, description="Samples per prompt (RLOO needs >= 2: each one's baseline is the mean reward "
+                   "of the others).")
     max_new_tokens: int = Field(48, ge=1, description="Tokens per sampled response.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus mass of the rollouts (1.0 = the policy's distribution).")
@@ -272,6 +285,31 @@ class RLConfig(_Strict):
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator (k3 is never negative).")
     missing_eos_penalty: float = Field(
         0.0, ge=0, description="Subtracted from the reward of a sample that hit max_new_tokens without ending."
+    )
+
+
+class PPOConfig(_Strict):
+    """train.algo=ppo: the update side of PPO (rollouts, reward and KL penalty come from the rl section)."""
+
+    epochs: int = Field(2, ge=1, description="Passes over each step's rollouts.")
+    minibatch_size: int = Field(8, ge=1, description="Episodes per gradient micro-batch (x train.grad_accum_steps "
+                                "per optimizer step).")
+    clip_range: float = Field(0.2, gt=0, description="Policy ratio clipping epsilon.")
+    value_clip_range: float = Field(0.2, gt=0, description="Value clipping: new values stay within this of the "
+                                    "rollout's values.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight (0 = none).")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount over response tokens.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    whiten_rewards: bool = Field(False, description="Rescale the sequence scores of each batch to unit std before "
+                                 "adding the KL penalty (keeps the mean).")
+    kl_target: float | None = Field(
+        None, gt=0, description="Adaptive KL controller's target KL per response (nats); null = fixed rl.kl_coef."
+    )
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive controller horizon in episodes.")
+    critic: Literal["shared", "separate"] = Field(
+        "shared", description="'shared': a value head on the policy's last hidden state (one forward pass); "
+        "'separate': a second copy of the starting model with its own LoRA and value head (2x compute and memory)."
     )
 
 
@@ -297,6 +335,7 @@ class RunConfig(_Strict):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

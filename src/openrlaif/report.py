@@ -80,6 +80,13 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"{tr['steps']} updates, {tr['episodes']} sampled responses at {tr['episodes_per_s']} episodes/s; "
                   f"mean reward {tr['reward_first']} (first quarter) -> {tr['reward_last']} (last quarter), "
                   f"KL to the start {tr['kl_last']} nats per response at the end."]
+    elif tr.get("algo") == "ppo":
+        lines += ["", f"## Training (PPO + LoRA, {tr['critic']} critic, RL on the reward)", "",
+                  f"{tr['steps']} updates, {tr['episodes']} sampled responses at {tr['episodes_per_s']} episodes/s; "
+                  f"mean reward {tr['reward_first']} (first quarter) -> {tr['reward_last']} (last quarter), "
+                  f"KL to the start {tr['kl_last']} nats per response at the end (KL coefficient {tr['kl_coef_last']}); "
+                  f"value explained variance {tr['explained_variance_last']}. Per-step approx_kl, clipfrac, entropy "
+                  "and losses are in metrics.jsonl."]
     elif tr:
         lines += ["", "## Training (DPO + LoRA)", "",
                   f"{tr['pairs']} pairs, {tr['steps']} steps, {tr['pairs_per_s']} pairs/s; "

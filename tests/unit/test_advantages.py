@@ -113,3 +113,29 @@ def test_ppo_value_loss_clips():
 def test_entropy():
     assert entropy_from_logits(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))
     assert entropy_from_logits(torch.tensor([[100.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_last_token_index_finds_responses_that_start_mid_row():
+    from openrlaif.optimize.advantages import last_token_index
+
+    mask = torch.tensor([[0, 0, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    assert last_token_index(mask).tolist() == [3, 4, 1, 0]
+
+
+def test_token_rewards_put_the_score_on_the_last_response_token():
+    kl = torch.tensor([[0.0, 0.5, 1.0, 0.0]])
+    mask = torch.tensor([[0, 1, 1, 0]])
+    out = token_rewards(torch.tensor([2.0]), kl, mask, kl_coef=0.1)
+    assert out[0].tolist() == pytest.approx([0.0, -0.05, -0.1 + 2.0, 0.0])
+
+
+def test_explained_variance_by_hand():
+    from openrlaif.optimize.advantages import explained_variance
+
+    returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    # values off by (0, 1, 0): Var(residual) = Var([0, 1, 0]) = 2/9; Var(returns) = 2/3 -> 1 - 1/3.
+    values = torch.tensor([[1.0, 1.0, 3.0, 0.0]])
+    assert explained_variance(values, returns, mask) == pytest.approx(2 / 3)
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.zeros(1, 4), torch.zeros(1, 4), mask) == 0.0

@@ -177,10 +177,13 @@ def test_repo_default_config_parses():
     load_config(path)
 
 
-@pytest.mark.parametrize("name", ["api_judge.yaml", "constitutional.yaml", "rloo.yaml"])
+@pytest.mark.parametrize("name", ["api_judge.yaml", "constitutional.yaml", "rloo.yaml", "ppo.yaml"])
 def test_example_configs_load(name):
     cfg = load_config(REPO / "configs" / name)
-    assert cfg.name in ("api-judge", "constitutional", "rloo")
+    assert cfg.name in ("api-judge", "constitutional", "rloo", "ppo")
+    if name == "ppo.yaml":
+        assert cfg.train.algo == "ppo" and cfg.rl.reward == "reward_model" and cfg.ppo.critic == "shared"
+        return
     if name == "rloo.yaml":
         assert cfg.train.algo == "rloo" and cfg.rl.reward == "judge"
         return

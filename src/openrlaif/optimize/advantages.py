@@ -48,8 +48,9 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") ->
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """(B,) index of each row's last real token (rows are left-aligned responses)."""
-    return mask.long().sum(1).clamp(min=1) - 1
+    """(B,) index of each row's last real token (the response may start anywhere in the row; 0 if empty)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.long() * positions).argmax(1)
 
 
 def token_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
@@ -58,6 +59,15 @@ def token_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_
     rows = torch.arange(rewards.shape[0])
     rewards[rows, last_token_index(mask)] += score.to(rewards.dtype)
     return rewards
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over the masked tokens: 1 = a perfect critic, 0 = no better than
+    a constant, negative = worse than one."""
+    var_returns = masked_var(returns, mask)
+    if float(var_returns) == 0.0:
+        return 0.0
+    return float(1.0 - masked_var(returns - values, mask) / var_returns)
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,

@@ -22,19 +22,25 @@ from openrlaif.optimize.advantages import kl_estimate, rloo_advantages
 from openrlaif.store import RunStore, atomic_directory
 
 
-def reward_source(cfg: RunConfig, run_dir):
+def reward_source(cfg: RunConfig, store: RunStore, k: int = 1):
     """(conversations, prompt texts, responses) -> list[float], from rl.reward."""
     from openrlaif.reward.model import load_reward
 
     spec = cfg.rl.reward
+    if spec == "reward_model":
+        path = store.path("reward_model", k)
+        if not (path / "ensemble.json").is_file():
+            raise UserError(f"rl.reward: {path} not found; run `rlaif reward -o {store.root}` first "
+                            "(or `rlaif run`, which trains it before RL)")
+        spec = str(path)
     if spec != "judge":
         rm = load_reward(spec, "rl.reward")
-        return lambda convs, texts, responses: rm.rewards(convs, responses)
+        return lambda convs, texts, responses: [float(x) for x in rm.rewards(convs, responses)]
     from openrlaif.feedback.constitution import load_constitution
     from openrlaif.feedback.label import build_judge
 
     judge, _ = build_judge(cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"method": "pointwise"})}),
-                           "rl: judge", run_dir)
+                           "rl: judge", store.root)
     constitution = load_constitution(cfg.data.constitution)
 
     def score(convs, texts, responses):
@@ -81,7 +87,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
     tok = loaded.tokenizer
     model = add_lora(loaded.model, tc)
-    score = reward_source(cfg, store.root)
+    if rl.k < 2:
+        raise UserError("rl.k: RLOO needs at least 2 samples per prompt (each one's baseline is the others' mean)")
+    score = reward_source(cfg, store, k)
     encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)

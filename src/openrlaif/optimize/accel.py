@@ -1,0 +1,92 @@
+"""The one training stack: torch + accelerate, shared by DPO, PPO, RLOO and the reward model.
+
+The same code runs in one CPU process and under ``accelerate launch`` (DDP, FSDP or DeepSpeed; example
+configs in ``configs/accelerate/``). Each optimizer step's batch is the *global* batch
+(``split_batches``): every process takes its slice, gradients are averaged by the wrapped model, so one
+process with batch 4 and two processes with 2 each take the same step. Checkpoints are accelerate's own
+state (model, optimizer, scheduler, RNG of every process) plus our step counter, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from openrlaif.config import TrainConfig
+
+
+def is_main_process() -> bool:
+    """True in a single process and on rank 0 of a launched job (no distributed init needed)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def make_accelerator(tc: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(
+        gradient_accumulation_steps=tc.grad_accum_steps,
+        mixed_precision=tc.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        step_scheduler_with_optimizer=True,
+    )
+
+
+def shard(items: list, accelerator) -> list:
+    """This process's share of a global batch (contiguous slices, as even as possible)."""
+    n, world, rank = len(items), accelerator.num_processes, accelerator.process_index
+    start, stop = rank * n // world, (rank + 1) * n // world
+    return items[start:stop]
+
+
+def gather_mean(value: torch.Tensor | float, accelerator) -> float:
+    """Mean of a per-process scalar over all processes (for metrics)."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=accelerator.device).reshape(1)
+    return float(accelerator.gather(t).mean())
+
+
+class Checkpointer:
+    """round_K/checkpoint: accelerate state + ``progress.json`` ({step, ...}); resumed by a re-run of the stage."""
+
+    def __init__(self, directory: Path, every: int, accelerator):
+        self.directory = Path(directory)
+        self.every = every
+        self.accelerator = accelerator
+
+    def resume(self) -> dict | None:
+        """Load the latest checkpoint into the prepared objects; returns its progress, or None."""
+        progress = self.directory / "progress.json"
+        if self.every <= 0 or not progress.is_file():
+            return None
+        self.accelerator.load_state(str(self.directory))
+        return json.loads(progress.read_text())
+
+    def maybe_save(self, step: int, **progress) -> bool:
+        if self.every <= 0 or step % self.every:
+            return False
+        self.save(step=step, **progress)
+        return True
+
+    def save(self, **progress) -> None:
+        tmp = self.directory.with_name(self.directory.name + ".tmp")
+        if self.accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        if self.accelerator.is_main_process:
+            (tmp / "progress.json").write_text(json.dumps(progress))
+            old = self.directory.with_name(self.directory.name + ".old")
+            if self.directory.exists():
+                os.replace(self.directory, old)
+            os.replace(tmp, self.directory)
+            shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def clear(self) -> None:
+        """The stage finished: its outputs are saved, the checkpoint is no longer needed."""
+        if self.accelerator.is_main_process:
+            shutil.rmtree(self.directory, ignore_errors=True)
