@@ -59,6 +59,7 @@ def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: O
 
 def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None, force: bool) -> None:
     from openrlaif.config import load_config
+    from openrlaif.optimize.accel import is_main_process
     from openrlaif.pipeline import check_stage_inputs, open_run, run_stage
     from openrlaif.report import write_report
     from openrlaif.store import RunStore
@@ -68,6 +69,9 @@ def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | 
         raise UserError(f"{out} is not a run directory (no config.resolved.yaml); pass -c CONFIG to start one")
     cfg = load_config(config if config is not None else store.config_path, overrides or [])
     check_stage_inputs(name, store, cfg=cfg)
+    if not is_main_process():  # a worker of `accelerate launch`: only rank 0 writes the run's books
+        run_stage(name, cfg, store)
+        return
     store = open_run(cfg, out, force)
     run_stage(name, cfg, store)
     write_report(store)

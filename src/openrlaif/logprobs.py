@@ -104,6 +104,22 @@ def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Ten
     return torch.zeros(mask.shape, dtype=values.dtype).masked_scatter(mask, values)
 
 
+class SequenceLogprobs(torch.nn.Module):
+    """A causal LM whose forward returns summed response log-probs (``per_token``: the (B, T-1) token
+    log-probs): the module that DDP, FSDP or DeepSpeed wrap, so the training forward goes through the
+    wrapper (gradient sync hooks and all)."""
+
+    def __init__(self, model, per_token: bool = False):
+        super().__init__()
+        self.model = model
+        self.per_token = per_token
+
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+        if self.per_token:
+            return token_logprobs(self.model, ids, attn, resp)
+        return response_logprobs(self.model, ids, attn, resp)
+
+
 def batch_logprobs(model, seqs: list[Encoded], pad_id: int) -> torch.Tensor:
     ids, attn, resp = collate(seqs, pad_id)
     return response_logprobs(model, ids, attn, resp)

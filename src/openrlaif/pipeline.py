@@ -141,8 +141,11 @@ def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | 
 
 def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Run one stage, timing it and recording its status and summary in the manifest."""
+    from openrlaif.optimize.accel import is_main_process
     from openrlaif.progress import console
 
+    if not is_main_process():  # a worker of `accelerate launch`: rank 0 keeps the books
+        return stage_function(name)(cfg, store, k)
     console.rule(f"[bold]round {k} · {name}")
     # Later stages were computed from this stage's old outputs: they must run again.
     for later in ALL_STAGES[ALL_STAGES.index(name) + 1 :]:

@@ -97,7 +97,8 @@ def write_report(store: RunStore, k: int = 1) -> str:
         lo, hi = ev["ci95"]
         lines += ["", "## Evaluation: trained vs starting policy (held-out prompts)", "",
                   f"**Win rate {ev['win_rate']:.3f}** (95% CI {lo:.3f}-{hi:.3f}, n={ev['n']}): "
-                  f"{ev['wins']} wins, {ev['ties']} ties, {ev['losses']} losses by the run's own judge.", "",
+                  f"{ev['wins']} wins, {ev['ties']} ties, {ev['losses']} losses by the run's own judge"
+                  + (f"; KL(trained || start) {ev['kl_to_start']:.2f} nats per answer." if "kl_to_start" in ev else "."), "",
                   f"Mean length (tokens): trained {ev['mean_length_tokens']['trained']}, start {ev['mean_length_tokens']['start']}. "
                   "A win rate bought by longer answers is a length bias of the judge, not better answers.",
                   "", "The judge that labelled the training data also grades this comparison, so this number "

@@ -2,7 +2,7 @@
 
 One sample per held-out prompt from each policy (same seed), judged in both orders by the run's
 judge under a sampled principle. Writes ``eval.json`` (win rate, ties, 95% bootstrap CI, n, mean
-response lengths) and ``samples.jsonl`` (the side-by-side texts with the verdicts).
+response lengths, KL of the trained policy to the start on its answers) and ``samples.jsonl`` (the side-by-side texts with the verdicts).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         start = [c[0] for c in start_sampler.sample(convs, 1, params)]
     trained_sampler = HFSampler(model, tok, "eval: trained policy")
     trained = [c[0] for c in trained_sampler.sample(convs, 1, params)]
+    kl = kl_to_start(model, tok, convs, trained, ec.batch_size)
     del model, base
     # 3. Judge trained (first) vs start (second), both orders, a principle per prompt.
     constitution = load_constitution(cfg.data.constitution)
@@ -77,6 +78,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "mean_length_tokens": {"trained": mean_tokens(trained), "start": mean_tokens(start)},
         "mean_length_chars": {"trained": round(sum(map(len, trained)) / len(trained), 1),
                               "start": round(sum(map(len, start)) / len(start), 1)},
+        "kl_to_start": round(kl, 4),
         "judge": judge_name,
         "judge_position_stats": position_stats(verdicts),
         "generation_tokens_per_s": round((start_sampler.stats.new_tokens + trained_sampler.stats.new_tokens)
@@ -90,4 +92,18 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     ]
     atomic_write_jsonl(store.path("samples.jsonl", k), samples)
     atomic_write_json(store.path("eval.json", k), result)
-    return {key: result[key] for key in ("win_rate", "ci95", "wins", "ties", "losses", "n")}
+    return {key: result[key] for key in ("win_rate", "ci95", "wins", "ties", "losses", "n", "kl_to_start")}
+
+
+def kl_to_start(model, tok, convs: list[list[dict]], answers: list[str], batch_size: int) -> float:
+    """Mean log pi_trained(y) - log pi_start(y) (nats per answer) over the trained policy's eval answers.
+
+    A Monte-Carlo estimate of KL(trained || start); the answers were sampled at eval.temperature/top_p,
+    not at temperature 1, so it is a proxy that tracks how far training moved the policy."""
+    from openrlaif.logprobs import batched_response_logprobs, encode_response
+
+    seqs = [encode_response(tok, c, a, 10_000) for c, a in zip(convs, answers)]
+    trained, _ = batched_response_logprobs(model, seqs, tok.pad_token_id, batch_size, "eval: kl trained")
+    with model.disable_adapter():
+        start, _ = batched_response_logprobs(model, seqs, tok.pad_token_id, batch_size, "eval: kl start")
+    return sum(t - s for t, s in zip(trained, start)) / max(len(seqs), 1)

@@ -9,9 +9,11 @@ state (model, optimizer, scheduler, RNG of every process) plus our step counter,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -25,15 +27,39 @@ def is_main_process() -> bool:
 
 
 def make_accelerator(tc: TrainConfig):
+    """Gradient accumulation is ours (``accumulate``), so the accelerator steps on every optimizer call."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
     return Accelerator(
-        gradient_accumulation_steps=tc.grad_accum_steps,
         mixed_precision=tc.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         step_scheduler_with_optimizer=True,
     )
+
+
+def micro_batches(items: Sequence, n: int) -> list[list]:
+    """Split one optimizer step's items into ``n`` near-equal, non-empty micro-batches (fewer if short)."""
+    items = list(items)
+    n = max(1, min(n, len(items)))
+    return [items[j * len(items) // n:(j + 1) * len(items) // n] for j in range(n)]
+
+
+def accumulate(accelerator, model, chunks: list[list], loss_fn: Callable[[list], tuple]) -> list:
+    """Gradients of one optimizer step from several micro-batches.
+
+    ``loss_fn(chunk) -> (mean loss over the chunk, anything)``; each loss is weighted by the chunk's share
+    of the step's items, so the summed gradient is the mean over the whole step whatever the split.
+    Gradients are synchronised across processes only on the last micro-batch (``no_sync`` before)."""
+    total = sum(len(c) for c in chunks)
+    outputs = []
+    for j, chunk in enumerate(chunks):
+        last = j == len(chunks) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss, out = loss_fn(chunk)
+            accelerator.backward(loss * (len(chunk) / total))
+        outputs.append(out)
+    return outputs
 
 
 def shard(items: list, accelerator) -> list:

@@ -41,15 +41,24 @@ def add_lora(model, tc: TrainConfig):
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
-    """Train a LoRA adapter with DPO on preferences.jsonl and save it to round_K/policy."""
+    """Train a LoRA adapter with DPO on preferences.jsonl and save it to round_K/policy.
+
+    Runs as is under `accelerate launch` (each process takes its share of every batch)."""
     from transformers import get_linear_schedule_with_warmup
 
+    from openrlaif.logprobs import SequenceLogprobs, collate
     from openrlaif.models import load_causal_lm, set_threads
+    from openrlaif.optimize.accel import Checkpointer, accumulate, gather_mean, make_accelerator, micro_batches, shard
     from openrlaif.progress import advance, bar
 
     tc = cfg.train
     # 1. Preference pairs from the label stage.
     prefs = read_preferences(store, k)
+    accelerator = make_accelerator(tc)
+    per_step = tc.grad_accum_steps * accelerator.num_processes
+    if tc.batch_size < per_step:
+        raise UserError(f"train.batch_size: {tc.batch_size} pairs cannot feed {tc.grad_accum_steps} micro-batch(es) on "
+                        f"{accelerator.num_processes} process(es); raise it to at least {per_step}")
     # 2. The starting policy with a fresh LoRA adapter; adapter disabled = reference.
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
@@ -76,44 +85,56 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 idx = list(range(b, min(b + tc.batch_size, len(prefs))))
                 ref_c[idx], ref_r[idx] = reference(idx)
                 advance(pg, len(idx), (b + len(idx)) / (time.perf_counter() - t0), "pairs")
-    # 4. Optimise the adapter.
+    # 4. Optimise the adapter: the policy forward goes through accelerate's wrapper.
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(prefs) / tc.batch_size)
     total = steps_per_epoch * tc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total), total)
+    policy, optimizer, scheduler = accelerator.prepare(SequenceLogprobs(model), optimizer, scheduler)
+    checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator)
+    progress = checkpoint.resume() or {"step": 0, "pairs_done": 0, "metrics": [], "seconds": 0.0}
     rng = random.Random(cfg.seed)
-    metrics, step, pairs_done = [], 0, 0
-    model.train()
-    t_start = time.perf_counter()
+    metrics, step, pairs_done = progress["metrics"], 0, progress["pairs_done"]
+
+    def pair_loss(chunk: list[int]):
+        mine = shard(chunk, accelerator)
+        if not tc.precompute_ref_logps:
+            ref_c[mine], ref_r[mine] = reference(mine)
+        ids, attn, resp = (t.to(accelerator.device) for t in collate([chosen[i] for i in mine] +
+                                                                      [rejected[i] for i in mine], pad_id))
+        logps = policy(ids, attn, resp).float().cpu()
+        pc, pr = logps[: len(mine)], logps[len(mine) :]
+        if tc.loss == "ipo":
+            loss_vec, r_c, r_r = ipo_loss(pc, pr, ref_c[mine], ref_r[mine], tc.beta)
+        else:
+            loss_vec, r_c, r_r = dpo_loss(pc, pr, ref_c[mine], ref_r[mine], tc.beta, smoothing[mine])
+        return loss_vec.mean(), (loss_vec.detach(), r_c, r_r)
+
+    t_start = time.perf_counter() - progress["seconds"]
     with bar("dpo", total, "steps") as pg:
+        advance(pg, progress["step"], 0.0, "steps")
         for epoch in range(tc.epochs):
             order = list(range(len(prefs)))
-            rng.shuffle(order)
+            rng.shuffle(order)  # drawn even for epochs a resumed run skips, so the orders match
             for b in range(0, len(order), tc.batch_size):
                 idx = order[b : b + tc.batch_size]
-                if not tc.precompute_ref_logps:
-                    ref_c[idx], ref_r[idx] = reference(idx)
-                    model.train()
-                logps = batch_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
-                pc, pr = logps[: len(idx)], logps[len(idx) :]
-                if tc.loss == "ipo":
-                    loss_vec, r_c, r_r = ipo_loss(pc, pr, ref_c[idx], ref_r[idx], tc.beta)
-                else:
-                    loss_vec, r_c, r_r = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], tc.beta, smoothing[idx])
-                loss = loss_vec.mean()
+                step += 1
+                if step <= progress["step"] or len(idx) < per_step:
+                    continue  # done before the checkpoint; or a tail too small to share out
+                model.train()
                 lr = scheduler.get_last_lr()[0]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+                outs = accumulate(accelerator, policy, micro_batches(idx, tc.grad_accum_steps), pair_loss)
+                grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                step += 1
+                optimizer.zero_grad(set_to_none=True)
+                loss_vec, r_c, r_r = (torch.cat(parts) for parts in zip(*outs))
                 pairs_done += len(idx)
                 elapsed = time.perf_counter() - t_start
                 metrics.append({
                     "stage": "train", "round": k, "step": step, "epoch": epoch,
-                    "loss": round(loss.item(), 6),
+                    "loss": round(gather_mean(loss_vec.mean(), accelerator), 6),
                     "reward_accuracy": round((r_c > r_r).float().mean().item(), 4),
                     "reward_margin": round((r_c - r_r).mean().item(), 6),
                     "chosen_reward": round(r_c.mean().item(), 6),
@@ -122,14 +143,18 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                     "lr": lr,
                     "pairs_per_s": round(pairs_done / elapsed, 4),
                 })
-                advance(pg, 1, step / elapsed, "steps")
+                checkpoint.maybe_save(step, pairs_done=pairs_done, metrics=metrics, seconds=elapsed)
+                advance(pg, 1, (step - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
     seconds = time.perf_counter() - t_start
     # 5. Save the adapter (+ tokenizer) atomically, and the reference log-probs for inspection.
-    with atomic_directory(store.path("policy", k)) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    atomic_write_json(store.path("ref_logps.json", k), {"chosen": ref_c.tolist(), "rejected": ref_r.tolist()})
-    store.append_metrics(metrics)
+    if accelerator.is_main_process:
+        with atomic_directory(store.path("policy", k)) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        atomic_write_json(store.path("ref_logps.json", k), {"chosen": ref_c.tolist(), "rejected": ref_r.tolist()})
+        store.append_metrics(metrics)
+    accelerator.wait_for_everyone()
+    checkpoint.clear()
     last = metrics[-max(1, steps_per_epoch):]
     return {
         "pairs": len(prefs),
@@ -139,6 +164,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "final_loss": round(sum(m["loss"] for m in last) / len(last), 4),
         "final_reward_accuracy": round(sum(m["reward_accuracy"] for m in last) / len(last), 4),
         "first_loss": metrics[0]["loss"],
+        "processes": accelerator.num_processes,
     }
 
 

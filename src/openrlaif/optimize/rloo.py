@@ -72,7 +72,9 @@ def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig) -> t
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """RLOO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
+    from openrlaif.logprobs import SequenceLogprobs
     from openrlaif.models import chat_prompt, load_causal_lm, set_threads
+    from openrlaif.optimize.accel import Checkpointer, gather_mean, make_accelerator, shard
     from openrlaif.optimize.dpo import add_lora
     from openrlaif.progress import advance, bar
     from openrlaif.prompts import load_prompts, select
@@ -82,25 +84,32 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
     if not prompts:
         raise UserError("data.prompts: no train prompts for RL")
+    if rl.k < 2:
+        raise UserError("rl.k: RLOO needs at least 2 samples per prompt (each one's baseline is the others' mean)")
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
+    accelerator = make_accelerator(tc)
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
     tok = loaded.tokenizer
     model = add_lora(loaded.model, tc)
-    if rl.k < 2:
-        raise UserError("rl.k: RLOO needs at least 2 samples per prompt (each one's baseline is the others' mean)")
     score = reward_source(cfg, store, k)
     encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
-    metrics, episodes, start = [], 0, time.perf_counter()
+    policy, optimizer = accelerator.prepare(SequenceLogprobs(model, per_token=True), optimizer)
+    checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator)
+    progress = checkpoint.resume() or {"step": 0, "episodes": 0, "metrics": [], "seconds": 0.0}
+    metrics, episodes = progress["metrics"], progress["episodes"]
+    start = time.perf_counter() - progress["seconds"]
     with bar("rloo", rl.steps, "steps") as pg:
-        for step in range(rl.steps):
-            # 2. Rollouts: k samples for each of this step's prompts.
-            chosen = [(step * rl.prompts_per_step + i) % len(prompts) for i in range(rl.prompts_per_step)]
+        advance(pg, progress["step"], 0.0, "steps")
+        for step in range(progress["step"], rl.steps):
+            # 2. Rollouts: k samples for each of this process's share of the step's prompts.
+            chosen = shard([(step * rl.prompts_per_step + i) % len(prompts) for i in range(rl.prompts_per_step)],
+                           accelerator)
             model.eval()
             seqs, finished = sample(model, tok, [encoded_prompts[i] for i in chosen], rl.k, cfg)
-            ids, attn, resp = collate(seqs, tok.pad_token_id)
+            ids, attn, resp = (t.to(accelerator.device) for t in collate(seqs, tok.pad_token_id))
             texts = [tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
                      for s in seqs]
             convs = [prompts[i].messages for i in chosen for _ in range(rl.k)]
@@ -110,31 +119,37 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             with torch.inference_mode(), model.disable_adapter():
                 ref_logp = token_logprobs(model, ids, attn, resp)
             model.train()
-            logp = token_logprobs(model, ids, attn, resp)
+            logp = policy(ids, attn, resp)
             kl = (kl_estimate(logp.detach(), ref_logp, rl.kl_estimator) * mask).sum(1)
             total = raw - rl.kl_coef * kl - rl.missing_eos_penalty * (1 - torch.tensor(finished, dtype=torch.float32))
             adv = rloo_advantages(total.view(len(chosen), rl.k)).view(-1)
             # 4. REINFORCE with the leave-one-out baseline.
             loss = -(adv * (logp * mask).sum(1)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
             optimizer.step()
-            episodes += len(seqs)
+            optimizer.zero_grad(set_to_none=True)
+            episodes += len(seqs) * accelerator.num_processes
             elapsed = time.perf_counter() - start
             metrics.append({"stage": "train", "algo": "rloo", "round": k, "step": step + 1,
-                            "reward_mean": round(float(raw.mean()), 6), "reward_std": round(float(raw.std()), 6),
-                            "kl": round(float(kl.mean()), 6), "total_reward_mean": round(float(total.mean()), 6),
+                            "reward_mean": round(gather_mean(raw.mean(), accelerator), 6),
+                            "reward_std": round(float(raw.std()), 6),
+                            "kl": round(gather_mean(kl.mean(), accelerator), 6),
+                            "total_reward_mean": round(float(total.mean()), 6),
                             "loss": round(loss.item(), 6), "grad_norm": round(float(grad_norm), 6),
                             "response_length": round(float(mask.sum(1).mean()), 2),
                             "finished_rate": round(sum(finished) / len(finished), 4), "kl_coef": rl.kl_coef,
                             "lr": tc.learning_rate, "episodes_per_s": round(episodes / elapsed, 4)})
-            advance(pg, 1, (step + 1) / elapsed, "steps")
+            checkpoint.maybe_save(step + 1, episodes=episodes, metrics=metrics, seconds=elapsed)
+            advance(pg, 1, (step + 1 - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
     # 5. Save the adapter like DPO does.
-    with atomic_directory(store.path("policy", k)) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    store.append_metrics(metrics)
+    if accelerator.is_main_process:
+        with atomic_directory(store.path("policy", k)) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        store.append_metrics(metrics)
+    accelerator.wait_for_everyone()
+    checkpoint.clear()
     first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4):]
     return {"algo": "rloo", "steps": rl.steps, "episodes": episodes,
             "episodes_per_s": round(episodes / (time.perf_counter() - start), 4),
