@@ -103,7 +103,7 @@ def reward(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, f
 
 @app.command()
 def train(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
-    """Stage 3: DPO with LoRA on preferences.jsonl; the adapter goes to round_1/policy."""
+    """Stage 3: DPO on preferences.jsonl, or PPO/RLOO on rl.reward (train.algo); the LoRA adapter goes to round_1/policy. Runs under `accelerate launch` / torchrun too."""
     _stage("train", config, out, overrides, force)
 
 

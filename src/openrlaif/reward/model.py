@@ -31,6 +31,18 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return base.score(pooled).squeeze(-1).float()
 
 
+class RewardScores(torch.nn.Module):
+    """A reward model whose forward returns (B,) rewards: the module accelerate's wrappers (DDP, FSDP,
+    DeepSpeed) wrap, so the training forward goes through them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return reward_scores(self.model, input_ids, attention_mask)
+
+
 def load_sequence_classifier(path: str | Path, dtype: str = "float32"):
     """A one-label sequence classifier from ``path``: full weights, or a peft adapter (merged)."""
     from transformers import AutoModelForSequenceClassification

@@ -9,13 +9,16 @@ member_i`` (peft adapter + score head, or full weights) and ``ensemble.json`` sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from openrlaif.config import RewardConfig, RunConfig
+from openrlaif.config import RewardConfig, RunConfig, TrainConfig
 from openrlaif.errors import UserError
 from openrlaif.reward.loss import bradley_terry_loss, preference_accuracy
 from openrlaif.reward.model import reward_scores
@@ -77,16 +80,32 @@ def evaluate(model, chosen, rejected, p_chosen: torch.Tensor, pad_id: int, batch
 
 
 def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConfig, pad_id: int, seed: int,
-                 k: int, member: int, description: str) -> list[dict]:
-    """Optimise one member; returns per-step metrics."""
+                 k: int, member: int, description: str, tc: TrainConfig) -> list[dict]:
+    """Optimise one member on the shared training stack (accelerate; `train.grad_accum_steps`,
+    `train.mixed_precision`); each process takes its share of every batch. Returns per-step metrics."""
     from transformers import get_linear_schedule_with_warmup
 
+    from openrlaif.logprobs import collate
+    from openrlaif.optimize.accel import accumulate, gather_mean, make_accelerator, micro_batches, shard
     from openrlaif.progress import advance, bar
+    from openrlaif.reward.model import RewardScores
 
+    accelerator = make_accelerator(tc)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=rc.learning_rate, weight_decay=0.0)
     total = math.ceil(len(chosen) / rc.batch_size) * rc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
+    scorer, optimizer, scheduler = accelerator.prepare(RewardScores(model), optimizer, scheduler)
+    per_step = tc.grad_accum_steps * accelerator.num_processes
+
+    def pair_loss(chunk: list[int]):
+        mine = shard(chunk, accelerator)
+        ids, attn, _ = collate([chosen[i] for i in mine] + [rejected[i] for i in mine], pad_id)
+        r = scorer(ids.to(accelerator.device), attn.to(accelerator.device)).float().cpu()
+        r_c, r_r = r[: len(mine)], r[len(mine) :]
+        loss = bradley_terry_loss(r_c, r_r, p_chosen[mine], rc.margin, rc.center_coef).mean()
+        return loss, (loss.detach(), r_c.detach(), r_r.detach())
+
     rng = random.Random(seed)
     metrics, step, start = [], 0, time.perf_counter()
     model.train()
@@ -96,17 +115,21 @@ def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConf
             rng.shuffle(order)
             for b in range(0, len(order), rc.batch_size):
                 idx = order[b : b + rc.batch_size]
-                r_c, r_r = pair_rewards(model, [chosen[i] for i in idx], [rejected[i] for i in idx], pad_id)
-                loss = bradley_terry_loss(r_c, r_r, p_chosen[idx], rc.margin, rc.center_coef).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, rc.max_grad_norm)
+                step += 1
+                if len(idx) < per_step:
+                    continue  # a tail too small to share out over the processes / micro-batches
+                outs = accumulate(accelerator, scorer, micro_batches(idx, tc.grad_accum_steps), pair_loss)
+                grad_norm = accelerator.clip_grad_norm_(params, rc.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                step += 1
+                optimizer.zero_grad(set_to_none=True)
+                losses, r_c, r_r = zip(*outs)
+                r_c, r_r = torch.cat(r_c), torch.cat(r_r)
+                loss = sum(float(x) * len(c) for x, c in zip(losses, micro_batches(idx, tc.grad_accum_steps))) / len(idx)
                 metrics.append({"stage": "reward", "round": k, "member": member, "step": step, "epoch": epoch,
-                                "loss": round(loss.item(), 6), "accuracy": round(preference_accuracy(r_c, r_r), 4),
-                                "reward_margin": round(float((r_c - r_r).detach().mean()), 6), "grad_norm": round(float(grad_norm), 6)})
+                                "loss": round(gather_mean(loss, accelerator), 6),
+                                "accuracy": round(preference_accuracy(r_c, r_r), 4),
+                                "reward_margin": round(float((r_c - r_r).mean()), 6), "grad_norm": round(float(grad_norm), 6)})
                 advance(pg, 1, step / (time.perf_counter() - start), "steps")
     model.eval()
     return metrics
@@ -133,19 +156,23 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 2. Each member: its own head seed and (for an ensemble) its own bootstrap resample.
     members, summaries, start = [], [], time.perf_counter()
     out_dir = store.path("reward_model", k)
-    with atomic_directory(out_dir) as tmp:
+    from openrlaif.optimize.accel import is_main_process
+
+    main = is_main_process()  # under a launcher, only rank 0 writes; the others save into scratch space
+    with atomic_directory(out_dir) if main else _scratch() as tmp:
         for m in range(rc.members):
             rng = random.Random(f"{cfg.seed}:{k}:reward:{m}")
             idx = [rng.choice(train_idx) for _ in train_idx] if rc.members > 1 and rc.bootstrap else train_idx
             model = build_reward_model(policy_path, rc, cfg.seed + 1000 * m, pad_id, cfg.model.dtype)
             metrics = train_member(model, [chosen[i] for i in idx], [rejected[i] for i in idx], p_chosen[idx], rc,
-                                   pad_id, cfg.seed + m, k, m, f"reward member {m + 1}/{rc.members}")
+                                   pad_id, cfg.seed + m, k, m, f"reward member {m + 1}/{rc.members}", cfg.train)
             held = evaluate(model, [chosen[i] for i in held_idx], [rejected[i] for i in held_idx], p_chosen[held_idx],
                             pad_id, rc.batch_size)
             name = f"member_{m}"
             model.save_pretrained(tmp / name)
             tok.save_pretrained(tmp / name)
-            store.append_metrics(metrics)
+            if main:
+                store.append_metrics(metrics)
             members.append(name)
             summaries.append({"member": m, "pairs": len(idx), "final_loss": metrics[-1]["loss"], "heldout": held})
         # 3. How to combine the members, and what they scored on the held-out pairs.
@@ -156,3 +183,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     return {"members": rc.members, "pairs": len(prefs), "train_pairs": len(train_idx), "heldout_pairs": len(held_idx),
             "heldout_accuracy": round(sum(accs) / len(accs), 4) if accs else None,
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+@contextlib.contextmanager
+def _scratch():
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
