@@ -61,11 +61,15 @@ def assert_same_training(a_dir, b_dir):
         torch.testing.assert_close(a[name], b[name], atol=2e-4, rtol=1e-3)
 
 
+def copies(base, tmp_path, *names):
+    for name in names:
+        shutil.copytree(base.root, tmp_path / name)
+    return [tmp_path / name for name in names]
+
+
 def test_dpo_on_two_ddp_processes_matches_one_process(tmp_path, labelled_run):
     cfg, base = labelled_run()
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    shutil.copytree(base.root, single)
-    shutil.copytree(base.root, ddp)
+    single, ddp = copies(base, tmp_path, "single", "ddp")
     run_stage("train", cfg, open_run(cfg, single))
     launch(2, "train", "-o", str(ddp), cwd=tmp_path)
     assert RunStore(ddp).stage_status("train")["summary"]["processes"] == 2
@@ -74,13 +78,39 @@ def test_dpo_on_two_ddp_processes_matches_one_process(tmp_path, labelled_run):
 
 def test_gradient_accumulation_matches_the_whole_batch(tmp_path, labelled_run):
     cfg, base = labelled_run()
-    whole, accum = tmp_path / "whole", tmp_path / "accum"
-    shutil.copytree(base.root, whole)
-    shutil.copytree(base.root, accum)
+    whole, accum = copies(base, tmp_path, "whole", "accum")
     run_stage("train", cfg, open_run(cfg, whole))
     accum_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"grad_accum_steps": 2})})
     run_stage("train", accum_cfg, open_run(accum_cfg, accum, force=True))
     assert_same_training(whole, accum)
+
+
+def test_killed_dpo_resumes_from_its_checkpoint(tmp_path, labelled_run, monkeypatch):
+    """Killed during its 3rd step with a checkpoint after every step, DPO resumes at step 3 (model,
+    optimizer, scheduler and RNG restored) and ends where an uninterrupted run ends."""
+    import openrlaif.optimize.accel as accel
+
+    cfg, base = labelled_run("train.checkpoint_every=1")
+    whole, killed = copies(base, tmp_path, "whole", "killed")
+    run_stage("train", cfg, open_run(cfg, whole))
+    real, calls = accel.accumulate, {"n": 0}
+
+    def dies_in_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(accel, "accumulate", dies_in_third_step)
+    store = open_run(cfg, killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("train", cfg, store)
+    assert json.loads((store.path("checkpoint") / "progress.json").read_text())["step"] == 2
+    monkeypatch.setattr(accel, "accumulate", real)
+    run_stage("train", cfg, store)
+    assert not store.path("checkpoint").exists()
+    assert [r["step"] for r in train_steps(killed)] == [1, 2, 3]
+    assert_same_training(whole, killed)
 
 
 def test_ppo_runs_on_two_ddp_processes(tmp_path, tiny_model_dir):
