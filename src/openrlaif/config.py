@@ -269,8 +269,9 @@ class RLConfig(_Strict):
 
     reward: str = Field(
         "judge",
-        description="Reward source: 'judge' (the pointwise judge's expected 0-9 score under a principle drawn per "
-        "prompt, d-RLAIF), 'reward_model' (this round's `reward` stage output: `rlaif run` then trains it from "
+        description="Reward source: 'judge' (the run's judge scores each answer alone under a principle drawn per "
+        "prompt: the contrastive log-ratio when feedback.method is contrastive, else the pointwise expected 0-9 "
+        "rating; d-RLAIF), 'reward_model' (this round's `reward` stage output: `rlaif run` then trains it from "
         "the AI preferences first), a reward model directory, or 'package.module:function' taking "
         "(conversations, responses) and returning scores.",
     )

@@ -2,6 +2,8 @@
 policy near the start; with a large KL coefficient the policy barely moves."""
 
 
+import pytest
+
 from conftest import tiny_overrides
 from openrlaif.config import load_config
 from openrlaif.pipeline import open_run, run_stage
@@ -49,17 +51,30 @@ def test_large_kl_coef_keeps_the_policy_near_the_start(tmp_path, tiny_model_dir)
     assert gain_tight < gain_free, (gain_tight, gain_free)
 
 
-def test_rlaif_run_with_rloo_on_the_judges_score(tmp_path, tiny_model_dir):
-    """d-RLAIF: the pointwise judge's expected score is the reward; `rlaif run` skips generate/label."""
+@pytest.mark.parametrize("method", ["contrastive", "pointwise"])
+def test_rlaif_run_with_rloo_on_the_judges_score(tmp_path, tiny_model_dir, method):
+    """d-RLAIF: the judge's score of each answer is the reward (the contrastive log-ratio, or the pointwise
+    expected rating); `rlaif run` skips generate/label."""
     import json
 
     from openrlaif.pipeline import run
 
-    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["train.algo=rloo", "rl.reward=judge", "rl.steps=2",
-                                                               "rl.prompts_per_step=2", "rl.k=2", "rl.max_new_tokens=6"])
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + [
+        "train.algo=rloo", "rl.reward=judge", "rl.steps=2", "rl.prompts_per_step=2", "rl.k=2", "rl.max_new_tokens=6",
+        f"feedback.method={method}"])
     result = run(cfg, tmp_path / "run")
     root = tmp_path / "run" / "round_1"
     assert not (root / "candidates.jsonl").exists() and (root / "policy" / "adapter_config.json").is_file()
     assert json.loads((root / "eval.json").read_text())["n"] == 4
     assert result["eval"]["n"] == 4
     assert "RLOO" in (tmp_path / "run" / "report.md").read_text()
+    rewards = [m["reward_mean"] for m in run_metrics(tmp_path / "run") if m.get("algo") == "rloo" and "step" in m]
+    assert len(rewards) == 2 and all(r == r for r in rewards)  # finite scores from the judge
+    if method == "pointwise":
+        assert all(0.0 <= r <= 9.0 for r in rewards)  # an expected 0-9 rating
+
+
+def run_metrics(root):
+    from openrlaif.store import RunStore
+
+    return RunStore(root).read_metrics()

@@ -39,12 +39,17 @@ def reward_source(cfg: RunConfig, store: RunStore, k: int = 1):
     from openrlaif.feedback.constitution import load_constitution
     from openrlaif.feedback.label import build_judge
 
-    judge, _ = build_judge(cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"method": "pointwise"})}),
+    # The run's judge scores each answer alone: its contrastive score when it is the contrastive judge (the
+    # same judge that grades `eval`), otherwise the pointwise expected 0-9 rating (d-RLAIF).
+    method = "contrastive" if cfg.feedback.method == "contrastive" else "pointwise"
+    judge, _ = build_judge(cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"method": method})}),
                            "rl: judge", store.root)
     constitution = load_constitution(cfg.data.constitution)
 
     def score(convs, texts, responses):
         principles = [constitution.sample(random.Random(f"{cfg.seed}:rl:{t}")) for t in texts]
+        if method == "contrastive":
+            return judge.scores(list(zip(convs, responses, principles)))
         return judge.score(list(zip(texts, responses, principles)))
 
     return score
