@@ -85,14 +85,10 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path, labelled_run):
     assert_same_training(whole, accum)
 
 
-def test_killed_dpo_resumes_from_its_checkpoint(tmp_path, labelled_run, monkeypatch):
-    """Killed during its 3rd step with a checkpoint after every step, DPO resumes at step 3 (model,
-    optimizer, scheduler and RNG restored) and ends where an uninterrupted run ends."""
+def kill_in_third_step(monkeypatch):
+    """Make DPO's 3rd optimizer step die (as a kill would); returns the real function to put back."""
     import openrlaif.optimize.accel as accel
 
-    cfg, base = labelled_run("train.checkpoint_every=1")
-    whole, killed = copies(base, tmp_path, "whole", "killed")
-    run_stage("train", cfg, open_run(cfg, whole))
     real, calls = accel.accumulate, {"n": 0}
 
     def dies_in_third_step(*args, **kwargs):
@@ -102,6 +98,18 @@ def test_killed_dpo_resumes_from_its_checkpoint(tmp_path, labelled_run, monkeypa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(accel, "accumulate", dies_in_third_step)
+    return real
+
+
+def test_killed_dpo_resumes_from_its_checkpoint(tmp_path, labelled_run, monkeypatch):
+    """Killed during its 3rd step with a checkpoint after every step, DPO resumes at step 3 (model,
+    optimizer, scheduler and RNG restored) and ends where an uninterrupted run ends."""
+    import openrlaif.optimize.accel as accel
+
+    cfg, base = labelled_run("train.checkpoint_every=1")
+    whole, killed = copies(base, tmp_path, "whole", "killed")
+    run_stage("train", cfg, open_run(cfg, whole))
+    real = kill_in_third_step(monkeypatch)
     store = open_run(cfg, killed)
     with pytest.raises(KeyboardInterrupt):
         run_stage("train", cfg, store)
@@ -111,6 +119,20 @@ def test_killed_dpo_resumes_from_its_checkpoint(tmp_path, labelled_run, monkeypa
     assert not store.path("checkpoint").exists()
     assert [r["step"] for r in train_steps(killed)] == [1, 2, 3]
     assert_same_training(whole, killed)
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, labelled_run, monkeypatch):
+    import openrlaif.optimize.accel as accel
+
+    cfg, base = labelled_run("train.checkpoint_every=1")
+    (run_dir,) = copies(base, tmp_path, "run")
+    real = kill_in_third_step(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("train", cfg, open_run(cfg, run_dir))
+    monkeypatch.setattr(accel, "accumulate", real)
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": 1e-3})})
+    run_stage("train", other, open_run(other, run_dir, force=True))
+    assert [r["lr"] for r in train_steps(run_dir)][0] == pytest.approx(1e-3)  # step 1 re-run under the new config
 
 
 def test_ppo_runs_on_two_ddp_processes(tmp_path, tiny_model_dir):

@@ -21,6 +21,13 @@ import torch
 from openrlaif.config import TrainConfig
 
 
+def config_fingerprint(cfg) -> str:
+    """A checkpoint belongs to one resolved config."""
+    import hashlib
+
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
 def is_main_process() -> bool:
     """True in a single process and on rank 0 of a launched job (no distributed init needed)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -29,8 +36,14 @@ def is_main_process() -> bool:
 def make_accelerator(tc: TrainConfig):
     """Gradient accumulation is ours (``accumulate``), so the accelerator steps on every optimizer call."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration
 
+    # accelerate keeps one state per process and refuses a second Accelerator with other settings (e.g. a
+    # notebook or a test that trains twice with different mixed_precision): start each stage afresh. The
+    # process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(
         mixed_precision=tc.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -78,18 +91,26 @@ def gather_mean(value: torch.Tensor | float, accelerator) -> float:
 class Checkpointer:
     """round_K/checkpoint: accelerate state + ``progress.json`` ({step, ...}); resumed by a re-run of the stage."""
 
-    def __init__(self, directory: Path, every: int, accelerator):
+    def __init__(self, directory: Path, every: int, accelerator, fingerprint: str = ""):
         self.directory = Path(directory)
         self.every = every
         self.accelerator = accelerator
+        self.fingerprint = fingerprint  # the config that wrote it: a checkpoint of another config is not resumed
 
     def resume(self) -> dict | None:
         """Load the latest checkpoint into the prepared objects; returns its progress, or None."""
-        progress = self.directory / "progress.json"
-        if self.every <= 0 or not progress.is_file():
+        from openrlaif.progress import console
+
+        path = self.directory / "progress.json"
+        if self.every <= 0 or not path.is_file():
+            return None
+        progress = json.loads(path.read_text())
+        if progress.get("fingerprint", "") != self.fingerprint:
+            console.print(f"[yellow]{self.directory} was written with another config: starting over[/yellow]")
             return None
         self.accelerator.load_state(str(self.directory))
-        return json.loads(progress.read_text())
+        console.print(f"[green]resuming from {self.directory} at step {progress['step']}[/green]")
+        return progress
 
     def maybe_save(self, step: int, **progress) -> bool:
         if self.every <= 0 or step % self.every:
@@ -104,7 +125,7 @@ class Checkpointer:
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp))
         if self.accelerator.is_main_process:
-            (tmp / "progress.json").write_text(json.dumps(progress))
+            (tmp / "progress.json").write_text(json.dumps({**progress, "fingerprint": self.fingerprint}))
             old = self.directory.with_name(self.directory.name + ".old")
             if self.directory.exists():
                 os.replace(self.directory, old)

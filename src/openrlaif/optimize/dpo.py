@@ -48,7 +48,15 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
     from openrlaif.logprobs import SequenceLogprobs, collate
     from openrlaif.models import load_causal_lm, set_threads
-    from openrlaif.optimize.accel import Checkpointer, accumulate, gather_mean, make_accelerator, micro_batches, shard
+    from openrlaif.optimize.accel import (
+        Checkpointer,
+        accumulate,
+        config_fingerprint,
+        gather_mean,
+        make_accelerator,
+        micro_batches,
+        shard,
+    )
     from openrlaif.progress import advance, bar
 
     tc = cfg.train
@@ -92,7 +100,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     total = steps_per_epoch * tc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total), total)
     policy, optimizer, scheduler = accelerator.prepare(SequenceLogprobs(model), optimizer, scheduler)
-    checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator)
+    checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator,
+                              config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "pairs_done": 0, "metrics": [], "seconds": 0.0}
     rng = random.Random(cfg.seed)
     metrics, step, pairs_done = progress["metrics"], 0, progress["pairs_done"]

@@ -89,7 +89,7 @@ def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tens
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """PPO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.models import chat_prompt, load_causal_lm, set_threads
-    from openrlaif.optimize.accel import Checkpointer, gather_mean, make_accelerator, shard
+    from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator, shard
     from openrlaif.optimize.dpo import add_lora
     from openrlaif.optimize.rloo import reward_source, sample
     from openrlaif.progress import advance, bar
@@ -118,7 +118,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     kl_ctl = (AdaptiveKLController(rl.kl_coef, pc.kl_target, pc.kl_horizon) if pc.kl_target
               else FixedKLController(rl.kl_coef))
-    checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator)
+    checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator,
+                              config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "kl_coef": rl.kl_coef, "episodes": 0, "metrics": [], "seconds": 0.0}
     kl_ctl.value = progress["kl_coef"]
     metrics, episodes = progress["metrics"], progress["episodes"]

@@ -79,7 +79,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """RLOO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.logprobs import SequenceLogprobs
     from openrlaif.models import chat_prompt, load_causal_lm, set_threads
-    from openrlaif.optimize.accel import Checkpointer, gather_mean, make_accelerator, shard
+    from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator, shard
     from openrlaif.optimize.dpo import add_lora
     from openrlaif.progress import advance, bar
     from openrlaif.prompts import load_prompts, select
@@ -102,7 +102,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(SequenceLogprobs(model, per_token=True), optimizer)
-    checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator)
+    checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator,
+                              config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "episodes": 0, "metrics": [], "seconds": 0.0}
     metrics, episodes = progress["metrics"], progress["episodes"]
     start = time.perf_counter() - progress["seconds"]
