@@ -19,7 +19,6 @@ from torch import nn
 
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
-from openrlaif.logprobs import collate
 from openrlaif.optimize.advantages import (
     AdaptiveKLController,
     FixedKLController,
@@ -89,9 +88,9 @@ def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tens
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """PPO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.models import chat_prompt, load_causal_lm, set_threads
-    from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator, shard
+    from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
     from openrlaif.optimize.dpo import add_lora
-    from openrlaif.optimize.rloo import reward_source, sample
+    from openrlaif.optimize.rloo import reward_source, rollout
     from openrlaif.progress import advance, bar
     from openrlaif.prompts import load_prompts, select
 
@@ -128,15 +127,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         advance(pg, progress["step"], 0.0, "steps")
         for step in range(progress["step"], rl.steps):
             # 2. Rollouts: this process's share of the step's prompts, k samples each, scored once.
-            chosen = shard([(step * rl.prompts_per_step + i) % len(prompts) for i in range(rl.prompts_per_step)],
-                           accelerator)
-            model.eval()
-            seqs, finished = sample(inner.policy, tok, [encoded_prompts[i] for i in chosen], rl.k, cfg)
-            ids, attn, resp = (t.to(accelerator.device) for t in collate(seqs, tok.pad_token_id))
-            texts = [tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
-                     for s in seqs]
-            raw = torch.tensor(score([prompts[i].messages for i in chosen for _ in range(rl.k)],
-                                     [prompts[i].text for i in chosen for _ in range(rl.k)], texts), dtype=torch.float32)
+            ids, attn, resp, finished, raw = rollout(inner.policy, tok, prompts, encoded_prompts, step, score, cfg,
+                                                     accelerator)
             # 3. Per-token rewards: the score (- missing-EOS penalty) on the last token, -kl_coef * KL on each.
             mask = resp[:, 1:].float()
             unfinished = 1.0 - torch.tensor(finished, dtype=torch.float32)
@@ -155,7 +147,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             model.train()
             stats = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": [], "value_clipfrac": [],
                      "entropy": []}
-            n = len(seqs)
+            n = len(raw)
             for _epoch in range(pc.epochs):
                 order = torch.randperm(n).tolist()
                 for b in range(0, n, pc.minibatch_size):

@@ -75,11 +75,31 @@ def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig) -> t
     return seqs, finished
 
 
+def rollout(policy, tok, prompts, encoded_prompts: list[list[int]], step: int, score, cfg: RunConfig, accelerator):
+    """One update's rollouts: this process's share of the step's ``rl.prompts_per_step`` prompts (cycling
+    through them), ``rl.k`` samples each, each finished answer scored once.
+
+    Returns (input_ids, attention_mask, response_mask) on the device, ``finished`` (list of bool: ended
+    before max_new_tokens) and the raw scores (float tensor, one per sample, prompt-major)."""
+    from openrlaif.optimize.accel import shard
+
+    rl = cfg.rl
+    chosen = shard([(step * rl.prompts_per_step + i) % len(prompts) for i in range(rl.prompts_per_step)], accelerator)
+    policy.eval()
+    seqs, finished = sample(policy, tok, [encoded_prompts[i] for i in chosen], rl.k, cfg)
+    ids, attn, resp = (t.to(accelerator.device) for t in collate(seqs, tok.pad_token_id))
+    texts = [tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
+             for s in seqs]
+    raw = score([prompts[i].messages for i in chosen for _ in range(rl.k)],
+                [prompts[i].text for i in chosen for _ in range(rl.k)], texts)
+    return ids, attn, resp, finished, torch.tensor(raw, dtype=torch.float32)
+
+
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """RLOO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.logprobs import SequenceLogprobs
     from openrlaif.models import chat_prompt, load_causal_lm, set_threads
-    from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator, shard
+    from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
     from openrlaif.optimize.dpo import add_lora
     from openrlaif.progress import advance, bar
     from openrlaif.prompts import load_prompts, select
@@ -110,16 +130,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     with bar("rloo", rl.steps, "steps") as pg:
         advance(pg, progress["step"], 0.0, "steps")
         for step in range(progress["step"], rl.steps):
-            # 2. Rollouts: k samples for each of this process's share of the step's prompts.
-            chosen = shard([(step * rl.prompts_per_step + i) % len(prompts) for i in range(rl.prompts_per_step)],
-                           accelerator)
-            model.eval()
-            seqs, finished = sample(model, tok, [encoded_prompts[i] for i in chosen], rl.k, cfg)
-            ids, attn, resp = (t.to(accelerator.device) for t in collate(seqs, tok.pad_token_id))
-            texts = [tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
-                     for s in seqs]
-            convs = [prompts[i].messages for i in chosen for _ in range(rl.k)]
-            raw = torch.tensor(score(convs, [prompts[i].text for i in chosen for _ in range(rl.k)], texts), dtype=torch.float32)
+            # 2. Rollouts: k samples for each of this process's share of the step's prompts, scored once.
+            ids, attn, resp, finished, raw = rollout(model, tok, prompts, encoded_prompts, step, score, cfg, accelerator)
             # 3. Reward = score - KL penalty (- missing-EOS penalty); leave-one-out advantages per prompt.
             mask = resp[:, 1:].float()
             with torch.inference_mode(), model.disable_adapter():
@@ -128,14 +140,14 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             logp = policy(ids, attn, resp)
             kl = (kl_estimate(logp.detach(), ref_logp, rl.kl_estimator) * mask).sum(1)
             total = raw - rl.kl_coef * kl - rl.missing_eos_penalty * (1 - torch.tensor(finished, dtype=torch.float32))
-            adv = rloo_advantages(total.view(len(chosen), rl.k)).view(-1)
+            adv = rloo_advantages(total.view(-1, rl.k)).view(-1)
             # 4. REINFORCE with the leave-one-out baseline.
             loss = -(adv * (logp * mask).sum(1)).mean()
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            episodes += len(seqs) * accelerator.num_processes
+            episodes += len(raw) * accelerator.num_processes
             elapsed = time.perf_counter() - start
             metrics.append({"stage": "train", "algo": "rloo", "round": k, "step": step + 1,
                             "reward_mean": round(gather_mean(raw.mean(), accelerator), 6),
