@@ -89,12 +89,10 @@ def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Ten
 
     Like ``response_logprobs`` but per token (RL needs per-token KL); the LM head runs on response
     positions only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings()
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    decoder, head = decoder_and_head(model)
     mask = resp[:, 1:].bool()
     out = torch.zeros(mask.shape, dtype=torch.float32)
-    if decoder is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+    if decoder is None:
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
         out[mask] = gathered_logprobs(logits[mask], ids[:, 1:][mask])
         return out
@@ -165,7 +163,9 @@ class Split:
     suffix: list[int]
 
 
-def _heads(model):
+def decoder_and_head(model):
+    """(decoder, LM head) of a causal LM, peft-wrapped or not; (None, None) when the head cannot be applied
+    apart (no decoder accessor, or logit soft-capping)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     head = base.get_output_embeddings()
@@ -182,7 +182,7 @@ def _cache_argument(decoder) -> str:
 
 
 def supports_prefix_reuse(model) -> bool:
-    return _heads(model)[0] is not None
+    return decoder_and_head(model)[0] is not None
 
 
 def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -199,7 +199,7 @@ def prefix_hidden_states(model, splits: list[Split], batch_size: int, pad_id: in
     """
     from transformers import DynamicCache
 
-    decoder, _ = _heads(model)
+    decoder, _ = decoder_and_head(model)
     if decoder is None:
         raise ValueError("this model's head is not a plain projection; use the full-sequence path")
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -279,7 +279,7 @@ def split_next_token_logprobs(model, splits: list[Split], batch_size: int, pad_i
     """Log-softmax over the vocabulary of the token after each sequence (prefix reused).
 
     ``on_batch({index: log-probs})`` is called every ``batch_size`` results (e.g. to store them)."""
-    _, head = _heads(model)
+    _, head = decoder_and_head(model)
     results = ((i, torch.log_softmax(head(hidden[-1:])[0].float(), dim=-1))  # 2-D: int8 heads need it
                for i, hidden in prefix_hidden_states(model, splits, batch_size, pad_id))
     return _in_batches(results, batch_size, on_batch)
@@ -288,7 +288,7 @@ def split_next_token_logprobs(model, splits: list[Split], batch_size: int, pad_i
 def split_response_logprobs(model, splits: list[Split], masks: list[list[int]], batch_size: int, pad_id: int,
                             on_batch=None) -> dict[int, float]:
     """Summed log-probs of the suffix tokens whose ``masks[i]`` entry is 1 (prefix reused)."""
-    _, head = _heads(model)
+    _, head = decoder_and_head(model)
 
     def summed(i: int, hidden: torch.Tensor) -> float:
         mask = torch.tensor(masks[i], dtype=torch.bool)

@@ -12,6 +12,7 @@ follow Ziegler et al. 2019 and Huang et al. 2024 ("The N implementation details 
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -34,13 +35,13 @@ from openrlaif.store import RunStore, atomic_directory
 
 
 def _trunk(model):
-    """(decoder, lm_head) of a causal LM (peft-wrapped or not)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-    head = base.get_output_embeddings()
-    if decoder is None or head is None:
-        raise UserError("model.policy: PPO needs a decoder-only causal LM with an output embedding (e.g. Llama, "
-                        "Qwen, SmolLM)")
+    """(decoder, lm_head), or a one-line error for a model whose head cannot run on chosen positions only."""
+    from openrlaif.logprobs import decoder_and_head
+
+    decoder, head = decoder_and_head(model)
+    if decoder is None:
+        raise UserError("model.policy: PPO needs a decoder-only causal LM with a separate output head and no logit "
+                        "soft-capping (e.g. Llama, Qwen, SmolLM)")
     return decoder, head
 
 
@@ -90,23 +91,19 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.models import chat_prompt, load_causal_lm, set_threads
     from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
     from openrlaif.optimize.dpo import add_lora
-    from openrlaif.optimize.rloo import reward_source, rollout
+    from openrlaif.optimize.rloo import reward_source, rollout, train_prompts
     from openrlaif.progress import advance, bar
-    from openrlaif.prompts import load_prompts, select
 
     rl, pc, tc = cfg.rl, cfg.ppo, cfg.train
     # 1. Train prompts, the policy (+ critic) and the reward source.
-    prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
-    if not prompts:
-        raise UserError("data.prompts: no train prompts for RL")
+    prompts = train_prompts(cfg)
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
     accelerator = make_accelerator(tc)
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
     tok = loaded.tokenizer
-    critic = None
-    if pc.critic == "separate":
-        critic = add_lora(load_causal_lm(cfg.model.policy, cfg.model.dtype).model, tc)
+    # A separate critic is a copy of the starting model (not a second load from disk) with its own adapter.
+    critic = add_lora(copy.deepcopy(loaded.model), tc) if pc.critic == "separate" else None
     model = ActorCritic(add_lora(loaded.model, tc), critic)
     score = reward_source(cfg, store, k)
     encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]

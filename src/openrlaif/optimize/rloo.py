@@ -75,6 +75,16 @@ def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig) -> t
     return seqs, finished
 
 
+def train_prompts(cfg: RunConfig) -> list:
+    """The train prompts RL samples from, or a one-line error when there are none."""
+    from openrlaif.prompts import load_prompts, select
+
+    prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
+    if not prompts:
+        raise UserError("data.prompts: no train prompts for RL")
+    return prompts
+
+
 def rollout(policy, tok, prompts, encoded_prompts: list[list[int]], step: int, score, cfg: RunConfig, accelerator):
     """One update's rollouts: this process's share of the step's ``rl.prompts_per_step`` prompts (cycling
     through them), ``rl.k`` samples each, each finished answer scored once.
@@ -102,13 +112,10 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
     from openrlaif.optimize.dpo import add_lora
     from openrlaif.progress import advance, bar
-    from openrlaif.prompts import load_prompts, select
 
     rl, tc = cfg.rl, cfg.train
     # 1. Train prompts, the policy (a fresh LoRA adapter; adapter off = the reference) and the reward.
-    prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
-    if not prompts:
-        raise UserError("data.prompts: no train prompts for RL")
+    prompts = train_prompts(cfg)
     if rl.k < 2:
         raise UserError("rl.k: RLOO needs at least 2 samples per prompt (each one's baseline is the others' mean)")
     set_threads(cfg.model.threads)
