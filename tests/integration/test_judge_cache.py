@@ -44,7 +44,7 @@ def test_interrupted_label_rejudges_nothing(tiny_config, tmp_path, monkeypatch, 
     # 1. Interrupt the judge after two batches (the LM head runs once per sequence).
     import openrlaif.logprobs as lp
 
-    target = (lp, "_heads")
+    target = (lp, "decoder_and_head")
     real = getattr(*target)
     calls = {"n": 0}
 
