@@ -314,6 +314,31 @@ class PPOConfig(_Strict):
     )
 
 
+class MonitorConfig(_Strict):
+    """Over-optimisation monitor for RL (train.algo ppo | rloo): the proxy reward vs a held-out judge."""
+
+    every: int = Field(
+        0, ge=0, description="Check every this many RL updates (and after the last); 0 = no monitor. A check samples "
+        "the fixed held-out answers and scores them with the proxy and the held-out judge."
+    )
+    prompts: int = Field(16, ge=1, description="Held-out prompts in the fixed check set (the first ones of the split).")
+    samples_per_prompt: int = Field(1, ge=1, description="Answers per check prompt (fixed seed: only the policy changes).")
+    heldout: str = Field(
+        "auto", description="The held-out judge: 'auto' (the scoring method RL does not use: pointwise when "
+        "rl.reward is the contrastive judge, contrastive when it is the pointwise one, the run's judge when RL "
+        "trains on a reward model), 'judge', 'contrastive', 'pointwise', a reward model directory or "
+        "'package.module:function'."
+    )
+    patience: int = Field(3, ge=1, description="Alarm after this many consecutive checks at which the proxy rose "
+                          "and the held-out score fell.")
+    on_alarm: Literal["warn", "stop"] = Field("warn", description="'warn': log and go on; 'stop': end training at "
+                                              "the alarm.")
+    final_policy: Literal["last", "best"] = Field(
+        "last", description="Which adapter becomes round_K/policy: the last update's, or the best check's by the "
+        "held-out judge (round_K/best_policy is kept either way)."
+    )
+
+
 class EvalConfig(_Strict):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for the eval answers.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass for eval answers.")
@@ -337,6 +362,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
+from openrlaif.evaluate.overopt import OveroptimizationMonitor
 from openrlaif.optimize.advantages import (
     AdaptiveKLController,
     FixedKLController,
@@ -118,6 +119,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                               config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "kl_coef": rl.kl_coef, "episodes": 0, "metrics": [], "seconds": 0.0}
     kl_ctl.value = progress["kl_coef"]
+    monitor = OveroptimizationMonitor(cfg, store, k, tok, score, progress.get("monitor"))
     metrics, episodes = progress["metrics"], progress["episodes"]
     start = time.perf_counter() - progress["seconds"]
     with bar("ppo", rl.steps, "steps") as pg:
@@ -186,10 +188,14 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             row.update({key: round(sum(v) / len(v), 6) for key, v in stats.items()})
             metrics.append(row)
             kl_ctl.update(row["kl"], n * accelerator.num_processes)
+            # 7. Every monitor.every updates: proxy reward vs the held-out judge on fixed held-out answers.
+            monitor.check(step + 1, inner.policy, accelerator.is_main_process)
             checkpoint.maybe_save(step + 1, kl_coef=kl_ctl.value, episodes=episodes, metrics=metrics,
-                                  seconds=elapsed)
+                                  seconds=elapsed, monitor=monitor.state.to_dict())
             advance(pg, 1, (step + 1 - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
-    # 7. Save the policy adapter like DPO does (and the value head, for inspection).
+            if monitor.should_stop():
+                break
+    # 8. Save the policy adapter like DPO does (and the value head, for inspection).
     if accelerator.is_main_process:
         from safetensors.torch import save_file
 
@@ -201,15 +207,17 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                       str(tmp / "value_head.safetensors"))
             if inner.critic is not None:
                 inner.critic.save_pretrained(tmp)
-        store.append_metrics(metrics)
+        monitor.finish(accelerator.is_main_process)
+        store.append_metrics(metrics + monitor.rows())
     accelerator.wait_for_everyone()
     checkpoint.clear()
     quarter = max(1, len(metrics) // 4)
     first, last = metrics[:quarter], metrics[-quarter:]
-    return {"algo": "ppo", "critic": pc.critic, "steps": rl.steps, "episodes": episodes,
+    return {"algo": "ppo", "critic": pc.critic, "steps": len(metrics), "episodes": episodes,
             "episodes_per_s": round(episodes / (time.perf_counter() - start), 4),
             "reward_first": round(sum(m["reward_mean"] for m in first) / len(first), 4),
             "reward_last": round(sum(m["reward_mean"] for m in last) / len(last), 4),
             "kl_last": round(sum(m["kl"] for m in last) / len(last), 4),
             "kl_coef_last": round(kl_ctl.value, 6),
-            "explained_variance_last": round(sum(m["explained_variance"] for m in last) / len(last), 4)}
+            "explained_variance_last": round(sum(m["explained_variance"] for m in last) / len(last), 4),
+            "monitor": monitor.state.summary()}

@@ -17,37 +17,46 @@ import torch
 
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
+from openrlaif.evaluate.overopt import OveroptimizationMonitor
 from openrlaif.logprobs import Encoded, collate, token_logprobs
 from openrlaif.optimize.advantages import kl_estimate, rloo_advantages
 from openrlaif.store import RunStore, atomic_directory
 
 
-def reward_source(cfg: RunConfig, store: RunStore, k: int = 1):
-    """(conversations, prompt texts, responses) -> list[float], from rl.reward."""
+def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None = None, tag: str = "rl"):
+    """(conversations, prompt texts, responses) -> list[float], from ``spec`` (default rl.reward).
+
+    Besides rl.reward's values, ``spec`` may be 'contrastive' or 'pointwise' (the run's judge model with
+    that scoring method). ``tag`` seeds the principle drawn per prompt (the over-optimisation monitor's
+    held-out judge draws its own)."""
     from openrlaif.reward.model import load_reward
 
-    spec = cfg.rl.reward
+    spec = cfg.rl.reward if spec is None else spec
+    field = "rl.reward" if tag == "rl" else "monitor.heldout"
     if spec == "reward_model":
         path = store.path("reward_model", k)
         if not (path / "ensemble.json").is_file():
-            raise UserError(f"rl.reward: {path} not found; run `rlaif reward -o {store.root}` first "
+            raise UserError(f"{field}: {path} not found; run `rlaif reward -o {store.root}` first "
                             "(or `rlaif run`, which trains it before RL)")
         spec = str(path)
-    if spec != "judge":
-        rm = load_reward(spec, "rl.reward")
+    if spec not in ("judge", "contrastive", "pointwise"):
+        rm = load_reward(spec, field)
         return lambda convs, texts, responses: [float(x) for x in rm.rewards(convs, responses)]
     from openrlaif.feedback.constitution import load_constitution
     from openrlaif.feedback.label import build_judge
 
     # The run's judge scores each answer alone: its contrastive score when it is the contrastive judge (the
     # same judge that grades `eval`), otherwise the pointwise expected 0-9 rating (d-RLAIF).
-    method = "contrastive" if cfg.feedback.method == "contrastive" else "pointwise"
+    if spec == "judge":
+        method = "contrastive" if cfg.feedback.method == "contrastive" else "pointwise"
+    else:
+        method = spec
     judge, _ = build_judge(cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"method": method})}),
-                           "rl: judge", store.root)
+                           f"{tag}: judge", store.root)
     constitution = load_constitution(cfg.data.constitution)
 
     def score(convs, texts, responses):
-        principles = [constitution.sample(random.Random(f"{cfg.seed}:rl:{t}")) for t in texts]
+        principles = [constitution.sample(random.Random(f"{cfg.seed}:{tag}:{t}")) for t in texts]
         if method == "contrastive":
             return judge.scores(list(zip(convs, responses, principles)))
         return judge.score(list(zip(texts, responses, principles)))
@@ -132,6 +141,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator,
                               config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "episodes": 0, "metrics": [], "seconds": 0.0}
+    monitor = OveroptimizationMonitor(cfg, store, k, tok, score, progress.get("monitor"))
     metrics, episodes = progress["metrics"], progress["episodes"]
     start = time.perf_counter() - progress["seconds"]
     with bar("rloo", rl.steps, "steps") as pg:
@@ -165,19 +175,25 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                             "response_length": round(float(mask.sum(1).mean()), 2),
                             "finished_rate": round(sum(finished) / len(finished), 4), "kl_coef": rl.kl_coef,
                             "lr": tc.learning_rate, "episodes_per_s": round(episodes / elapsed, 4)})
-            checkpoint.maybe_save(step + 1, episodes=episodes, metrics=metrics, seconds=elapsed)
+            # 5. Every monitor.every updates: proxy reward vs the held-out judge on fixed held-out answers.
+            monitor.check(step + 1, model, accelerator.is_main_process)
+            checkpoint.maybe_save(step + 1, episodes=episodes, metrics=metrics, seconds=elapsed,
+                                  monitor=monitor.state.to_dict())
             advance(pg, 1, (step + 1 - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
-    # 5. Save the adapter like DPO does.
+            if monitor.should_stop():
+                break
+    # 6. Save the adapter like DPO does (or the monitor's best, with monitor.final_policy=best).
     if accelerator.is_main_process:
         with atomic_directory(store.path("policy", k)) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        store.append_metrics(metrics)
+        monitor.finish(accelerator.is_main_process)
+        store.append_metrics(metrics + monitor.rows())
     accelerator.wait_for_everyone()
     checkpoint.clear()
     first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4):]
-    return {"algo": "rloo", "steps": rl.steps, "episodes": episodes,
+    return {"algo": "rloo", "steps": len(metrics), "episodes": episodes,
             "episodes_per_s": round(episodes / (time.perf_counter() - start), 4),
             "reward_first": round(sum(m["reward_mean"] for m in first) / len(first), 4),
             "reward_last": round(sum(m["reward_mean"] for m in last) / len(last), 4),
-            "kl_last": round(sum(m["kl"] for m in last) / len(last), 4)}
+            "kl_last": round(sum(m["kl"] for m in last) / len(last), 4), "monitor": monitor.state.summary()}

@@ -1,0 +1,191 @@
+"""Reward over-optimisation monitor for RL (PPO, RLOO): the proxy reward against a held-out judge.
+
+Every ``monitor.every`` updates the policy answers a fixed set of held-out prompts (fixed seed, so
+only the policy changes between checks). Each answer is scored by the *proxy* (the reward RL
+optimises: a reward model or the run's judge) and by a *held-out* judge the policy never trained on
+(another feedback method, and principles drawn with another seed). Both are logged against
+sqrt(KL(policy || start)) on those answers (Gao et al. 2022 plot gold and proxy reward against that
+distance). When the proxy rises and the held-out score falls at ``monitor.patience`` consecutive
+checks, the policy is learning the proxy's blind spots rather than what it stands for: the monitor
+raises an alarm (and can stop training). The adapter with the best held-out score is kept in
+``round_K/best_policy`` either way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+# --- pure functions --------------------------------------------------------------------------
+
+
+def divergence_streaks(proxy: list[float], heldout: list[float]) -> list[int]:
+    """For each check, how many consecutive checks up to and including it saw the proxy rise and the
+    held-out score fall (each against the previous check). The first check has streak 0."""
+    if len(proxy) != len(heldout):
+        raise ValueError("proxy and held-out series differ in length")
+    streaks: list[int] = []
+    for i in range(len(proxy)):
+        diverging = i > 0 and proxy[i] > proxy[i - 1] and heldout[i] < heldout[i - 1]
+        streaks.append(streaks[-1] + 1 if diverging and streaks else 0)
+    return streaks
+
+
+def first_alarm(proxy: list[float], heldout: list[float], patience: int) -> int | None:
+    """Index of the first check at which the divergence streak reaches ``patience``, else None."""
+    for i, s in enumerate(divergence_streaks(proxy, heldout)):
+        if s >= patience:
+            return i
+    return None
+
+
+# --- the monitor ---------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    step: int
+    proxy: float
+    heldout: float
+    kl: float
+    sqrt_kl: float
+    streak: int
+    alarm: bool
+    best: bool
+
+
+@dataclass
+class MonitorState:
+    checks: list[Check] = field(default_factory=list)
+    alarm_step: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"checks": [asdict(c) for c in self.checks], "alarm_step": self.alarm_step}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> MonitorState:
+        if not data:
+            return cls()
+        return cls([Check(**c) for c in data.get("checks", [])], data.get("alarm_step"))
+
+    def summary(self) -> dict:
+        if not self.checks:
+            return {"checks": 0}
+        best = max(self.checks, key=lambda c: c.heldout)
+        return {"checks": len(self.checks), "alarm_step": self.alarm_step, "best_step": best.step,
+                "best_heldout": round(best.heldout, 6), "proxy_first": round(self.checks[0].proxy, 6),
+                "proxy_last": round(self.checks[-1].proxy, 6), "heldout_first": round(self.checks[0].heldout, 6),
+                "heldout_last": round(self.checks[-1].heldout, 6)}
+
+
+def heldout_spec(cfg) -> str:
+    """The held-out judge: monitor.heldout, or for 'auto' a judge the policy is not trained on."""
+    spec = cfg.monitor.heldout
+    if spec != "auto":
+        return spec
+    if cfg.rl.reward == "judge":  # the proxy is the run's judge: grade with the other scoring method
+        return "pointwise" if cfg.feedback.method == "contrastive" else "contrastive"
+    return "judge"  # the proxy is a reward model or a function: grade with the run's judge
+
+
+class OveroptimizationMonitor:
+    """Runs the checks of one RL stage. ``check`` is called after each update; it does nothing except
+    every ``monitor.every`` updates. All processes compute the same check (same prompts and seed)."""
+
+    def __init__(self, cfg, store, k: int, tok, proxy, state: dict | None = None):
+        from openrlaif.models import chat_prompt
+        from openrlaif.optimize.rloo import reward_source
+        from openrlaif.prompts import load_prompts, select
+
+        self.cfg, self.store, self.k, self.tok, self.proxy = cfg, store, k, tok, proxy
+        mc = cfg.monitor
+        self.prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "heldout", mc.prompts)
+        if mc.every and not self.prompts:
+            from openrlaif.errors import UserError
+
+            raise UserError("monitor.every: the over-optimisation monitor needs held-out prompts; "
+                            "add rows with split 'heldout' or set monitor.every=0")
+        self.encoded = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in self.prompts]
+        self.heldout_name = heldout_spec(cfg)
+        self.heldout = reward_source(cfg, store, k, spec=self.heldout_name, tag="monitor") if mc.every else None
+        self.state = MonitorState.from_dict(state)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cfg.monitor.every)
+
+    def due(self, step: int) -> bool:
+        return self.enabled and (step % self.cfg.monitor.every == 0 or step == self.cfg.rl.steps)
+
+    def check(self, step: int, model, is_main: bool) -> Check | None:
+        """After update ``step``: sample the fixed answers, score them twice, log, keep the best adapter."""
+        import torch
+
+        from openrlaif.logprobs import collate, token_logprobs
+        from openrlaif.optimize.rloo import sample
+        from openrlaif.progress import console
+        from openrlaif.store import atomic_directory, atomic_write_json
+
+        if not self.due(step):
+            return None
+        mc = self.cfg.monitor
+        model.eval()
+        with torch.random.fork_rng(devices=[]):  # the training RNG stream is untouched (resume stays exact)
+            torch.manual_seed(self.cfg.seed + 4242)
+            seqs, _ = sample(model, self.tok, self.encoded, mc.samples_per_prompt, self.cfg)
+        ids, attn, resp = collate(seqs, self.tok.pad_token_id)
+        with torch.inference_mode():
+            logp = token_logprobs(model, ids, attn, resp).sum(1)
+            with model.disable_adapter():
+                ref = token_logprobs(model, ids, attn, resp).sum(1)
+        kl = max(float((logp - ref).mean()), 0.0)
+        texts = [self.tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
+                 for s in seqs]
+        convs = [p.messages for p in self.prompts for _ in range(mc.samples_per_prompt)]
+        plain = [p.text for p in self.prompts for _ in range(mc.samples_per_prompt)]
+        proxy = _mean(self.proxy(convs, plain, texts))
+        heldout = _mean(self.heldout(convs, plain, texts))
+        previous = self.state.checks
+        best = not previous or heldout > max(c.heldout for c in previous)
+        proxies = [c.proxy for c in previous] + [proxy]
+        streak = divergence_streaks(proxies, [c.heldout for c in previous] + [heldout])[-1]
+        alarm = streak >= mc.patience
+        c = Check(step, round(proxy, 6), round(heldout, 6), round(kl, 6), round(math.sqrt(kl), 6), streak, alarm, best)
+        self.state.checks.append(c)
+        if alarm and self.state.alarm_step is None:
+            self.state.alarm_step = step
+            console.print(f"[bold red]over-optimisation alarm[/bold red] at update {step}: the proxy reward rose "
+                          f"and the held-out judge's score ({self.heldout_name}) fell at {streak} consecutive checks")
+        if best and is_main:
+            with atomic_directory(self.store.path("best_policy", self.k)) as tmp:
+                model.save_pretrained(tmp)
+                self.tok.save_pretrained(tmp)
+                atomic_write_json(tmp / "best.json", {"step": step, "heldout": c.heldout, "proxy": c.proxy,
+                                                     "heldout_judge": self.heldout_name, "kl": c.kl})
+        return c
+
+    def rows(self) -> list[dict]:
+        """The checks as metrics.jsonl rows (written with the stage's other metrics when it ends)."""
+        return [{"stage": "monitor", "round": self.k, **asdict(c), "heldout_judge": self.heldout_name}
+                for c in self.state.checks]
+
+    def should_stop(self) -> bool:
+        return self.cfg.monitor.on_alarm == "stop" and self.state.alarm_step is not None
+
+    def finish(self, is_main: bool) -> None:
+        """With monitor.final_policy=best, the saved policy is the best checkpoint by the held-out judge."""
+        import shutil
+
+        best = self.store.path("best_policy", self.k)
+        if not (is_main and self.enabled and self.cfg.monitor.final_policy == "best" and best.is_dir()):
+            return
+        from openrlaif.store import atomic_directory
+
+        with atomic_directory(self.store.path("policy", self.k)) as tmp:
+            shutil.copytree(best, tmp, dirs_exist_ok=True)
+
+
+def _mean(values) -> float:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(vals) / len(vals) if vals else float("nan")

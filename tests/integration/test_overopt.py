@@ -1,0 +1,91 @@
+"""The over-optimisation monitor on the tiny model: a proxy the policy can game ('e' count) against a
+held-out score that agrees at first and then turns (too many 'e's are penalised), as in Gao et al.'s
+gold-vs-proxy curves. The alarm must fire, the best checkpoint by the held-out score must be kept, and a
+held-out judge that agrees with the proxy must never fire it."""
+
+import json
+
+import pytest
+
+from conftest import tiny_overrides
+from openrlaif.config import load_config
+from openrlaif.evaluate.overopt import first_alarm
+from openrlaif.pipeline import open_run, run_stage
+
+
+def count_e(prompts, responses):
+    return [float(r.count("e")) for r in responses]
+
+
+def goodhart(prompts, responses):
+    """Agrees with the proxy up to 2 'e's per answer, then falls: more is worse."""
+    return [e - e * e / 4 for e in count_e(prompts, responses)]
+
+
+def monitor_config(tiny_model_dir, algo, *extra):
+    return load_config(None, tiny_overrides(tiny_model_dir) + [
+        f"train.algo={algo}", "rl.reward=test_overopt:count_e", "rl.steps=16", "rl.prompts_per_step=4", "rl.k=4",
+        "rl.max_new_tokens=8", "rl.kl_coef=0.0", "train.learning_rate=2e-2", "train.lora_r=8", "train.lora_alpha=16",
+        "train.lora_target_modules=[q_proj,v_proj,o_proj,down_proj,lm_head]", "monitor.every=2", "monitor.prompts=4",
+        "monitor.samples_per_prompt=4", "monitor.patience=2", *extra])
+
+
+def checks(store):
+    return [m for m in store.read_metrics() if m.get("stage") == "monitor"]
+
+
+@pytest.mark.parametrize("algo", ["rloo", "ppo"])
+def test_the_alarm_fires_when_the_proxy_rises_and_the_heldout_score_falls(tmp_path, tiny_model_dir, algo):
+    cfg = monitor_config(tiny_model_dir, algo, "monitor.heldout=test_overopt:goodhart")
+    store = open_run(cfg, tmp_path / "run")
+    summary = run_stage("train", cfg, store)
+    rows = checks(store)
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12, 14, 16]
+    proxy, heldout = [r["proxy"] for r in rows], [r["heldout"] for r in rows]
+    assert proxy[-1] > proxy[0] + 1.0, proxy  # the policy learned the proxy...
+    assert heldout[-1] < max(heldout), heldout  # ...past the held-out score's peak
+    alarm = first_alarm(proxy, heldout, 2)
+    assert alarm is not None and summary["monitor"]["alarm_step"] == rows[alarm]["step"], (proxy, heldout)
+    assert rows[alarm]["alarm"] and not any(r["alarm"] for r in rows[:alarm])
+    for r in rows:
+        assert r["sqrt_kl"] == pytest.approx(r["kl"] ** 0.5, abs=1e-5) and r["heldout_judge"] == "test_overopt:goodhart"
+    # The best adapter by the held-out score is kept, with the check it came from.
+    best = json.loads((store.path("best_policy") / "best.json").read_text())
+    assert best["heldout"] == max(heldout) and best["step"] == rows[heldout.index(max(heldout))]["step"]
+    assert (store.path("best_policy") / "adapter_model.safetensors").is_file()
+
+
+def test_on_alarm_stop_ends_training_and_final_policy_best_keeps_the_best_adapter(tmp_path, tiny_model_dir):
+    cfg = monitor_config(tiny_model_dir, "rloo", "monitor.heldout=test_overopt:goodhart", "monitor.on_alarm=stop",
+                         "monitor.final_policy=best")
+    store = open_run(cfg, tmp_path / "run")
+    summary = run_stage("train", cfg, store)
+    alarm_step = summary["monitor"]["alarm_step"]
+    assert alarm_step is not None and summary["steps"] == alarm_step < 16
+    policy = (store.path("policy") / "adapter_model.safetensors").read_bytes()
+    assert policy == (store.path("best_policy") / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_heldout_judge_that_agrees_with_the_proxy_never_alarms(tmp_path, tiny_model_dir):
+    cfg = monitor_config(tiny_model_dir, "rloo", "monitor.heldout=test_overopt:count_e", "monitor.patience=1")
+    store = open_run(cfg, tmp_path / "run")
+    summary = run_stage("train", cfg, store)
+    rows = checks(store)
+    assert len(rows) == 8 and all(r["proxy"] == r["heldout"] for r in rows)
+    assert summary["monitor"]["alarm_step"] is None and not any(r["alarm"] for r in rows)
+
+
+def test_the_monitor_needs_heldout_prompts(tmp_path, tiny_model_dir):
+    from openrlaif.errors import UserError
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi there", "split": "train"}\n')
+    # validate_inputs refuses a prompt file without held-out rows before the monitor is reached, so build
+    # the monitor directly.
+    from openrlaif.evaluate.overopt import OveroptimizationMonitor
+    from openrlaif.models import load_causal_lm
+
+    cfg = monitor_config(tiny_model_dir, "rloo", f"data.prompts={prompts}")
+    tok = load_causal_lm(str(tiny_model_dir), "float32").tokenizer
+    with pytest.raises(UserError, match="monitor.every"):
+        OveroptimizationMonitor(cfg, None, 1, tok, count_e)
