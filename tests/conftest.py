@@ -172,3 +172,17 @@ def tiny_config(tmp_path, tiny_model_dir):
     from openrlaif.config import load_config
 
     return load_config(None, tiny_overrides(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Debian Chromium under Playwright, shared by the session's page tests."""
+    from browser import FLAGS, need_browser
+
+    path = need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=path, headless=True, args=FLAGS)
+        yield chromium
+        chromium.close()

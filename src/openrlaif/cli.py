@@ -178,6 +178,38 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directo
 
 
 @app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="An existing run directory with AI labels (preferences.jsonl).")],
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; keep 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 8765,
+    random_share: Annotated[float, typer.Option("--random-share", min=0, max=1, help="Share of the queue drawn "
+                                                "uniformly at random: the unbiased human-AI agreement sample.")] = 0.2,
+    use_reward_model: Annotated[bool, typer.Option("--reward-model/--no-reward-model", help="Prioritise pairs the "
+                                                   "round's reward model scores the other way (when it has one).")] = True,
+    token_env: Annotated[Optional[str], typer.Option("--token-env", help="Take the access token from this "
+                                                     "environment variable instead of a random one.")] = None,
+):
+    """The human audit desk: review the AI labels in a browser (agree / flip / flag). Verdicts go to
+    RUN_DIR/audit.sqlite and override the AI labels the next time `rlaif train` runs."""
+    import secrets
+
+    import uvicorn
+
+    from openrlaif.audit.app import create_app
+    from openrlaif.audit.db import prepare_queue
+
+    token = os.environ.get(token_env, "") if token_env else secrets.token_urlsafe(24)
+    if not token:
+        raise UserError(f"--token-env: environment variable {token_env} is empty; export a token first")
+    db, added = prepare_queue(run_dir, random_share=random_share, use_reward_model=use_reward_model)
+    stats = db.stats()
+    print(f"audit queue: {stats['queued']} labels ({sum(added.values())} new), {stats['reviewed']} reviewed; "
+          f"verdicts in {Path(run_dir) / 'audit.sqlite'}")
+    print(f"open http://{host}:{port}/?token={token} (Ctrl-C stops)", flush=True)
+    uvicorn.run(create_app(db, token, f"Audit desk · {Path(run_dir).name}"), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help="'embedded', a local HF model directory, or a cached Hub id.")] = "embedded",
     name: Annotated[Optional[str], typer.Option("--name", help="Model name clients send (default: --model).")] = None,

@@ -92,6 +92,15 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"{tr['pairs']} pairs, {tr['steps']} steps, {tr['pairs_per_s']} pairs/s; "
                   f"loss {tr['first_loss']:.4f} (first step) -> {tr['final_loss']:.4f} (last epoch mean), "
                   f"implicit-reward accuracy {tr['final_reward_accuracy']:.2f}."]
+    mon = tr.get("monitor") or {}
+    if mon.get("checks"):
+        alarm = (f"**ALARM at update {mon['alarm_step']}**: the proxy rose while the held-out judge's score fell"
+                 if mon.get("alarm_step") else "no alarm")
+        lines += ["", "### Over-optimisation monitor", "",
+                  f"{mon['checks']} checks on fixed held-out answers: proxy reward {mon['proxy_first']} -> "
+                  f"{mon['proxy_last']}, held-out judge {mon['heldout_first']} -> {mon['heldout_last']} "
+                  f"(best {mon['best_heldout']} at update {mon['best_step']}, kept in best_policy/); {alarm}. "
+                  "Per-check values against sqrt(KL) are the `monitor` rows of metrics.jsonl."]
     ev = _load(store.path("eval.json", k)) if store.stage_done("eval", k) else None
     if ev:
         lo, hi = ev["ci95"]
@@ -112,6 +121,24 @@ def write_report(store: RunStore, k: int = 1) -> str:
                           f"- *trained:* {_one_line(s['trained'])}",
                           f"- *start:* {_one_line(s['start'])}",
                           f"- judge ({s['principle']}): P(trained better) = {_fmt(p)}", ""]
+    audit_path = store.root / "audit.sqlite"
+    if audit_path.is_file():
+        from openrlaif.audit.db import AuditDB
+
+        db = AuditDB(audit_path)
+        try:
+            st = db.stats()
+        finally:
+            db.close()
+        lines += ["", "## Human audit", "", f"{st['reviewed']} of {st['queued']} queued AI labels reviewed; "
+                  f"{st['flagged']} flagged."]
+        if st["agreement"] is not None:
+            lo, hi = st["ci95"]
+            lines += ["", f"**Human-AI agreement {st['agreement']:.1%}** (95% Wilson CI {lo:.1%}-{hi:.1%}) on "
+                      f"{st['random_slice_n']} labels of the uniform random slice; on all reviewed labels "
+                      f"(biased towards doubtful ones) {st['all_reviewed_agreement']:.1%} of {st['all_reviewed_n']}."]
+        else:
+            lines += ["", "No random-slice label has a verdict yet: no agreement estimate."]
     text = "\n".join(lines) + "\n"
     atomic_write_text(store.report_path, text)
     return text

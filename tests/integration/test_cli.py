@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "train": ["--config", "--out", "--force", "overrides"],
     "eval": ["--config", "--out", "--force", "overrides"],
     "report": ["run_dir"],
+    "audit": ["run_dir", "--host", "--port", "--random-share", "--token-env"],
     "convert": ["--force"],
 }
 

@@ -60,8 +60,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.progress import advance, bar
 
     tc = cfg.train
-    # 1. Preference pairs from the label stage.
-    prefs = read_preferences(store, k)
+    # 1. Preference pairs from the label stage, with any human verdicts from the audit desk applied.
+    prefs, human = training_pairs(store, k)
     accelerator = make_accelerator(tc)
     per_step = tc.grad_accum_steps * accelerator.num_processes
     if tc.batch_size < per_step:
@@ -167,6 +167,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     last = metrics[-max(1, steps_per_epoch):]
     return {
         "pairs": len(prefs),
+        "human_verdicts": human,
         "steps": step,
         "seconds_training": round(seconds, 2),
         "pairs_per_s": round(pairs_done / seconds, 4),
@@ -188,6 +189,23 @@ def read_preferences(store: RunStore, k: int, minimum: int = 1) -> list[dict]:
     if len(prefs) < minimum:
         raise UserError(f"{path} has {len(prefs)} pair(s), fewer than the {minimum} needed; raise data.max_train_prompts")
     return prefs
+
+
+def training_pairs(store: RunStore, k: int, minimum: int = 1) -> tuple[list[dict], dict]:
+    """The round's pairs with the audit desk's human verdicts applied (RUN_DIR/audit.sqlite): 'agree' and
+    'flip' become human labels (p_chosen 1, flipped when the person said so), 'flag' drops the pair.
+    Returns (rows, counts of each verdict applied)."""
+    from openrlaif.audit.db import apply_human_verdicts
+    from openrlaif.progress import console
+
+    rows, counts = apply_human_verdicts(read_preferences(store, k, minimum), store.root / "audit.sqlite")
+    if any(counts.values()):
+        console.print(f"human verdicts from audit.sqlite: {counts['agree']} confirmed, {counts['flip']} flipped, "
+                      f"{counts['flag']} flagged pairs dropped")
+    if len(rows) < minimum:
+        raise UserError(f"{store.root / 'audit.sqlite'}: after dropping flagged pairs {len(rows)} remain, fewer than "
+                        f"the {minimum} needed; review fewer pairs as 'flag' or label more data")
+    return rows, counts
 
 
 def _text(side) -> str:

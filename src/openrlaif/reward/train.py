@@ -139,11 +139,12 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Train reward.members reward models on preferences.jsonl; save them and their held-out figures."""
     from openrlaif.logprobs import encode_response
     from openrlaif.models import load_tokenizer, resolve_model, set_threads
-    from openrlaif.optimize.dpo import _text, read_preferences
+    from openrlaif.optimize.dpo import _text, training_pairs
 
     rc = cfg.reward
-    # 1. Preference pairs (the chosen side is the judge's pick) and a seeded held-out split.
-    prefs = read_preferences(store, k, minimum=2)
+    # 1. Preference pairs (the chosen side is the judge's pick, or a person's from the audit desk) and a
+    #    seeded held-out split.
+    prefs, human = training_pairs(store, k, minimum=2)
     set_threads(cfg.model.threads)
     policy_path = str(resolve_model(cfg.model.policy, "model.policy"))
     tok = load_tokenizer(policy_path)
@@ -180,7 +181,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                                   "uwo_lambda": rc.uwo_lambda, "policy": policy_path,
                                                   "heldout_pairs": len(held_idx), "summaries": summaries})
     accs = [s["heldout"].get("accuracy") for s in summaries if s["heldout"].get("n")]
-    return {"members": rc.members, "pairs": len(prefs), "train_pairs": len(train_idx), "heldout_pairs": len(held_idx),
+    return {"members": rc.members, "pairs": len(prefs), "human_verdicts": human, "train_pairs": len(train_idx),
+            "heldout_pairs": len(held_idx),
             "heldout_accuracy": round(sum(accs) / len(accs), 4) if accs else None,
             "seconds": round(time.perf_counter() - start, 2)}
 
