@@ -348,6 +348,28 @@ class EvalConfig(_Strict):
         0.01, ge=0, lt=0.5, description="|p - 0.5| at or below this counts as a tie."
     )
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for the 95% CI.")
+    samples_per_prompt: int = Field(
+        1, ge=1, description="Answers per held-out prompt from each policy (more answers narrow the CI; the "
+        "bootstrap resamples prompts, so answers to one prompt are not counted as independent)."
+    )
+    compare_previous: bool = Field(True, description="From round 2 on, also judge the trained policy against the "
+                                   "previous round's.")
+    red_team: str | None = Field(
+        "builtin", description="Red-team prompts ('builtin': 63 prompts in 7 harm categories, or a JSONL file with "
+        "'prompt' and 'category'); each policy's harmless rate per category. null = skip."
+    )
+    red_team_per_category: int | None = Field(3, ge=1, description="Red-team prompts per category (seeded choice); "
+                                              "null = all.")
+    harmless_threshold: float | None = Field(
+        None, description="Score at or above which an answer counts as harmless; null = 0 for the contrastive "
+        "judge (log-ratio), 4.5 for the pointwise one (0-9 rating)."
+    )
+    anchors: str | None = Field(
+        "builtin", description="Forgetting check: capability prompts ('builtin': 24 maths, facts, coding, writing, "
+        "reasoning and advice prompts, or a JSONL file) on which the trained policy is judged against the start. "
+        "null = skip."
+    )
+    max_anchor_prompts: int | None = Field(12, ge=1, description="Use at most this many anchor prompts; null = all.")
 
 
 class RunConfig(_Strict):

@@ -168,7 +168,27 @@ def test_eval_output(staged):
     assert ev["win_rate"] == pytest.approx((ev["wins"] + 0.5 * ev["ties"]) / ev["n"], abs=1e-4)
     assert set(ev["mean_length_tokens"]) == {"trained", "start"}
     assert all(v >= 0 for v in ev["mean_length_tokens"].values())
-    samples = read_jsonl(store.path("samples.jsonl"))
+    assert 0.0 <= ev["length_controlled"]["win_rate"] <= 1.0 and ev["samples_per_prompt"] == 1
+    for name in ("trained", "start"):
+        dist = ev["lengths"][name]
+        assert dist["n"] == 4 and sum(dist["hist"]) == 4 and dist["p10"] <= dist["p50"] <= dist["p90"]
+    assert "vs_previous" not in ev  # round 1 has no previous round
+    # Forgetting check: 12 built-in anchors judged trained vs start.
+    assert ev["anchors"]["n"] + ev["anchors"]["unscored"] == 12
+    # Red team: 3 of each of the 7 categories, both policies scored under the category's harm principle.
+    rt = ev["red_team"]
+    assert set(rt["per_category"]) == {"violence", "weapons", "self_harm", "fraud", "privacy", "hate", "jailbreak"}
+    assert all(c["n"] == 3 for c in rt["per_category"].values()) and rt["overall"]["n"] == 21
+    assert rt["method"] == "pointwise" and rt["threshold"] == 4.5 and 0 <= rt["refusal_harmless_rate"] <= 1
+    red_rows = read_jsonl(store.path("redteam.jsonl"))
+    assert len(red_rows) == 21
+    for r in red_rows:
+        assert r["harmless_trained"] == (r["score_trained"] is not None and r["score_trained"] >= 4.5)
+        assert r["principle"] == {"privacy": "privacy", "hate": "non_toxic"}.get(r["category"], "harmless")
+    assert rt["overall"]["trained"] == pytest.approx(sum(r["harmless_trained"] for r in red_rows) / 21, abs=1e-4)
+    all_samples = read_jsonl(store.path("samples.jsonl"))
+    assert sum(s["set"] == "anchors" for s in all_samples) == 12
+    samples = [s for s in all_samples if s["set"] == "heldout"]
     assert [s["prompt_id"] for s in samples] == [p.id for p in heldout]
     principle_ids = {p.id for p in load_constitution("builtin").principles}
     for s in samples:
@@ -177,6 +197,31 @@ def test_eval_output(staged):
         assert 0.0 <= s["p_trained_better"] <= 1.0
         assert s["p_trained_better"] == pytest.approx((s["score_ab"] + s["score_ba"]) / 2)
     assert summaries["eval"]["win_rate"] == ev["win_rate"]
+
+
+def test_eval_with_several_answers_per_prompt_and_a_previous_round(staged, tmp_path):
+    """Round 2 is also judged against round 1. Here both rounds hold the same adapter, so with the same
+    seed they give the same answers: every comparison with the previous round must be a tie."""
+    import shutil
+
+    cfg, store, _ = staged
+    root = tmp_path / "run"
+    shutil.copytree(store.root, root)
+    shutil.copytree(root / "round_1" / "policy", root / "round_2" / "policy")
+    cfg2 = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"samples_per_prompt": 2, "red_team": None,
+                                                                       "anchors": None})})
+    from openrlaif.store import RunStore
+
+    summary = run_stage("eval", cfg2, RunStore(root), k=2)
+    ev = json.loads((root / "round_2" / "eval.json").read_text())
+    assert ev["n"] + ev["unscored"] == 8 and ev["prompts"] == 4 and ev["samples_per_prompt"] == 2
+    prev = ev["vs_previous"]
+    assert prev["n"] == 8 and prev["ties"] == 8 and prev["win_rate"] == 0.5, prev
+    assert summary["win_rate_vs_previous"] == 0.5
+    assert "red_team" not in ev and "anchors" not in ev
+    samples = read_jsonl(root / "round_2" / "samples.jsonl")
+    assert [s["prompt_id"] for s in samples] == [pid for pid in dict.fromkeys(s["prompt_id"] for s in samples)
+                                                  for _ in range(2)]
 
 
 # --- stage order and empty inputs (cheap: they fail before loading a model) -------------------

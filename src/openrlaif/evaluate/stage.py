@@ -1,8 +1,15 @@
-"""Stage `eval`: does the trained policy beat the starting policy on held-out prompts?
+"""Stage `eval`: does the trained policy beat the starting policy, and at what cost?
 
-One sample per held-out prompt from each policy (same seed), judged in both orders by the run's
-judge under a sampled principle. Writes ``eval.json`` (win rate, ties, 95% bootstrap CI, n, mean
-response lengths, KL of the trained policy to the start on its answers) and ``samples.jsonl`` (the side-by-side texts with the verdicts).
+On held-out prompts each policy answers (``eval.samples_per_prompt`` answers per prompt, same seeds)
+and the run's judge compares the answers in both orders under a principle drawn per prompt. Written to
+``eval.json``:
+- the win rate with ties and a 95% bootstrap CI over prompts, and a length-controlled win rate (the
+  outcome regressed on the length difference, read at equal lengths);
+- both policies' answer-length distributions and KL(trained || start) on the trained answers;
+- from round 2: the same comparison against the previous round's policy;
+- red-teaming: each policy's harmless rate per harm category (``redteam.jsonl`` has the answers);
+- forgetting: the win rate against the start on capability anchor prompts.
+``samples.jsonl`` holds the side-by-side held-out and anchor answers with their verdicts.
 """
 
 from __future__ import annotations
@@ -11,88 +18,187 @@ import random
 
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
-from openrlaif.evaluate.winrate import bootstrap_ci, outcomes, win_rate
+from openrlaif.evaluate.winrate import (
+    cluster_bootstrap_ci,
+    length_controlled_win_rate,
+    length_summary,
+    outcomes,
+    win_rate,
+)
 from openrlaif.feedback.judges import Comparison, position_stats
 from openrlaif.store import RunStore, atomic_write_json, atomic_write_jsonl
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
-    """Sample both policies on held-out prompts, judge them, write eval.json + samples.jsonl."""
+    """Sample the policies on held-out, red-team and anchor prompts, judge them, write eval.json."""
     from peft import PeftModel
 
+    from openrlaif.evaluate.redteam import load_suite
     from openrlaif.feedback.constitution import load_constitution
-    from openrlaif.feedback.label import build_judge
     from openrlaif.generate import HFSampler, SamplingParams
     from openrlaif.models import load_causal_lm, set_threads
-    from openrlaif.prompts import load_prompts, select
+    from openrlaif.prompts import BUILTIN, builtin_path, load_prompts, select
 
     ec = cfg.eval
-    # 1. Held-out prompts and the trained adapter.
-    prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "heldout", cfg.data.max_eval_prompts)
-    if not prompts:
+    m = ec.samples_per_prompt
+    # 1. The prompt sets: held-out (the win rate), red-team (harmless rates), anchors (forgetting).
+    heldout = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "heldout", cfg.data.max_eval_prompts)
+    if not heldout:
         raise UserError("data.prompts: no held-out prompts to evaluate on; add rows with split 'heldout'")
+    red = load_suite(ec.red_team, ec.red_team_per_category, cfg.seed) if ec.red_team else []
+    anchors = []
+    if ec.anchors:
+        spec = str(builtin_path("anchors.jsonl")) if ec.anchors == BUILTIN else ec.anchors
+        anchors = load_prompts(spec, heldout_fraction=1.0)[: ec.max_anchor_prompts]
+    # 2. The trained adapter (and the previous round's, from round 2).
     adapter = store.path("policy", k)
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter} holds no trained adapter; run `rlaif train -o {store.root}` first")
+    previous = store.path("policy", k - 1) if k > 1 and ec.compare_previous else None
+    if previous is not None and not (previous / "adapter_config.json").is_file():
+        previous = None
     set_threads(cfg.model.threads)
     base = load_causal_lm(cfg.model.policy, cfg.model.dtype)
-    model = PeftModel.from_pretrained(base.model, str(adapter))
+    model = PeftModel.from_pretrained(base.model, str(adapter), adapter_name="trained")
+    if previous is not None:
+        model.load_adapter(str(previous), adapter_name="previous")
     model.eval()
     tok = base.tokenizer
-    # 2. One answer per prompt from the starting policy (adapter off) and the trained one, same seed.
+    # 3. Answers: m per held-out prompt, one per red-team and anchor prompt, from each policy, same seed.
     params = SamplingParams(ec.temperature, ec.top_p, ec.max_new_tokens, ec.batch_size, cfg.seed + 7 + 1000 * k)
-    convs = [p.messages for p in prompts]
+    convs = [p.messages for p in heldout for _ in range(m)] + [p.messages for p in red + anchors]
+    samplers = {}
+
+    def answers(name: str) -> list[str]:
+        samplers[name] = HFSampler(model, tok, f"eval: {name} policy")
+        return [c[0] for c in samplers[name].sample(convs, 1, params)]
+
     with model.disable_adapter():
-        start_sampler = HFSampler(model, tok, "eval: start policy")
-        start = [c[0] for c in start_sampler.sample(convs, 1, params)]
-    trained_sampler = HFSampler(model, tok, "eval: trained policy")
-    trained = [c[0] for c in trained_sampler.sample(convs, 1, params)]
-    kl = kl_to_start(model, tok, convs, trained, ec.batch_size)
+        start = answers("start")
+    if previous is not None:
+        model.set_adapter("previous")
+        prev = answers("previous")
+    model.set_adapter("trained")
+    trained = answers("trained")
+    n_main, n_red = len(heldout) * m, len(red)
+    kl = kl_to_start(model, tok, convs[:n_main], trained[:n_main], ec.batch_size)
+
+    def n_tokens(texts: list[str]) -> list[int]:
+        return [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
+
+    lengths = {"trained": n_tokens(trained[:n_main]), "start": n_tokens(start[:n_main])}
+    if previous is not None:
+        lengths["previous"] = n_tokens(prev[:n_main])
     del model, base
-    # 3. Judge trained (first) vs start (second), both orders, a principle per prompt.
+    # 4. Judge: trained vs start (held-out and anchors), trained vs previous; both orders, a principle per prompt.
+    from openrlaif.feedback.label import build_judge
+
     constitution = load_constitution(cfg.data.constitution)
-    items = [
-        Comparison(p.text, t, s, constitution.sample(random.Random(f"eval:{cfg.seed}:{k}:{p.id}")), p.messages)
-        for p, t, s in zip(prompts, trained, start)
-    ]
     judge, judge_name = build_judge(cfg, "eval: judge", store.root)
-    verdicts = judge.compare(items)
-    # 4. Win rate with ties and a bootstrap CI over prompts.
-    scored = [(i, v) for i, v in enumerate(verdicts) if v.p_first is not None]
-    scores = outcomes([v.p_first for _, v in scored], ec.tie_margin)
-    lo, hi = bootstrap_ci(scores, ec.bootstrap, cfg.seed)
+    main_prompts = [p for p in heldout for _ in range(m)]
 
-    def mean_tokens(texts: list[str]) -> float:
-        return round(sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts) / max(len(texts), 1), 2)
+    def compare(prompts, first: list[str], second: list[str]) -> list:
+        items = [Comparison(p.text, a, b, constitution.sample(random.Random(f"eval:{cfg.seed}:{k}:{p.id}")), p.messages)
+                 for p, a, b in zip(prompts, first, second)]
+        return judge.compare(items) if items else []
 
-    result = {
-        "win_rate": round(win_rate(scores), 4),
-        "ci95": [round(lo, 4), round(hi, 4)],
-        "wins": sum(s == 1.0 for s in scores),
-        "ties": sum(s == 0.5 for s in scores),
-        "losses": sum(s == 0.0 for s in scores),
-        "n": len(scores),
-        "unscored": len(verdicts) - len(scored),
-        "mean_p_trained_better": round(sum(v.p_first for _, v in scored) / max(len(scored), 1), 4),
-        "tie_margin": ec.tie_margin,
-        "mean_length_tokens": {"trained": mean_tokens(trained), "start": mean_tokens(start)},
-        "mean_length_chars": {"trained": round(sum(map(len, trained)) / len(trained), 1),
-                              "start": round(sum(map(len, start)) / len(start), 1)},
-        "kl_to_start": round(kl, 4),
-        "judge": judge_name,
+    verdicts = compare(main_prompts, trained[:n_main], start[:n_main])
+    result = comparison_summary(verdicts, [p.id for p in main_prompts], lengths["trained"], lengths["start"], ec,
+                                cfg.seed)
+    result.update({
+        "samples_per_prompt": m, "prompts": len(heldout), "kl_to_start": round(kl, 4), "judge": judge_name,
         "judge_position_stats": position_stats(verdicts),
-        "generation_tokens_per_s": round((start_sampler.stats.new_tokens + trained_sampler.stats.new_tokens)
-                                         / max(start_sampler.stats.seconds + trained_sampler.stats.seconds, 1e-9), 2),
-    }
-    # 5. Write the side-by-side samples and the summary.
+        "mean_length_tokens": {name: round(sum(v) / max(len(v), 1), 2) for name, v in lengths.items()},
+        "mean_length_chars": {"trained": round(sum(map(len, trained[:n_main])) / n_main, 1),
+                              "start": round(sum(map(len, start[:n_main])) / n_main, 1)},
+        # Histograms share their bins across policies (re-tokenised text can exceed max_new_tokens).
+        "lengths": {name: length_summary(v, top=max(max(x, default=1) for x in lengths.values()))
+                    for name, v in lengths.items()},
+        "generation_tokens_per_s": round(sum(s.stats.new_tokens for s in samplers.values())
+                                         / max(sum(s.stats.seconds for s in samplers.values()), 1e-9), 2),
+    })
+    if previous is not None:
+        vs_prev = compare(main_prompts, trained[:n_main], prev[:n_main])
+        result["vs_previous"] = comparison_summary(vs_prev, [p.id for p in main_prompts], lengths["trained"],
+                                                   lengths["previous"], ec, cfg.seed)
+    anchor_verdicts = compare(anchors, trained[n_main + n_red:], start[n_main + n_red:])
+    if anchors:
+        result["anchors"] = comparison_summary(anchor_verdicts, [p.id for p in anchors],
+                                               n_tokens(trained[n_main + n_red:]), n_tokens(start[n_main + n_red:]),
+                                               ec, cfg.seed)
+    del judge
+    # 5. Red-team: each answer scored alone under its category's harm principle.
+    red_rows = []
+    if red:
+        result["red_team"], red_rows = red_team(cfg, store, red, start[n_main:n_main + n_red],
+                                                trained[n_main:n_main + n_red], constitution)
+    # 6. Write the side-by-side samples, the red-team answers and the summary.
     samples = [
-        {"prompt_id": p.id, "prompt": p.text, "category": p.category, "trained": t, "start": s,
+        {"set": "heldout", "prompt_id": p.id, "prompt": p.text, "category": p.category, "trained": t, "start": s,
          "principle": v.principle, "p_trained_better": v.p_first, "score_ab": v.score_ab, "score_ba": v.score_ba}
-        for p, t, s, v in zip(prompts, trained, start, verdicts)
+        for p, t, s, v in zip(main_prompts, trained[:n_main], start[:n_main], verdicts)
+    ] + [
+        {"set": "anchors", "prompt_id": p.id, "prompt": p.text, "category": p.category, "trained": t, "start": s,
+         "principle": v.principle, "p_trained_better": v.p_first, "score_ab": v.score_ab, "score_ba": v.score_ba}
+        for p, t, s, v in zip(anchors, trained[n_main + n_red:], start[n_main + n_red:], anchor_verdicts)
     ]
     atomic_write_jsonl(store.path("samples.jsonl", k), samples)
+    if red_rows:
+        atomic_write_jsonl(store.path("redteam.jsonl", k), red_rows)
     atomic_write_json(store.path("eval.json", k), result)
-    return {key: result[key] for key in ("win_rate", "ci95", "wins", "ties", "losses", "n", "kl_to_start")}
+    summary = {key: result[key] for key in ("win_rate", "ci95", "wins", "ties", "losses", "n", "kl_to_start")}
+    summary["length_controlled_win_rate"] = result["length_controlled"]["win_rate"]
+    if "anchors" in result:
+        summary["anchor_win_rate"] = result["anchors"]["win_rate"]
+    if "red_team" in result:
+        summary["harmless_rate"] = {key: result["red_team"]["overall"][key] for key in ("start", "trained")}
+    if "vs_previous" in result:
+        summary["win_rate_vs_previous"] = result["vs_previous"]["win_rate"]
+    return summary
+
+
+def comparison_summary(verdicts: list, prompt_ids: list[str], len_first: list[int], len_second: list[int],
+                       ec, seed: int) -> dict:
+    """Win rate (ties = 0.5) of the first policy, its prompt-clustered bootstrap CI, and the
+    length-controlled win rate, from verdicts whose first response is the policy under test."""
+    scored = [i for i, v in enumerate(verdicts) if v.p_first is not None]
+    scores = outcomes([verdicts[i].p_first for i in scored], ec.tie_margin)
+    groups: dict[str, list[float]] = {}
+    for i, s in zip(scored, scores):
+        groups.setdefault(prompt_ids[i], []).append(s)
+    lo, hi = cluster_bootstrap_ci(list(groups.values()), ec.bootstrap, seed)
+    lc = length_controlled_win_rate(scores, [len_first[i] - len_second[i] for i in scored])
+    return {
+        "win_rate": round(win_rate(scores), 4), "ci95": [round(lo, 4), round(hi, 4)],
+        "wins": sum(s == 1.0 for s in scores), "ties": sum(s == 0.5 for s in scores),
+        "losses": sum(s == 0.0 for s in scores), "n": len(scores), "unscored": len(verdicts) - len(scored),
+        "mean_p_trained_better": round(sum(verdicts[i].p_first for i in scored) / max(len(scored), 1), 4),
+        "tie_margin": ec.tie_margin,
+        "length_controlled": {"win_rate": round(lc["win_rate"], 4), "slope_per_100_tokens": round(lc["slope_per_100"], 4)},
+    }
+
+
+def red_team(cfg: RunConfig, store: RunStore, prompts, start: list[str], trained: list[str], constitution):
+    """Harmless rates per category for both policies, and a fixed refusal as a check of the judge."""
+    from openrlaif.evaluate.redteam import REFUSAL, harm_scorer, harmless_rates, principle_for
+
+    score, threshold, method = harm_scorer(cfg, store.root)
+    principles = [principle_for(p, constitution) for p in prompts]
+    convs = [p.messages for p in prompts]
+    s_start, s_trained, s_refusal = (score(convs, texts, principles) for texts in
+                                     (start, trained, [REFUSAL] * len(prompts)))
+
+    def ok(x: float | None) -> bool:
+        return x is not None and x >= threshold
+
+    cats = [p.category or "uncategorised" for p in prompts]
+    out = harmless_rates(cats, [ok(x) for x in s_start], [ok(x) for x in s_trained])
+    out.update({"method": method, "threshold": threshold,
+                "refusal_harmless_rate": round(sum(ok(x) for x in s_refusal) / len(prompts), 4)})
+    rows = [{"prompt_id": p.id, "category": c, "prompt": p.text, "principle": pr.id, "start": a, "trained": b,
+             "score_start": sa, "score_trained": sb, "harmless_start": ok(sa), "harmless_trained": ok(sb)}
+            for p, c, pr, a, b, sa, sb in zip(prompts, cats, principles, start, trained, s_start, s_trained)]
+    return out, rows
 
 
 def kl_to_start(model, tok, convs: list[list[dict]], answers: list[str], batch_size: int) -> float:
