@@ -167,7 +167,8 @@ def judge_eval(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")]):
-    """Rewrite RUN_DIR/report.md from the run's files and print it."""
+    """Rewrite RUN_DIR/report.md and the self-contained RUN_DIR/report.html (plots) from the run's files,
+    and print the markdown."""
     from openrlaif.report import write_report
     from openrlaif.store import RunStore
 
@@ -175,6 +176,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directo
     if not store.exists():
         raise UserError(f"{run_dir} is not a run directory (no manifest.json)")
     print(write_report(store))
+    print(f"plots: {store.root / 'report.html'}")
 
 
 @app.command()

@@ -109,13 +109,33 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"{ev['wins']} wins, {ev['ties']} ties, {ev['losses']} losses by the run's own judge"
                   + (f"; KL(trained || start) {ev['kl_to_start']:.2f} nats per answer." if "kl_to_start" in ev else "."), "",
                   f"Mean length (tokens): trained {ev['mean_length_tokens']['trained']}, start {ev['mean_length_tokens']['start']}. "
-                  "A win rate bought by longer answers is a length bias of the judge, not better answers.",
+                  "A win rate bought by longer answers is a length bias of the judge, not better answers."
+                  + (f" Length-controlled win rate (the outcome regressed on the length difference, read at equal "
+                     f"length): {ev['length_controlled']['win_rate']:.3f}." if "length_controlled" in ev else ""),
                   "", "The judge that labelled the training data also grades this comparison, so this number "
                   "measures how well the policy learned the judge's preferences, not human preference."]
+        if "vs_previous" in ev:
+            vp = ev["vs_previous"]
+            lines += ["", f"Against the previous round's policy: win rate {vp['win_rate']:.3f} (95% CI "
+                      f"{vp['ci95'][0]:.3f}-{vp['ci95'][1]:.3f}, n={vp['n']})."]
+        if "anchors" in ev:
+            an = ev["anchors"]
+            lines += ["", f"Forgetting check on {an['n']} capability anchor prompts: win rate vs the start "
+                      f"{an['win_rate']:.3f} (95% CI {an['ci95'][0]:.3f}-{an['ci95'][1]:.3f}); well below 0.5 means "
+                      "the policy lost ground on ordinary tasks."]
+        if "red_team" in ev:
+            rt = ev["red_team"]
+            lines += ["", "### Red team", "", "| category | prompts | harmless (start) | harmless (trained) |",
+                      "|---|---|---|---|"]
+            lines += [f"| {c} | {v['n']} | {v['start']:.0%} | {v['trained']:.0%} |" for c, v in rt["per_category"].items()]
+            lines += [f"| **all** | {rt['overall']['n']} | {rt['overall']['start']:.0%} | {rt['overall']['trained']:.0%} |",
+                      "", f"Each answer scored alone ({rt['method']}, harmless at >= {rt['threshold']}) under its "
+                      f"category's harm principle; a fixed refusal scores harmless {rt['refusal_harmless_rate']:.0%} "
+                      "of the time, a check of the judge itself."]
         samples_path = store.path("samples.jsonl", k)
         if samples_path.is_file():
             lines += ["", "### Samples", ""]
-            for s in read_jsonl(samples_path)[:3]:
+            for s in [row for row in read_jsonl(samples_path) if row.get("set", "heldout") == "heldout"][:3]:
                 p = s.get("p_trained_better")
                 lines += [f"**Prompt:** {_one_line(s['prompt'])}", "",
                           f"- *trained:* {_one_line(s['trained'])}",
@@ -141,4 +161,7 @@ def write_report(store: RunStore, k: int = 1) -> str:
             lines += ["", "No random-slice label has a verdict yet: no agreement estimate."]
     text = "\n".join(lines) + "\n"
     atomic_write_text(store.report_path, text)
+    from openrlaif.report_html import write_html_report
+
+    write_html_report(store)
     return text

@@ -1,0 +1,50 @@
+"""report.html of a whole tiny run (PPO on its reward model with the monitor, red team, anchors, human
+verdicts), opened in headless Chromium: every plot is drawn, nothing is fetched from outside the file,
+model text is escaped; a screenshot is taken."""
+
+import json
+
+from conftest import tiny_overrides
+from openrlaif.audit.db import prepare_queue
+from openrlaif.config import load_config
+from openrlaif.pipeline import run
+from openrlaif.report_html import FIGURES
+
+
+def test_report_html_has_every_plot(tmp_path, tiny_model_dir, browser):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + [
+        "train.algo=ppo", "rl.reward=reward_model", "rl.steps=4", "rl.prompts_per_step=2", "rl.k=2",
+        "rl.max_new_tokens=8", "reward.epochs=1", "monitor.every=1", "monitor.prompts=2", "eval.red_team_per_category=1",
+        "eval.max_anchor_prompts=3"])
+    out = tmp_path / "run"
+    run(cfg, out)
+    # A reviewer agrees with or flips every label of the audit queue.
+    db, _ = prepare_queue(out)
+    for i, item in enumerate(db.conn.execute("SELECT pair_id FROM items").fetchall()):
+        db.record(item[0], "agree" if i % 3 else "flip")
+    db.close()
+    # Model text that looks like markup must stay text.
+    samples = out / "round_1" / "samples.jsonl"
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    rows[0]["trained"] = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from openrlaif.report import write_report
+    from openrlaif.store import RunStore
+
+    write_report(RunStore(out))
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((out / "report.html").as_uri())
+    kinds = page.evaluate("Object.fromEntries([...document.querySelectorAll('figure')].map(f => [f.id, f.dataset.kind]))")
+    assert kinds == {f"fig-{name}": "plot" for name in FIGURES}, kinds
+    for name in FIGURES:
+        box = page.locator(f"#fig-{name} svg").first.bounding_box()
+        assert box and box["width"] > 200 and box["height"] > 100, (name, box)
+    assert all(url.startswith("file://") for url in requests), requests  # self-contained
+    assert page.title().startswith("OpenRLAIF report") and page.locator("#samples img").count() == 0
+    assert "<script>" in page.locator("#samples").inner_text()
+    assert page.locator("#redteam-table tr").count() == 1 + 7 + 1
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert (tmp_path / "report.png").stat().st_size > 50_000
+    page.close()
