@@ -54,7 +54,7 @@ def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: O
         lo, hi = ev["ci95"]
         print(f"win rate of the trained policy vs the starting policy: {ev['win_rate']:.3f} "
               f"(95% CI {lo:.3f}-{hi:.3f}, n={ev['n']}, {ev['wins']} wins / {ev['ties']} ties / {ev['losses']} losses)")
-    print(f"report: {Path(result['run_dir']) / 'report.md'}")
+    print(f"report: {Path(result['run_dir']) / 'report.md'} (plots: {Path(result['run_dir']) / 'report.html'})")
 
 
 def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None, force: bool) -> None:
@@ -176,7 +176,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directo
     if not store.exists():
         raise UserError(f"{run_dir} is not a run directory (no manifest.json)")
     print(write_report(store))
-    print(f"plots: {store.root / 'report.html'}")
+    print(f"plots: {store.root / 'report.html'}", file=sys.stderr)  # stdout stays the markdown alone
 
 
 @app.command()

@@ -114,7 +114,7 @@ def test_cli_run_tiny_model(tiny_model_dir, tmp_path):
     assert float(m.group(1)) == pytest.approx(ev["win_rate"], abs=5e-4)
     assert int(m.group(4)) == ev["n"] == 4
     assert f"report: {out / 'report.md'}" in proc.stdout
-    assert (out / "report.md").is_file()
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(manifest["stages"][f"round_1/{s}"]["status"] == "done" for s in ("generate", "label", "train", "eval"))
 
@@ -122,6 +122,7 @@ def test_cli_run_tiny_model(tiny_model_dir, tmp_path):
     rep = rlaif("report", out)
     assert rep.returncode == 0, rep.stderr
     assert rep.stdout.strip() == (out / "report.md").read_text().strip()
+    assert f"plots: {out / 'report.html'}" in rep.stderr
 
     # the same command again skips every stage
     again = rlaif("run", "-o", out, f"model.policy={tiny_model_dir}", *TINY_OVERRIDES, timeout=600)
@@ -182,7 +183,7 @@ def test_stage_commands_share_the_run(tiny_model_dir, tmp_path, monkeypatch):
     assert calls == ["generate", "label", "train"]
     assert all(store.stage_done(s) for s in ("generate", "label", "train"))
     assert store.read_manifest()["seeds"] == {"seed": 3}
-    assert (out / "report.md").is_file()
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
 
     # overrides apply on top of the run's config; a change is refused without --force
     with pytest.raises(UserError, match="different config"):
