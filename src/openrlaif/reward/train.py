@@ -169,6 +169,10 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                    pad_id, cfg.seed + m, k, m, f"reward member {m + 1}/{rc.members}", cfg.train)
             held = evaluate(model, [chosen[i] for i in held_idx], [rejected[i] for i in held_idx], p_chosen[held_idx],
                             pad_id, rc.batch_size)
+            # Against people: the held-out pairs that carry a human verdict from the audit desk.
+            by_people = [i for i in held_idx if prefs[i].get("source") == "human"]
+            held["human"] = evaluate(model, [chosen[i] for i in by_people], [rejected[i] for i in by_people],
+                                     p_chosen[by_people], pad_id, rc.batch_size)
             name = f"member_{m}"
             model.save_pretrained(tmp / name)
             tok.save_pretrained(tmp / name)
@@ -181,9 +185,12 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                                   "uwo_lambda": rc.uwo_lambda, "policy": policy_path,
                                                   "heldout_pairs": len(held_idx), "summaries": summaries})
     accs = [s["heldout"].get("accuracy") for s in summaries if s["heldout"].get("n")]
+    human_accs = [s["heldout"]["human"]["accuracy"] for s in summaries if s["heldout"].get("human", {}).get("n")]
     return {"members": rc.members, "pairs": len(prefs), "human_verdicts": human, "train_pairs": len(train_idx),
             "heldout_pairs": len(held_idx),
             "heldout_accuracy": round(sum(accs) / len(accs), 4) if accs else None,
+            "heldout_human_pairs": sum(prefs[i].get("source") == "human" for i in held_idx),
+            "heldout_human_accuracy": round(sum(human_accs) / len(human_accs), 4) if human_accs else None,
             "seconds": round(time.perf_counter() - start, 2)}
 
 
