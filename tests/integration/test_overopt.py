@@ -89,3 +89,33 @@ def test_the_monitor_needs_heldout_prompts(tmp_path, tiny_model_dir):
     tok = load_causal_lm(str(tiny_model_dir), "float32").tokenizer
     with pytest.raises(UserError, match="monitor.every"):
         OveroptimizationMonitor(cfg, None, 1, tok, count_e)
+
+
+def test_a_killed_run_resumes_with_its_monitor_history(tmp_path, tiny_model_dir, monkeypatch):
+    """The checks made before the checkpoint come back from it; the checks after it are redone: the
+    monitor rows equal an uninterrupted run's (the check samples are seeded apart from training)."""
+    import openrlaif.optimize.rloo as rloo
+
+    cfg = monitor_config(tiny_model_dir, "rloo", "monitor.heldout=test_overopt:goodhart", "rl.steps=4",
+                         "monitor.every=1", "train.checkpoint_every=2")
+    whole = open_run(cfg, tmp_path / "whole")
+    run_stage("train", cfg, whole)
+    real_sample, calls = rloo.sample, {"n": 0}
+
+    def dies_at_the_third_rollout(*args, **kwargs):  # calls: rollout 1, check 1, rollout 2, check 2, rollout 3
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(rloo, "sample", dies_at_the_third_rollout)
+    killed = open_run(cfg, tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("train", cfg, killed)
+    monkeypatch.setattr(rloo, "sample", real_sample)
+    run_stage("train", cfg, killed)
+    a, b = checks(whole), checks(killed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert x["proxy"] == pytest.approx(y["proxy"], abs=1e-6) and x["heldout"] == pytest.approx(y["heldout"], abs=1e-6)
+        assert x["kl"] == pytest.approx(y["kl"], abs=1e-3)
