@@ -315,18 +315,19 @@ class PPOConfig(_Strict):
 
 
 class MonitorConfig(_Strict):
-    """Over-optimisation monitor for RL (train.algo ppo | rloo): the proxy reward vs a held-out judge."""
+    """Over-optimisation monitor: the proxy reward (RL's reward; DPO's implicit reward) vs a held-out judge."""
 
     every: int = Field(
-        0, ge=0, description="Check every this many RL updates (and after the last); 0 = no monitor. A check samples "
-        "the fixed held-out answers and scores them with the proxy and the held-out judge."
+        0, ge=0, description="Check every this many updates (RL) or optimizer steps (DPO), and after the last; "
+        "0 = no monitor. A check samples the fixed held-out answers and scores them with the proxy and the "
+        "held-out judge."
     )
     prompts: int = Field(16, ge=1, description="Held-out prompts in the fixed check set (the first ones of the split).")
     samples_per_prompt: int = Field(1, ge=1, description="Answers per check prompt (fixed seed: only the policy changes).")
     heldout: str = Field(
         "auto", description="The held-out judge: 'auto' (the scoring method RL does not use: pointwise when "
         "rl.reward is the contrastive judge, contrastive when it is the pointwise one, the run's judge when RL "
-        "trains on a reward model), 'judge', 'contrastive', 'pointwise', a reward model directory or "
+        "trains on a reward model and for DPO), 'judge', 'contrastive', 'pointwise', a reward model directory or "
         "'package.module:function'."
     )
     patience: int = Field(3, ge=1, description="Alarm after this many consecutive checks at which the proxy rose "

@@ -95,7 +95,7 @@ def write_report(store: RunStore, k: int = 1) -> str:
                   f"{tr['pairs']} pairs, {tr['steps']} steps, {tr['pairs_per_s']} pairs/s; "
                   f"loss {tr['first_loss']:.4f} (first step) -> {tr['final_loss']:.4f} (last epoch mean), "
                   f"implicit-reward accuracy {tr['final_reward_accuracy']:.2f}."]
-    mon = tr.get("monitor") or {}
+    mon = tr.get("monitor") or {}  # RL: its reward; DPO: its implicit reward
     if mon.get("checks"):
         alarm = (f"**ALARM at update {mon['alarm_step']}**: the proxy rose while the held-out judge's score fell"
                  if mon.get("alarm_step") else "no alarm")

@@ -270,7 +270,6 @@ def write_html_report(store: RunStore) -> Path:
             audit = db.stats()
         finally:
             db.close()
-    is_rl = any(m_.get("stage") == "train" and "reward_mean" in m_ for m_ in metrics)
     figures = [
         _figure("winrate", "Win rate per round (95% CI)", plot_winrate(evals),
                 "The run's judge compares each policy's answers on held-out prompts, both orders. Crosses: the "
@@ -279,10 +278,9 @@ def write_html_report(store: RunStore) -> Path:
                 "RL: the proxy reward and KL to the start per update. DPO: loss and implicit-reward accuracy.",
                 "No training metrics yet."),
         _figure("overopt", "Proxy reward vs held-out judge against sqrt(KL)", plot_overopt(metrics),
-                "Over-optimisation shows as the proxy rising while the held-out judge falls (Gao et al. 2022).",
-                "No over-optimisation monitor in this run: it runs during RL (PPO, RLOO) with monitor.every > 0."
-                if is_rl else "No over-optimisation monitor in this run: DPO has no proxy reward to over-optimise; "
-                "the monitor runs during RL (PPO, RLOO)."),
+                "Over-optimisation shows as the proxy (RL's reward, or DPO's implicit reward) rising while the "
+                "held-out judge falls (Gao et al. 2022; Rafailov et al. 2024).",
+                "No over-optimisation monitor in this run: set monitor.every > 0 (PPO, RLOO or DPO)."),
         _figure("confidence", "Judge confidence", plot_confidence(probs), f"From {conf_source}.",
                 "No judge readings yet."),
         _figure("position", "Position consistency per round", plot_position(position),

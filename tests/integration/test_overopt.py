@@ -48,7 +48,8 @@ def test_the_alarm_fires_when_the_proxy_rises_and_the_heldout_score_falls(tmp_pa
     assert alarm is not None and summary["monitor"]["alarm_step"] == rows[alarm]["step"], (proxy, heldout)
     assert rows[alarm]["alarm"] and not any(r["alarm"] for r in rows[:alarm])
     for r in rows:
-        assert r["sqrt_kl"] == pytest.approx(r["kl"] ** 0.5, abs=1e-5) and r["heldout_judge"] == "test_overopt:goodhart"
+        assert r["sqrt_kl"] == pytest.approx(max(r["kl"], 0) ** 0.5, abs=1e-5)
+        assert r["heldout_judge"] == "test_overopt:goodhart"
     # The best adapter by the held-out score is kept, with the check it came from.
     best = json.loads((store.path("best_policy") / "best.json").read_text())
     assert best["heldout"] == max(heldout) and best["step"] == rows[heldout.index(max(heldout))]["step"]
@@ -119,3 +120,20 @@ def test_a_killed_run_resumes_with_its_monitor_history(tmp_path, tiny_model_dir,
     for x, y in zip(a, b):
         assert x["proxy"] == pytest.approx(y["proxy"], abs=1e-6) and x["heldout"] == pytest.approx(y["heldout"], abs=1e-6)
         assert x["kl"] == pytest.approx(y["kl"], abs=1e-3)
+
+
+def test_dpo_is_monitored_with_its_implicit_reward(tmp_path, tiny_model_dir):
+    """DPO's proxy is its implicit reward beta * log(pi / pi_start) on the check answers: with the judge held
+    out, each check logs it, and it equals beta times the check's KL estimate (same answers, same log-probs)."""
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["train.soft_labels=false", "train.epochs=2",
+                                                              "monitor.every=1", "monitor.prompts=2"])
+    store = open_run(cfg, tmp_path / "run")
+    for stage in ("generate", "label"):
+        run_stage(stage, cfg, store)
+    summary = run_stage("train", cfg, store)
+    rows = checks(store)
+    assert len(rows) == summary["steps"] == summary["monitor"]["checks"] >= 2
+    for r in rows:
+        assert r["heldout_judge"] == "judge" and r["heldout"] == r["heldout"]  # scored (not NaN)
+        assert r["proxy"] == pytest.approx(cfg.train.beta * r["kl"], abs=1e-5)
+    assert (store.path("best_policy") / "best.json").is_file()

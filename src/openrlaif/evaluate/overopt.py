@@ -84,21 +84,31 @@ def heldout_spec(cfg) -> str:
     spec = cfg.monitor.heldout
     if spec != "auto":
         return spec
+    if cfg.train.algo == "dpo":  # the proxy is DPO's implicit reward: grade with the run's judge
+        return "judge"
     if cfg.rl.reward == "judge":  # the proxy is the run's judge: grade with the other scoring method
         return "pointwise" if cfg.feedback.method == "contrastive" else "contrastive"
     return "judge"  # the proxy is a reward model or a function: grade with the run's judge
 
 
 class OveroptimizationMonitor:
-    """Runs the checks of one RL stage. ``check`` is called after each update; it does nothing except
-    every ``monitor.every`` updates. All processes compute the same check (same prompts and seed)."""
+    """Runs the checks of one training stage. ``check`` is called after each update; it does nothing
+    except every ``monitor.every`` updates and after ``last_step``. All processes compute the same check
+    (same prompts and seed).
 
-    def __init__(self, cfg, store, k: int, tok, proxy, state: dict | None = None):
+    ``proxy`` is the reward RL optimises, a callable (conversations, prompts, responses) -> scores; for
+    DPO it is None and the proxy is DPO's implicit reward, ``implicit_beta`` * log(pi(y) / pi_start(y))
+    (direct alignment over-optimises too: Rafailov et al. 2024)."""
+
+    def __init__(self, cfg, store, k: int, tok, proxy, state: dict | None = None, last_step: int | None = None,
+                 implicit_beta: float | None = None):
         from openrlaif.models import chat_prompt
         from openrlaif.optimize.rloo import reward_source
         from openrlaif.prompts import load_prompts, select
 
         self.cfg, self.store, self.k, self.tok, self.proxy = cfg, store, k, tok, proxy
+        self.last_step = cfg.rl.steps if last_step is None else last_step
+        self.implicit_beta = implicit_beta
         mc = cfg.monitor
         self.prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "heldout", mc.prompts)
         if mc.every and not self.prompts:
@@ -116,7 +126,7 @@ class OveroptimizationMonitor:
         return bool(self.cfg.monitor.every)
 
     def due(self, step: int) -> bool:
-        return self.enabled and (step % self.cfg.monitor.every == 0 or step == self.cfg.rl.steps)
+        return self.enabled and (step % self.cfg.monitor.every == 0 or step == self.last_step)
 
     def check(self, step: int, model, is_main: bool) -> Check | None:
         """After update ``step``: sample the fixed answers, score them twice, log, keep the best adapter."""
@@ -139,19 +149,22 @@ class OveroptimizationMonitor:
             logp = token_logprobs(model, ids, attn, resp).sum(1)
             with model.disable_adapter():
                 ref = token_logprobs(model, ids, attn, resp).sum(1)
-        kl = max(float((logp - ref).mean()), 0.0)
+        kl = float((logp - ref).mean())  # a Monte-Carlo estimate: can dip below 0 near the start
         texts = [self.tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
                  for s in seqs]
         convs = [p.messages for p in self.prompts for _ in range(mc.samples_per_prompt)]
         plain = [p.text for p in self.prompts for _ in range(mc.samples_per_prompt)]
-        proxy = _mean(self.proxy(convs, plain, texts))
+        if self.proxy is None:  # DPO: the implicit reward of each answer
+            proxy = _mean((self.implicit_beta * (logp - ref)).tolist())
+        else:
+            proxy = _mean(self.proxy(convs, plain, texts))
         heldout = _mean(self.heldout(convs, plain, texts))
         previous = self.state.checks
         best = not previous or heldout > max(c.heldout for c in previous)
         proxies = [c.proxy for c in previous] + [proxy]
         streak = divergence_streaks(proxies, [c.heldout for c in previous] + [heldout])[-1]
         alarm = streak >= mc.patience
-        c = Check(step, round(proxy, 6), round(heldout, 6), round(kl, 6), round(math.sqrt(kl), 6), streak, alarm, best)
+        c = Check(step, round(proxy, 6), round(heldout, 6), round(kl, 6), round(math.sqrt(max(kl, 0.0)), 6), streak, alarm, best)
         self.state.checks.append(c)
         if alarm and self.state.alarm_step is None:
             self.state.alarm_step = step

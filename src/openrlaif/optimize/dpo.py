@@ -103,6 +103,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator,
                               config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "pairs_done": 0, "metrics": [], "seconds": 0.0}
+    # With monitor.every: DPO's implicit reward on fixed held-out answers vs the run's judge (over-optimisation).
+    from openrlaif.evaluate.overopt import OveroptimizationMonitor
+
+    monitor = OveroptimizationMonitor(cfg, store, k, tok, None, progress.get("monitor"), last_step=total,
+                                      implicit_beta=tc.beta)
     rng = random.Random(cfg.seed)
     metrics, step, pairs_done = progress["metrics"], 0, progress["pairs_done"]
 
@@ -152,8 +157,14 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                     "lr": lr,
                     "pairs_per_s": round(pairs_done / elapsed, 4),
                 })
-                checkpoint.maybe_save(step, pairs_done=pairs_done, metrics=metrics, seconds=elapsed)
+                monitor.check(step, model, accelerator.is_main_process)
+                checkpoint.maybe_save(step, pairs_done=pairs_done, metrics=metrics, seconds=elapsed,
+                                      monitor=monitor.state.to_dict())
                 advance(pg, 1, (step - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
+                if monitor.should_stop():
+                    break
+            if monitor.should_stop():
+                break
     seconds = time.perf_counter() - t_start
     # 5. Save the adapter (+ tokenizer) atomically, and the reference log-probs for inspection.
     if accelerator.is_main_process:
@@ -161,7 +172,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
         atomic_write_json(store.path("ref_logps.json", k), {"chosen": ref_c.tolist(), "rejected": ref_r.tolist()})
-        store.append_metrics(metrics)
+        monitor.finish(accelerator.is_main_process)
+        store.append_metrics(metrics + monitor.rows())
     accelerator.wait_for_everyone()
     checkpoint.clear()
     last = metrics[-max(1, steps_per_epoch):]
@@ -175,6 +187,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "final_reward_accuracy": round(sum(m["reward_accuracy"] for m in last) / len(last), 4),
         "first_loss": metrics[0]["loss"],
         "processes": accelerator.num_processes,
+        "monitor": monitor.state.summary(),
     }
 
 
