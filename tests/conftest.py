@@ -174,9 +174,10 @@ def tiny_config(tmp_path, tiny_model_dir):
     return load_config(None, tiny_overrides(tiny_model_dir))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """A headless Debian Chromium under Playwright, shared by the session's page tests."""
+    """A headless Debian Chromium under Playwright, shared by one module's page tests. Module scope: while
+    Playwright's sync API runs, its event loop is the thread's, and asyncio.run() elsewhere would fail."""
     from browser import FLAGS, need_browser
 
     path = need_browser()
