@@ -187,3 +187,19 @@ def browser():
         chromium = pw.chromium.launch(executable_path=path, headless=True, args=FLAGS)
         yield chromium
         chromium.close()
+
+
+def die_on_call(monkeypatch, module, name: str, n: int):
+    """Make ``module.name`` raise KeyboardInterrupt (a kill) on its n-th call; returns the real function,
+    to put back with ``monkeypatch.setattr(module, name, real)`` before resuming."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, dies)
+    return real
+

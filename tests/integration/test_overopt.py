@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import die_on_call, tiny_overrides
 from openrlaif.config import load_config
 from openrlaif.evaluate.overopt import first_alarm
 from openrlaif.pipeline import open_run, run_stage
@@ -101,15 +101,8 @@ def test_a_killed_run_resumes_with_its_monitor_history(tmp_path, tiny_model_dir,
                          "monitor.every=1", "train.checkpoint_every=2")
     whole = open_run(cfg, tmp_path / "whole")
     run_stage("train", cfg, whole)
-    real_sample, calls = rloo.sample, {"n": 0}
-
-    def dies_at_the_third_rollout(*args, **kwargs):  # calls: rollout 1, check 1, rollout 2, check 2, rollout 3
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed")
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(rloo, "sample", dies_at_the_third_rollout)
+    # sample() calls: rollout 1, check 1, rollout 2, check 2 (checkpoint), rollout 3 -> killed there
+    real_sample = die_on_call(monkeypatch, rloo, "sample", 5)
     killed = open_run(cfg, tmp_path / "killed")
     with pytest.raises(KeyboardInterrupt):
         run_stage("train", cfg, killed)

@@ -5,7 +5,7 @@ variance rises); a killed run resumes from its checkpoint and ends where an unin
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import die_on_call, tiny_overrides
 from openrlaif.config import load_config
 from openrlaif.pipeline import open_run, run_stage
 
@@ -109,15 +109,7 @@ def test_killed_ppo_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkey
     whole = open_run(cfg, tmp_path / "whole")
     run_stage("train", cfg, whole)
 
-    real_sample, calls = rloo.sample, {"n": 0}
-
-    def dies_at_third_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(rloo, "sample", dies_at_third_step)
+    real_sample = die_on_call(monkeypatch, rloo, "sample", 3)  # killed at the third step's rollout
     killed = open_run(cfg, tmp_path / "killed")
     with pytest.raises(KeyboardInterrupt):
         run_stage("train", cfg, killed)
