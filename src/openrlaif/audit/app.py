@@ -29,12 +29,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'none';
        "frame-ancestors 'none'; base-uri 'none'; connect-src 'self'")
 
 
-def _text(side) -> str:
-    if isinstance(side, str):
-        return side
-    return "".join(m.get("content", "") for m in side if isinstance(m, dict) and m.get("role") == "assistant")
-
-
 def _prompt(row: dict) -> str:
     p = row.get("prompt")
     if isinstance(p, str):
@@ -88,6 +82,8 @@ def create_app(db: AuditDB, token: str | None = None, title: str = "OpenRLAIF au
         return PlainTextResponse(why, status_code=status)
 
     def page(item: dict | None, message: str = "") -> HTMLResponse:
+        from openrlaif.optimize.dpo import _text  # the one reader of a preference row's response side
+
         stats = db.stats()
         view = None
         if item is not None:
