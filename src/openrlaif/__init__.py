@@ -9,8 +9,9 @@ Python API (the CLI is a thin layer over it)::
 __version__ = "0.1.0"
 
 
-def run(config=None, out="runs/rlaif", overrides=None, force=False):
-    """Run one RLAIF round (generate -> label -> train -> eval) into the run directory ``out``."""
+def run(config=None, out="runs/rlaif", overrides=None, force=False, rounds=None):
+    """Run RLAIF rounds (generate -> label -> train -> eval; ``rounds`` or pipeline.rounds, default 1) into the
+    run directory ``out``; a second call on the same directory resumes it."""
     from openrlaif.pipeline import run as _run
 
-    return _run(config, out, overrides=overrides, force=force)
+    return _run(config, out, overrides=overrides, force=force, rounds=rounds)

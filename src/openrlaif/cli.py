@@ -31,7 +31,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Redo stages that are al
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if "HF_HUB_OFFLINE" not in os.environ:  # never reach for the Hub unless asked (`export --push`)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["OPENRLAIF_SET_HF_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import warnings
 
@@ -39,78 +41,109 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", min=1, help="RLAIF rounds to run (overrides "
+                                                  "pipeline.rounds); a finished run can be extended with a larger K.")]
+
+
 @app.command()
-def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: Overrides = None, force: ForceOpt = False):
-    """Run one whole RLAIF round: generate -> label -> train -> eval. Finished stages are skipped when
-    the same run directory is run again."""
+def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: Overrides = None, force: ForceOpt = False,
+        rounds: RoundsOpt = None):
+    """Run RLAIF rounds (pipeline.rounds, default 1): generate -> label -> train -> eval, round k's policy
+    sampling round k+1's data. Finished stages are skipped when the same run directory is run again, so a
+    killed run continues where it stopped."""
     from openrlaif.pipeline import run as run_pipeline
     from openrlaif.progress import console
 
-    result = run_pipeline(config, out, overrides or [], force)
-    ev = result["eval"]
+    result = run_pipeline(config, out, overrides or [], force, rounds)
     console.rule("[bold]result")
     print(f"run directory: {result['run_dir']}")
+    if len(result["rounds"]) > 1:
+        for rec in result["rounds"]:
+            if rec.get("win_rate") is None:
+                continue
+            lo, hi = rec["ci95"]
+            line = f"round {rec['round']}: win rate vs the start {rec['win_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f})"
+            if rec.get("win_rate_vs_previous") is not None:
+                line += f", vs the previous round {rec['win_rate_vs_previous']:.3f}"
+            if rec.get("kl_to_start") is not None:
+                line += f", KL to the start {rec['kl_to_start']:.3f}"
+            print(line)
+    ev = result["eval"]
     if ev:
         lo, hi = ev["ci95"]
         print(f"win rate of the trained policy vs the starting policy: {ev['win_rate']:.3f} "
               f"(95% CI {lo:.3f}-{hi:.3f}, n={ev['n']}, {ev['wins']} wins / {ev['ties']} ties / {ev['losses']} losses)")
+    if result["stopped"]:
+        print(f"stopped early: {result['stopped']}")
     print(f"report: {Path(result['run_dir']) / 'report.md'} (plots: {Path(result['run_dir']) / 'report.html'})")
 
 
-def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None, force: bool) -> None:
+def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None, force: bool, k: int = 1) -> None:
     from openrlaif.config import load_config
     from openrlaif.optimize.accel import is_main_process
     from openrlaif.pipeline import check_stage_inputs, open_run, run_stage
     from openrlaif.report import write_report
+    from openrlaif.rounds import round_config
     from openrlaif.store import RunStore
 
     store = RunStore(out)
     if config is None and not store.config_path.is_file():
         raise UserError(f"{out} is not a run directory (no config.resolved.yaml); pass -c CONFIG to start one")
     cfg = load_config(config if config is not None else store.config_path, overrides or [])
-    check_stage_inputs(name, store, cfg=cfg)
+    if k > cfg.pipeline.rounds:
+        raise UserError(f"--round {k}: this run has pipeline.rounds={cfg.pipeline.rounds}; pass pipeline.rounds={k} "
+                        f"or run `rlaif run -o {out} --rounds {k}`")
+    rcfg = round_config(cfg, k)
+    check_stage_inputs(name, store, k, cfg=rcfg)
     if not is_main_process():  # a worker of `accelerate launch`: only rank 0 writes the run's books
-        run_stage(name, cfg, store)
+        run_stage(name, rcfg, store, k)
         return
     store = open_run(cfg, out, force)
-    run_stage(name, cfg, store)
+    run_stage(name, rcfg, store, k)
     write_report(store)
 
 
 StageForce = Annotated[bool, typer.Option("--force", help="Accept a config that differs from the run directory's "
                                           "(marks every stage of the run as not done).")]
+RoundOpt = Annotated[int, typer.Option("--round", "-k", min=1, help="Which round's stage to run (round k > 1 "
+                                       "starts from round k-1's policy).")]
 
 
 @app.command()
-def generate(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
-    """Stage 1: sample generate.n candidates per train prompt into round_1/candidates.jsonl."""
-    _stage("generate", config, out, overrides, force)
+def generate(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False,
+             k: RoundOpt = 1):
+    """Stage 1: sample generate.n candidates per train prompt into round_K/candidates.jsonl."""
+    _stage("generate", config, out, overrides, force, k)
 
 
 @app.command()
-def label(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
+def label(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False,
+          k: RoundOpt = 1):
     """Stage 2: judge candidate pairs in both orders under the constitution; write preferences.jsonl
     and judge_stats.json."""
-    _stage("label", config, out, overrides, force)
+    _stage("label", config, out, overrides, force, k)
 
 
 @app.command()
-def reward(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
+def reward(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False,
+           k: RoundOpt = 1):
     """Train a Bradley-Terry reward model (reward.members > 1: an ensemble) on preferences.jsonl; it goes
-    to round_1/reward_model with its held-out accuracy and calibration."""
-    _stage("reward", config, out, overrides, force)
+    to round_K/reward_model with its held-out accuracy and calibration."""
+    _stage("reward", config, out, overrides, force, k)
 
 
 @app.command()
-def train(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
-    """Stage 3: DPO on preferences.jsonl, or PPO/RLOO on rl.reward (train.algo); the LoRA adapter goes to round_1/policy. Runs under `accelerate launch` / torchrun too."""
-    _stage("train", config, out, overrides, force)
+def train(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False,
+          k: RoundOpt = 1):
+    """Stage 3: DPO on preferences.jsonl, or PPO/RLOO on rl.reward (train.algo); the LoRA adapter goes to round_K/policy. Runs under `accelerate launch` / torchrun too."""
+    _stage("train", config, out, overrides, force, k)
 
 
 @app.command(name="eval")
-def eval_(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
+def eval_(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False,
+          k: RoundOpt = 1):
     """Stage 4: trained vs starting policy on held-out prompts; write eval.json and samples.jsonl."""
-    _stage("eval", config, out, overrides, force)
+    _stage("eval", config, out, overrides, force, k)
 
 
 @app.command(name="judge-eval")
@@ -177,6 +210,61 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directo
         raise UserError(f"{run_dir} is not a run directory (no manifest.json)")
     print(write_report(store))
     print(f"plots: {store.root / 'report.html'}", file=sys.stderr)  # stdout stays the markdown alone
+
+
+@app.command()
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest's stages with their lineage as JSON.")] = False,
+):
+    """Print a run's lineage tree: rounds, stages, each output's hash, the inputs (and their hashes) it was made
+    from, the code version, models and config. Exits 1 if an artifact changed after it was recorded."""
+    import json
+
+    from rich.console import Console
+
+    from openrlaif.lineage import show_tree, verify
+    from openrlaif.store import RunStore
+
+    store = RunStore(run_dir)
+    if not store.exists():
+        raise UserError(f"{run_dir} is not a run directory (no manifest.json)")
+    problems = verify(store)
+    if as_json:
+        m = store.read_manifest()
+        print(json.dumps({"stages": m.get("stages", {}), "rounds": m.get("rounds", []), "problems": problems}, indent=2))
+    else:
+        out = Console(width=160, soft_wrap=True)
+        out.print(show_tree(store))
+        for problem in problems:
+            out.print(f"[red]lineage: {problem}[/red]")
+        if not problems:
+            out.print("[green]lineage verified: every recorded output is unchanged and every input matches its producer[/green]")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")],
+    k: Annotated[int, typer.Option("--round", "-k", min=1, help="Which round's policy and pairs to export.")] = 1,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write (default RUN_DIR/export/round_K).")] = None,
+    adapter: Annotated[bool, typer.Option("--adapter", help="Export the LoRA adapter alone instead of merged weights.")] = False,
+    all_rounds: Annotated[bool, typer.Option("--all-rounds", help="The dataset holds rounds 1..K's pairs, not round K's only.")] = False,
+    push_to: Annotated[Optional[str], typer.Option("--push", help="Also upload to the Hugging Face Hub: the model to "
+                                                   "REPO, the pairs to REPO-preferences (needs a network and HF_TOKEN).")] = None,
+):
+    """Export a round: the policy as a merged HF model directory (or the adapter) with a model card, and the
+    preference pairs as a `datasets` directory and Parquet with a dataset card."""
+    from openrlaif.export import export_round, push
+
+    result = export_round(run_dir, k, out, adapter, all_rounds)
+    print(f"model ({'merged' if result['merged'] else 'LoRA adapter'}): {result['model']}")
+    if result["dataset"]:
+        print(f"preference pairs ({result['pairs']}): {result['dataset']} and {result['parquet']}")
+    if push_to:
+        for line in push(Path(result["out"]), push_to):
+            print(f"pushed {line}")
 
 
 @app.command()

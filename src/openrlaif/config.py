@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from openrlaif.errors import UserError
 
@@ -67,6 +67,35 @@ class DataConfig(_Strict):
     )
 
 
+class SamplerApiConfig(_Strict):
+    """generate.backend=openai: an OpenAI-compatible server that samples (vllm serve, TGI, `rlaif serve`)."""
+
+    base_url: str = Field(..., description="Base URL ending in /v1, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(..., description="The starting policy's name on the server (round 1 samples it).")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (Bearer); null = none.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once (one request = one prompt's n samples).")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds before a request counts as failed (then retried).")
+    max_retries: int = Field(4, ge=0, description="Retries per request on 429, 5xx and broken connections.")
+    load_adapters: bool = Field(
+        True, description="From round 2: register round k-1's LoRA adapter with the server (vLLM's /v1/load_lora_adapter; "
+        "vLLM needs --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and must see the adapter's path) and sample it."
+    )
+    adapter_prefix: str = Field("openrlaif-", description="Registered adapters are named PREFIXround{k}.")
+    adapter_model: str | None = Field(
+        None, description="With load_adapters=false: the served name of round k-1's adapter, '{round}' is replaced "
+        "by k-1 (e.g. 'policy-r{round}')."
+    )
+
+
+class VLLMConfig(_Strict):
+    """generate.backend=vllm: vLLM's offline engine in this process (GPU)."""
+
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split over.")
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank vLLM reserves room for (>= train.lora_r).")
+    max_model_len: int | None = Field(None, ge=16, description="Context length to reserve; null = the model's.")
+
+
 class GenerateConfig(_Strict):
     n: int = Field(4, ge=2, description="Candidates sampled per train prompt (best-of-N).")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
@@ -79,6 +108,19 @@ class GenerateConfig(_Strict):
         "positive system prompt and n/2 under its negative one (RLCD; pair them with feedback.method=rlcd, "
         "or let any judge rescore them).",
     )
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="Who samples the candidates: 'hf' (transformers generate, in process), 'vllm' (vLLM's "
+        "offline engine, GPU, the vllm extra; see generate.vllm) or 'openai' (an OpenAI-compatible server; see "
+        "generate.api). Evaluation and RL rollouts always sample in process."
+    )
+    api: SamplerApiConfig | None = Field(None, description="The server for backend=openai.")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Engine settings for backend=vllm.")
+
+    @model_validator(mode="after")
+    def _backend_needs_api(self):
+        if self.backend == "openai" and self.api is None:
+            raise ValueError("generate.backend=openai needs generate.api: {base_url, model}")
+        return self
 
 
 class LabelConfig(_Strict):
@@ -373,6 +415,70 @@ class EvalConfig(_Strict):
     max_anchor_prompts: int | None = Field(12, ge=1, description="Use at most this many anchor prompts; null = all.")
 
 
+class WandbConfig(_Strict):
+    project: str = Field("openrlaif", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user); null = your default.")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "offline", description="'offline' writes RUN_DIR/wandb for `wandb sync` later; 'online' streams to the server."
+    )
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (e.g. a server http://host:5000); null = a "
+                                     "local SQLite store RUN_DIR/mlflow.db with artifacts in RUN_DIR/mlartifacts "
+                                     "(`mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db`).")
+    experiment: str = Field("openrlaif", description="MLflow experiment name.")
+
+
+class TrackingConfig(_Strict):
+    """Where metrics go besides RUN_DIR/metrics.jsonl (always written): sent when each stage finishes."""
+
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to RUN_DIR/tensorboard "
+                              "(`tensorboard --logdir RUN_DIR/tensorboard`).")
+    wandb: WandbConfig | None = Field(None, description="Log to Weights & Biases (needs the 'tracking' extra); "
+                                      "e.g. {project: myproj, mode: online}. null = off.")
+    mlflow: MlflowConfig | None = Field(None, description="Log to MLflow (needs the 'tracking' extra); e.g. "
+                                        "{tracking_uri: http://host:5000}. null = off.")
+
+
+class PipelineConfig(_Strict):
+    """Rounds: round k's trained policy samples round k+1's candidates and is where round k+1's training starts."""
+
+    rounds: int = Field(1, ge=1, description="RLAIF rounds `rlaif run` chains (each: generate, label, [reward], "
+                        "train, eval); stop rules below can end the run earlier.")
+    reference: Literal["start", "previous"] = Field(
+        "start", description="From round 2: the reference policy of training (DPO's reference, RL's KL penalty, the "
+        "monitor's KL): 'start' (the starting model; the KL budget is over all rounds) or 'previous' (the previous "
+        "round's policy, as in iterative DPO)."
+    )
+    train_data: Literal["newest", "all", "mix"] = Field(
+        "newest", description="Preference pairs DPO and the reward model train on in round k: 'newest' (round k's "
+        "only), 'all' (rounds 1..k), 'mix' (round k's plus a seeded sample of earlier rounds', see mix_previous)."
+    )
+    mix_previous: float = Field(0.5, ge=0, description="With train_data=mix: earlier rounds' pairs added, as a share "
+                                "of round k's pair count (0.5 = half as many again).")
+    overrides: dict[int, list[str]] = Field(
+        default_factory=dict, description="Per-round key=value overrides, e.g. {2: ['train.learning_rate=1e-4', "
+        "'generate.n=6']}; pipeline.* and model.policy cannot change between rounds."
+    )
+    stop_min_gain: float | None = Field(
+        None, description="Stop after a round whose win rate against the previous round's policy (round 1: against "
+        "the start) is below 0.5 + this; null = no such rule."
+    )
+    stop_max_kl: float | None = Field(
+        None, gt=0, description="Stop after a round whose eval KL to the starting policy (nats per answer) exceeds "
+        "this budget; null = no budget."
+    )
+    stop_on_alarm: bool = Field(True, description="Stop after a round whose training raised the over-optimisation "
+                                "alarm (needs monitor.every > 0).")
+    stop_max_disagreement: float | None = Field(
+        None, gt=0, lt=1, description="Stop when people disagree with the AI labels (audit desk, random slice) more "
+        "often than this share; null = no such rule."
+    )
+    stop_min_audited: int = Field(20, ge=1, description="Audited random-slice pairs needed before "
+                                  "stop_max_disagreement applies.")
+
+
 class RunConfig(_Strict):
     name: str = Field("rlaif", description="A label for the run, shown in the report.")
     seed: int = Field(0, description="Seed for sampling, principle choice and training.")
@@ -387,6 +493,8 @@ class RunConfig(_Strict):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 # ---------------------------------------------------------------------------------------------

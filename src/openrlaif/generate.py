@@ -7,10 +7,12 @@ prompt: ``{prompt_id, prompt, messages, candidates: [str, ...], finished: [bool,
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
 from openrlaif.config import RunConfig
+from openrlaif.faults import kill_point
 from openrlaif.store import RunStore, atomic_write_jsonl
 
 Conversation = list[dict[str, str]]
@@ -56,6 +58,7 @@ class HFSampler:
         self.description = description
         self.stats = SampleStats()
         self.finished: list[list[bool]] = []
+        self.progress = None  # an open progress bar to advance instead of opening one per call
 
     def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]:
         import torch
@@ -76,7 +79,8 @@ class HFSampler:
         torch.manual_seed(params.seed)
         tok.padding_side = "left"
         start = time.perf_counter()
-        with bar(self.description, len(flat), "tok") as progress, torch.inference_mode():
+        own = bar(self.description, len(flat), "tok") if self.progress is None else nullcontext(self.progress)
+        with own as progress, torch.inference_mode():
             for b in range(0, len(order), params.batch_size):
                 chunk = [flat[f] for f in order[b : b + params.batch_size]]
                 enc = tok.pad({"input_ids": [encoded[i] for i, _ in chunk]}, return_tensors="pt")
@@ -147,40 +151,74 @@ def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, *, b
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
-    """Sample ``generate.n`` candidates for every train prompt and write candidates.jsonl."""
-    from openrlaif.models import load_causal_lm, set_threads
-    from openrlaif.prompts import load_prompts, select
+    """Sample ``generate.n`` candidates for every train prompt and write candidates.jsonl.
 
-    # 1. The train prompts.
+    Prompts are sampled in chunks, each with its own seed; every finished chunk is appended (and synced) to
+    ``candidates.jsonl.partial``, so a killed run continues after the last finished chunk and samples
+    exactly what an uninterrupted run would have."""
+    from openrlaif.optimize.accel import config_fingerprint
+    from openrlaif.progress import bar
+    from openrlaif.prompts import load_prompts, select
+    from openrlaif.samplers import build_sampler
+    from openrlaif.store import PartialLog
+
+    # 1. The train prompts, in chunks of about one sampling batch.
     prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
-    # 2. The policy that samples this round (round 1: the starting policy).
-    set_threads(cfg.model.threads)
-    policy = load_causal_lm(cfg.model.policy, cfg.model.dtype)
-    # 3. Sample N candidates per prompt (RLCD: half under the positive, half under the negative prompt).
-    sampler = HFSampler(policy.model, policy.tokenizer)
-    params = SamplingParams(cfg.generate.temperature, cfg.generate.top_p, cfg.generate.max_new_tokens,
-                            cfg.generate.batch_size, cfg.seed + 1000 * k)
-    if cfg.generate.mode == "rlcd":
-        rows, s = sample_rlcd(cfg, sampler, prompts, params, k)
-    else:
-        candidates = sampler.sample([p.messages for p in prompts], cfg.generate.n, params)
-        rows = [
-            {"prompt_id": p.id, "prompt": p.text, "messages": p.messages, "candidates": cands, "finished": fin}
-            for p, cands, fin in zip(prompts, candidates, sampler.finished)
-        ]
-        s = sampler.stats
-    # 4. Write one row per prompt.
+    per_chunk = max(1, cfg.generate.batch_size // cfg.generate.n)
+    chunks = [prompts[i : i + per_chunk] for i in range(0, len(prompts), per_chunk)]
+    # 2. What an interrupted run already sampled (same config, same round).
+    log = PartialLog(store.path("candidates.jsonl.partial", k), f"{config_fingerprint(cfg)}:{k}")
+    done = log.records()
+    totals = SampleStats()
+    for record in done:
+        totals = _add(totals, SampleStats(**record["stats"]))
+    # 3. The policy that samples this round (round 1: the starting policy; round k: round k-1's policy).
+    if len(done) < len(chunks):
+        sampler = build_sampler(cfg, store, k)  # generate.backend: hf (in process), vllm, or an OpenAI-compatible server
+        # 4. Sample N candidates per prompt, chunk by chunk (RLCD: half under the positive, half under the
+        # negative system prompt), appending each finished chunk.
+        remaining = sum(len(c) for c in chunks[len(done):]) * cfg.generate.n
+        with bar("generate", remaining, "tok") as progress:
+            sampler.progress = progress
+            for c in range(len(done), len(chunks)):
+                params = SamplingParams(cfg.generate.temperature, cfg.generate.top_p, cfg.generate.max_new_tokens,
+                                        cfg.generate.batch_size, cfg.seed + 1000 * k + 7919 * c)
+                rows, stats = sample_chunk(cfg, sampler, chunks[c], params, k)
+                log.append({"chunk": c, "rows": rows, "stats": vars(stats)})
+                kill_point("generate.chunk")
+                totals = _add(totals, stats)
+    # 5. Write one row per prompt, then drop the partial log.
+    rows = [row for record in log.records() for row in record["rows"]]
     atomic_write_jsonl(store.path("candidates.jsonl", k), rows)
+    log.remove()
     return {
         "prompts": len(prompts),
-        "sequences": s.sequences,
-        "new_tokens": s.new_tokens,
-        "tokens_per_s": round(s.tokens_per_s, 2),
-        "finished_rate": round(s.finished / max(s.sequences, 1), 3),
+        "sequences": totals.sequences,
+        "new_tokens": totals.new_tokens,
+        "tokens_per_s": round(totals.tokens_per_s, 2),
+        "finished_rate": round(totals.finished / max(totals.sequences, 1), 3),
+        "resumed_chunks": len(done),
     }
 
 
-def sample_rlcd(cfg: RunConfig, sampler: HFSampler, prompts, params: SamplingParams, k: int):
+def _add(a: SampleStats, b: SampleStats) -> SampleStats:
+    return SampleStats(a.sequences + b.sequences, a.new_tokens + b.new_tokens, a.seconds + b.seconds,
+                       a.finished + b.finished)
+
+
+def sample_chunk(cfg: RunConfig, sampler: Sampler, prompts, params: SamplingParams, k: int):
+    """Candidate rows for some prompts, and the sampling statistics."""
+    if cfg.generate.mode == "rlcd":
+        return sample_rlcd(cfg, sampler, prompts, params, k)
+    candidates = sampler.sample([p.messages for p in prompts], cfg.generate.n, params)
+    rows = [
+        {"prompt_id": p.id, "prompt": p.text, "messages": p.messages, "candidates": cands, "finished": fin}
+        for p, cands, fin in zip(prompts, candidates, sampler.finished)
+    ]
+    return rows, sampler.stats
+
+
+def sample_rlcd(cfg: RunConfig, sampler: Sampler, prompts, params: SamplingParams, k: int):
     """RLCD sampling: per prompt a principle is drawn; n//2 candidates come from the policy under the
     principle's positive system prompt and n - n//2 under its negative one. The rows keep the
     original conversation (no system prompt) and record each candidate's condition."""
@@ -193,10 +231,8 @@ def sample_rlcd(cfg: RunConfig, sampler: HFSampler, prompts, params: SamplingPar
     principles = [constitution.sample(random.Random(f"{cfg.seed}:{k}:{p.id}:rlcd")) for p in prompts]
     n_pos = cfg.generate.n // 2
     n_neg = cfg.generate.n - n_pos
-    sampler.description = "generate (positive)"
     pos = sampler.sample([with_system(p.messages, pr.positive_prompt) for p, pr in zip(prompts, principles)], n_pos, params)
     pos_done, pos_stats = sampler.finished, sampler.stats
-    sampler.description = "generate (negative)"
     neg_params = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.batch_size, params.seed + 1)
     neg = sampler.sample([with_system(p.messages, pr.negative_prompt) for p, pr in zip(prompts, principles)], n_neg, neg_params)
     rows = [

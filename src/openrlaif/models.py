@@ -110,14 +110,42 @@ class LoadedModel:
     path: str
 
 
-def load_tokenizer(path: Path | str):
+def check_model_dir(path: Path | str, field: str = "model.policy") -> dict:
+    """Fail with one line naming ``field`` when ``path`` is not a loadable causal LM directory (a config that
+    transformers reads, weight files, a tokenizer with a chat template). Returns the config as a dict."""
+    import json
+
+    from transformers import AutoConfig
+
+    path = Path(path)
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"{field}: {path}/config.json is not a model config transformers can read ({first}); "
+                        "point it at a Hugging Face model directory") from None
+    weights = [p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+               for p in path.glob(pattern)]
+    if not weights:
+        raise UserError(f"{field}: {path} has no weight files (*.safetensors or *.bin); it is not a complete model")
+    load_tokenizer(path, field)
+    return config.to_dict()
+
+
+def load_tokenizer(path: Path | str, field: str = "model.policy"):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"{field}: cannot load a tokenizer from {path} ({first}); the model directory needs its "
+                        "tokenizer files") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
-        raise UserError(f"model at '{path}' has no chat template in its tokenizer; use an instruct/chat model")
+        raise UserError(f"{field}: the tokenizer in {path} has no chat template (tokenizer_config.json 'chat_template'); "
+                        "use an instruct/chat model or add a template")
     return tok
 
 

@@ -8,8 +8,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from openrlaif.config import RunConfig, config_from_dict, dump_config, load_config
+from openrlaif import lineage
+from openrlaif.config import RunConfig, apply_overrides, config_from_dict, dump_config, load_config
 from openrlaif.errors import UserError
+from openrlaif.faults import kill_point
 from openrlaif.store import ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
 
 RL_ALGOS = ("ppo", "rloo")
@@ -44,7 +46,7 @@ def stage_function(name: str):
 def validate_inputs(cfg: RunConfig) -> dict:
     """Check every input before anything is written; returns their hashes for the manifest."""
     from openrlaif.feedback.constitution import load_constitution
-    from openrlaif.models import resolve_model
+    from openrlaif.models import check_model_dir, resolve_model
     from openrlaif.prompts import BUILTIN, builtin_path, load_prompts, select
 
     prompts = load_prompts(cfg.data.prompts, cfg.data.heldout_fraction)
@@ -53,15 +55,63 @@ def validate_inputs(cfg: RunConfig) -> dict:
     if not select(prompts, "heldout", cfg.data.max_eval_prompts):
         raise UserError(f"data.prompts: '{cfg.data.prompts}' has no held-out prompts; mark some rows split: heldout")
     load_constitution(cfg.data.constitution)
-    resolve_model(cfg.model.policy, "model.policy")
+    policy_path = resolve_model(cfg.model.policy, "model.policy")
+    policy_config = check_model_dir(policy_path, "model.policy")
     if cfg.model.judge:
-        resolve_model(cfg.model.judge, "model.judge")
+        check_model_dir(resolve_model(cfg.model.judge, "model.judge"), "model.judge")
+    check_prompt_lengths(cfg, prompts, policy_path, policy_config)
+    if cfg.feedback.api is not None:
+        check_reachable(cfg.feedback.api.base_url, "feedback.api.base_url")
+    if cfg.generate.backend == "openai":
+        check_reachable(cfg.generate.api.base_url, "generate.api.base_url")
+    if cfg.generate.backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("generate.backend=vllm: vLLM is not installed; pip install vllm on a CUDA machine, "
+                            "or use generate.backend=hf")
+    from openrlaif.tracking import check_trackers
+
+    check_trackers(cfg)
 
     def digest(spec: str, builtin: str) -> str:
         return sha256_file(builtin_path(builtin) if spec == BUILTIN else Path(spec).expanduser())
 
     return {"prompts": digest(cfg.data.prompts, "prompts.jsonl"),
             "constitution": digest(cfg.data.constitution, "constitution.yaml")}
+
+
+def check_prompt_lengths(cfg: RunConfig, prompts, policy_path, policy_config: dict) -> None:
+    """Every prompt must fit the policy's context with room for generate.max_new_tokens."""
+    from openrlaif.models import chat_prompt, load_tokenizer
+
+    window = policy_config.get("max_position_embeddings")
+    if not window:
+        return
+    limit = window - max(cfg.generate.max_new_tokens, cfg.eval.max_new_tokens, cfg.rl.max_new_tokens)
+    tok = load_tokenizer(policy_path)
+    source = cfg.data.prompts
+    for p in prompts:
+        if sum(len(m["content"]) for m in p.messages) < limit:  # a token is at least one character
+            continue
+        n = len(tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids)
+        if n > limit:
+            raise UserError(f"{source}:{p.line}: prompt is {n} tokens; the policy's context ({window}) leaves {limit} "
+                            "after the longest answer (generate/eval/rl max_new_tokens); shorten it or remove the line")
+
+
+def check_reachable(url: str, field: str) -> None:
+    """A judge server that refuses connections fails the run before anything is written."""
+    import httpx
+
+    try:
+        httpx.get(url.rstrip("/") + "/models", timeout=5.0)
+    except httpx.ConnectError as err:
+        raise UserError(f"{field}: cannot connect to {url} ({err}); start the server or fix the URL") from None
+    except httpx.TimeoutException:
+        raise UserError(f"{field}: {url} did not answer within 5 s; check the server and the URL") from None
+    except httpx.HTTPError as err:
+        raise UserError(f"{field}: {url}: {err}; check the URL") from None
 
 
 def versions() -> dict:
@@ -85,7 +135,7 @@ def open_run(cfg: RunConfig, out: str | Path, force: bool = False) -> RunStore:
     resolved = dump_config(cfg)
     if store.config_path.is_file():
         old = store.config_path.read_text(encoding="utf-8")
-        if old != resolved and not force:
+        if not same_but_rounds(old, cfg) and not force:
             raise UserError(f"{store.config_path} holds a different config; use a new -o directory, "
                             "or --force to start this one over")
         old_inputs = store.read_manifest().get("inputs", {})
@@ -108,6 +158,16 @@ def open_run(cfg: RunConfig, out: str | Path, force: bool = False) -> RunStore:
     atomic_write_text(store.config_path, resolved)
     store.write_manifest(manifest)
     return store
+
+
+def same_but_rounds(old_resolved: str, cfg: RunConfig) -> bool:
+    """Whether a run directory's config is ``cfg`` up to pipeline.rounds (a run may be extended by rounds)."""
+    import yaml
+
+    old = yaml.safe_load(old_resolved) or {}
+    new = cfg.model_dump(mode="json")
+    old.setdefault("pipeline", {})["rounds"] = new["pipeline"]["rounds"]
+    return old == new
 
 
 def load_run_config(out: str | Path) -> RunConfig:
@@ -152,6 +212,7 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         if store.stage_done(later, k):
             store.mark_stage(later, "stale", k)
     store.mark_stage(name, "running", k)
+    inputs = lineage.input_hashes(name, cfg, store, k)  # what this stage reads, hashed before it runs
     t0 = time.perf_counter()
     try:
         summary = stage_function(name)(cfg, store, k)
@@ -159,8 +220,13 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         store.mark_stage(name, "failed", k, error=f"{type(err).__name__}: {err}"[:500])
         raise
     wall = round(time.perf_counter() - t0, 2)
-    store.mark_stage(name, "done", k, wall_s=wall, peak_rss_mb=peak_rss_mb(), summary=summary)
+    store.mark_stage(name, "done", k, wall_s=wall, peak_rss_mb=peak_rss_mb(), summary=summary,
+                     artifacts=lineage.record(name, cfg, store, k, inputs))
     store.append_metrics([{"stage": name, "round": k, "event": "done", "wall_s": wall, **summary}])
+    kill_point("stage.done")
+    from openrlaif.tracking import publish
+
+    publish(cfg, store, samples_of_round=k if name == "eval" else None)  # TensorBoard, W&B, MLflow
     console.print(f"[green]{name} done[/green] in {wall:.1f}s: {summary}")
     return summary
 
@@ -176,21 +242,42 @@ def stages_for(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def run(config: str | Path | RunConfig | None, out: str | Path, overrides: list[str] | None = None,
-        force: bool = False) -> dict:
-    """One RLAIF round into ``out``. Finished stages are skipped on a second call (unless force)."""
+        force: bool = False, rounds: int | None = None) -> dict:
+    """RLAIF rounds into ``out`` (pipeline.rounds, or ``rounds``): round k's trained policy samples round
+    k+1's data and is where its training starts. Finished stages are skipped on a second call (unless
+    force), so a killed run continues where it stopped. A stop rule (pipeline.stop_*) ends the run early."""
     from openrlaif.progress import console
     from openrlaif.report import write_report
+    from openrlaif.rounds import audit_stats, check_round_overrides, round_config, round_record, stop_reason
 
-    # 1. Resolve and validate the config and its inputs before writing anything.
-    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides or [])
+    # 1. Resolve and validate the config, its inputs and every round's overrides before writing anything.
+    extra = list(overrides or []) + ([f"pipeline.rounds={rounds}"] if rounds is not None else [])
+    if isinstance(config, RunConfig):
+        cfg = config_from_dict(apply_overrides(config.model_dump(mode="json"), extra), "config") if extra else config
+    else:
+        cfg = load_config(config, extra)
+    check_round_overrides(cfg)
     store = open_run(cfg, out, force)
-    # 2. Run the stages in order; a finished stage is not redone.
-    k = 1
-    for name in stages_for(cfg):
-        if store.stage_done(name, k) and not force:
-            console.print(f"[dim]round {k} · {name}: already done, skipped[/dim]")
-            continue
-        run_stage(name, cfg, store, k)
+    # 2. Round after round: its stages in order (a finished stage is not redone), then the stop rules.
+    records, reason = [], None
+    for k in range(1, cfg.pipeline.rounds + 1):
+        rcfg = round_config(cfg, k)
+        if rcfg is not cfg:  # a round with overrides: its resolved config is kept beside its outputs
+            atomic_write_text(store.path("config.resolved.yaml", k), dump_config(rcfg))
+        for name in stages_for(rcfg):
+            if store.stage_done(name, k) and not force:
+                console.print(f"[dim]round {k} · {name}: already done, skipped[/dim]")
+                continue
+            run_stage(name, rcfg, store, k)
+        ev = store.stage_status("eval", k).get("summary", {})
+        tr = store.stage_status("train", k).get("summary", {})
+        reason = stop_reason(rcfg, k, ev, tr, audit_stats(store)) if k < cfg.pipeline.rounds else None
+        records.append(round_record(store, k) | {"stop": reason})
+        store.update_manifest(rounds=records)
+        if reason:
+            console.print(f"[bold yellow]stopping after round {k}[/bold yellow]: {reason}")
+            break
     # 3. The report a person reads.
     write_report(store)
-    return {"run_dir": str(store.root), "eval": store.stage_status("eval", k).get("summary", {})}
+    return {"run_dir": str(store.root), "eval": store.stage_status("eval", len(records)).get("summary", {}),
+            "rounds": records, "stopped": reason}

@@ -20,6 +20,7 @@ class Prompt:
     split: str = "train"
     category: str = ""
     extra: dict = field(default_factory=dict)
+    line: int = 0  # line number in the prompt file (for error messages)
 
     @property
     def text(self) -> str:
@@ -46,10 +47,19 @@ def load_prompts(spec: str, heldout_fraction: float = 0.25) -> list[Prompt]:
     for lineno, row in iter_jsonl(path):
         if isinstance(row.get("messages"), list) and row["messages"]:
             messages = row["messages"]
-            if not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-                raise UserError(f"{path}:{lineno}: 'messages' must be a list of {{role, content}} objects")
+            if not all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                       and isinstance(m.get("content"), str) for m in messages):
+                raise UserError(f"{path}:{lineno}: 'messages' must be a list of {{role: system|user|assistant, "
+                                "content: string}} objects")
+            if not messages[-1]["content"].strip() or messages[-1]["role"] != "user":
+                raise UserError(f"{path}:{lineno}: the last message must be a non-empty user turn")
         elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
             messages = [{"role": "user", "content": row["prompt"].strip()}]
+        elif "prompt" in row and not isinstance(row["prompt"], str):
+            raise UserError(f"{path}:{lineno}: 'prompt' must be a string, got {type(row['prompt']).__name__}")
+        elif "messages" in row and not isinstance(row["messages"], list):
+            raise UserError(f"{path}:{lineno}: 'messages' must be a list of {{role, content}} objects, "
+                            f"got {type(row['messages']).__name__}")
         else:
             raise UserError(f"{path}:{lineno}: needs a non-empty 'prompt' string or a 'messages' list")
         first = messages[-1]["content"]
@@ -60,7 +70,8 @@ def load_prompts(spec: str, heldout_fraction: float = 0.25) -> list[Prompt]:
             raise UserError(f"{path}:{lineno}: split must be 'train' or 'heldout', got {split!r}")
         pid = str(row.get("id", f"L{lineno}-{hashlib.sha256(first.encode()).hexdigest()[:8]}"))
         prompts.append(Prompt(pid, messages, split, str(row.get("category", "")),
-                              {k: v for k, v in row.items() if k not in ("id", "prompt", "messages", "split", "category")}))
+                              {k: v for k, v in row.items() if k not in ("id", "prompt", "messages", "split", "category")},
+                              lineno))
     if not prompts:
         raise UserError(f"data.prompts: '{path}' holds no prompts; add JSONL lines with a 'prompt' field")
     return prompts

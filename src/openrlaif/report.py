@@ -20,10 +20,66 @@ def _one_line(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def write_report(store: RunStore, k: int = 1) -> str:
+def run_rounds(store: RunStore) -> list[int]:
+    """The rounds a run directory has any stage record of, in order (at least round 1)."""
+    keys = store.read_manifest().get("stages", {})
+    found = {int(key.split("/")[0].split("_")[1]) for key in keys if key.startswith("round_")}
+    return sorted(found) or [1]
+
+
+def write_report(store: RunStore) -> str:
+    """report.md (and report.html): a rounds table, then each round's stages, feedback, training and eval."""
     m = store.read_manifest()
     lines = [f"# OpenRLAIF run: {m.get('name', '')}", "", f"Run directory: `{store.root}`", ""]
-    lines += ["## Stages", "", "| stage | status | wall time (s) | peak RSS (MB) |", "|---|---|---|---|"]
+    rounds = run_rounds(store)
+    records = m.get("rounds", [])
+    if len(rounds) > 1 or len(records) > 1 or any(r.get("stop") for r in records):
+        lines += ["## Rounds", "", "| round | win rate vs start (95% CI) | vs previous round | length-controlled | "
+                  "KL to start | train pairs | judge position consistency | alarm |", "|---|---|---|---|---|---|---|---|"]
+        for r in records:
+            ci = f" ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})" if r.get("ci95") else ""
+            lines.append(f"| {r['round']} | {_fmt(r.get('win_rate'))}{ci} | {_fmt(r.get('win_rate_vs_previous'))} | "
+                         f"{_fmt(r.get('length_controlled_win_rate'))} | {_fmt(r.get('kl_to_start'))} | "
+                         f"{_fmt(r.get('train_pairs'))} | {_fmt(r.get('label_position_consistency'))} | "
+                         f"{'update ' + str(r['alarm_step']) if r.get('alarm_step') is not None else 'none'} |")
+        stopped = [r for r in records if r.get("stop")]
+        if stopped:
+            lines += ["", f"**Stopped after round {stopped[-1]['round']}**: {stopped[-1]['stop']}."]
+        lines.append("")
+    for k in rounds:
+        if len(rounds) > 1:
+            lines += [f"# Round {k}", ""]
+        lines += _round_lines(store, k)
+        lines.append("")
+    audit_path = store.root / "audit.sqlite"
+    if audit_path.is_file():
+        from openrlaif.audit.db import AuditDB
+
+        db = AuditDB(audit_path)
+        try:
+            st = db.stats()
+        finally:
+            db.close()
+        lines += ["", "## Human audit", "", f"{st['reviewed']} of {st['queued']} queued AI labels reviewed; "
+                  f"{st['flagged']} flagged."]
+        if st["agreement"] is not None:
+            lo, hi = st["ci95"]
+            lines += ["", f"**Human-AI agreement {st['agreement']:.1%}** (95% Wilson CI {lo:.1%}-{hi:.1%}) on "
+                      f"{st['random_slice_n']} labels of the uniform random slice; on all reviewed labels "
+                      f"(biased towards doubtful ones) {st['all_reviewed_agreement']:.1%} of {st['all_reviewed_n']}."]
+        else:
+            lines += ["", "No random-slice label has a verdict yet: no agreement estimate."]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(store.report_path, text)
+    from openrlaif.report_html import write_html_report
+
+    write_html_report(store)
+    return text
+
+
+def _round_lines(store: RunStore, k: int) -> list[str]:
+    """One round's sections: stages, generation, feedback, reward model, training, monitor, evaluation."""
+    lines = ["## Stages", "", "| stage | status | wall time (s) | peak RSS (MB) |", "|---|---|---|---|"]
     for name in STAGES:
         st = store.stage_status(name, k)
         lines.append(f"| {name} | {st.get('status', 'not run')} | {st.get('wall_s', '')} | {st.get('peak_rss_mb', '')} |")
@@ -144,27 +200,4 @@ def write_report(store: RunStore, k: int = 1) -> str:
                           f"- *trained:* {_one_line(s['trained'])}",
                           f"- *start:* {_one_line(s['start'])}",
                           f"- judge ({s['principle']}): P(trained better) = {_fmt(p)}", ""]
-    audit_path = store.root / "audit.sqlite"
-    if audit_path.is_file():
-        from openrlaif.audit.db import AuditDB
-
-        db = AuditDB(audit_path)
-        try:
-            st = db.stats()
-        finally:
-            db.close()
-        lines += ["", "## Human audit", "", f"{st['reviewed']} of {st['queued']} queued AI labels reviewed; "
-                  f"{st['flagged']} flagged."]
-        if st["agreement"] is not None:
-            lo, hi = st["ci95"]
-            lines += ["", f"**Human-AI agreement {st['agreement']:.1%}** (95% Wilson CI {lo:.1%}-{hi:.1%}) on "
-                      f"{st['random_slice_n']} labels of the uniform random slice; on all reviewed labels "
-                      f"(biased towards doubtful ones) {st['all_reviewed_agreement']:.1%} of {st['all_reviewed_n']}."]
-        else:
-            lines += ["", "No random-slice label has a verdict yet: no agreement estimate."]
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(store.report_path, text)
-    from openrlaif.report_html import write_html_report
-
-    write_html_report(store)
-    return text
+    return lines

@@ -63,18 +63,30 @@ def complete(model, tokenizer, body: dict) -> dict:
     top_k = min(int(body.get("top_logprobs") or 0), len(tokenizer)) if want_logprobs else 0
     eos = [t for t in {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
            if isinstance(t, int)]
+    n = int(body.get("n") or 1)
     kwargs = dict(max_new_tokens=max_tokens, do_sample=temperature > 0, return_dict_in_generate=True,
-                  output_logits=want_logprobs, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None)
+                  output_logits=want_logprobs, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None,
+                  num_return_sequences=n)
     if temperature > 0:
         kwargs.update(temperature=temperature, top_p=float(body.get("top_p") or 1.0), top_k=0)
         if body.get("seed") is not None:
             torch.manual_seed(int(body["seed"]))
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+    choices, completion_tokens = [], 0
+    for index in range(n):
+        row = out.sequences[index, input_ids.shape[1]:].tolist()
+        ended = next((t for t, tid in enumerate(row) if tid in eos), None)  # later rows of a batch are padded
+        new = row if ended is None else row[: ended + 1]
+        completion_tokens += len(new)
+        finish = "stop" if ended is not None else "length"
+        visible = new[:-1] if finish == "stop" else new
+        choices.append({"index": index, "message": {"role": "assistant",
+                                                   "content": tokenizer.decode(visible, skip_special_tokens=True)},
+                        "logprobs": None, "finish_reason": finish})
     new = out.sequences[0, input_ids.shape[1]:].tolist()
-    finish = "stop" if new and new[-1] in eos else "length"
-    visible = new[:-1] if finish == "stop" else new
-    content = tokenizer.decode(visible, skip_special_tokens=True)
+    if choices[0]["finish_reason"] == "stop":
+        new = new[: next(t for t, tid in enumerate(new) if tid in eos) + 1]
     logprobs = None
     if want_logprobs:
         entries = []
@@ -89,15 +101,15 @@ def complete(model, tokenizer, body: dict) -> dict:
                                          for v, i in zip(values.tolist(), ids.tolist())]
             entries.append(entry)
         logprobs = {"content": entries}
+    choices[0]["logprobs"] = logprobs
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                     "logprobs": logprobs, "finish_reason": finish}],
-        "usage": {"prompt_tokens": input_ids.shape[1], "completion_tokens": len(new),
-                  "total_tokens": input_ids.shape[1] + len(new)},
+        "choices": choices,
+        "usage": {"prompt_tokens": input_ids.shape[1], "completion_tokens": completion_tokens,
+                  "total_tokens": input_ids.shape[1] + completion_tokens},
     }
 
 
@@ -118,6 +130,7 @@ def create_app(model, tokenizer, model_name: str, *, api_key: str | None = None,
     model_lock = threading.Lock()
     app.state.stats = {"completions": 0}
     app.state.faults = faults
+    served = {"model": model, "adapters": {}}  # LoRA adapters registered at run time (vLLM's endpoint)
 
     def authorized(request: Request) -> bool:
         return api_key is None or request.headers.get("authorization") == f"Bearer {api_key}"
@@ -126,7 +139,38 @@ def create_app(model, tokenizer, model_name: str, *, api_key: str | None = None,
     async def models(request: Request):
         if not authorized(request):
             return _error(401, "invalid API key", "authentication_error")
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "openrlaif"}]}
+        names = [model_name, *served["adapters"]]
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "openrlaif"} for name in names]}
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request):
+        """vLLM's runtime LoRA endpoint: {lora_name, lora_path}; the adapter is then served as a model name."""
+        if not authorized(request):
+            return _error(401, "invalid API key", "authentication_error")
+        try:
+            body = await request.json()
+            name, path = str(body["lora_name"]), str(body["lora_path"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "expected {lora_name, lora_path}")
+        if name in served["adapters"]:
+            return _error(400, f"The lora adapter '{name}' has already been loaded.")
+
+        def load() -> None:
+            from peft import PeftModel
+
+            with model_lock:
+                if not served["adapters"]:
+                    served["model"] = PeftModel.from_pretrained(served["model"], path, adapter_name=name)
+                else:
+                    served["model"].load_adapter(path, adapter_name=name)
+                served["model"].eval()
+                served["adapters"][name] = path
+
+        try:
+            await run_in_threadpool(load)
+        except Exception as err:
+            return _error(400, f"cannot load the adapter at {path}: {type(err).__name__}: {err}")
+        return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -138,10 +182,15 @@ def create_app(model, tokenizer, model_name: str, *, api_key: str | None = None,
             return _error(400, "the body is not JSON")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400, "'messages' must be a non-empty list")
-        if body.get("model") != model_name:
-            return _error(404, f"model '{body.get('model')}' not found; this server has '{model_name}'")
-        if int(body.get("n") or 1) != 1:
-            return _error(400, "only n=1 is supported")
+        requested = body.get("model")
+        if requested != model_name and requested not in served["adapters"]:
+            return _error(404, f"model '{requested}' not found; this server has '{model_name}'"
+                          + (f" and adapters {sorted(served['adapters'])}" if served["adapters"] else ""))
+        n = body.get("n") or 1
+        if not isinstance(n, int) or not 1 <= n <= 64:
+            return _error(400, "'n' must be an integer from 1 to 64")
+        if n > 1 and body.get("logprobs"):
+            return _error(400, "logprobs are only returned with n=1")
         fault = faults.draw() if faults is not None else None
         if fault == "429":
             return _error(429, "rate limited (injected)", "rate_limit_error", headers={"Retry-After": "0.05"})
@@ -155,7 +204,14 @@ def create_app(model, tokenizer, model_name: str, *, api_key: str | None = None,
 
         def work() -> dict:
             with model_lock:
-                return complete(model, tokenizer, body)
+                current = served["model"]
+                if not served["adapters"]:
+                    return complete(current, tokenizer, body)
+                if requested == model_name:
+                    with current.disable_adapter():
+                        return complete(current, tokenizer, body)
+                current.set_adapter(requested)
+                return complete(current, tokenizer, body)
 
         try:
             result = await run_in_threadpool(work)

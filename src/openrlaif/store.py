@@ -77,8 +77,13 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; bad lines are errors naming file:line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                "re-save the file as UTF-8 or remove that line") from None
             if not line.strip():
                 continue
             try:
@@ -202,3 +207,54 @@ class RunStore:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+
+
+class PartialLog:
+    """An append-only JSONL log of finished work units of a stage that is still running (e.g. sampled chunks).
+
+    The first line holds a fingerprint of the config that wrote it; a log with another fingerprint is
+    discarded. Each record is appended as one line and synced to disk, so after a kill every complete line
+    is a finished unit, and a torn last line is dropped on the next read."""
+
+    def __init__(self, path: str | Path, fingerprint: str):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        lines = self.path.read_bytes().split(b"\n")
+        records: list[dict[str, Any]] = []
+        valid = 0  # bytes of the prefix made of complete, parseable lines
+        for i, line in enumerate(lines[:-1]):  # the part after the last newline is never complete
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break
+            if i == 0:
+                if obj.get("fingerprint") != self.fingerprint:
+                    self.remove()
+                    return []
+            else:
+                records.append(obj)
+            valid += len(line) + 1
+        if valid != self.path.stat().st_size:  # cut a torn tail off before anything is appended after it
+            with self.path.open("r+b") as fh:
+                fh.truncate(valid)
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as fh:
+            if new:
+                fh.write((json.dumps({"fingerprint": self.fingerprint}) + "\n").encode("utf-8"))
+            fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

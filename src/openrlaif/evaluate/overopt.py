@@ -133,6 +133,7 @@ class OveroptimizationMonitor:
         import torch
 
         from openrlaif.logprobs import collate, token_logprobs
+        from openrlaif.optimize.dpo import reference_policy
         from openrlaif.optimize.rloo import sample
         from openrlaif.progress import console
         from openrlaif.store import atomic_directory, atomic_write_json
@@ -147,7 +148,7 @@ class OveroptimizationMonitor:
         ids, attn, resp = collate(seqs, self.tok.pad_token_id)
         with torch.inference_mode():
             logp = token_logprobs(model, ids, attn, resp).sum(1)
-            with model.disable_adapter():
+            with reference_policy(model):
                 ref = token_logprobs(model, ids, attn, resp).sum(1)
         kl = float((logp - ref).mean())  # a Monte-Carlo estimate: can dip below 0 near the start
         texts = [self.tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
@@ -172,7 +173,7 @@ class OveroptimizationMonitor:
                           f"and the held-out judge's score ({self.heldout_name}) fell at {streak} consecutive checks")
         if best and is_main:
             with atomic_directory(self.store.path("best_policy", self.k)) as tmp:
-                model.save_pretrained(tmp)
+                model.save_pretrained(tmp, selected_adapters=["default"])
                 self.tok.save_pretrained(tmp)
                 atomic_write_json(tmp / "best.json", {"step": step, "heldout": c.heldout, "proxy": c.proxy,
                                                      "heldout_judge": self.heldout_name, "kl": c.kl})

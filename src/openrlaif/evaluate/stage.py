@@ -18,6 +18,7 @@ import random
 
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
+from openrlaif.faults import kill_point
 from openrlaif.evaluate.winrate import (
     cluster_bootstrap_ci,
     length_controlled_win_rate,
@@ -90,6 +91,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     if previous is not None:
         lengths["previous"] = n_tokens(prev[:n_main])
     del model, base
+    kill_point("eval.sampled")
     # 4. Judge: trained vs start (held-out and anchors), trained vs previous; both orders, a principle per prompt.
     from openrlaif.feedback.label import build_judge
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openrlaif.faults import kill_point
+
 
 def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, separators=(",", ":"), ensure_ascii=False).encode("utf-8")).hexdigest()
@@ -108,6 +110,7 @@ def cached_compute(cache: JudgeCache | None, keys: list[str], compute, method: s
             values[i] = v
         if cache is not None:
             cache.put_many({keys[i]: v for i, v in batch.items()}, method)
+            kill_point("judge.batch")
 
     if missing:
         compute(missing, on_batch)

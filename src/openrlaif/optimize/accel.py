@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from openrlaif.errors import UserError
 from openrlaif.config import TrainConfig
 
 
@@ -88,6 +89,33 @@ def gather_mean(value: torch.Tensor | float, accelerator) -> float:
     return float(accelerator.gather(t).mean())
 
 
+def _trainable_weights_only(models, weights, output_dir) -> None:
+    """accelerate save-state hook: keep only the trainable parameters of each model's state dict."""
+    for i, model in enumerate(models):
+        trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+        missing = trainable - set(weights[i])
+        if missing:  # the state dict names parameters differently: keep everything rather than lose state
+            continue
+        weights[i] = {name: tensor for name, tensor in weights[i].items() if name in trainable}
+
+
+def _check_trainable_weights(models, input_dir) -> None:
+    """accelerate load-state hook: the checkpoint must hold every trainable parameter (it is loaded with
+    strict=False because the frozen ones are left out), else resuming would silently start from scratch."""
+    from safetensors import safe_open
+
+    for i, model in enumerate(models):
+        path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+        if not path.is_file():
+            continue  # another serialisation (e.g. a sharded or DeepSpeed state): accelerate checks it itself
+        with safe_open(str(path), framework="pt") as fh:
+            saved = set(fh.keys())
+        missing = [name for name, param in model.named_parameters() if param.requires_grad and name not in saved]
+        if missing:
+            raise UserError(f"{input_dir} does not hold this model's trainable weights (e.g. {missing[0]}); "
+                            "delete that checkpoint directory to train from the start")
+
+
 class Checkpointer:
     """round_K/checkpoint: accelerate state + ``progress.json`` ({step, ...}); resumed by a re-run of the stage."""
 
@@ -96,6 +124,9 @@ class Checkpointer:
         self.every = every
         self.accelerator = accelerator
         self.fingerprint = fingerprint  # the config that wrote it: a checkpoint of another config is not resumed
+        if every > 0:  # only what trains is saved: the frozen base weights are on disk already (GBs for big models)
+            accelerator.register_save_state_pre_hook(_trainable_weights_only)
+            accelerator.register_load_state_pre_hook(_check_trainable_weights)
 
     def resume(self) -> dict | None:
         """Load the latest checkpoint into the prepared objects; returns its progress, or None."""
@@ -108,7 +139,7 @@ class Checkpointer:
         if progress.get("fingerprint", "") != self.fingerprint:
             console.print(f"[yellow]{self.directory} was written with another config: starting over[/yellow]")
             return None
-        self.accelerator.load_state(str(self.directory))
+        self.accelerator.load_state(str(self.directory), strict=False)  # the frozen weights are not in it
         console.print(f"[green]resuming from {self.directory} at step {progress['step']}[/green]")
         return progress
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import contextmanager
 
 import torch
 
+from openrlaif.faults import kill_point
 from openrlaif.config import RunConfig, TrainConfig
 from openrlaif.errors import UserError
 from openrlaif.logprobs import batch_logprobs, encode_response
@@ -27,17 +29,55 @@ def smoothing_for(pref: dict, tc: TrainConfig) -> float:
     return tc.label_smoothing
 
 
-def add_lora(model, tc: TrainConfig):
-    from peft import LoraConfig, get_peft_model
+def add_lora(model, tc: TrainConfig, start=None, reference=None):
+    """``model`` with a trainable LoRA adapter: a fresh one, or (from round 2) a copy of ``start``, the previous
+    round's policy adapter, which this round keeps training. With ``reference`` (pipeline.reference=previous)
+    that adapter is loaded as well, frozen, under the name 'reference' (see ``reference_policy``)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    targets = [t for t in tc.lora_target_modules if t in names]
-    if not targets:
-        raise UserError(f"train.lora_target_modules: none of {tc.lora_target_modules} exist in this model; "
-                        f"pick from its linear layers (e.g. q_proj, v_proj)")
-    config = LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
-                        target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    if start is not None:
+        peft_model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
+    else:
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        targets = [t for t in tc.lora_target_modules if t in names]
+        if not targets:
+            raise UserError(f"train.lora_target_modules: none of {tc.lora_target_modules} exist in this model; "
+                            f"pick from its linear layers (e.g. q_proj, v_proj)")
+        config = LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
+                            target_modules=targets, task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, config)
+    if reference is not None:
+        peft_model.load_adapter(str(reference), adapter_name="reference", is_trainable=False)
+        peft_model.set_adapter("default")
+    return peft_model
+
+
+@contextmanager
+def reference_policy(model):
+    """Run the reference policy inside this block: the frozen 'reference' adapter when one is loaded
+    (pipeline.reference=previous), else the starting model (the adapter switched off)."""
+    if "reference" not in getattr(model, "peft_config", {}):
+        with model.disable_adapter():
+            yield
+        return
+    active = model.active_adapter
+    model.set_adapter("reference")
+    try:
+        yield
+    finally:
+        model.set_adapter(active)
+        for name, param in model.named_parameters():  # set_adapter marks the active adapter trainable
+            if ".reference." in name:
+                param.requires_grad_(False)
+
+
+def round_adapters(cfg: RunConfig, store: RunStore, k: int):
+    """(start, reference) adapters of round ``k``'s training: round k-1's policy to continue (None in round
+    1), and the same adapter as the reference when pipeline.reference is 'previous'."""
+    from openrlaif.rounds import start_adapter
+
+    start = start_adapter(store, k)
+    return start, (start if cfg.pipeline.reference == "previous" else None)
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
@@ -61,18 +101,18 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
     tc = cfg.train
     # 1. Preference pairs from the label stage, with any human verdicts from the audit desk applied.
-    prefs, human = training_pairs(store, k)
+    prefs, human = training_pairs(store, k, cfg=cfg)
     accelerator = make_accelerator(tc)
     per_step = tc.grad_accum_steps * accelerator.num_processes
     if tc.batch_size < per_step:
         raise UserError(f"train.batch_size: {tc.batch_size} pairs cannot feed {tc.grad_accum_steps} micro-batch(es) on "
                         f"{accelerator.num_processes} process(es); raise it to at least {per_step}")
-    # 2. The starting policy with a fresh LoRA adapter; adapter disabled = reference.
+    # 2. The starting policy with a LoRA adapter (fresh, or round k-1's to continue) and the reference.
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
     tok = loaded.tokenizer
-    model = add_lora(loaded.model, tc)
+    model = add_lora(loaded.model, tc, *round_adapters(cfg, store, k))
     pad_id = tok.pad_token_id
     chosen = [encode_response(tok, p["prompt"], _text(p["chosen"]), tc.max_length) for p in prefs]
     rejected = [encode_response(tok, p["prompt"], _text(p["rejected"]), tc.max_length) for p in prefs]
@@ -82,7 +122,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     ref_c, ref_r = torch.zeros(len(prefs)), torch.zeros(len(prefs))
 
     def reference(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode(), model.disable_adapter():
+        with torch.inference_mode(), reference_policy(model):
             both = batch_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
         return both[: len(idx)].clone(), both[len(idx) :].clone()
 
@@ -160,6 +200,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 monitor.check(step, model, accelerator.is_main_process)
                 checkpoint.maybe_save(step, pairs_done=pairs_done, metrics=metrics, seconds=elapsed,
                                       monitor=monitor.state.to_dict())
+                kill_point("train.step")
                 advance(pg, 1, (step - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
                 if monitor.should_stop():
                     break
@@ -169,7 +210,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 5. Save the adapter (+ tokenizer) atomically, and the reference log-probs for inspection.
     if accelerator.is_main_process:
         with atomic_directory(store.path("policy", k)) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, selected_adapters=["default"])
             tok.save_pretrained(tmp)
         atomic_write_json(store.path("ref_logps.json", k), {"chosen": ref_c.tolist(), "rejected": ref_r.tolist()})
         monitor.finish(accelerator.is_main_process)
@@ -187,6 +228,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "final_reward_accuracy": round(sum(m["reward_accuracy"] for m in last) / len(last), 4),
         "first_loss": metrics[0]["loss"],
         "processes": accelerator.num_processes,
+        "resumed_from_step": progress["step"],
         "monitor": monitor.state.summary(),
     }
 
@@ -204,14 +246,24 @@ def read_preferences(store: RunStore, k: int, minimum: int = 1) -> list[dict]:
     return prefs
 
 
-def training_pairs(store: RunStore, k: int, minimum: int = 1) -> tuple[list[dict], dict]:
-    """The round's pairs with the audit desk's human verdicts applied (RUN_DIR/audit.sqlite): 'agree' and
-    'flip' become human labels (p_chosen 1, flipped when the person said so), 'flag' drops the pair.
+def training_pairs(store: RunStore, k: int, minimum: int = 1, cfg: RunConfig | None = None) -> tuple[list[dict], dict]:
+    """The pairs round ``k`` trains on (round k's, or with ``pipeline.train_data`` all or a mix of earlier
+    rounds' too), with the audit desk's human verdicts applied (RUN_DIR/audit.sqlite): 'agree' and 'flip'
+    become human labels (p_chosen 1, flipped when the person said so), 'flag' drops the pair.
     Returns (rows, counts of each verdict applied)."""
     from openrlaif.audit.db import apply_human_verdicts
     from openrlaif.progress import console
+    from openrlaif.rounds import select_rounds
 
-    rows, counts = apply_human_verdicts(read_preferences(store, k, minimum), store.root / "audit.sqlite")
+    by_round = {k: read_preferences(store, k, minimum)}
+    if cfg is not None and cfg.pipeline.train_data != "newest":
+        for j in range(1, k):
+            if store.path("preferences.jsonl", j).is_file():
+                by_round[j] = read_jsonl(store.path("preferences.jsonl", j))
+        chosen = select_rounds(by_round, k, cfg.pipeline.train_data, cfg.pipeline.mix_previous, cfg.seed)
+    else:
+        chosen = by_round[k]
+    rows, counts = apply_human_verdicts(chosen, store.root / "audit.sqlite")
     if any(counts.values()):
         console.print(f"human verdicts from audit.sqlite: {counts['agree']} confirmed, {counts['flip']} flipped, "
                       f"{counts['flag']} flagged pairs dropped")

@@ -18,6 +18,7 @@ import time
 import torch
 from torch import nn
 
+from openrlaif.faults import kill_point
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
 from openrlaif.evaluate.overopt import OveroptimizationMonitor
@@ -80,10 +81,12 @@ class ActorCritic(nn.Module):
 
 
 def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tensor:
-    """Per-token log-probs under the starting policy: the same model with its LoRA adapter switched off."""
+    """Per-token log-probs under the reference policy (the starting model: the LoRA adapter switched off; or
+    the previous round's adapter with pipeline.reference=previous)."""
     from openrlaif.logprobs import token_logprobs
+    from openrlaif.optimize.dpo import reference_policy
 
-    with torch.inference_mode(), actor_critic.policy.disable_adapter():
+    with torch.inference_mode(), reference_policy(actor_critic.policy):
         return token_logprobs(actor_critic.policy, ids, attn, resp)
 
 
@@ -91,7 +94,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """PPO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.models import chat_prompt, load_causal_lm, set_threads
     from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
-    from openrlaif.optimize.dpo import add_lora
+    from openrlaif.optimize.dpo import add_lora, round_adapters
     from openrlaif.optimize.rloo import reward_source, rollout, train_prompts
     from openrlaif.progress import advance, bar
 
@@ -105,7 +108,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     tok = loaded.tokenizer
     # A separate critic is a copy of the starting model (not a second load from disk) with its own adapter.
     critic = add_lora(copy.deepcopy(loaded.model), tc) if pc.critic == "separate" else None
-    model = ActorCritic(add_lora(loaded.model, tc), critic)
+    model = ActorCritic(add_lora(loaded.model, tc, *round_adapters(cfg, store, k)), critic)
     score = reward_source(cfg, store, k)
     encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
@@ -192,6 +195,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             monitor.check(step + 1, inner.policy, accelerator.is_main_process)
             checkpoint.maybe_save(step + 1, kl_coef=kl_ctl.value, episodes=episodes, metrics=metrics,
                                   seconds=elapsed, monitor=monitor.state.to_dict())
+            kill_point("train.step")
             advance(pg, 1, (step + 1 - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
             if monitor.should_stop():
                 break
@@ -200,7 +204,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         from safetensors.torch import save_file
 
         with atomic_directory(store.path("policy", k)) as tmp:
-            inner.policy.save_pretrained(tmp)
+            inner.policy.save_pretrained(tmp, selected_adapters=["default"])
             tok.save_pretrained(tmp)
         with atomic_directory(store.path("critic", k)) as tmp:
             save_file({n: t.detach().contiguous() for n, t in inner.value_head.state_dict().items()},
@@ -214,6 +218,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     quarter = max(1, len(metrics) // 4)
     first, last = metrics[:quarter], metrics[-quarter:]
     return {"algo": "ppo", "critic": pc.critic, "steps": len(metrics), "episodes": episodes,
+            "resumed_from_step": progress["step"],
             "episodes_per_s": round(episodes / (time.perf_counter() - start), 4),
             "reward_first": round(sum(m["reward_mean"] for m in first) / len(first), 4),
             "reward_last": round(sum(m["reward_mean"] for m in last) / len(last), 4),

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from openrlaif.faults import kill_point
 from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
 from openrlaif.evaluate.overopt import OveroptimizationMonitor
@@ -119,7 +120,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.logprobs import SequenceLogprobs
     from openrlaif.models import chat_prompt, load_causal_lm, set_threads
     from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
-    from openrlaif.optimize.dpo import add_lora
+    from openrlaif.optimize.dpo import add_lora, reference_policy, round_adapters
     from openrlaif.progress import advance, bar
 
     rl, tc = cfg.rl, cfg.train
@@ -132,7 +133,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     accelerator = make_accelerator(tc)
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
     tok = loaded.tokenizer
-    model = add_lora(loaded.model, tc)
+    model = add_lora(loaded.model, tc, *round_adapters(cfg, store, k))
     score = reward_source(cfg, store, k)
     encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -151,7 +152,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             ids, attn, resp, finished, raw = rollout(model, tok, prompts, encoded_prompts, step, score, cfg, accelerator)
             # 3. Reward = score - KL penalty (- missing-EOS penalty); leave-one-out advantages per prompt.
             mask = resp[:, 1:].float()
-            with torch.inference_mode(), model.disable_adapter():
+            with torch.inference_mode(), reference_policy(model):
                 ref_logp = token_logprobs(model, ids, attn, resp)
             model.train()
             logp = policy(ids, attn, resp)
@@ -179,20 +180,21 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             monitor.check(step + 1, model, accelerator.is_main_process)
             checkpoint.maybe_save(step + 1, episodes=episodes, metrics=metrics, seconds=elapsed,
                                   monitor=monitor.state.to_dict())
+            kill_point("train.step")
             advance(pg, 1, (step + 1 - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
             if monitor.should_stop():
                 break
     # 6. Save the adapter like DPO does (or the monitor's best, with monitor.final_policy=best).
     if accelerator.is_main_process:
         with atomic_directory(store.path("policy", k)) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, selected_adapters=["default"])
             tok.save_pretrained(tmp)
         monitor.finish(accelerator.is_main_process)
         store.append_metrics(metrics + monitor.rows())
     accelerator.wait_for_everyone()
     checkpoint.clear()
     first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4):]
-    return {"algo": "rloo", "steps": len(metrics), "episodes": episodes,
+    return {"algo": "rloo", "steps": len(metrics), "episodes": episodes, "resumed_from_step": progress["step"],
             "episodes_per_s": round(episodes / (time.perf_counter() - start), 4),
             "reward_first": round(sum(m["reward_mean"] for m in first) / len(first), 4),
             "reward_last": round(sum(m["reward_mean"] for m in last) / len(last), 4),

@@ -144,7 +144,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     rc = cfg.reward
     # 1. Preference pairs (the chosen side is the judge's pick, or a person's from the audit desk) and a
     #    seeded held-out split.
-    prefs, human = training_pairs(store, k, minimum=2)
+    prefs, human = training_pairs(store, k, minimum=2, cfg=cfg)
     set_threads(cfg.model.threads)
     policy_path = str(resolve_model(cfg.model.policy, "model.policy"))
     tok = load_tokenizer(policy_path)

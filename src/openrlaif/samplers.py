@@ -1,0 +1,214 @@
+"""Samplers beyond transformers ``generate``: vLLM's offline engine (GPUs) and any OpenAI-compatible server.
+
+Selected with ``generate.backend``:
+
+- ``hf`` (default): :class:`openrlaif.generate.HFSampler`, in process, CPU or GPU.
+- ``vllm``: :class:`VLLMSampler`, vLLM's offline ``LLM`` engine in this process (needs a GPU and
+  ``pip install vllm``). From round 2 the previous round's LoRA adapter is passed as a ``LoRARequest``.
+- ``openai``: :class:`OpenAICompatibleSampler`, ``POST /v1/chat/completions`` with ``n`` samples per prompt to a
+  server that is already running (``vllm serve``, TGI, llama.cpp server, `rlaif serve`). From round 2 the
+  previous round's adapter is registered with the server through vLLM's ``/v1/load_lora_adapter`` (vLLM needs
+  ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; the adapter path must be readable by the
+  server) and sampled by its name.
+
+All return, like ``HFSampler``, the texts per prompt and set ``finished`` (ended on its own rather than at
+max_new_tokens) and ``stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from pathlib import Path
+
+from openrlaif.errors import UserError
+from openrlaif.generate import Conversation, SampleStats, SamplingParams
+
+
+class VLLMSampler:
+    """vLLM's offline engine. ``adapter`` (a peft LoRA directory) is applied to every request when given."""
+
+    def __init__(self, model_path: str, *, adapter: Path | None = None, adapter_id: int = 1, dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, max_lora_rank: int = 64,
+                 max_model_len: int | None = None, seed: int = 0):
+        try:
+            import vllm
+        except ImportError:
+            raise UserError("generate.backend=vllm needs vLLM: pip install vllm (a CUDA GPU is required)") from None
+        self.vllm = vllm
+        self.llm = vllm.LLM(model=str(model_path), dtype=dtype, seed=seed, enable_lora=adapter is not None,
+                            max_lora_rank=max_lora_rank, gpu_memory_utilization=gpu_memory_utilization,
+                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
+        self.lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest(f"policy-{adapter_id}", adapter_id, str(adapter))
+        self.stats = SampleStats()
+        self.finished: list[list[bool]] = []
+        self.progress = None
+
+    def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]:
+        sp = self.vllm.SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
+                                      max_tokens=params.max_new_tokens, seed=params.seed)
+        start = time.perf_counter()
+        results = self.llm.chat(messages=prompts, sampling_params=sp, lora_request=self.lora,
+                                use_tqdm=self.progress is None)
+        outputs, finished, stats = [], [], SampleStats(sequences=len(prompts) * n)
+        for result in results:
+            outputs.append([o.text.strip() for o in result.outputs])
+            finished.append([o.finish_reason == "stop" for o in result.outputs])
+            stats.new_tokens += sum(len(o.token_ids) for o in result.outputs)
+            stats.finished += sum(finished[-1])
+        stats.seconds = time.perf_counter() - start
+        if self.progress is not None:
+            from openrlaif.progress import advance
+
+            advance(self.progress, stats.sequences, stats.tokens_per_s, "tok")
+        self.stats, self.finished = stats, finished
+        return outputs
+
+
+class OpenAICompatibleSampler:
+    """n samples per prompt from an OpenAI-compatible chat-completions server, ``concurrency`` requests in
+    flight, retried on 429 / 5xx / broken connections with exponential backoff (full jitter)."""
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, concurrency: int = 8,
+                 timeout_s: float = 120.0, max_retries: int = 4, backoff_base_s: float = 0.5, seed: int = 0):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.rng = random.Random(seed)
+        self.stats = SampleStats()
+        self.finished: list[list[bool]] = []
+        self.progress = None
+        self.requests = 0
+        self.retries = 0
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Register a LoRA adapter with the server under ``name`` (vLLM's runtime LoRA endpoint)."""
+        import httpx
+
+        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        try:
+            r = httpx.post(f"{root}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)},
+                           headers=self.headers(), timeout=self.timeout_s)
+        except httpx.HTTPError as err:
+            raise UserError(f"generate.api.base_url: cannot register the adapter {path} with {root} ({err})") from None
+        if r.status_code >= 400 and "already" not in r.text.lower():
+            raise UserError(f"generate.api: {root} refused to load the LoRA adapter {path} (HTTP {r.status_code}: "
+                            f"{r.text[:200]}); start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, "
+                            "or set generate.api.load_adapters=false and serve the adapter yourself")
+        self.model = name
+
+    def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]:
+        from openrlaif.feedback.api import run_coroutine
+
+        start = time.perf_counter()
+        results: list[dict | None] = [None] * len(prompts)
+        run_coroutine(self._all(prompts, n, params, results))
+        outputs, finished, stats = [], [], SampleStats(sequences=len(prompts) * n)
+        for i, data in enumerate(results):
+            if data is None:
+                raise UserError(f"generate.api: {self.base_url} failed prompt {i + 1} of {len(prompts)} after "
+                                f"{self.max_retries} retries; check the server (finished chunks are kept: rerun to resume)")
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            if len(choices) != n:
+                raise UserError(f"generate.api: {self.base_url} returned {len(choices)} samples for n={n}; the "
+                                "server must support the 'n' parameter")
+            outputs.append([(c["message"].get("content") or "").strip() for c in choices])
+            finished.append([c.get("finish_reason") == "stop" for c in choices])
+            stats.new_tokens += int((data.get("usage") or {}).get("completion_tokens") or 0)
+            stats.finished += sum(finished[-1])
+        stats.seconds = time.perf_counter() - start
+        self.stats, self.finished = stats, finished
+        return outputs
+
+    async def _all(self, prompts, n, params: SamplingParams, results: list) -> None:
+        import httpx
+
+        from openrlaif.progress import advance
+
+        semaphore = asyncio.Semaphore(self.concurrency)
+        start, done = time.perf_counter(), 0
+        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+
+            async def one(i: int) -> None:
+                nonlocal done
+                body = {"model": self.model, "messages": prompts[i], "n": n, "temperature": params.temperature,
+                        "top_p": params.top_p, "max_tokens": params.max_new_tokens, "seed": params.seed + i}
+                async with semaphore:
+                    results[i] = await self._post(client, body)
+                done += 1
+                if self.progress is not None:
+                    advance(self.progress, n, done * n / max(time.perf_counter() - start, 1e-9), "tok")
+
+            await asyncio.gather(*(one(i) for i in range(len(prompts))))
+
+    async def _post(self, client, body: dict) -> dict | None:
+        import httpx
+
+        from openrlaif.feedback.api import RETRY_STATUSES, backoff_delay
+
+        for attempt in range(self.max_retries + 1):
+            self.requests += 1
+            try:
+                r = await client.post(f"{self.base_url}/chat/completions", json=body, headers=self.headers())
+                if r.status_code not in RETRY_STATUSES:
+                    if r.status_code >= 400:
+                        raise UserError(f"generate.api: {self.base_url} answered HTTP {r.status_code}: {r.text[:200]}; "
+                                        "check generate.api.model and the key")
+                    data = r.json()
+                    if isinstance(data, dict) and isinstance(data.get("choices"), list):
+                        return data
+            except (httpx.TransportError, ValueError):
+                pass
+            if attempt < self.max_retries:
+                self.retries += 1
+                await asyncio.sleep(backoff_delay(attempt, self.backoff_base_s, 8.0, self.rng, None))
+        return None
+
+
+def build_sampler(cfg, store, k: int):
+    """The sampler ``generate.backend`` names, loaded with round ``k``'s policy (round k-1's adapter)."""
+    from openrlaif.rounds import start_adapter
+
+    gc = cfg.generate
+    adapter = start_adapter(store, k)
+    if gc.backend == "hf":
+        from openrlaif.generate import HFSampler
+        from openrlaif.models import set_threads
+        from openrlaif.rounds import load_round_policy
+
+        set_threads(cfg.model.threads)
+        policy = load_round_policy(cfg, store, k)
+        return HFSampler(policy.model, policy.tokenizer)
+    if gc.backend == "vllm":
+        from openrlaif.models import resolve_model
+
+        vc = gc.vllm
+        return VLLMSampler(str(resolve_model(cfg.model.policy)), adapter=adapter, adapter_id=max(k - 1, 1),
+                           gpu_memory_utilization=vc.gpu_memory_utilization, tensor_parallel_size=vc.tensor_parallel_size,
+                           max_lora_rank=vc.max_lora_rank, max_model_len=vc.max_model_len, seed=cfg.seed)
+    ac = gc.api
+    key = os.environ.get(ac.api_key_env) if ac.api_key_env else None
+    sampler = OpenAICompatibleSampler(ac.base_url, ac.model, api_key=key, concurrency=ac.concurrency,
+                                      timeout_s=ac.timeout_s, max_retries=ac.max_retries, seed=cfg.seed)
+    if adapter is not None:
+        if ac.load_adapters:
+            sampler.load_adapter(f"{ac.adapter_prefix}round{k - 1}", adapter.resolve())
+        elif ac.adapter_model:
+            sampler.model = ac.adapter_model.format(round=k - 1)
+        else:
+            raise UserError(f"generate.api: round {k} samples with round {k - 1}'s adapter, but load_adapters is false "
+                            "and adapter_model is unset; serve the adapter and name it in generate.api.adapter_model")
+    return sampler

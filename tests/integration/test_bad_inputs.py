@@ -1,0 +1,182 @@
+"""The bad-input corpus: each malformed input makes `rlaif` exit 2 with one line naming the file:line or the
+config field and the fix, before anything is written (no run directory, no partial artifact).
+
+Every case runs the real command line in a subprocess on the tiny model."""
+
+import json
+import shutil
+import socket
+
+import pytest
+
+from conftest import TINY_OVERRIDES
+from test_cli import assert_user_error, rlaif
+
+
+def prompts_file(tmp_path, lines: list[bytes | str], name="prompts.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(b"".join((ln.encode() if isinstance(ln, str) else ln) + b"\n" for ln in lines))
+    return path
+
+
+GOOD = json.dumps({"prompt": "How do I boil an egg?", "split": "train"})
+HELD = json.dumps({"prompt": "Name a fruit.", "split": "heldout"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def case_broken_json(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, '{"prompt": "unclosed', HELD])
+    return [f"data.prompts={p}"], [f"{p}:2:", "not valid JSON"]
+
+
+def case_missing_field(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, HELD, json.dumps({"text": "no prompt field"})])
+    return [f"data.prompts={p}"], [f"{p}:3:", "needs a non-empty 'prompt'"]
+
+
+def case_wrong_type(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, json.dumps({"prompt": 42}), HELD])
+    return [f"data.prompts={p}"], [f"{p}:2:", "'prompt' must be a string, got int"]
+
+
+def case_wrong_message_shape(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, HELD, json.dumps({"messages": [{"role": "robot", "content": "hi"}]})])
+    return [f"data.prompts={p}"], [f"{p}:3:", "role: system|user|assistant"]
+
+
+def case_bad_split(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, HELD, json.dumps({"prompt": "x", "split": 3})])
+    return [f"data.prompts={p}"], [f"{p}:3:", "split must be 'train' or 'heldout'"]
+
+
+def case_empty_prompt(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, json.dumps({"prompt": "   "}), HELD])
+    return [f"data.prompts={p}"], [f"{p}:2:", "non-empty 'prompt'"]
+
+
+def case_huge_prompt(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, HELD, json.dumps({"prompt": "word " * 20000, "split": "train"})])  # 100k chars
+    return [f"data.prompts={p}"], [f"{p}:3:", "prompt is 60011 tokens; the policy's context (", "shorten it"]
+
+
+def case_non_utf8(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, b'{"prompt": "caf\xe9 \xff"}', HELD])
+    return [f"data.prompts={p}"], [f"{p}:2:", "not UTF-8", "0xe9"]
+
+
+def case_empty_file(tmp_path, model):
+    p = prompts_file(tmp_path, [])
+    return [f"data.prompts={p}"], [str(p), "no prompts"]
+
+
+def case_unknown_key_in_yaml(tmp_path, model):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("generate:\n  n: 2\n  temprature: 0.7\n")
+    return ["-c", str(cfg)], [str(cfg), "unknown config key 'generate.temprature'", "known keys in generate"]
+
+
+def case_unknown_key_override(tmp_path, model):
+    return ["train.betta=1"], ["unknown config key 'train.betta'"]
+
+
+def case_wrong_type_config(tmp_path, model):
+    return ["generate.n=three"], ["field 'generate.n'", "'three'"]
+
+
+def case_bad_yaml(tmp_path, model):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("generate:\n  n: [2\n")
+    return ["-c", str(cfg)], [str(cfg), "not valid YAML"]
+
+
+def case_model_not_a_model(tmp_path, model):
+    bad = tmp_path / "notamodel"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"hello": "world"}')
+    return [f"model.policy={bad}"], ["model.policy", "config.json is not a model config"]
+
+
+def case_model_without_weights(tmp_path, model):
+    bad = tmp_path / "noweights"
+    shutil.copytree(model, bad)
+    for f in list(bad.glob("*.safetensors")) + list(bad.glob("*.bin")):
+        f.unlink()
+    return [f"model.policy={bad}"], ["model.policy", "has no weight files"]
+
+
+def case_model_is_a_file(tmp_path, model):
+    f = tmp_path / "model.txt"
+    f.write_text("not a model")
+    return [f"model.policy={f}"], ["model.policy", "unknown model"]
+
+
+def case_no_chat_template(tmp_path, model):
+    bad = tmp_path / "notemplate"
+    shutil.copytree(model, bad)
+    cfg = json.loads((bad / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bad / "tokenizer_config.json").write_text(json.dumps(cfg))
+    for extra in ("chat_template.jinja", "chat_template.json"):
+        (bad / extra).unlink(missing_ok=True)
+    return [f"model.policy={bad}"], ["model.policy", "has no chat template"]
+
+
+def case_judge_refuses_connections(tmp_path, model):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    return [f"feedback.api.base_url={url}", "feedback.api.model=judge"], ["feedback.api.base_url", "cannot connect", url]
+
+
+def case_bad_constitution(tmp_path, model):
+    c = tmp_path / "constitution.yaml"
+    c.write_text("principles:\n  - id: a\n    weight: 1\n")
+    return [f"data.constitution={c}"], [str(c), "principles[0] needs a 'text' string"]
+
+
+def case_bad_round_override(tmp_path, model):
+    return ["pipeline.rounds=2", "pipeline.overrides={2: ['model.policy=x']}"], ["'model.policy' cannot change between rounds"]
+
+
+CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(name, tmp_path, tiny_model_dir):
+    args, needles = CASES[name](tmp_path, tiny_model_dir)
+    out = tmp_path / "run"
+    overrides = [f"model.policy={tiny_model_dir}", *TINY_OVERRIDES]
+    if any(a.startswith("model.policy=") for a in args):
+        overrides = overrides[1:]
+    if "-c" in args:  # the config file comes first, then the overrides
+        i = args.index("-c")
+        proc = rlaif("run", "-c", args[i + 1], "-o", out, *overrides, *(args[:i] + args[i + 2:]))
+    else:
+        proc = rlaif("run", "-o", out, *overrides, *args)
+    assert_user_error(proc, *needles)
+    assert not out.exists(), f"{name}: the failed run left {sorted(p.name for p in out.rglob('*'))}"
+
+
+def test_bad_pairs_file_for_judge_eval(tmp_path):
+    p = prompts_file(tmp_path, [b'{"prompt": "x", "chosen": "a", "rejected": "b"}', b"\xff\xfe"], "pairs.jsonl")
+    proc = rlaif("judge-eval", "--pairs", p)
+    assert_user_error(proc, f"{p}:2:", "not UTF-8")
+
+
+def test_stage_on_existing_run_leaves_it_untouched(tmp_path, tiny_model_dir):
+    """A stage command with a bad override on an existing run directory changes nothing in it."""
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: kept\n")
+    ok = rlaif("generate", "-c", cfg, "-o", out, f"model.policy={tiny_model_dir}", *TINY_OVERRIDES, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = tmp_path / "p.jsonl"
+    bad.write_bytes(b'{"prompt": 1}\n')
+    proc = rlaif("label", "-o", out, f"data.prompts={bad}")
+    assert_user_error(proc, f"{bad}:1:")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
