@@ -101,6 +101,9 @@ def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | 
     store = open_run(cfg, out, force)
     run_stage(name, rcfg, store, k)
     write_report(store)
+    from openrlaif.tracking import close_all
+
+    close_all()
 
 
 StageForce = Annotated[bool, typer.Option("--force", help="Accept a config that differs from the run directory's "

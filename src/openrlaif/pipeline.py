@@ -277,7 +277,10 @@ def run(config: str | Path | RunConfig | None, out: str | Path, overrides: list[
         if reason:
             console.print(f"[bold yellow]stopping after round {k}[/bold yellow]: {reason}")
             break
-    # 3. The report a person reads.
+    # 3. The report a person reads; the dashboards' runs end.
     write_report(store)
+    from openrlaif.tracking import close_all
+
+    close_all()
     return {"run_dir": str(store.root), "eval": store.stage_status("eval", len(records)).get("summary", {}),
             "rounds": records, "stopped": reason}

@@ -8,6 +8,7 @@ are kept in the manifest), and rows are sent once: the manifest remembers how ma
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ SKIP = {"stage", "round", "event", "step", "epoch"}
 class Tracker(Protocol):
     def scalars(self, values: dict[str, float], step: int) -> None: ...
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -64,6 +66,9 @@ class TensorBoardTracker:
         md += "".join("| " + " | ".join(cell(v) for v in r) + " |\n" for r in rows)
         self.writer.add_text(name, md, step)
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
@@ -83,6 +88,9 @@ class WandbTracker:
 
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         self.run.log({name: self.wandb.Table(columns=columns, data=[[str(v) for v in r] for r in rows])})
+
+    def flush(self) -> None:
+        pass  # W&B writes in the background; finish() at close waits for it
 
     def close(self) -> None:
         self.run.finish()
@@ -115,6 +123,9 @@ class MlflowTracker:
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         self.mlflow.log_dict({"columns": columns, "data": [[str(v) for v in r] for r in rows]}, f"{name}.json")
 
+    def flush(self) -> None:
+        pass  # every MLflow call is written when it returns
+
     def close(self) -> None:
         self.mlflow.end_run()
 
@@ -137,8 +148,32 @@ def tracker_names(cfg: RunConfig) -> list[str]:
                                   ("mlflow", tc.mlflow is not None)) if on]
 
 
+_OPEN: dict[tuple[str, str], Any] = {}  # trackers stay open for the life of the process (one W&B run, one writer)
+
+
+def close_all() -> None:
+    """Close every open tracker (end of `rlaif run` or of a stage command; also at interpreter exit)."""
+    while _OPEN:
+        _, tracker = _OPEN.popitem()
+        try:
+            tracker.close()
+        except Exception:  # closing a dashboard must never fail a finished run
+            pass
+
+
+atexit.register(close_all)
+
+
 def open_tracker(name: str, cfg: RunConfig, store: RunStore):
-    """One tracker; W&B and MLflow run ids are created once per run directory and kept in the manifest."""
+    """The tracker ``name`` for this run directory, opened once per process. W&B and MLflow run ids are
+    created once per run directory and kept in the manifest, so a resumed run continues the same run."""
+    key = (name, str(store.root.resolve()))
+    if key not in _OPEN:
+        _OPEN[key] = _new_tracker(name, cfg, store)
+    return _OPEN[key]
+
+
+def _new_tracker(name: str, cfg: RunConfig, store: RunStore):
     ids = store.read_manifest().get("tracking", {})
     if name == "tensorboard":
         return TensorBoardTracker(store.root / "tensorboard")
@@ -172,15 +207,13 @@ def publish(cfg: RunConfig, store: RunStore, samples_of_round: int | None = None
             continue
         try:
             tracker = open_tracker(name, cfg, store)
-            try:
-                for values, step in scalar_rows(new, done):
-                    tracker.scalars(values, step)
-                if samples_of_round is not None:
-                    columns, table = sample_table(store, samples_of_round)
-                    if table:
-                        tracker.table(f"round_{samples_of_round}/eval/samples", columns, table, samples_of_round)
-            finally:
-                tracker.close()
+            for values, step in scalar_rows(new, done):
+                tracker.scalars(values, step)
+            if samples_of_round is not None:
+                columns, table = sample_table(store, samples_of_round)
+                if table:
+                    tracker.table(f"round_{samples_of_round}/eval/samples", columns, table, samples_of_round)
+            tracker.flush()
         except UserError:
             raise
         except Exception as err:  # dashboards are a convenience: never lose the stage over one

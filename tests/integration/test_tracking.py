@@ -97,3 +97,22 @@ def test_publish_sends_each_row_once(tracked_run):
     cfg, out = tracked_run
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"wandb": None, "mlflow": None})})
     assert publish(cfg, RunStore(out)) == {"tensorboard": 0}  # everything was sent when the stages finished
+
+
+def test_extending_the_run_continues_the_same_tracking_runs(tracked_run):
+    """Run last: a second `run` on the directory (here: one more round) logs into the same MLflow run and the
+    same W&B run id, and TensorBoard gets round 2's rows once."""
+    from mlflow.tracking import MlflowClient
+
+    cfg, out = tracked_run
+    before = json.loads((out / "manifest.json").read_text())["tracking"]
+    pipeline.run(cfg, out, rounds=2)
+    after = json.loads((out / "manifest.json").read_text())["tracking"]
+    assert after["mlflow_run_id"] == before["mlflow_run_id"] and after["wandb_run_id"] == before["wandb_run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    assert client.get_metric_history(after["mlflow_run_id"], "round_2.train.loss")
+    assert client.get_metric_history(after["mlflow_run_id"], "round_1.train.loss")
+    tb = read_tensorboard(out / "tensorboard")
+    steps = [s for s, _ in tb["round_1/train/loss"]]
+    assert len(steps) == len(set(steps))  # round 1 was not sent twice
+    assert "round_2/eval/win_rate" in tb
