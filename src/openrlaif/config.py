@@ -278,8 +278,8 @@ class TrainConfig(_Strict):
         "no", description="accelerate mixed precision; 'no' (fp32) is fastest on CPUs, bf16/fp16 are for GPUs."
     )
     checkpoint_every: int = Field(
-        0, ge=0, description="Save model, optimizer, scheduler, RNG and step every N optimizer steps to round_K/"
-        "checkpoint (0 = never); a re-run of the stage resumes from it."
+        10, ge=0, description="Save the trainable weights, optimizer, scheduler, RNG and step every N optimizer steps "
+        "(DPO) or updates (PPO/RLOO) to round_K/checkpoint (0 = never); a re-run of the stage resumes from it."
     )
 
 

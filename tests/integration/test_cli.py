@@ -11,11 +11,13 @@ import pytest
 from conftest import TINY_OVERRIDES
 
 SUBCOMMANDS = {
-    "run": ["--config", "--out", "--force", "overrides"],
-    "generate": ["--config", "--out", "--force", "overrides"],
-    "label": ["--config", "--out", "--force", "overrides"],
-    "train": ["--config", "--out", "--force", "overrides"],
-    "eval": ["--config", "--out", "--force", "overrides"],
+    "run": ["--config", "--out", "--force", "--rounds", "overrides"],
+    "generate": ["--config", "--out", "--force", "--round", "overrides"],
+    "label": ["--config", "--out", "--force", "--round", "overrides"],
+    "train": ["--config", "--out", "--force", "--round", "overrides"],
+    "eval": ["--config", "--out", "--force", "--round", "overrides"],
+    "show": ["run_dir", "--json"],
+    "export": ["run_dir", "--round", "--out", "--adapter", "--all-rounds", "--push"],
     "report": ["run_dir"],
     "audit": ["run_dir", "--host", "--port", "--random-share", "--token-env"],
     "convert": ["--force"],

@@ -185,3 +185,38 @@ def test_append_metrics_appends(tmp_path):
     assert s.read_metrics() == [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6}, {"step": 3, "loss": 0.5}]
     assert s.metrics_path.read_text().count("\n") == 3
     assert names(s.root) == ["metrics.jsonl"]
+
+
+def test_partial_log_keeps_complete_lines_and_cuts_a_torn_tail(tmp_path):
+    from openrlaif.store import PartialLog
+
+    path = tmp_path / "x.partial"
+    log = PartialLog(path, "cfg-a")
+    assert log.records() == []
+    log.append({"chunk": 0, "rows": [1, 2]})
+    log.append({"chunk": 1, "rows": [3]})
+    assert [r["chunk"] for r in log.records()] == [0, 1]
+    with path.open("ab") as fh:  # a kill in the middle of the third append
+        fh.write(b'{"chunk": 2, "ro')
+    assert [r["chunk"] for r in PartialLog(path, "cfg-a").records()] == [0, 1]
+    assert path.read_bytes().endswith(b'"rows": [3]}\n')  # the torn bytes are gone before the next append
+    log.append({"chunk": 2, "rows": []})
+    assert [r["chunk"] for r in log.records()] == [0, 1, 2]
+    # another config's log is not resumed
+    assert PartialLog(path, "cfg-b").records() == [] and not path.exists()
+    # a kill while writing the header leaves nothing usable: it starts over cleanly
+    path.write_bytes(b'{"finger')
+    log = PartialLog(path, "cfg-a")
+    assert log.records() == [] and path.read_bytes() == b""
+    log.append({"chunk": 0})
+    assert log.records() == [{"chunk": 0}]
+
+
+def test_iter_jsonl_names_non_utf8_lines(tmp_path):
+    from openrlaif.errors import UserError
+    from openrlaif.store import read_jsonl
+
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"x.jsonl:2: not UTF-8 text \(byte 0xe9 at column 11\)"):
+        read_jsonl(p)

@@ -90,7 +90,10 @@ def gather_mean(value: torch.Tensor | float, accelerator) -> float:
 
 
 def _trainable_weights_only(models, weights, output_dir) -> None:
-    """accelerate save-state hook: keep only the trainable parameters of each model's state dict."""
+    """accelerate save-state hook: keep only the trainable parameters of each model's state dict. (Under
+    DeepSpeed and FSDP accelerate saves through the engine and passes no state dicts: nothing to filter.)"""
+    if len(weights) != len(models):
+        return
     for i, model in enumerate(models):
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
         missing = trainable - set(weights[i])
