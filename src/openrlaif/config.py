@@ -329,6 +329,11 @@ class RLConfig(_Strict):
     missing_eos_penalty: float = Field(
         0.0, ge=0, description="Subtracted from the reward of a sample that hit max_new_tokens without ending."
     )
+    whiten_scores: bool = Field(
+        False, description="RLOO: rescale each update's scores to unit std (mean kept) before the KL and missing-EOS "
+        "penalties, so rl.kl_coef weighs the KL against a score of unit spread whatever the reward's scale "
+        "(PPO's equivalent: ppo.whiten_rewards)."
+    )
 
 
 class PPOConfig(_Strict):

@@ -26,8 +26,10 @@ def reward_curve(store):
     return [m for m in store.read_metrics() if m.get("algo") == "rloo" and "step" in m]
 
 
-def test_rloo_raises_the_reward(tmp_path, tiny_model_dir):
-    cfg = rl_config(tiny_model_dir, "rl.kl_coef=0.01")
+@pytest.mark.parametrize("whiten", [False, True])
+def test_rloo_raises_the_reward(tmp_path, tiny_model_dir, whiten):
+    # whitened, the scores have unit spread: the KL coefficient is scaled down with them
+    cfg = rl_config(tiny_model_dir, "rl.kl_coef=0.01" if not whiten else "rl.kl_coef=0.002", f"rl.whiten_scores={whiten}")
     store = open_run(cfg, tmp_path / "run")
     summary = run_stage("train", cfg, store)
     steps = reward_curve(store)

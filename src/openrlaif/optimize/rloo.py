@@ -20,7 +20,7 @@ from openrlaif.config import RunConfig
 from openrlaif.errors import UserError
 from openrlaif.evaluate.overopt import OveroptimizationMonitor
 from openrlaif.logprobs import Encoded, collate, token_logprobs
-from openrlaif.optimize.advantages import kl_estimate, rloo_advantages
+from openrlaif.optimize.advantages import kl_estimate, rloo_advantages, whiten
 from openrlaif.store import RunStore, atomic_directory
 
 
@@ -157,7 +157,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             model.train()
             logp = policy(ids, attn, resp)
             kl = (kl_estimate(logp.detach(), ref_logp, rl.kl_estimator) * mask).sum(1)
-            total = raw - rl.kl_coef * kl - rl.missing_eos_penalty * (1 - torch.tensor(finished, dtype=torch.float32))
+            scores = whiten(raw, torch.ones_like(raw), shift_mean=False) if rl.whiten_scores and len(raw) > 1 else raw
+            total = scores - rl.kl_coef * kl - rl.missing_eos_penalty * (1 - torch.tensor(finished, dtype=torch.float32))
             adv = rloo_advantages(total.view(-1, rl.k)).view(-1)
             # 4. REINFORCE with the leave-one-out baseline.
             loss = -(adv * (logp * mask).sum(1)).mean()
