@@ -30,9 +30,10 @@ def export_round(run_dir: str | Path, k: int, out: str | Path | None = None, ada
     store = RunStore(run_dir)
     if not store.exists():
         raise UserError(f"{run_dir} is not a run directory (no manifest.json)")
-    cfg = round_config(load_run_config(run_dir), k) if k <= load_run_config(run_dir).pipeline.rounds else None
-    if cfg is None:
-        raise UserError(f"--round {k}: {run_dir} has pipeline.rounds={load_run_config(run_dir).pipeline.rounds}")
+    run_cfg = load_run_config(run_dir)
+    if k > run_cfg.pipeline.rounds:
+        raise UserError(f"--round {k}: {run_dir} has pipeline.rounds={run_cfg.pipeline.rounds}")
+    cfg = round_config(run_cfg, k)
     adapter = store.path("policy", k)
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter} holds no trained policy; finish round {k} first (`rlaif run -o {run_dir}`)")

@@ -110,9 +110,10 @@ class LoadedModel:
     path: str
 
 
-def check_model_dir(path: Path | str, field: str = "model.policy") -> dict:
+def check_model_dir(path: Path | str, field: str = "model.policy") -> tuple[dict, object]:
     """Fail with one line naming ``field`` when ``path`` is not a loadable causal LM directory (a config that
-    transformers reads, weight files, a tokenizer with a chat template). Returns the config as a dict."""
+    transformers reads, weight files, a tokenizer with a chat template). Returns the config as a dict and
+    the tokenizer."""
     import json
 
     from transformers import AutoConfig
@@ -128,8 +129,7 @@ def check_model_dir(path: Path | str, field: str = "model.policy") -> dict:
                for p in path.glob(pattern)]
     if not weights:
         raise UserError(f"{field}: {path} has no weight files (*.safetensors or *.bin); it is not a complete model")
-    load_tokenizer(path, field)
-    return config.to_dict()
+    return config.to_dict(), load_tokenizer(path, field)
 
 
 def load_tokenizer(path: Path | str, field: str = "model.policy"):

@@ -55,11 +55,10 @@ def validate_inputs(cfg: RunConfig) -> dict:
     if not select(prompts, "heldout", cfg.data.max_eval_prompts):
         raise UserError(f"data.prompts: '{cfg.data.prompts}' has no held-out prompts; mark some rows split: heldout")
     load_constitution(cfg.data.constitution)
-    policy_path = resolve_model(cfg.model.policy, "model.policy")
-    policy_config = check_model_dir(policy_path, "model.policy")
+    policy_config, policy_tokenizer = check_model_dir(resolve_model(cfg.model.policy, "model.policy"), "model.policy")
     if cfg.model.judge:
         check_model_dir(resolve_model(cfg.model.judge, "model.judge"), "model.judge")
-    check_prompt_lengths(cfg, prompts, policy_path, policy_config)
+    check_prompt_lengths(cfg, prompts, policy_tokenizer, policy_config)
     if cfg.feedback.api is not None:
         check_reachable(cfg.feedback.api.base_url, "feedback.api.base_url")
     if cfg.generate.backend == "openai":
@@ -81,15 +80,14 @@ def validate_inputs(cfg: RunConfig) -> dict:
             "constitution": digest(cfg.data.constitution, "constitution.yaml")}
 
 
-def check_prompt_lengths(cfg: RunConfig, prompts, policy_path, policy_config: dict) -> None:
-    """Every prompt must fit the policy's context with room for generate.max_new_tokens."""
-    from openrlaif.models import chat_prompt, load_tokenizer
+def check_prompt_lengths(cfg: RunConfig, prompts, tok, policy_config: dict) -> None:
+    """Every prompt must fit the policy's context with room for the longest answer it will be asked for."""
+    from openrlaif.models import chat_prompt
 
     window = policy_config.get("max_position_embeddings")
     if not window:
         return
     limit = window - max(cfg.generate.max_new_tokens, cfg.eval.max_new_tokens, cfg.rl.max_new_tokens)
-    tok = load_tokenizer(policy_path)
     source = cfg.data.prompts
     for p in prompts:
         if sum(len(m["content"]) for m in p.messages) < limit:  # a token is at least one character
