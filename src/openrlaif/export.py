@@ -64,13 +64,10 @@ def export_round(run_dir: str | Path, k: int, out: str | Path | None = None, ada
 
 
 def _merged(cfg, adapter: Path, tmp: Path) -> None:
-    from peft import PeftModel
+    from openrlaif.rounds import load_merged
 
-    from openrlaif.models import load_causal_lm
-
-    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
-    merged = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload()
-    merged.save_pretrained(tmp)
+    loaded = load_merged(cfg, adapter)
+    loaded.model.save_pretrained(tmp)
     loaded.tokenizer.save_pretrained(tmp)
 
 

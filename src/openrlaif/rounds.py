@@ -55,10 +55,14 @@ def start_adapter(store: RunStore, k: int) -> Path | None:
 
 def load_round_policy(cfg: RunConfig, store: RunStore, k: int):
     """The policy that samples round ``k``: the starting model with round k-1's adapter merged in."""
+    return load_merged(cfg, start_adapter(store, k))
+
+
+def load_merged(cfg: RunConfig, adapter: Path | None):
+    """The starting model with ``adapter`` (a peft LoRA directory) merged into its weights, or alone."""
     from openrlaif.models import load_causal_lm
 
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
-    adapter = start_adapter(store, k)
     if adapter is not None:
         from peft import PeftModel
 
