@@ -84,21 +84,23 @@ def response_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.
     return torch.zeros(ids.shape[0], dtype=token_logp.dtype).index_add(0, rows, token_logp)
 
 
-def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
     """(B, T-1) log-probs of each response token (0 elsewhere); position t holds log p(token t+1).
 
     Like ``response_logprobs`` but per token (RL needs per-token KL); the LM head runs on response
-    positions only."""
+    positions only. ``temperature`` gives the log-probs of the tempered policy, softmax(logits / T): the
+    distribution that sampling at temperature T draws from, so RL updates what it sampled."""
     decoder, head = decoder_and_head(model)
     mask = resp[:, 1:].bool()
     out = torch.zeros(mask.shape, dtype=torch.float32)
     if decoder is None:
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        out[mask] = gathered_logprobs(logits[mask], ids[:, 1:][mask])
+        out[mask] = gathered_logprobs(logits[mask] / temperature, ids[:, 1:][mask])
         return out
     hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
     out = out.to(hidden.dtype) if hidden.dtype != torch.float32 else out
-    values = gathered_logprobs(head(hidden[:, :-1][mask]).float(), ids[:, 1:][mask])
+    values = gathered_logprobs(head(hidden[:, :-1][mask]).float() / temperature, ids[:, 1:][mask])
     return torch.zeros(mask.shape, dtype=values.dtype).masked_scatter(mask, values)
 
 
@@ -107,14 +109,15 @@ class SequenceLogprobs(torch.nn.Module):
     log-probs): the module that DDP, FSDP or DeepSpeed wrap, so the training forward goes through the
     wrapper (gradient sync hooks and all)."""
 
-    def __init__(self, model, per_token: bool = False):
+    def __init__(self, model, per_token: bool = False, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.per_token = per_token
+        self.temperature = temperature  # per-token only: RL's tempered policy (see token_logprobs)
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
         if self.per_token:
-            return token_logprobs(self.model, ids, attn, resp)
+            return token_logprobs(self.model, ids, attn, resp, self.temperature)
         return response_logprobs(self.model, ids, attn, resp)
 
 

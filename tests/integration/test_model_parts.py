@@ -213,6 +213,30 @@ def test_response_logprobs_matches_full_vocabulary_path(tiny):
     model.unload()  # leave the shared tiny model as it was
 
 
+def test_tempered_token_logprobs_are_the_sampled_distribution(tiny):
+    """RL at temperature T scores log softmax(logits / T) per response token, in token_logprobs and in PPO's
+    actor-critic alike; T = 1 is the plain distribution, and the two differ."""
+    from openrlaif.logprobs import token_logprobs
+    from openrlaif.optimize.ppo import ActorCritic
+
+    tok = tiny.tokenizer
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    seqs = [encode_pair_side(tok, prompt, text, 64) for text in ("Blue.", "It is a shade of green, mostly.")]
+    ids, attn, resp = collate(seqs, tok.pad_token_id)
+    mask = resp[:, 1:].bool()
+    with torch.no_grad():
+        logits = tiny.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        per_t = {}
+        for t in (1.0, 0.7):
+            expected = torch.log_softmax(logits / t, -1).gather(-1, ids[:, 1:, None])[..., 0] * mask
+            got = token_logprobs(tiny.model, ids, attn, resp, t)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            logp, _, _ = ActorCritic(tiny.model, temperature=t)(ids, attn, resp, with_entropy=False)
+            torch.testing.assert_close(logp, expected, atol=1e-5, rtol=1e-5)
+            per_t[t] = got
+    assert (per_t[1.0] - per_t[0.7]).abs().max() > 1e-3
+
+
 def test_int8_judge_is_close_to_fp32_and_named_apart(tiny_model_dir):
     from openrlaif.config import load_config
     from openrlaif.feedback.constitution import Principle

@@ -146,10 +146,12 @@ class OveroptimizationMonitor:
             torch.manual_seed(self.cfg.seed + 4242)
             seqs, _ = sample(model, self.tok, self.encoded, mc.samples_per_prompt, self.cfg)
         ids, attn, resp = collate(seqs, self.tok.pad_token_id)
+        # RL: the tempered policy it samples and updates; DPO: the plain log-probs its implicit reward uses.
+        temperature = self.cfg.rl.temperature if self.implicit_beta is None else 1.0
         with torch.inference_mode():
-            logp = token_logprobs(model, ids, attn, resp).sum(1)
+            logp = token_logprobs(model, ids, attn, resp, temperature).sum(1)
             with reference_policy(model):
-                ref = token_logprobs(model, ids, attn, resp).sum(1)
+                ref = token_logprobs(model, ids, attn, resp, temperature).sum(1)
         kl = float((logp - ref).mean())  # a Monte-Carlo estimate: can dip below 0 near the start
         texts = [self.tok.decode([t for t, m in zip(s.input_ids, s.response_mask) if m], skip_special_tokens=True).strip()
                  for s in seqs]

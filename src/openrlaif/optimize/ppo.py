@@ -52,12 +52,14 @@ class ActorCritic(nn.Module):
 
     ``forward(ids, attn, resp)`` returns per-token (log-prob, value, entropy), each (B, T-1), where
     position t is about token t + 1 and only response tokens (``resp[:, 1:]``) are non-zero. The LM
-    head runs on response positions only."""
+    head runs on response positions only. Log-probs and entropy are the tempered policy's (logits /
+    ``temperature``), the distribution the rollouts were sampled from."""
 
-    def __init__(self, policy, critic=None):
+    def __init__(self, policy, critic=None, temperature: float = 1.0):
         super().__init__()
         self.policy = policy
         self.critic = critic  # None: the value head reads the policy's hidden states
+        self.temperature = temperature
         self.value_head = nn.Linear(policy.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
@@ -66,7 +68,7 @@ class ActorCritic(nn.Module):
         decoder, head = _trunk(self.policy)
         mask = resp[:, 1:].bool()
         hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
-        logits = head(hidden[mask]).float()
+        logits = head(hidden[mask]).float() / self.temperature
         logp = gathered_logprobs(logits, ids[:, 1:][mask])
         if self.critic is not None:
             critic_decoder, _ = _trunk(self.critic)
@@ -87,7 +89,7 @@ def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tens
     from openrlaif.optimize.dpo import reference_policy
 
     with torch.inference_mode(), reference_policy(actor_critic.policy):
-        return token_logprobs(actor_critic.policy, ids, attn, resp)
+        return token_logprobs(actor_critic.policy, ids, attn, resp, actor_critic.temperature)
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
@@ -108,7 +110,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     tok = loaded.tokenizer
     # A separate critic is a copy of the starting model (not a second load from disk) with its own adapter.
     critic = add_lora(copy.deepcopy(loaded.model), tc) if pc.critic == "separate" else None
-    model = ActorCritic(add_lora(loaded.model, tc, *round_adapters(cfg, store, k)), critic)
+    model = ActorCritic(add_lora(loaded.model, tc, *round_adapters(cfg, store, k)), critic, rl.temperature)
     score = reward_source(cfg, store, k)
     encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,

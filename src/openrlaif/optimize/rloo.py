@@ -138,7 +138,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
-    policy, optimizer = accelerator.prepare(SequenceLogprobs(model, per_token=True), optimizer)
+    policy, optimizer = accelerator.prepare(SequenceLogprobs(model, per_token=True, temperature=rl.temperature), optimizer)
     checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator,
                               config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "episodes": 0, "metrics": [], "seconds": 0.0}
@@ -153,7 +153,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             # 3. Reward = score - KL penalty (- missing-EOS penalty); leave-one-out advantages per prompt.
             mask = resp[:, 1:].float()
             with torch.inference_mode(), reference_policy(model):
-                ref_logp = token_logprobs(model, ids, attn, resp)
+                ref_logp = token_logprobs(model, ids, attn, resp, rl.temperature)
             model.train()
             logp = policy(ids, attn, resp)
             kl = (kl_estimate(logp.detach(), ref_logp, rl.kl_estimator) * mask).sum(1)
