@@ -1,7 +1,9 @@
 """PPO with the KL penalty off against a round's reward model, watched by the over-optimisation monitor.
 
     # 1. a round with a reward model (generate -> label -> reward -> PPO -> eval)
-    rlaif run -c configs/ppo.yaml -o runs/cmp-ppo-rm
+    rlaif run -c configs/ppo.yaml -o runs/cmp-ppo-rm rl.reward=reward_model
+    #    (the measured run used the file's settings of 2026-11-27: add train.learning_rate=1e-3
+    #    rl.temperature=1.0 rl.max_new_tokens=48 rl.steps=8 to reproduce it exactly)
     # 2. copy it, drop its policy, and train PPO again with kl_coef 0 (this script; ~30 min on 2 cores)
     .venv/bin/python bench/overopt.py --from runs/cmp-ppo-rm --out runs/overopt-kl0 --steps 24
     # or only print the table and write the plot of a finished run
@@ -24,7 +26,7 @@ def train(source: Path, out: Path, steps: int, every: int, patience: int) -> Non
     if out.exists():
         sys.exit(f"{out} exists; remove it or pass --analyse")
     if not (source / "round_1" / "reward_model" / "ensemble.json").is_file():
-        sys.exit(f"{source} has no round_1/reward_model; run `rlaif run -c configs/ppo.yaml -o {source}` first")
+        sys.exit(f"{source} has no round_1/reward_model; run `rlaif run -c configs/ppo.yaml -o {source} rl.reward=reward_model` first")
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("policy", "critic", "checkpoint", "best_policy",
                                                                 "eval.json", "samples.jsonl", "redteam.jsonl"))
     cli = [sys.executable, "-m", "openrlaif.cli"]

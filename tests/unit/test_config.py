@@ -182,10 +182,12 @@ def test_example_configs_load(name):
     cfg = load_config(REPO / "configs" / name)
     assert cfg.name in ("api-judge", "constitutional", "rloo", "ppo")
     if name == "ppo.yaml":
-        assert cfg.train.algo == "ppo" and cfg.rl.reward == "reward_model" and cfg.ppo.critic == "shared"
+        assert cfg.train.algo == "ppo" and cfg.rl.reward == "judge" and cfg.ppo.critic == "shared"
+        assert cfg.rl.temperature == cfg.eval.temperature and cfg.rl.max_new_tokens == cfg.eval.max_new_tokens
         return
     if name == "rloo.yaml":
-        assert cfg.train.algo == "rloo" and cfg.rl.reward == "judge"
+        assert cfg.train.algo == "rloo" and cfg.rl.reward == "judge" and cfg.rl.whiten_scores
+        assert cfg.rl.temperature == cfg.eval.temperature and cfg.rl.max_new_tokens == cfg.eval.max_new_tokens
         return
     if name == "api_judge.yaml":
         assert cfg.feedback.api.base_url.endswith("/v1") and cfg.feedback.api.prefill
