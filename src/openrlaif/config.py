@@ -324,7 +324,7 @@ class RLConfig(_Strict):
     max_new_tokens: int = Field(48, ge=1, description="Tokens per sampled response.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts. Log-probs, KL and "
                                "entropy are the tempered policy's (logits / T), so the update is exact for what was "
-                               "sampled (with top_p < 1, approximately); eval.temperature optimises the answers eval judges.")
+                               "sampled (with top_p < 1, approximately).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus mass of the rollouts (1.0 = the policy's distribution).")
     kl_coef: float = Field(0.05, ge=0, description="KL(policy || start) penalty folded into each sample's reward.")
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator (k3 is never negative).")
