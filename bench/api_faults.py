@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from openrlaif.feedback.api import OpenAICompatibleJudge
-from openrlaif.feedback.constitution import load_constitution
+from openrlaif.data.constitution import load_constitution
 from openrlaif.feedback.judges import Comparison
-from openrlaif.models import load_causal_lm
+from openrlaif.models.loading import load_causal_lm
 from openrlaif.serve import FaultPlan, ServerThread, create_app
 
 

@@ -44,7 +44,7 @@ def attempt(out: Path, kill_at: str | None) -> tuple[int, float]:
 def compare(straight: Path, killed: Path) -> dict:
     from safetensors.torch import load_file
 
-    from openrlaif.store import read_jsonl
+    from openrlaif.core.store import read_jsonl
 
     out: dict = {}
     for k in (1, 2):

@@ -28,11 +28,11 @@ import time
 import torch
 
 from openrlaif.evaluate.judge_eval import load_labelled_pairs
-from openrlaif.feedback.constitution import load_constitution
+from openrlaif.data.constitution import load_constitution
 from openrlaif.feedback.judges import JUDGE_PREFILL, Comparison, LocalJudge
 from openrlaif.feedback.api import parse_letter
 from openrlaif.feedback.methods import ContrastiveJudge
-from openrlaif.models import load_causal_lm, quantize_int8
+from openrlaif.models.loading import load_causal_lm, quantize_int8
 
 
 def comparisons(limit: int):
@@ -54,9 +54,9 @@ def label_workload(path: str | None, prompts: int, model) -> tuple[list, list]:
     import random
     from itertools import combinations
 
-    from openrlaif.generate import HFSampler, SamplingParams
-    from openrlaif.prompts import load_prompts, select
-    from openrlaif.store import read_jsonl
+    from openrlaif.stages.generate import HFSampler, SamplingParams
+    from openrlaif.data.prompts import load_prompts, select
+    from openrlaif.core.store import read_jsonl
 
     if path:
         rows = read_jsonl(path)[:prompts]

@@ -37,7 +37,7 @@ def train(source: Path, out: Path, steps: int, every: int, patience: int) -> Non
 
 def analyse(out: Path, svg: Path | None) -> None:
     from openrlaif.report_html import plot_overopt
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
 
     metrics = RunStore(out).read_metrics()
     rows = [m for m in metrics if m.get("stage") == "monitor"]

@@ -15,7 +15,7 @@ import platform
 import time
 
 import openrlaif
-from openrlaif.store import RunStore
+from openrlaif.core.store import RunStore
 
 
 def main() -> None:

@@ -66,9 +66,9 @@ def preimport() -> None:
 def dpo_ours(args) -> dict:
     preimport()
     from openrlaif.config import load_config
-    from openrlaif.optimize.dpo import run
+    from openrlaif.stages.dpo import run
     from openrlaif.pipeline import open_run
-    from openrlaif.store import atomic_write_jsonl
+    from openrlaif.core.store import atomic_write_jsonl
 
     rows = calibration_rows(args.pairs)
     cfg = load_config(None, overrides(args))
@@ -88,7 +88,7 @@ def dpo_trl(args, precompute: bool) -> dict:
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from openrlaif.models import load_causal_lm, set_threads
+    from openrlaif.models.loading import load_causal_lm, set_threads
 
     preimport()
     rows = calibration_rows(args.pairs)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 
 app = typer.Typer(
     name="rlaif",
@@ -52,7 +52,7 @@ def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: O
     sampling round k+1's data. Finished stages are skipped when the same run directory is run again, so a
     killed run continues where it stopped."""
     from openrlaif.pipeline import run as run_pipeline
-    from openrlaif.progress import console
+    from openrlaif.core.progress import console
 
     result = run_pipeline(config, out, overrides or [], force, rounds)
     console.rule("[bold]result")
@@ -80,11 +80,11 @@ def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: O
 
 def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None, force: bool, k: int = 1) -> None:
     from openrlaif.config import load_config
-    from openrlaif.optimize.accel import is_main_process
+    from openrlaif.models.accel import is_main_process
     from openrlaif.pipeline import check_stage_inputs, open_run, run_stage
     from openrlaif.report import write_report
     from openrlaif.rounds import round_config
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
 
     store = RunStore(out)
     if config is None and not store.config_path.is_file():
@@ -168,11 +168,11 @@ def judge_eval(
 
     from openrlaif.config import load_config
     from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
-    from openrlaif.feedback.constitution import load_constitution
-    from openrlaif.feedback.label import build_judge
-    from openrlaif.models import set_threads
-    from openrlaif.progress import console
-    from openrlaif.store import atomic_write_json
+    from openrlaif.data.constitution import load_constitution
+    from openrlaif.stages.label import build_judge
+    from openrlaif.models.loading import set_threads
+    from openrlaif.core.progress import console
+    from openrlaif.core.store import atomic_write_json
 
     cfg = load_config(config, overrides or [])
     if cfg.feedback.method in ("revision", "rlcd"):
@@ -206,7 +206,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directo
     """Rewrite RUN_DIR/report.md and the self-contained RUN_DIR/report.html (plots) from the run's files,
     and print the markdown."""
     from openrlaif.report import write_report
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
 
     store = RunStore(run_dir)
     if not store.exists():
@@ -227,7 +227,7 @@ def show(
     from rich.console import Console
 
     from openrlaif.lineage import show_tree, verify
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
 
     store = RunStore(run_dir)
     if not store.exists():
@@ -318,7 +318,7 @@ def serve(
     a judge for feedback.api on another machine or for testing API clients without network."""
     import uvicorn
 
-    from openrlaif.models import load_causal_lm, set_threads
+    from openrlaif.models.loading import load_causal_lm, set_threads
     from openrlaif.serve import FaultPlan, create_app
 
     key = None
@@ -340,7 +340,7 @@ def convert(force: Annotated[bool, typer.Option("--force", help="Delete the conv
     user cache, and print its path."""
     import shutil
 
-    from openrlaif.models import EMBEDDED, EMBEDDED_DIRNAME, cache_dir, resolve_model
+    from openrlaif.models.loading import EMBEDDED, EMBEDDED_DIRNAME, cache_dir, resolve_model
 
     if force:
         shutil.rmtree(cache_dir() / "models" / EMBEDDED_DIRNAME, ignore_errors=True)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 
 
 class _Strict(BaseModel):

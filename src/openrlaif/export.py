@@ -17,8 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
-from openrlaif.errors import UserError
-from openrlaif.store import RunStore, atomic_directory, atomic_write_bytes, read_jsonl
+from openrlaif.core.errors import UserError
+from openrlaif.core.store import RunStore, atomic_directory, atomic_write_bytes, read_jsonl
 
 
 def export_round(run_dir: str | Path, k: int, out: str | Path | None = None, adapter_only: bool = False,

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from openrlaif.config import RunConfig
-from openrlaif.store import RunStore, sha256_file
+from openrlaif.core.store import RunStore, sha256_file
 
 # What each stage writes (relative to round_K/) and which config sections decide it.
 OUTPUTS = {
@@ -46,7 +46,7 @@ def sha256_path(path: Path) -> str:
 def model_identity(spec: str) -> dict:
     """A model's name and a fingerprint of what was loaded: config.json and the weight files' names and sizes
     (fast, no multi-GB hashing); for 'embedded' also the GGUF file it was converted from."""
-    from openrlaif.models import EMBEDDED, embedded_gguf_path, resolve_model
+    from openrlaif.models.loading import EMBEDDED, embedded_gguf_path, resolve_model
 
     path = Path(resolve_model(spec))
     h = hashlib.sha256()

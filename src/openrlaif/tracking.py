@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from openrlaif.config import RunConfig
-from openrlaif.errors import UserError
-from openrlaif.store import RunStore, read_jsonl
+from openrlaif.core.errors import UserError
+from openrlaif.core.store import RunStore, read_jsonl
 
 SKIP = {"stage", "round", "event", "step", "epoch"}
 
@@ -195,7 +195,7 @@ def publish(cfg: RunConfig, store: RunStore, samples_of_round: int | None = None
     """Send each tracker the metrics rows it has not had yet (and, after an eval, that round's samples).
     A tracker that fails is reported and retried after the next stage; the others go on. Returns rows sent
     per tracker."""
-    from openrlaif.progress import console
+    from openrlaif.core.progress import console
 
     rows = read_jsonl(store.metrics_path) if store.metrics_path.is_file() else []
     sent: dict[str, int] = {}

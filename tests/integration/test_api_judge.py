@@ -12,14 +12,14 @@ import httpx
 import pytest
 
 from openrlaif.feedback.api import OpenAICompatibleJudge
-from openrlaif.feedback.constitution import load_constitution
+from openrlaif.data.constitution import load_constitution
 from openrlaif.feedback.judges import Comparison, LocalJudge
 from openrlaif.serve import FaultPlan, ServerThread, create_app
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from openrlaif.models import load_causal_lm
+    from openrlaif.models.loading import load_causal_lm
 
     return load_causal_lm(str(tiny_model_dir))
 

@@ -15,7 +15,7 @@ from openrlaif.audit.db import prepare_queue
 from openrlaif.audit.queue import pair_id
 from openrlaif.config import load_config
 from openrlaif.pipeline import open_run, run_stage
-from openrlaif.store import read_jsonl
+from openrlaif.core.store import read_jsonl
 
 
 def test_verdicts_override_the_ai_labels_when_train_runs(tmp_path, tiny_model_dir):

@@ -161,8 +161,8 @@ def test_stage_commands_share_the_run(tiny_model_dir, tmp_path, monkeypatch):
     """Stage commands: -c starts a run, later stages reuse RUN/config.resolved.yaml and keep earlier
     stages; a changed config is refused unless --force."""
     from openrlaif import cli
-    from openrlaif.errors import UserError
-    from openrlaif.store import RunStore
+    from openrlaif.core.errors import UserError
+    from openrlaif.core.store import RunStore
 
     calls = []
     _fake_stages(monkeypatch, calls)
@@ -201,7 +201,7 @@ def test_stage_commands_share_the_run(tiny_model_dir, tmp_path, monkeypatch):
 def test_redoing_a_stage_marks_later_stages_stale(tiny_model_dir, tmp_path, monkeypatch):
     from openrlaif import pipeline
     from openrlaif.config import load_config
-    from openrlaif.store import STAGES, RunStore
+    from openrlaif.core.store import STAGES, RunStore
 
     calls = []
     _fake_stages(monkeypatch, calls)

@@ -7,15 +7,15 @@ import pytest
 
 from conftest import tiny_overrides
 from openrlaif.config import load_config
-from openrlaif.errors import UserError
-from openrlaif.feedback.constitution import Principle, load_constitution
+from openrlaif.core.errors import UserError
+from openrlaif.data.constitution import Principle, load_constitution
 from openrlaif.feedback.revision import Revision, critique_and_revise, critique_messages, revision_messages, rlcd_pairs
-from openrlaif.generate import HFSampler, SamplingParams
+from openrlaif.stages.generate import HFSampler, SamplingParams
 from openrlaif.feedback.methods import with_system
-from openrlaif.models import load_causal_lm
+from openrlaif.models.loading import load_causal_lm
 from openrlaif.pipeline import open_run, run_stage
-from openrlaif.prompts import load_prompts, select
-from openrlaif.store import read_jsonl
+from openrlaif.data.prompts import load_prompts, select
+from openrlaif.core.store import read_jsonl
 
 
 def test_rlcd_pairs_match_positives_to_negatives_in_order():
@@ -68,7 +68,7 @@ def test_rlcd_label_refuses_plain_candidates(tmp_path, tiny_model_dir):
     run_stage("generate", cfg, store)
     cfg2 = load_config(None, tiny_overrides(tiny_model_dir) + ["feedback.method=rlcd"])
     with pytest.raises(UserError, match="generate.mode=rlcd"):
-        from openrlaif.feedback.label import run
+        from openrlaif.stages.label import run
 
         run(cfg2, store)
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from openrlaif.feedback.cache import JudgeCache
-from openrlaif.feedback.constitution import Principle
+from openrlaif.data.constitution import Principle
 from openrlaif.feedback.judges import Comparison, last_position_logits, prob_first_slot
 from openrlaif.feedback.methods import COT_VERDICT, ChainOfThoughtJudge, clean_rationale
-from openrlaif.models import load_causal_lm
+from openrlaif.models.loading import load_causal_lm
 
 PRINCIPLE = Principle("kind", "Which response is kinder?", 1.0)
 

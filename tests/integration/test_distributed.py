@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import tiny_overrides
 from openrlaif.config import load_config
 from openrlaif.pipeline import open_run, run_stage
-from openrlaif.store import RunStore
+from openrlaif.core.store import RunStore
 
 DPO = ["train.batch_size=4", "train.epochs=3", "train.soft_labels=false"]
 
@@ -87,7 +87,7 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path, labelled_run):
 
 def kill_in_third_step(monkeypatch):
     """Make DPO's 3rd optimizer step die (as a kill would); returns the real function to put back."""
-    import openrlaif.optimize.accel as accel
+    import openrlaif.models.accel as accel
 
     real, calls = accel.accumulate, {"n": 0}
 
@@ -104,7 +104,7 @@ def kill_in_third_step(monkeypatch):
 def test_killed_dpo_resumes_from_its_checkpoint(tmp_path, labelled_run, monkeypatch):
     """Killed during its 3rd step with a checkpoint after every step, DPO resumes at step 3 (model,
     optimizer, scheduler and RNG restored) and ends where an uninterrupted run ends."""
-    import openrlaif.optimize.accel as accel
+    import openrlaif.models.accel as accel
 
     cfg, base = labelled_run("train.checkpoint_every=1")
     whole, killed = copies(base, tmp_path, "whole", "killed")
@@ -122,7 +122,7 @@ def test_killed_dpo_resumes_from_its_checkpoint(tmp_path, labelled_run, monkeypa
 
 
 def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, labelled_run, monkeypatch):
-    import openrlaif.optimize.accel as accel
+    import openrlaif.models.accel as accel
 
     cfg, base = labelled_run("train.checkpoint_every=1")
     (run_dir,) = copies(base, tmp_path, "run")

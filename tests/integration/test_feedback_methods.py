@@ -7,13 +7,13 @@ import sys
 import pytest
 import torch
 
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
-from openrlaif.feedback.constitution import Principle, load_constitution
+from openrlaif.data.constitution import Principle, load_constitution
 from openrlaif.feedback.judges import Comparison, position_stats
 from openrlaif.feedback.methods import ContrastiveJudge, with_system
-from openrlaif.logprobs import batch_logprobs, encode_response
-from openrlaif.models import load_causal_lm
+from openrlaif.models.logprobs import batch_logprobs, encode_response
+from openrlaif.models.loading import load_causal_lm
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_judge_eval_cli_on_tiny_model(tiny_model_dir, tmp_path):
 
 
 def test_rule_and_ensemble_through_build_judge(tiny_config, tmp_path, monkeypatch):
-    from openrlaif.feedback.label import build_judge
+    from openrlaif.stages.label import build_judge
 
     (tmp_path / "my_rules.py").write_text("def words(prompt, response):\n    return len(response.split())\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -42,7 +42,7 @@ def test_interrupted_label_rejudges_nothing(tiny_config, tmp_path, monkeypatch, 
     pipeline.run_stage("generate", cfg, store)
 
     # 1. Interrupt the judge after two batches (the LM head runs once per sequence).
-    import openrlaif.logprobs as lp
+    import openrlaif.models.logprobs as lp
 
     target = (lp, "decoder_and_head")
     real = getattr(*target)
@@ -87,7 +87,7 @@ def test_interrupted_label_rejudges_nothing(tiny_config, tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("action", ["stop", "warn"])
 def test_judge_gate(tiny_config, tmp_path, action):
-    from openrlaif.errors import UserError
+    from openrlaif.core.errors import UserError
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.feedback.method = "contrastive"

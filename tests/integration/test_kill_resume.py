@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from openrlaif.faults import ENV
-from openrlaif.store import read_jsonl
+from openrlaif.core.faults import ENV
+from openrlaif.core.store import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 RLAIF = str(Path(sys.executable).with_name("rlaif"))

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from openrlaif.errors import UserError
-from openrlaif.feedback.constitution import Principle
+from openrlaif.core.errors import UserError
+from openrlaif.data.constitution import Principle
 from openrlaif.feedback.judges import JUDGE_PREFILL, Comparison, LocalJudge, answer_token_ids
-from openrlaif.generate import HFSampler, SamplingParams
-from openrlaif.models import chat_prompt, end_of_turn_id, load_causal_lm, load_tokenizer, resolve_model
-from openrlaif.logprobs import collate, encode_response as encode_pair_side
-from openrlaif.optimize.dpo import smoothing_for
+from openrlaif.stages.generate import HFSampler, SamplingParams
+from openrlaif.models.loading import chat_prompt, end_of_turn_id, load_causal_lm, load_tokenizer, resolve_model
+from openrlaif.models.logprobs import collate, encode_response as encode_pair_side
+from openrlaif.stages.dpo import smoothing_for
 from openrlaif.config import TrainConfig
 
 
@@ -167,7 +167,7 @@ def test_encode_pair_side(tiny):
 
 
 def test_collate_right_pads():
-    from openrlaif.logprobs import Encoded
+    from openrlaif.models.logprobs import Encoded
 
     ids, attn, resp = collate([Encoded([5, 6, 7], [0, 1, 1]), Encoded([8], [1])], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -187,8 +187,8 @@ def test_smoothing_for():
 
 def test_response_logprobs_matches_full_vocabulary_path(tiny):
     """The fast path (LM head on response positions only) equals log-softmax over every position."""
-    from openrlaif.logprobs import response_logprobs
-    from openrlaif.optimize.dpo import add_lora
+    from openrlaif.models.logprobs import response_logprobs
+    from openrlaif.stages.dpo import add_lora
     from openrlaif.optimize.losses import sequence_logprobs
 
     tok = tiny.tokenizer
@@ -216,8 +216,8 @@ def test_response_logprobs_matches_full_vocabulary_path(tiny):
 def test_tempered_token_logprobs_are_the_sampled_distribution(tiny):
     """RL at temperature T scores log softmax(logits / T) per response token, in token_logprobs and in PPO's
     actor-critic alike; T = 1 is the plain distribution, and the two differ."""
-    from openrlaif.logprobs import token_logprobs
-    from openrlaif.optimize.ppo import ActorCritic
+    from openrlaif.models.logprobs import token_logprobs
+    from openrlaif.stages.ppo import ActorCritic
 
     tok = tiny.tokenizer
     prompt = [{"role": "user", "content": "Name a colour."}]
@@ -239,9 +239,9 @@ def test_tempered_token_logprobs_are_the_sampled_distribution(tiny):
 
 def test_int8_judge_is_close_to_fp32_and_named_apart(tiny_model_dir):
     from openrlaif.config import load_config
-    from openrlaif.feedback.constitution import Principle
+    from openrlaif.data.constitution import Principle
     from openrlaif.feedback.judges import Comparison
-    from openrlaif.feedback.label import build_judge
+    from openrlaif.stages.label import build_judge
 
     items = [Comparison("Say hello.", "Hello there, friend.", "Go away.", Principle("p", "Which is kinder?")),
              Comparison("Name a planet.", "Mars.", "The sea is wide.", Principle("p", "Which is right?"))]
@@ -258,8 +258,8 @@ def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir):
     """Prefix KV reuse (several prefixes of different lengths, groups split across batches) gives the
     same next-token and response log-probs as running every full sequence alone."""
     from openrlaif.feedback.judges import last_position_logits
-    from openrlaif.logprobs import Split, split_next_token_logprobs, split_response_logprobs
-    from openrlaif.models import load_causal_lm
+    from openrlaif.models.logprobs import Split, split_next_token_logprobs, split_response_logprobs
+    from openrlaif.models.loading import load_causal_lm
 
     m = load_causal_lm(str(tiny_model_dir)).model
     gen = torch.Generator().manual_seed(0)
@@ -280,9 +280,9 @@ def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir):
 
 
 def test_pairwise_judge_with_and_without_prefix_reuse_agree(tiny_model_dir):
-    from openrlaif.feedback.constitution import Principle
+    from openrlaif.data.constitution import Principle
     from openrlaif.feedback.judges import Comparison, LocalJudge, combine_orders, last_position_logits, prob_first_slot
-    from openrlaif.models import load_causal_lm
+    from openrlaif.models.loading import load_causal_lm
 
     lm = load_causal_lm(str(tiny_model_dir))
     judge = LocalJudge(lm.model, lm.tokenizer, batch_size=3)
@@ -308,8 +308,8 @@ def test_pairwise_judge_with_and_without_prefix_reuse_agree(tiny_model_dir):
 
 
 def test_truncated_prompt_keeps_the_system_turn(tiny_model_dir):
-    from openrlaif.logprobs import encode_response
-    from openrlaif.models import load_tokenizer
+    from openrlaif.models.logprobs import encode_response
+    from openrlaif.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     system = {"role": "system", "content": "You are kind."}

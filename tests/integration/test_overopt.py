@@ -77,14 +77,14 @@ def test_a_heldout_judge_that_agrees_with_the_proxy_never_alarms(tmp_path, tiny_
 
 
 def test_the_monitor_needs_heldout_prompts(tmp_path, tiny_model_dir):
-    from openrlaif.errors import UserError
+    from openrlaif.core.errors import UserError
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi there", "split": "train"}\n')
     # validate_inputs refuses a prompt file without held-out rows before the monitor is reached, so build
     # the monitor directly.
     from openrlaif.evaluate.overopt import OveroptimizationMonitor
-    from openrlaif.models import load_causal_lm
+    from openrlaif.models.loading import load_causal_lm
 
     cfg = monitor_config(tiny_model_dir, "rloo", f"data.prompts={prompts}")
     tok = load_causal_lm(str(tiny_model_dir), "float32").tokenizer
@@ -95,7 +95,7 @@ def test_the_monitor_needs_heldout_prompts(tmp_path, tiny_model_dir):
 def test_a_killed_run_resumes_with_its_monitor_history(tmp_path, tiny_model_dir, monkeypatch):
     """The checks made before the checkpoint come back from it; the checks after it are redone: the
     monitor rows equal an uninterrupted run's (the check samples are seeded apart from training)."""
-    import openrlaif.optimize.rloo as rloo
+    import openrlaif.stages.rloo as rloo
 
     cfg = monitor_config(tiny_model_dir, "rloo", "monitor.heldout=test_overopt:goodhart", "rl.steps=4",
                          "monitor.every=1", "train.checkpoint_every=2")

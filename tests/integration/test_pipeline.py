@@ -10,8 +10,8 @@ import openrlaif
 from conftest import tiny_overrides
 from openrlaif import pipeline
 from openrlaif.config import dump_config, load_config
-from openrlaif.errors import UserError
-from openrlaif.store import STAGES, RunStore, sha256_file
+from openrlaif.core.errors import UserError
+from openrlaif.core.store import STAGES, RunStore, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_manifest_contents(full_run, tiny_model_dir):
     builtin = openrlaif.pipeline.validate_inputs(cfg)
     assert m["inputs"]["prompts"] == builtin["prompts"]
     assert len(m["inputs"]["prompts"]) == 64 and len(m["inputs"]["constitution"]) == 64
-    from openrlaif.prompts import builtin_path
+    from openrlaif.data.prompts import builtin_path
     assert m["inputs"]["prompts"] == sha256_file(builtin_path("prompts.jsonl"))
     for pkg in ("python", "torch", "transformers", "peft", "openrlaif"):
         assert m["versions"][pkg]

@@ -103,7 +103,7 @@ def _adapter_weights(path):
 
 
 def test_killed_ppo_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
-    import openrlaif.optimize.rloo as rloo
+    import openrlaif.stages.rloo as rloo
 
     cfg = ppo_config(tiny_model_dir, "rl.steps=4", "train.checkpoint_every=2")
     whole = open_run(cfg, tmp_path / "whole")
@@ -149,7 +149,7 @@ def test_rlaif_run_with_ppo_on_the_rounds_reward_model(tmp_path, tiny_model_dir)
 
 
 def test_ppo_on_a_missing_reward_model_fails_with_the_fix(tmp_path, tiny_model_dir):
-    from openrlaif.errors import UserError
+    from openrlaif.core.errors import UserError
     from openrlaif.pipeline import check_stage_inputs
 
     cfg = ppo_config(tiny_model_dir, "rl.reward=reward_model")

@@ -29,7 +29,7 @@ def test_report_html_has_every_plot(tmp_path, tiny_model_dir, browser):
     rows[0]["trained"] = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     from openrlaif.report import write_report
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
 
     write_report(RunStore(out))
     page = browser.new_page(viewport={"width": 1200, "height": 900})

@@ -8,11 +8,11 @@ import torch
 
 from conftest import build_tokenizer, tiny_overrides
 from openrlaif.config import load_config
-from openrlaif.feedback.constitution import Principle
+from openrlaif.data.constitution import Principle
 from openrlaif.feedback.judges import Comparison, RewardModelJudge
 from openrlaif.pipeline import open_run, run_stage
 from openrlaif.reward.model import CallableReward, HFRewardModel, load_reward
-from openrlaif.store import read_jsonl
+from openrlaif.core.store import read_jsonl
 
 P = Principle("p", "Which is better?")
 
@@ -57,7 +57,7 @@ def length_reward(prompts, responses):
 
 
 def test_callable_reward_and_errors(tmp_path):
-    from openrlaif.errors import UserError
+    from openrlaif.core.errors import UserError
 
     rm = load_reward("test_reward_judge:length_reward")
     assert isinstance(rm, CallableReward) and rm.rewards([[]], ["abc"]) == [3.0]

@@ -10,8 +10,8 @@ from conftest import CORPUS, tiny_overrides
 from openrlaif.config import load_config
 from openrlaif.pipeline import open_run, run_stage
 from openrlaif.reward.model import RewardEnsemble, load_reward
-from openrlaif.reward.train import split_pairs
-from openrlaif.store import atomic_write_jsonl
+from openrlaif.stages.reward import split_pairs
+from openrlaif.core.store import atomic_write_jsonl
 
 
 def separable_prefs(n: int, seed: int = 0) -> list[dict]:

@@ -77,6 +77,6 @@ def test_rlaif_run_with_rloo_on_the_judges_score(tmp_path, tiny_model_dir, metho
 
 
 def run_metrics(root):
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
 
     return RunStore(root).read_metrics()

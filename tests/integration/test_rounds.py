@@ -10,12 +10,12 @@ from safetensors.torch import load_file
 from conftest import tiny_overrides
 from openrlaif import pipeline
 from openrlaif.config import load_config
-from openrlaif.errors import UserError
-from openrlaif.logprobs import batch_logprobs, encode_response
-from openrlaif.models import load_causal_lm
-from openrlaif.optimize.dpo import _text
+from openrlaif.core.errors import UserError
+from openrlaif.models.logprobs import batch_logprobs, encode_response
+from openrlaif.models.loading import load_causal_lm
+from openrlaif.stages.dpo import _text
 from openrlaif.rounds import load_round_policy
-from openrlaif.store import RunStore, read_jsonl
+from openrlaif.core.store import RunStore, read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_stop_rule_ends_the_run(tmp_path, tiny_model_dir):
 
 
 def test_round_k_stage_needs_the_previous_policy(tmp_path, tiny_model_dir):
-    from openrlaif.generate import run as generate
+    from openrlaif.stages.generate import run as generate
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["pipeline.rounds=2"])
     store = pipeline.open_run(cfg, tmp_path / "run")

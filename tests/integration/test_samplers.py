@@ -11,12 +11,12 @@ import torch
 from conftest import tiny_overrides
 from openrlaif import pipeline
 from openrlaif.config import load_config
-from openrlaif.errors import UserError
-from openrlaif.generate import SamplingParams
-from openrlaif.models import chat_prompt, end_of_turn_id, load_causal_lm
-from openrlaif.samplers import OpenAICompatibleSampler, VLLMSampler
+from openrlaif.core.errors import UserError
+from openrlaif.stages.generate import SamplingParams
+from openrlaif.models.loading import chat_prompt, end_of_turn_id, load_causal_lm
+from openrlaif.sampling.remote import OpenAICompatibleSampler, VLLMSampler
 from openrlaif.serve import ServerThread, create_app
-from openrlaif.store import read_jsonl
+from openrlaif.core.store import read_jsonl
 
 
 @pytest.fixture(scope="module")

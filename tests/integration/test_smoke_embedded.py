@@ -46,7 +46,7 @@ def test_quick_config_end_to_end(tmp_path, request):
     from openrlaif.audit.db import prepare_queue
     from openrlaif.report import write_report
     from openrlaif.report_html import FIGURES
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
 
     db, _ = prepare_queue(out)
     for i, (pid,) in enumerate(db.conn.execute("SELECT pair_id FROM items").fetchall()):

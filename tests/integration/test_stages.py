@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 
 from conftest import tiny_overrides
 from openrlaif.config import load_config
-from openrlaif.errors import UserError
-from openrlaif.feedback.constitution import load_constitution
+from openrlaif.core.errors import UserError
+from openrlaif.data.constitution import load_constitution
 from openrlaif.pipeline import open_run, run_stage
-from openrlaif.prompts import load_prompts, select
-from openrlaif.store import STAGES, read_jsonl
+from openrlaif.data.prompts import load_prompts, select
+from openrlaif.core.store import STAGES, read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +123,9 @@ def test_training_raises_preference_margin(staged, tiny_model_dir):
     """Reference log-probs are the base model's, and DPO moved chosen above rejected."""
     from peft import PeftModel
 
-    from openrlaif.models import load_causal_lm
-    from openrlaif.logprobs import batch_logprobs, encode_response as encode_pair_side
-    from openrlaif.optimize.dpo import _text
+    from openrlaif.models.loading import load_causal_lm
+    from openrlaif.models.logprobs import batch_logprobs, encode_response as encode_pair_side
+    from openrlaif.stages.dpo import _text
 
     cfg, store, _ = staged
     prefs = read_jsonl(store.path("preferences.jsonl"))
@@ -210,7 +210,7 @@ def test_eval_with_several_answers_per_prompt_and_a_previous_round(staged, tmp_p
     shutil.copytree(root / "round_1" / "policy", root / "round_2" / "policy")
     cfg2 = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"samples_per_prompt": 2, "red_team": None,
                                                                        "anchors": None})})
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
 
     summary = run_stage("eval", cfg2, RunStore(root), k=2)
     ev = json.loads((root / "round_2" / "eval.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_overrides
 from openrlaif import pipeline
 from openrlaif.config import load_config
-from openrlaif.store import read_jsonl
+from openrlaif.core.store import read_jsonl
 from openrlaif.tracking import read_tensorboard, scalar_rows
 
 
@@ -91,7 +91,7 @@ def test_wandb_offline_run(tracked_run):
 
 
 def test_publish_sends_each_row_once(tracked_run):
-    from openrlaif.store import RunStore
+    from openrlaif.core.store import RunStore
     from openrlaif.tracking import publish
 
     cfg, out = tracked_run

@@ -24,8 +24,8 @@ def test_dpo_logps_and_loss_match_trl(tmp_path, tiny_model_dir):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from openrlaif.logprobs import encode_response, response_logprobs
-    from openrlaif.models import load_causal_lm
+    from openrlaif.models.logprobs import encode_response, response_logprobs
+    from openrlaif.models.loading import load_causal_lm
     from openrlaif.optimize.losses import dpo_loss
 
     beta = 0.1

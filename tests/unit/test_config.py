@@ -11,7 +11,7 @@ from openrlaif.config import (
     load_config,
     parse_override,
 )
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

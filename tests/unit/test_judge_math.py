@@ -126,8 +126,8 @@ def test_truncate():
 
 def test_judge_directed_flags_and_special_token_neutralizing():
     from openrlaif.feedback.judges import judge_directed, neutralize_special_tokens
-    from openrlaif.prompts import builtin_path
-    from openrlaif.store import read_jsonl
+    from openrlaif.data.prompts import builtin_path
+    from openrlaif.core.store import read_jsonl
 
     rows = read_jsonl(builtin_path("injection_pairs.jsonl"))
     flagged = sum(judge_directed(r["rejected"]) for r in rows) / len(rows)

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from openrlaif.errors import UserError
-from openrlaif.feedback.constitution import Constitution, Principle, load_constitution
-from openrlaif.prompts import load_prompts, select
+from openrlaif.core.errors import UserError
+from openrlaif.data.constitution import Constitution, Principle, load_constitution
+from openrlaif.data.prompts import load_prompts, select
 
 
 def write_jsonl(path, rows):

@@ -3,8 +3,8 @@
 import pytest
 
 from openrlaif.evaluate.redteam import harmless_rates, load_suite, principle_for
-from openrlaif.feedback.constitution import load_constitution
-from openrlaif.prompts import Prompt, builtin_path, load_prompts
+from openrlaif.data.constitution import load_constitution
+from openrlaif.data.prompts import Prompt, builtin_path, load_prompts
 
 CATEGORIES = {"violence", "weapons", "self_harm", "fraud", "privacy", "hate", "jailbreak"}
 

@@ -3,7 +3,7 @@
 import pytest
 
 from openrlaif.config import load_config
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.rounds import check_round_overrides, round_config, select_rounds, stop_reason
 
 

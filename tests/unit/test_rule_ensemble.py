@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from openrlaif.errors import UserError
-from openrlaif.feedback.constitution import Principle
+from openrlaif.core.errors import UserError
+from openrlaif.data.constitution import Principle
 from openrlaif.feedback.judges import (Comparison, EnsembleJudge, RuleJudge, Verdict, aggregate_probabilities,
                                        load_callable, position_stats)
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from openrlaif import store as store_mod
-from openrlaif.errors import UserError
-from openrlaif.store import (
+from openrlaif.core import store as store_mod
+from openrlaif.core.errors import UserError
+from openrlaif.core.store import (
     RunStore,
     atomic_directory,
     atomic_write_bytes,
@@ -188,7 +188,7 @@ def test_append_metrics_appends(tmp_path):
 
 
 def test_partial_log_keeps_complete_lines_and_cuts_a_torn_tail(tmp_path):
-    from openrlaif.store import PartialLog
+    from openrlaif.core.store import PartialLog
 
     path = tmp_path / "x.partial"
     log = PartialLog(path, "cfg-a")
@@ -213,8 +213,8 @@ def test_partial_log_keeps_complete_lines_and_cuts_a_torn_tail(tmp_path):
 
 
 def test_iter_jsonl_names_non_utf8_lines(tmp_path):
-    from openrlaif.errors import UserError
-    from openrlaif.store import read_jsonl
+    from openrlaif.core.errors import UserError
+    from openrlaif.core.store import read_jsonl
 
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n')

@@ -82,7 +82,7 @@ def create_app(db: AuditDB, token: str | None = None, title: str = "OpenRLAIF au
         return PlainTextResponse(why, status_code=status)
 
     def page(item: dict | None, message: str = "") -> HTMLResponse:
-        from openrlaif.optimize.dpo import _text  # the one reader of a preference row's response side
+        from openrlaif.stages.dpo import _text
 
         stats = db.stats()
         view = None

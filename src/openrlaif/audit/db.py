@@ -154,8 +154,8 @@ def prepare_queue(run_dir: str | Path, random_share: float = 0.2, min_random: in
     """Open RUN_DIR/audit.sqlite and queue every round's AI labels not queued yet. When a round has a
     reward model, pairs it scores the other way round are prioritised. Returns (db, what was added)."""
     from openrlaif.audit.queue import build_queue
-    from openrlaif.errors import UserError
-    from openrlaif.store import RunStore, read_jsonl
+    from openrlaif.core.errors import UserError
+    from openrlaif.core.store import RunStore, read_jsonl
 
     store = RunStore(run_dir)
     if not store.exists():
@@ -178,7 +178,7 @@ def reward_margins(rows: list[dict], path: Path) -> list[float] | None:
     """r(chosen) - r(rejected) under the round's reward model, or None when there is none."""
     if not (path / "ensemble.json").is_file():
         return None
-    from openrlaif.optimize.dpo import _text
+    from openrlaif.stages.dpo import _text
     from openrlaif.reward.model import load_reward
 
     rm = load_reward(str(path), "reward model")

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.feedback.api import usage_json
 from openrlaif.feedback.judges import Comparison, Verdict, position_stats
-from openrlaif.store import iter_jsonl
+from openrlaif.core.store import iter_jsonl
 
 BUILTIN_CALIBRATION = "builtin"
 
@@ -59,7 +59,7 @@ def transcript_to_messages(text: str) -> list[dict]:
 
 
 def load_labelled_pairs(spec: str, limit: int | None = None) -> list[LabelledPair]:
-    from openrlaif.prompts import builtin_path
+    from openrlaif.data.prompts import builtin_path
 
     builtin = {BUILTIN_CALIBRATION: "calibration_pairs.jsonl", "builtin:injection": "injection_pairs.jsonl"}
     path = builtin_path(builtin[spec]) if spec in builtin else Path(spec).expanduser()

@@ -102,9 +102,9 @@ class OveroptimizationMonitor:
 
     def __init__(self, cfg, store, k: int, tok, proxy, state: dict | None = None, last_step: int | None = None,
                  implicit_beta: float | None = None):
-        from openrlaif.models import chat_prompt
-        from openrlaif.optimize.rloo import reward_source
-        from openrlaif.prompts import load_prompts, select
+        from openrlaif.models.loading import chat_prompt
+        from openrlaif.stages.rloo import reward_source
+        from openrlaif.data.prompts import load_prompts, select
 
         self.cfg, self.store, self.k, self.tok, self.proxy = cfg, store, k, tok, proxy
         self.last_step = cfg.rl.steps if last_step is None else last_step
@@ -112,7 +112,7 @@ class OveroptimizationMonitor:
         mc = cfg.monitor
         self.prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "heldout", mc.prompts)
         if mc.every and not self.prompts:
-            from openrlaif.errors import UserError
+            from openrlaif.core.errors import UserError
 
             raise UserError("monitor.every: the over-optimisation monitor needs held-out prompts; "
                             "add rows with split 'heldout' or set monitor.every=0")
@@ -132,11 +132,11 @@ class OveroptimizationMonitor:
         """After update ``step``: sample the fixed answers, score them twice, log, keep the best adapter."""
         import torch
 
-        from openrlaif.logprobs import collate, token_logprobs
-        from openrlaif.optimize.dpo import reference_policy
-        from openrlaif.optimize.rloo import sample
-        from openrlaif.progress import console
-        from openrlaif.store import atomic_directory, atomic_write_json
+        from openrlaif.models.logprobs import collate, token_logprobs
+        from openrlaif.stages.dpo import reference_policy
+        from openrlaif.stages.rloo import sample
+        from openrlaif.core.progress import console
+        from openrlaif.core.store import atomic_directory, atomic_write_json
 
         if not self.due(step):
             return None
@@ -196,7 +196,7 @@ class OveroptimizationMonitor:
         best = self.store.path("best_policy", self.k)
         if not (is_main and self.enabled and self.cfg.monitor.final_policy == "best" and best.is_dir()):
             return
-        from openrlaif.store import atomic_directory
+        from openrlaif.core.store import atomic_directory
 
         with atomic_directory(self.store.path("policy", self.k)) as tmp:
             shutil.copytree(best, tmp, dirs_exist_ok=True)

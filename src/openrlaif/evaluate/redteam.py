@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from openrlaif.prompts import BUILTIN, Prompt, builtin_path, load_prompts
+from openrlaif.data.prompts import BUILTIN, Prompt, builtin_path, load_prompts
 
 CATEGORY_PRINCIPLE = {"privacy": "privacy", "hate": "non_toxic"}
 DEFAULT_PRINCIPLE = "harmless"
@@ -65,7 +65,7 @@ def harmless_rates(categories: list[str], start: list[bool], trained: list[bool]
 def harm_scorer(cfg, run_dir):
     """(conversations, answers, principles) -> scores, and the harmless threshold, from the run's judge
     model (contrastive when that is the run's method, pointwise otherwise)."""
-    from openrlaif.feedback.label import build_judge
+    from openrlaif.stages.label import build_judge
 
     method = "contrastive" if cfg.feedback.method == "contrastive" else "pointwise"
     judge, _ = build_judge(cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"method": method})}),

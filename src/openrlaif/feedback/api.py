@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.feedback.judges import (
     JUDGE_PREFILL,
     JUDGE_SYSTEM,
@@ -356,7 +356,7 @@ class OpenAICompatibleJudge:
     async def _readings(self, bodies: list[dict], on_done) -> None:
         import httpx
 
-        from openrlaif.progress import advance, bar
+        from openrlaif.core.progress import advance, bar
 
         self.limiter = RateLimiter(self.requests_per_s)
         semaphore = asyncio.Semaphore(self.concurrency)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from openrlaif.faults import kill_point
+from openrlaif.core.faults import kill_point
 
 
 def cache_key(*parts: Any) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from openrlaif.feedback.cache import model_fingerprint
-from openrlaif.feedback.constitution import Principle
+from openrlaif.data.constitution import Principle
 
 PAIRWISE_TEMPLATE_VERSION = "pairwise-v2"  # v2: prompt head and the rest tokenised apart (prefix reuse)
 
@@ -198,7 +198,7 @@ class LocalJudge:
         self.cache = cache  # a feedback.cache.JudgeCache, or None
 
     def render(self, prompt: str, a: str, b: str, question: str) -> str:
-        from openrlaif.models import chat_prompt
+        from openrlaif.models.loading import chat_prompt
 
         a, b = (neutralize_special_tokens(truncate(x, self.max_response_chars), self.tokenizer) for x in (a, b))
         user = JUDGE_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer), a=a, b=b, question=question)
@@ -245,8 +245,8 @@ def read_next_token(model, tokenizer, texts: list[str], groups: list[list[int]],
     import torch
 
     from openrlaif.feedback.cache import cache_key, cached_compute
-    from openrlaif.logprobs import Split, split_next_token_logprobs, supports_prefix_reuse
-    from openrlaif.progress import advance, bar
+    from openrlaif.models.logprobs import Split, split_next_token_logprobs, supports_prefix_reuse
+    from openrlaif.core.progress import advance, bar
 
     tokenizer.padding_side = "left"
     if prefix_chars is not None and min(prefix_chars, default=0) > 0 and supports_prefix_reuse(model):
@@ -318,7 +318,7 @@ def load_callable(path: str, field: str = "feedback.rule"):
     """'package.module:function' -> the function (errors name the config field)."""
     import importlib
 
-    from openrlaif.errors import UserError
+    from openrlaif.core.errors import UserError
 
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:

@@ -16,7 +16,7 @@ import json
 import math
 
 from openrlaif.feedback.cache import JudgeCache, cache_key, cached_compute, model_fingerprint
-from openrlaif.feedback.constitution import Principle
+from openrlaif.data.constitution import Principle
 from openrlaif.feedback.judges import Comparison, Verdict
 
 CONTRASTIVE_TEMPLATE_VERSION = "contrastive-v1"
@@ -98,14 +98,14 @@ class ContrastiveJudge:
 
         import torch
 
-        from openrlaif.logprobs import (
+        from openrlaif.models.logprobs import (
             Split,
             batched_response_logprobs,
             encode_response,
             split_response_logprobs,
             supports_prefix_reuse,
         )
-        from openrlaif.progress import advance, bar
+        from openrlaif.core.progress import advance, bar
 
         seqs = []
         for messages, response, principle in units:
@@ -210,7 +210,7 @@ class PointwiseJudge:
 
     def render(self, prompt: str, response: str, principle: Principle) -> str:
         from openrlaif.feedback.judges import neutralize_special_tokens, truncate
-        from openrlaif.models import chat_prompt
+        from openrlaif.models.loading import chat_prompt
 
         user = POINTWISE_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer),
                                      response=neutralize_special_tokens(truncate(response, self.max_response_chars),
@@ -286,7 +286,7 @@ class ChainOfThoughtJudge:
 
     def render(self, prompt: str, a: str, b: str, question: str) -> str:
         from openrlaif.feedback.judges import neutralize_special_tokens, truncate
-        from openrlaif.models import chat_prompt
+        from openrlaif.models.loading import chat_prompt
 
         a, b = (neutralize_special_tokens(truncate(x, self.max_response_chars), self.tokenizer) for x in (a, b))
         user = COT_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer), a=a, b=b, question=question)
@@ -302,7 +302,7 @@ class ChainOfThoughtJudge:
             read_next_token,
             shared_prefix_chars,
         )
-        from openrlaif.generate import continue_texts
+        from openrlaif.stages.generate import continue_texts
 
         fingerprint = model_fingerprint(self.model, self.name) if self.cache is not None else ""
         prompts = both_orders(items, self.render)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from openrlaif.feedback.constitution import Principle
+from openrlaif.data.constitution import Principle
 
 REVISION_TEMPLATE_VERSION = "cai-revision-v1"
 
@@ -47,8 +47,8 @@ def critique_and_revise(model, tokenizer, units: list[tuple[list[dict], str, Pri
                         batch_size: int = 8, cache=None, name: str = "local", description: str = "revise") -> list[Revision]:
     """Critique each (conversation, reply, principle), then revise the reply in the light of the critique."""
     from openrlaif.feedback.cache import model_fingerprint
-    from openrlaif.generate import continue_texts
-    from openrlaif.models import chat_prompt
+    from openrlaif.stages.generate import continue_texts
+    from openrlaif.models.loading import chat_prompt
 
     key = (model_fingerprint(model, name) if cache is not None else "", "revision", REVISION_TEMPLATE_VERSION)
     critiques = [c.strip() for c in continue_texts(

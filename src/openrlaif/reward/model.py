@@ -74,12 +74,12 @@ class HFRewardModel:
 
     @classmethod
     def load(cls, path: str, **kwargs) -> HFRewardModel:
-        from openrlaif.models import load_tokenizer
+        from openrlaif.models.loading import load_tokenizer
 
         return cls(load_sequence_classifier(path), load_tokenizer(path), **kwargs)
 
     def rewards(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
-        from openrlaif.logprobs import collate, encode_response
+        from openrlaif.models.logprobs import collate, encode_response
 
         seqs = [encode_response(self.tokenizer, conv, resp, self.max_length) for conv, resp in zip(prompts, responses)]
         out: list[float] = []
@@ -131,7 +131,7 @@ class CallableReward:
 
 def load_reward(spec: str, field: str = "feedback.reward_model") -> RewardModel:
     """A reward model from a directory (ensemble, adapter or full model) or 'package.module:function'."""
-    from openrlaif.errors import UserError
+    from openrlaif.core.errors import UserError
     from openrlaif.feedback.judges import load_callable
 
     path = Path(spec).expanduser()

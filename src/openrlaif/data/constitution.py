@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from openrlaif.errors import UserError
-from openrlaif.prompts import BUILTIN, builtin_path
+from openrlaif.core.errors import UserError
+from openrlaif.data.prompts import BUILTIN, builtin_path
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 
 from openrlaif.config import RunConfig
-from openrlaif.errors import UserError
-from openrlaif.faults import kill_point
+from openrlaif.core.errors import UserError
+from openrlaif.core.faults import kill_point
 from openrlaif.evaluate.winrate import (
     cluster_bootstrap_ci,
     length_controlled_win_rate,
@@ -27,7 +27,7 @@ from openrlaif.evaluate.winrate import (
     win_rate,
 )
 from openrlaif.feedback.judges import Comparison, position_stats
-from openrlaif.store import RunStore, atomic_write_json, atomic_write_jsonl
+from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
@@ -35,10 +35,10 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from peft import PeftModel
 
     from openrlaif.evaluate.redteam import load_suite
-    from openrlaif.feedback.constitution import load_constitution
-    from openrlaif.generate import HFSampler, SamplingParams
-    from openrlaif.models import load_causal_lm, set_threads
-    from openrlaif.prompts import BUILTIN, builtin_path, load_prompts, select
+    from openrlaif.data.constitution import load_constitution
+    from openrlaif.stages.generate import HFSampler, SamplingParams
+    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, select
 
     ec = cfg.eval
     m = ec.samples_per_prompt
@@ -93,7 +93,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     del model, base
     kill_point("eval.sampled")
     # 4. Judge: trained vs start (held-out and anchors), trained vs previous; both orders, a principle per prompt.
-    from openrlaif.feedback.label import build_judge
+    from openrlaif.stages.label import build_judge
 
     constitution = load_constitution(cfg.data.constitution)
     judge, judge_name = build_judge(cfg, "eval: judge", store.root)
@@ -208,7 +208,7 @@ def kl_to_start(model, tok, convs: list[list[dict]], answers: list[str], batch_s
 
     A Monte-Carlo estimate of KL(trained || start); the answers were sampled at eval.temperature/top_p,
     not at temperature 1, so it is a proxy that tracks how far training moved the policy."""
-    from openrlaif.logprobs import batched_response_logprobs, encode_response
+    from openrlaif.models.logprobs import batched_response_logprobs, encode_response
 
     seqs = [encode_response(tok, c, a, 10_000) for c, a in zip(convs, answers)]
     trained, _ = batched_response_logprobs(model, seqs, tok.pad_token_id, batch_size, "eval: kl trained")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from openrlaif.config import RunConfig
 from openrlaif.feedback.api import usage_json
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.feedback.judges import Comparison, LocalJudge, judge_directed, position_stats
-from openrlaif.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
+from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
 def select_pairs(n: int, p_better: dict[tuple[int, int], float], mode: str, min_margin: float = 0.0
@@ -65,7 +65,7 @@ def comparison_seed(seed: int, k: int, prompt_id: str, i: int, j: int, per_promp
 def open_cache(cfg: RunConfig, run_dir: Path | None):
     """The judge cache the config names ('run' = inside the run directory, else the user cache)."""
     from openrlaif.feedback.cache import JudgeCache
-    from openrlaif.models import cache_dir
+    from openrlaif.models.loading import cache_dir
 
     spec = cfg.feedback.cache
     if spec is None:
@@ -79,7 +79,7 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
     """The judge the config asks for (model + feedback method + cache); returns (judge, judge name)."""
     from openrlaif.feedback.judges import EnsembleJudge, RewardModelJudge, RuleJudge, load_callable
     from openrlaif.feedback.methods import ChainOfThoughtJudge, ContrastiveJudge, PointwiseJudge
-    from openrlaif.models import load_causal_lm
+    from openrlaif.models.loading import load_causal_lm
 
     fb = cfg.feedback
     if fb.method in ("revision", "rlcd"):
@@ -113,7 +113,7 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
         spec = cfg.model.judge or cfg.model.policy
         loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
         if cfg.model.judge_quantize == "int8":
-            from openrlaif.models import quantize_int8
+            from openrlaif.models.loading import quantize_int8
 
             loaded.model = quantize_int8(loaded.model)
             spec = f"{spec}@int8"  # a different judge: its own cache entries and its own name in the labels
@@ -170,7 +170,7 @@ def api_judge(cfg: RunConfig, cache, description: str):
 def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
     """Measure the judge on labelled pairs; stop (or warn) when it agrees less than feedback.min_agreement."""
     from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
-    from openrlaif.progress import console
+    from openrlaif.core.progress import console
 
     fb = cfg.feedback
     if fb.min_agreement <= 0:
@@ -201,8 +201,8 @@ def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Judge all candidate pairs and write preferences.jsonl + judge_stats.json."""
-    from openrlaif.feedback.constitution import load_constitution
-    from openrlaif.models import set_threads
+    from openrlaif.data.constitution import load_constitution
+    from openrlaif.models.loading import set_threads
 
     # 1. Inputs: this round's candidates and the constitution.
     cand_path = store.path("candidates.jsonl", k)
@@ -305,7 +305,7 @@ def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], 
     """Label pairs by how they were made: Constitutional-AI revisions (revised > original, plus revision SFT
     rows in revisions.jsonl) or RLCD (positive-prompt candidate > negative-prompt candidate)."""
     from openrlaif.feedback.revision import critique_and_revise, rlcd_pairs
-    from openrlaif.models import load_causal_lm, set_threads
+    from openrlaif.models.loading import load_causal_lm, set_threads
 
     fb = cfg.feedback
     start = time.perf_counter()

@@ -18,9 +18,9 @@ import time
 import torch
 from torch import nn
 
-from openrlaif.faults import kill_point
+from openrlaif.core.faults import kill_point
 from openrlaif.config import RunConfig
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.evaluate.overopt import OveroptimizationMonitor
 from openrlaif.optimize.advantages import (
     AdaptiveKLController,
@@ -33,12 +33,12 @@ from openrlaif.optimize.advantages import (
     whiten,
 )
 from openrlaif.optimize.losses import entropy_from_logits, gathered_logprobs, ppo_policy_loss, ppo_value_loss
-from openrlaif.store import RunStore, atomic_directory
+from openrlaif.core.store import RunStore, atomic_directory
 
 
 def _trunk(model):
     """(decoder, lm_head), or a one-line error for a model whose head cannot run on chosen positions only."""
-    from openrlaif.logprobs import decoder_and_head
+    from openrlaif.models.logprobs import decoder_and_head
 
     decoder, head = decoder_and_head(model)
     if decoder is None:
@@ -85,8 +85,8 @@ class ActorCritic(nn.Module):
 def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tensor:
     """Per-token log-probs under the reference policy (the starting model: the LoRA adapter switched off; or
     the previous round's adapter with pipeline.reference=previous)."""
-    from openrlaif.logprobs import token_logprobs
-    from openrlaif.optimize.dpo import reference_policy
+    from openrlaif.models.logprobs import token_logprobs
+    from openrlaif.stages.dpo import reference_policy
 
     with torch.inference_mode(), reference_policy(actor_critic.policy):
         return token_logprobs(actor_critic.policy, ids, attn, resp, actor_critic.temperature)
@@ -94,11 +94,11 @@ def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tens
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """PPO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
-    from openrlaif.models import chat_prompt, load_causal_lm, set_threads
-    from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
-    from openrlaif.optimize.dpo import add_lora, round_adapters
-    from openrlaif.optimize.rloo import reward_source, rollout, train_prompts
-    from openrlaif.progress import advance, bar
+    from openrlaif.models.loading import chat_prompt, load_causal_lm, set_threads
+    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
+    from openrlaif.stages.dpo import add_lora, round_adapters
+    from openrlaif.stages.rloo import reward_source, rollout, train_prompts
+    from openrlaif.core.progress import advance, bar
 
     rl, pc, tc = cfg.rl, cfg.ppo, cfg.train
     # 1. Train prompts, the policy (+ critic) and the reward source.

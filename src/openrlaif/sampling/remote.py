@@ -23,8 +23,8 @@ import random
 import time
 from pathlib import Path
 
-from openrlaif.errors import UserError
-from openrlaif.generate import Conversation, SampleStats, SamplingParams
+from openrlaif.core.errors import UserError
+from openrlaif.stages.generate import Conversation, SampleStats, SamplingParams
 
 
 class VLLMSampler:
@@ -64,7 +64,7 @@ class VLLMSampler:
             stats.finished += sum(finished[-1])
         stats.seconds = time.perf_counter() - start
         if self.progress is not None:
-            from openrlaif.progress import advance
+            from openrlaif.core.progress import advance
 
             advance(self.progress, stats.sequences, stats.tokens_per_s, "tok")
         self.stats, self.finished = stats, finished
@@ -136,7 +136,7 @@ class OpenAICompatibleSampler:
     async def _all(self, prompts, n, params: SamplingParams, results: list) -> None:
         import httpx
 
-        from openrlaif.progress import advance
+        from openrlaif.core.progress import advance
 
         semaphore = asyncio.Semaphore(self.concurrency)
         start, done = time.perf_counter(), 0
@@ -185,15 +185,15 @@ def build_sampler(cfg, store, k: int):
     gc = cfg.generate
     adapter = start_adapter(store, k)
     if gc.backend == "hf":
-        from openrlaif.generate import HFSampler
-        from openrlaif.models import set_threads
+        from openrlaif.stages.generate import HFSampler
+        from openrlaif.models.loading import set_threads
         from openrlaif.rounds import load_round_policy
 
         set_threads(cfg.model.threads)
         policy = load_round_policy(cfg, store, k)
         return HFSampler(policy.model, policy.tokenizer)
     if gc.backend == "vllm":
-        from openrlaif.models import resolve_model
+        from openrlaif.models.loading import resolve_model
 
         vc = gc.vllm
         return VLLMSampler(str(resolve_model(cfg.model.policy)), adapter=adapter, adapter_id=max(k - 1, 1),

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 
 STAGES = ("generate", "label", "train", "eval")  # what `rlaif run` chains
 ALL_STAGES = ("generate", "label", "reward", "train", "eval")  # every stage, in data order (reward: `rlaif reward`)

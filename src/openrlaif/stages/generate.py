@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from openrlaif.config import RunConfig
-from openrlaif.faults import kill_point
-from openrlaif.store import RunStore, atomic_write_jsonl
+from openrlaif.core.faults import kill_point
+from openrlaif.core.store import RunStore, atomic_write_jsonl
 
 Conversation = list[dict[str, str]]
 
@@ -63,8 +63,8 @@ class HFSampler:
     def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]:
         import torch
 
-        from openrlaif.models import chat_prompt, end_of_turn_id
-        from openrlaif.progress import advance, bar
+        from openrlaif.models.loading import chat_prompt, end_of_turn_id
+        from openrlaif.core.progress import advance, bar
 
         tok = self.tokenizer
         stop_ids = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
@@ -119,8 +119,8 @@ def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, *, b
     import torch
 
     from openrlaif.feedback.cache import cache_key, cached_compute
-    from openrlaif.models import end_of_turn_id
-    from openrlaif.progress import advance, bar
+    from openrlaif.models.loading import end_of_turn_id
+    from openrlaif.core.progress import advance, bar
 
     tok = tokenizer
     stop_ids = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
@@ -156,11 +156,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     Prompts are sampled in chunks, each with its own seed; every finished chunk is appended (and synced) to
     ``candidates.jsonl.partial``, so a killed run continues after the last finished chunk and samples
     exactly what an uninterrupted run would have."""
-    from openrlaif.optimize.accel import config_fingerprint
-    from openrlaif.progress import bar
-    from openrlaif.prompts import load_prompts, select
-    from openrlaif.samplers import build_sampler
-    from openrlaif.store import PartialLog
+    from openrlaif.models.accel import config_fingerprint
+    from openrlaif.core.progress import bar
+    from openrlaif.data.prompts import load_prompts, select
+    from openrlaif.sampling.remote import build_sampler
+    from openrlaif.core.store import PartialLog
 
     # 1. The train prompts, in chunks of about one sampling batch.
     prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
@@ -224,7 +224,7 @@ def sample_rlcd(cfg: RunConfig, sampler: Sampler, prompts, params: SamplingParam
     original conversation (no system prompt) and record each candidate's condition."""
     import random
 
-    from openrlaif.feedback.constitution import load_constitution
+    from openrlaif.data.constitution import load_constitution
     from openrlaif.feedback.methods import with_system
 
     constitution = load_constitution(cfg.data.constitution)

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from openrlaif.config import RewardConfig, RunConfig, TrainConfig
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.reward.loss import bradley_terry_loss, preference_accuracy
 from openrlaif.reward.model import reward_scores
-from openrlaif.store import RunStore, atomic_directory, atomic_write_json
+from openrlaif.core.store import RunStore, atomic_directory, atomic_write_json
 
 
 def split_pairs(n: int, heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -54,7 +54,7 @@ def build_reward_model(policy_path: str, rc: RewardConfig, seed: int, pad_id: in
 
 
 def pair_rewards(model, chosen, rejected, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from openrlaif.logprobs import collate
+    from openrlaif.models.logprobs import collate
 
     ids, attn, _ = collate(chosen + rejected, pad_id)
     r = reward_scores(model, ids, attn)
@@ -85,9 +85,9 @@ def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConf
     `train.mixed_precision`); each process takes its share of every batch. Returns per-step metrics."""
     from transformers import get_linear_schedule_with_warmup
 
-    from openrlaif.logprobs import collate
-    from openrlaif.optimize.accel import accumulate, gather_mean, make_accelerator, micro_batches, shard
-    from openrlaif.progress import advance, bar
+    from openrlaif.models.logprobs import collate
+    from openrlaif.models.accel import accumulate, gather_mean, make_accelerator, micro_batches, shard
+    from openrlaif.core.progress import advance, bar
     from openrlaif.reward.model import RewardScores
 
     accelerator = make_accelerator(tc)
@@ -137,9 +137,9 @@ def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConf
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Train reward.members reward models on preferences.jsonl; save them and their held-out figures."""
-    from openrlaif.logprobs import encode_response
-    from openrlaif.models import load_tokenizer, resolve_model, set_threads
-    from openrlaif.optimize.dpo import _text, training_pairs
+    from openrlaif.models.logprobs import encode_response
+    from openrlaif.models.loading import load_tokenizer, resolve_model, set_threads
+    from openrlaif.stages.dpo import _text, training_pairs
 
     rc = cfg.reward
     # 1. Preference pairs (the chosen side is the judge's pick, or a person's from the audit desk) and a
@@ -157,7 +157,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 2. Each member: its own head seed and (for an ensemble) its own bootstrap resample.
     members, summaries, start = [], [], time.perf_counter()
     out_dir = store.path("reward_model", k)
-    from openrlaif.optimize.accel import is_main_process
+    from openrlaif.models.accel import is_main_process
 
     main = is_main_process()  # under a launcher, only rank 0 writes; the others save into scratch space
     with atomic_directory(out_dir) if main else _scratch() as tmp:

@@ -14,12 +14,12 @@ from contextlib import contextmanager
 
 import torch
 
-from openrlaif.faults import kill_point
+from openrlaif.core.faults import kill_point
 from openrlaif.config import RunConfig, TrainConfig
-from openrlaif.errors import UserError
-from openrlaif.logprobs import batch_logprobs, encode_response
+from openrlaif.core.errors import UserError
+from openrlaif.models.logprobs import batch_logprobs, encode_response
 from openrlaif.optimize.losses import dpo_loss, ipo_loss
-from openrlaif.store import RunStore, atomic_directory, atomic_write_json, read_jsonl
+from openrlaif.core.store import RunStore, atomic_directory, atomic_write_json, read_jsonl
 
 
 def smoothing_for(pref: dict, tc: TrainConfig) -> float:
@@ -86,9 +86,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     Runs as is under `accelerate launch` (each process takes its share of every batch)."""
     from transformers import get_linear_schedule_with_warmup
 
-    from openrlaif.logprobs import SequenceLogprobs, collate
-    from openrlaif.models import load_causal_lm, set_threads
-    from openrlaif.optimize.accel import (
+    from openrlaif.models.logprobs import SequenceLogprobs, collate
+    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.models.accel import (
         Checkpointer,
         accumulate,
         config_fingerprint,
@@ -97,7 +97,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         micro_batches,
         shard,
     )
-    from openrlaif.progress import advance, bar
+    from openrlaif.core.progress import advance, bar
 
     tc = cfg.train
     # 1. Preference pairs from the label stage, with any human verdicts from the audit desk applied.
@@ -252,7 +252,7 @@ def training_pairs(store: RunStore, k: int, minimum: int = 1, cfg: RunConfig | N
     become human labels (p_chosen 1, flipped when the person said so), 'flag' drops the pair.
     Returns (rows, counts of each verdict applied)."""
     from openrlaif.audit.db import apply_human_verdicts
-    from openrlaif.progress import console
+    from openrlaif.core.progress import console
     from openrlaif.rounds import select_rounds
 
     by_round = {k: read_preferences(store, k, minimum)}

@@ -15,13 +15,13 @@ import time
 
 import torch
 
-from openrlaif.faults import kill_point
+from openrlaif.core.faults import kill_point
 from openrlaif.config import RunConfig
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.evaluate.overopt import OveroptimizationMonitor
-from openrlaif.logprobs import Encoded, collate, token_logprobs
+from openrlaif.models.logprobs import Encoded, collate, token_logprobs
 from openrlaif.optimize.advantages import kl_estimate, rloo_advantages, whiten
-from openrlaif.store import RunStore, atomic_directory
+from openrlaif.core.store import RunStore, atomic_directory
 
 
 def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None = None, tag: str = "rl"):
@@ -43,8 +43,8 @@ def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None 
     if spec not in ("judge", "contrastive", "pointwise"):
         rm = load_reward(spec, field)
         return lambda convs, texts, responses: [float(x) for x in rm.rewards(convs, responses)]
-    from openrlaif.feedback.constitution import load_constitution
-    from openrlaif.feedback.label import build_judge
+    from openrlaif.data.constitution import load_constitution
+    from openrlaif.stages.label import build_judge
 
     # The run's judge scores each answer alone: its contrastive score when it is the contrastive judge (the
     # same judge that grades `eval`), otherwise the pointwise expected 0-9 rating (d-RLAIF).
@@ -67,7 +67,7 @@ def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None 
 
 def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig) -> tuple[list[Encoded], list[bool]]:
     """k sampled responses per prompt as Encoded sequences (prompt + response incl. its end-of-turn)."""
-    from openrlaif.models import end_of_turn_id
+    from openrlaif.models.loading import end_of_turn_id
 
     stop = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
     flat = [ids for ids in prompt_ids for _ in range(k)]
@@ -87,7 +87,7 @@ def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig) -> t
 
 def train_prompts(cfg: RunConfig) -> list:
     """The train prompts RL samples from, or a one-line error when there are none."""
-    from openrlaif.prompts import load_prompts, select
+    from openrlaif.data.prompts import load_prompts, select
 
     prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
     if not prompts:
@@ -101,7 +101,7 @@ def rollout(policy, tok, prompts, encoded_prompts: list[list[int]], step: int, s
 
     Returns (input_ids, attention_mask, response_mask) on the device, ``finished`` (list of bool: ended
     before max_new_tokens) and the raw scores (float tensor, one per sample, prompt-major)."""
-    from openrlaif.optimize.accel import shard
+    from openrlaif.models.accel import shard
 
     rl = cfg.rl
     chosen = shard([(step * rl.prompts_per_step + i) % len(prompts) for i in range(rl.prompts_per_step)], accelerator)
@@ -117,11 +117,11 @@ def rollout(policy, tok, prompts, encoded_prompts: list[list[int]], step: int, s
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """RLOO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
-    from openrlaif.logprobs import SequenceLogprobs
-    from openrlaif.models import chat_prompt, load_causal_lm, set_threads
-    from openrlaif.optimize.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
-    from openrlaif.optimize.dpo import add_lora, reference_policy, round_adapters
-    from openrlaif.progress import advance, bar
+    from openrlaif.models.logprobs import SequenceLogprobs
+    from openrlaif.models.loading import chat_prompt, load_causal_lm, set_threads
+    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
+    from openrlaif.stages.dpo import add_lora, reference_policy, round_adapters
+    from openrlaif.core.progress import advance, bar
 
     rl, tc = cfg.rl, cfg.train
     # 1. Train prompts, the policy (a fresh LoRA adapter; adapter off = the reference) and the reward.

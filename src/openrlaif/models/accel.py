@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 from openrlaif.config import TrainConfig
 
 
@@ -133,7 +133,7 @@ class Checkpointer:
 
     def resume(self) -> dict | None:
         """Load the latest checkpoint into the prepared objects; returns its progress, or None."""
-        from openrlaif.progress import console
+        from openrlaif.core.progress import console
 
         path = self.directory / "progress.json"
         if self.every <= 0 or not path.is_file():

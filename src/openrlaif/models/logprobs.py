@@ -22,7 +22,7 @@ def encode_response(tokenizer, prompt_messages: list[dict], response: str, max_l
     The prompt keeps its end and gets at least half the budget (more when the response is short);
     the response fills the rest and is cut at its end.
     """
-    from openrlaif.models import chat_prompt, end_of_turn_id
+    from openrlaif.models.loading import chat_prompt, end_of_turn_id
 
     prompt_ids = tokenizer(chat_prompt(tokenizer, prompt_messages), add_special_tokens=False).input_ids
     from openrlaif.feedback.judges import neutralize_special_tokens
@@ -135,7 +135,7 @@ def batched_response_logprobs(model, seqs: list[Encoded], pad_id: int, batch_siz
     """
     import time
 
-    from openrlaif.progress import advance, bar
+    from openrlaif.core.progress import advance, bar
 
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].input_ids))
     out = [0.0] * len(seqs)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from openrlaif.errors import UserError
-from openrlaif.store import iter_jsonl
+from openrlaif.core.errors import UserError
+from openrlaif.core.store import iter_jsonl
 
 BUILTIN = "builtin"
 
