@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 RUN    ?= runs/demo
 STAMP  := $(VENV)/.openrlaif-installed
 
-.PHONY: setup demo quick test test-fast clean
+.PHONY: setup demo quick test test-fast docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not smoke"
+
+# docs/config.md is generated from the config's field descriptions (a test fails when it is stale).
+docs: setup
+	$(PY) -c "from openrlaif.config import config_reference; open('docs/config.md', 'w').write(config_reference())"
 
 clean:
 	rm -rf runs build dist src/*.egg-info .pytest_cache

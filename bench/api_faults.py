@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from openrlaif.feedback.api import OpenAICompatibleJudge
 from openrlaif.data.constitution import load_constitution
-from openrlaif.feedback.judges import Comparison
+from openrlaif.feedback.api import OpenAICompatibleJudge
+from openrlaif.feedback.types import Comparison
 from openrlaif.models.loading import load_causal_lm
 from openrlaif.serve import FaultPlan, ServerThread, create_app
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from openrlaif.config import load_config
-from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
 from openrlaif.data.constitution import load_constitution
-from openrlaif.stages.label import build_judge
+from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+from openrlaif.feedback.factory import build_judge
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = [

@@ -27,11 +27,12 @@ import time
 
 import torch
 
-from openrlaif.evaluate.judge_eval import load_labelled_pairs
 from openrlaif.data.constitution import load_constitution
-from openrlaif.feedback.judges import JUDGE_PREFILL, Comparison, LocalJudge
+from openrlaif.evaluate.judge_eval import load_labelled_pairs
 from openrlaif.feedback.api import parse_letter
+from openrlaif.feedback.judges import JUDGE_PREFILL, LocalJudge
 from openrlaif.feedback.methods import ContrastiveJudge
+from openrlaif.feedback.types import Comparison
 from openrlaif.models.loading import load_causal_lm, quantize_int8
 
 
@@ -54,9 +55,10 @@ def label_workload(path: str | None, prompts: int, model) -> tuple[list, list]:
     import random
     from itertools import combinations
 
-    from openrlaif.stages.generate import HFSampler, SamplingParams
-    from openrlaif.data.prompts import load_prompts, select
     from openrlaif.core.store import read_jsonl
+    from openrlaif.data.prompts import load_prompts, select
+    from openrlaif.sampling.hf import HFSampler
+    from openrlaif.sampling.types import SamplingParams
 
     if path:
         rows = read_jsonl(path)[:prompts]

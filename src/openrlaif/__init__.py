@@ -6,11 +6,13 @@ Python API (the CLI is a thin layer over it)::
     result = openrlaif.run("configs/quick.yaml", out="runs/demo", overrides=["generate.n=2"])
 """
 
-__version__ = "0.1.0"
+from openrlaif.core.version import __version__
+
+__all__ = ["__version__", "run"]
 
 
 def run(config=None, out="runs/rlaif", overrides=None, force=False, rounds=None):
-    """Run RLAIF rounds (generate -> label -> train -> eval; ``rounds`` or pipeline.rounds, default 1) into the
+    """Run RLAIF rounds (generate -> label -> (reward) -> train -> eval; ``rounds`` or pipeline.rounds, default 1) into the
     run directory ``out``; a second call on the same directory resumes it."""
     from openrlaif.pipeline import run as _run
 

@@ -14,7 +14,8 @@ from openrlaif.core.errors import UserError
 app = typer.Typer(
     name="rlaif",
     help="OpenRLAIF: Reinforcement Learning from AI Feedback. Sample candidates from a policy, let an AI "
-    "judge rank them by a constitution, train the policy on those preferences, and evaluate it.",
+    "judge rank them by a constitution, (fit a reward model,) train the policy on those preferences, and "
+    "evaluate it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -48,11 +49,11 @@ RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", min=1, help="RLAIF
 @app.command()
 def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: Overrides = None, force: ForceOpt = False,
         rounds: RoundsOpt = None):
-    """Run RLAIF rounds (pipeline.rounds, default 1): generate -> label -> train -> eval, round k's policy
+    """Run RLAIF rounds (pipeline.rounds, default 1): generate -> label -> (reward) -> train -> eval, round k's policy
     sampling round k+1's data. Finished stages are skipped when the same run directory is run again, so a
     killed run continues where it stopped."""
-    from openrlaif.pipeline import run as run_pipeline
     from openrlaif.core.progress import console
+    from openrlaif.pipeline import run as run_pipeline
 
     result = run_pipeline(config, out, overrides or [], force, rounds)
     console.rule("[bold]result")
@@ -80,11 +81,11 @@ def run(config: ConfigOpt = None, out: OutOpt = Path("runs/rlaif"), overrides: O
 
 def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | None, force: bool, k: int = 1) -> None:
     from openrlaif.config import load_config
+    from openrlaif.core.store import RunStore
     from openrlaif.models.accel import is_main_process
     from openrlaif.pipeline import check_stage_inputs, open_run, run_stage
     from openrlaif.report import write_report
     from openrlaif.rounds import round_config
-    from openrlaif.core.store import RunStore
 
     store = RunStore(out)
     if config is None and not store.config_path.is_file():
@@ -167,12 +168,12 @@ def judge_eval(
     from rich.table import Table
 
     from openrlaif.config import load_config
-    from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
-    from openrlaif.data.constitution import load_constitution
-    from openrlaif.stages.label import build_judge
-    from openrlaif.models.loading import set_threads
     from openrlaif.core.progress import console
     from openrlaif.core.store import atomic_write_json
+    from openrlaif.data.constitution import load_constitution
+    from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+    from openrlaif.feedback.factory import build_judge
+    from openrlaif.models.loading import set_threads
 
     cfg = load_config(config, overrides or [])
     if cfg.feedback.method in ("revision", "rlcd"):
@@ -205,8 +206,8 @@ def judge_eval(
 def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")]):
     """Rewrite RUN_DIR/report.md and the self-contained RUN_DIR/report.html (plots) from the run's files,
     and print the markdown."""
-    from openrlaif.report import write_report
     from openrlaif.core.store import RunStore
+    from openrlaif.report import write_report
 
     store = RunStore(run_dir)
     if not store.exists():
@@ -226,8 +227,8 @@ def show(
 
     from rich.console import Console
 
-    from openrlaif.lineage import show_tree, verify
     from openrlaif.core.store import RunStore
+    from openrlaif.lineage import show_tree, verify
 
     store = RunStore(run_dir)
     if not store.exists():
@@ -289,7 +290,7 @@ def audit(
     import uvicorn
 
     from openrlaif.audit.app import create_app
-    from openrlaif.audit.db import prepare_queue
+    from openrlaif.audit.prepare import prepare_queue
 
     token = os.environ.get(token_env, "") if token_env else secrets.token_urlsafe(24)
     if not token:

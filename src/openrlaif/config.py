@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from openrlaif.core.errors import UserError
+from openrlaif.core.store import RunStore
 
 
 class _Strict(BaseModel):
@@ -75,7 +76,7 @@ class SamplerApiConfig(_Strict):
     api_key_env: str | None = Field(None, description="Environment variable holding the API key (Bearer); null = none.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (one request = one prompt's n samples).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds before a request counts as failed (then retried).")
-    max_retries: int = Field(4, ge=0, description="Retries per request on 429, 5xx and broken connections.")
+    max_retries: int = Field(4, ge=0, description="Retries per request on 429, 5xx, timeouts, broken connections and unreadable bodies (the judge's policy; Retry-After honoured).")
     load_adapters: bool = Field(
         True, description="From round 2: register round k-1's LoRA adapter with the server (vLLM's /v1/load_lora_adapter; "
         "vLLM needs --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and must see the adapter's path) and sample it."
@@ -342,8 +343,8 @@ class PPOConfig(_Strict):
     """train.algo=ppo: the update side of PPO (rollouts, reward and KL penalty come from the rl section)."""
 
     epochs: int = Field(2, ge=1, description="Passes over each step's rollouts.")
-    minibatch_size: int = Field(8, ge=1, description="Episodes per gradient micro-batch (x train.grad_accum_steps "
-                                "per optimizer step).")
+    minibatch_size: int = Field(8, ge=1, description="Episodes per optimizer step: PPO takes one "
+                                "step per minibatch (train.grad_accum_steps does not apply to PPO).")
     clip_range: float = Field(0.2, gt=0, description="Policy ratio clipping epsilon.")
     value_clip_range: float = Field(0.2, gt=0, description="Value clipping: new values stay within this of the "
                                     "rollout's values.")
@@ -613,3 +614,80 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def load_run_config(out: str | Path) -> RunConfig:
+    import yaml
+
+    store = RunStore(out)
+    if not store.config_path.is_file():
+        raise UserError(f"{out} is not a run directory (no config.resolved.yaml); start one with `rlaif run -c CONFIG -o {out}`")
+    return config_from_dict(yaml.safe_load(store.config_path.read_text(encoding="utf-8")) or {}, str(store.config_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference page (docs/config.md is generated from the field descriptions above)
+
+
+def _type_text(annotation) -> str:
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{v}`" for v in typing.get_args(annotation))
+    if origin in (typing.Union, __import__("types").UnionType):
+        return " or ".join(_type_text(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if origin is not None:
+        args = ", ".join(_type_text(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default_text(field) -> str:
+    import json as _json
+
+    if field.default_factory is not None:
+        return f"`{_json.dumps(field.default_factory())}`"
+    if field.is_required():
+        return "required"
+    return f"`{_json.dumps(field.default)}`"
+
+
+def config_reference() -> str:
+    """The config reference as markdown: one table per section, every field's type, default and description,
+    in declaration order. ``docs/config.md`` is this text (``make docs`` writes it; a test fails when stale)."""
+    import typing
+
+    out = ["# Config reference", "",
+           "<!-- generated from the pydantic field descriptions in src/openrlaif/config.py by `make docs`; "
+           "do not edit by hand -->", "",
+           "A run is configured by one YAML file (`rlaif run -c FILE`) plus dotted `key=value` overrides. "
+           "Unknown keys, wrong types and out-of-range values are errors that name the field.", ""]
+
+    def section(model: type[BaseModel], prefix: str, title: str) -> None:
+        rows, nested = [], []
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            sub = [a for a in (typing.get_args(field.annotation) or (field.annotation,))
+                   if isinstance(a, type) and issubclass(a, BaseModel)]
+            if sub:
+                nested.append((sub[0], f"{key}.", key, field))
+                continue
+            description = (field.description or "").replace("|", "\\|").replace("\n", " ")
+            rows.append(f"| `{key}` | {_type_text(field.annotation)} | {_default_text(field)} | {description} |")
+        if rows:
+            out.extend([f"## {title}", ""])
+            doc = (model.__doc__ or "").strip()
+            if doc and model is not RunConfig:
+                out.extend([" ".join(doc.split()), ""])
+            out.extend(["| key | type | default | what it does |", "|---|---|---|---|", *rows, ""])
+        for sub, sub_prefix, key, field in nested:
+            optional = type(None) in typing.get_args(field.annotation)
+            note = f"`{key}` (optional section{'' if not field.description else ': ' + field.description})" \
+                if optional else f"`{key}`"
+            section(sub, sub_prefix, note)
+
+    section(RunConfig, "", "Top level")
+    return "\n".join(out).rstrip() + "\n"

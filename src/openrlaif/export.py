@@ -24,7 +24,7 @@ from openrlaif.core.store import RunStore, atomic_directory, atomic_write_bytes,
 def export_round(run_dir: str | Path, k: int, out: str | Path | None = None, adapter_only: bool = False,
                  all_rounds: bool = False) -> dict:
     """Export round ``k`` of a run; returns what was written."""
-    from openrlaif.pipeline import load_run_config
+    from openrlaif.config import load_run_config
     from openrlaif.rounds import round_config
 
     store = RunStore(run_dir)
@@ -64,7 +64,7 @@ def export_round(run_dir: str | Path, k: int, out: str | Path | None = None, ada
 
 
 def _merged(cfg, adapter: Path, tmp: Path) -> None:
-    from openrlaif.rounds import load_merged
+    from openrlaif.models.policy import load_merged
 
     loaded = load_merged(cfg, adapter)
     loaded.model.save_pretrained(tmp)

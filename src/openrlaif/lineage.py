@@ -64,9 +64,9 @@ def model_identity(spec: str) -> dict:
 
 def code_version() -> dict:
     """The package version, and the git commit when running from a checkout (dirty if it has local edits)."""
-    import openrlaif
+    from openrlaif.core.version import __version__
 
-    out = {"openrlaif": openrlaif.__version__}
+    out = {"openrlaif": __version__}
     root = Path(__file__).resolve().parents[2]
     if (root / ".git").exists():
         try:

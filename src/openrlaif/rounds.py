@@ -11,9 +11,6 @@ The pieces `pipeline.run` needs between rounds, kept as plain functions:
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
-
 from openrlaif.config import RunConfig, apply_overrides, config_from_dict
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore
@@ -40,51 +37,6 @@ def check_round_overrides(cfg: RunConfig) -> None:
             raise UserError(f"pipeline.overrides: round {k} is not one of rounds 2..{cfg.pipeline.rounds}; "
                             "round 1 uses the config itself")
         round_config(cfg, k)
-
-
-def start_adapter(store: RunStore, k: int) -> Path | None:
-    """The LoRA adapter round ``k`` starts from: round k-1's policy (None in round 1)."""
-    if k <= 1:
-        return None
-    adapter = store.path("policy", k - 1)
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{adapter} holds no trained policy, and round {k} starts from it; "
-                        f"run round {k - 1} first (`rlaif run -o {store.root}`)")
-    return adapter
-
-
-def load_round_policy(cfg: RunConfig, store: RunStore, k: int):
-    """The policy that samples round ``k``: the starting model with round k-1's adapter merged in."""
-    return load_merged(cfg, start_adapter(store, k))
-
-
-def load_merged(cfg: RunConfig, adapter: Path | None):
-    """The starting model with ``adapter`` (a peft LoRA directory) merged into its weights, or alone."""
-    from openrlaif.models.loading import load_causal_lm
-
-    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
-    if adapter is not None:
-        from peft import PeftModel
-
-        loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload()
-        loaded.model.eval()
-    return loaded
-
-
-def select_rounds(rows_by_round: dict[int, list[dict]], k: int, mode: str, mix_previous: float,
-                  seed: int) -> list[dict]:
-    """The pairs round ``k`` trains on: 'newest' = round k's; 'all' = rounds 1..k; 'mix' = round k's plus
-    round(mix_previous * len(round k)) pairs drawn (seeded, without replacement) from the earlier rounds."""
-    newest = list(rows_by_round.get(k, []))
-    earlier = [row for j in sorted(rows_by_round) if j < k for row in rows_by_round[j]]
-    if mode == "newest" or not earlier:
-        return newest
-    if mode == "all":
-        return earlier + newest
-    if mode == "mix":
-        n = min(len(earlier), round(mix_previous * len(newest)))
-        return newest + random.Random(f"{seed}:{k}:mix").sample(earlier, n)
-    raise ValueError(mode)
 
 
 def stop_reason(cfg: RunConfig, k: int, eval_summary: dict, train_summary: dict,

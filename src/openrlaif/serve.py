@@ -18,6 +18,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from openrlaif.models.loading import cut_at_stop
+
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "nonsense")
 
 
@@ -76,17 +78,14 @@ def complete(model, tokenizer, body: dict) -> dict:
     choices, completion_tokens = [], 0
     for index in range(n):
         row = out.sequences[index, input_ids.shape[1]:].tolist()
-        ended = next((t for t, tid in enumerate(row) if tid in eos), None)  # later rows of a batch are padded
-        new = row if ended is None else row[: ended + 1]
+        new, ended = cut_at_stop(row, eos, keep_stop=True)  # later rows of a batch are padded
         completion_tokens += len(new)
-        finish = "stop" if ended is not None else "length"
+        finish = "stop" if ended else "length"
         visible = new[:-1] if finish == "stop" else new
         choices.append({"index": index, "message": {"role": "assistant",
                                                    "content": tokenizer.decode(visible, skip_special_tokens=True)},
                         "logprobs": None, "finish_reason": finish})
-    new = out.sequences[0, input_ids.shape[1]:].tolist()
-    if choices[0]["finish_reason"] == "stop":
-        new = new[: next(t for t, tid in enumerate(new) if tid in eos) + 1]
+    new, _ = cut_at_stop(out.sequences[0, input_ids.shape[1]:].tolist(), eos, keep_stop=True)
     logprobs = None
     if want_logprobs:
         entries = []

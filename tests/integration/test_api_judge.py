@@ -11,9 +11,10 @@ import sys
 import httpx
 import pytest
 
-from openrlaif.feedback.api import OpenAICompatibleJudge
 from openrlaif.data.constitution import load_constitution
-from openrlaif.feedback.judges import Comparison, LocalJudge
+from openrlaif.feedback.api import OpenAICompatibleJudge
+from openrlaif.feedback.judges import LocalJudge
+from openrlaif.feedback.types import Comparison
 from openrlaif.serve import FaultPlan, ServerThread, create_app
 
 
@@ -105,7 +106,7 @@ def test_faults_at_30_percent_leave_every_pair_labelled_correctly_or_unscored(ti
 
 
 def test_cached_api_readings_are_not_requested_again(server, tmp_path):
-    from openrlaif.feedback.cache import JudgeCache
+    from openrlaif.core.cache import JudgeCache
 
     cache = JudgeCache(tmp_path / "c.sqlite")
     items = comparisons(4)

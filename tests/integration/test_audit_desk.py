@@ -6,10 +6,10 @@ import json
 
 import httpx
 import pytest
-
 from browser import LiveServer
+
 from openrlaif.audit.app import create_app
-from openrlaif.audit.db import prepare_queue
+from openrlaif.audit.prepare import prepare_queue
 from openrlaif.audit.queue import pair_id
 
 PAYLOAD = ('<script>window.__pwned = 1; alert("xss")</script><img src=x onerror="window.__pwned = 2; alert(2)">'

@@ -8,14 +8,14 @@ import sys
 import time
 
 import httpx
-
 from browser import free_port
 from conftest import tiny_overrides
-from openrlaif.audit.db import prepare_queue
+
+from openrlaif.audit.prepare import prepare_queue
 from openrlaif.audit.queue import pair_id
 from openrlaif.config import load_config
-from openrlaif.pipeline import open_run, run_stage
 from openrlaif.core.store import read_jsonl
+from openrlaif.pipeline import open_run, run_stage
 
 
 def test_verdicts_override_the_ai_labels_when_train_runs(tmp_path, tiny_model_dir):

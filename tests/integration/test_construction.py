@@ -4,18 +4,19 @@ critique -> revision (pairs + SFT rows), each through the stages of a run direct
 import json
 
 import pytest
-
 from conftest import tiny_overrides
+
 from openrlaif.config import load_config
 from openrlaif.core.errors import UserError
+from openrlaif.core.store import read_jsonl
+from openrlaif.core.text import with_system
 from openrlaif.data.constitution import Principle, load_constitution
+from openrlaif.data.prompts import load_prompts, select
 from openrlaif.feedback.revision import Revision, critique_and_revise, critique_messages, revision_messages, rlcd_pairs
-from openrlaif.stages.generate import HFSampler, SamplingParams
-from openrlaif.feedback.methods import with_system
 from openrlaif.models.loading import load_causal_lm
 from openrlaif.pipeline import open_run, run_stage
-from openrlaif.data.prompts import load_prompts, select
-from openrlaif.core.store import read_jsonl
+from openrlaif.sampling.hf import HFSampler
+from openrlaif.sampling.types import SamplingParams
 
 
 def test_rlcd_pairs_match_positives_to_negatives_in_order():

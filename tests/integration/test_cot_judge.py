@@ -4,10 +4,12 @@ from the letter log-probs after our own 'Therefore...' line, and a second pass i
 import pytest
 import torch
 
-from openrlaif.feedback.cache import JudgeCache
 from openrlaif.data.constitution import Principle
-from openrlaif.feedback.judges import Comparison, last_position_logits, prob_first_slot
+from openrlaif.core.cache import JudgeCache
+from openrlaif.feedback.judges import last_position_logits
 from openrlaif.feedback.methods import COT_VERDICT, ChainOfThoughtJudge, clean_rationale
+from openrlaif.feedback.scoring import prob_first_slot
+from openrlaif.feedback.types import Comparison
 from openrlaif.models.loading import load_causal_lm
 
 PRINCIPLE = Principle("kind", "Which response is kinder?", 1.0)

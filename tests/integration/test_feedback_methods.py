@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from openrlaif.core.errors import UserError
-from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+from openrlaif.core.text import with_system
 from openrlaif.data.constitution import Principle, load_constitution
-from openrlaif.feedback.judges import Comparison, position_stats
-from openrlaif.feedback.methods import ContrastiveJudge, with_system
-from openrlaif.models.logprobs import batch_logprobs, encode_response
+from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+from openrlaif.feedback.methods import ContrastiveJudge
+from openrlaif.feedback.scoring import position_stats
+from openrlaif.feedback.types import Comparison
 from openrlaif.models.loading import load_causal_lm
+from openrlaif.models.logprobs import batch_logprobs, encode_response
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ class _OracleJudge:
         self.good = good
 
     def compare(self, items):
-        from openrlaif.feedback.judges import Verdict
+        from openrlaif.feedback.types import Verdict
 
         return [Verdict(0.9 if it.first in self.good else 0.1, 0.9 if it.first in self.good else 0.1,
                         0.9 if it.first in self.good else 0.1, it.principle.id) for it in items]
@@ -137,7 +139,7 @@ def test_judge_eval_cli_on_tiny_model(tiny_model_dir, tmp_path):
 
 
 def test_rule_and_ensemble_through_build_judge(tiny_config, tmp_path, monkeypatch):
-    from openrlaif.stages.label import build_judge
+    from openrlaif.feedback.factory import build_judge
 
     (tmp_path / "my_rules.py").write_text("def words(prompt, response):\n    return len(response.split())\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -160,7 +162,7 @@ def test_rule_and_ensemble_through_build_judge(tiny_config, tmp_path, monkeypatc
 
 
 def test_pointwise_judge_on_tiny_model(tiny, tmp_path):
-    from openrlaif.feedback.cache import JudgeCache
+    from openrlaif.core.cache import JudgeCache
     from openrlaif.feedback.methods import PointwiseJudge, digit_token_groups
 
     groups = digit_token_groups(tiny.tokenizer)

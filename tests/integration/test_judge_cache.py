@@ -6,7 +6,7 @@ import pytest
 
 from openrlaif import pipeline
 from openrlaif.feedback import judges
-from openrlaif.feedback.cache import JudgeCache, cache_key, cached_compute
+from openrlaif.core.cache import JudgeCache, cache_key, cached_compute
 
 
 def test_cache_roundtrip_and_partial_batches(tmp_path):

@@ -5,14 +5,17 @@ import math
 import pytest
 import torch
 
+from openrlaif.config import TrainConfig
 from openrlaif.core.errors import UserError
 from openrlaif.data.constitution import Principle
-from openrlaif.feedback.judges import JUDGE_PREFILL, Comparison, LocalJudge, answer_token_ids
-from openrlaif.stages.generate import HFSampler, SamplingParams
+from openrlaif.feedback.judges import JUDGE_PREFILL, LocalJudge, answer_token_ids
+from openrlaif.feedback.types import Comparison
 from openrlaif.models.loading import chat_prompt, end_of_turn_id, load_causal_lm, load_tokenizer, resolve_model
-from openrlaif.models.logprobs import collate, encode_response as encode_pair_side
+from openrlaif.models.logprobs import collate
+from openrlaif.models.logprobs import encode_response as encode_pair_side
+from openrlaif.sampling.hf import HFSampler
+from openrlaif.sampling.types import SamplingParams
 from openrlaif.stages.dpo import smoothing_for
-from openrlaif.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +191,7 @@ def test_smoothing_for():
 def test_response_logprobs_matches_full_vocabulary_path(tiny):
     """The fast path (LM head on response positions only) equals log-softmax over every position."""
     from openrlaif.models.logprobs import response_logprobs
-    from openrlaif.stages.dpo import add_lora
+    from openrlaif.models.policy import add_lora
     from openrlaif.optimize.losses import sequence_logprobs
 
     tok = tiny.tokenizer
@@ -240,8 +243,8 @@ def test_tempered_token_logprobs_are_the_sampled_distribution(tiny):
 def test_int8_judge_is_close_to_fp32_and_named_apart(tiny_model_dir):
     from openrlaif.config import load_config
     from openrlaif.data.constitution import Principle
-    from openrlaif.feedback.judges import Comparison
-    from openrlaif.stages.label import build_judge
+    from openrlaif.feedback.factory import build_judge
+    from openrlaif.feedback.types import Comparison
 
     items = [Comparison("Say hello.", "Hello there, friend.", "Go away.", Principle("p", "Which is kinder?")),
              Comparison("Name a planet.", "Mars.", "The sea is wide.", Principle("p", "Which is right?"))]
@@ -258,8 +261,8 @@ def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir):
     """Prefix KV reuse (several prefixes of different lengths, groups split across batches) gives the
     same next-token and response log-probs as running every full sequence alone."""
     from openrlaif.feedback.judges import last_position_logits
-    from openrlaif.models.logprobs import Split, split_next_token_logprobs, split_response_logprobs
     from openrlaif.models.loading import load_causal_lm
+    from openrlaif.models.logprobs import Split, split_next_token_logprobs, split_response_logprobs
 
     m = load_causal_lm(str(tiny_model_dir)).model
     gen = torch.Generator().manual_seed(0)
@@ -281,7 +284,9 @@ def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir):
 
 def test_pairwise_judge_with_and_without_prefix_reuse_agree(tiny_model_dir):
     from openrlaif.data.constitution import Principle
-    from openrlaif.feedback.judges import Comparison, LocalJudge, combine_orders, last_position_logits, prob_first_slot
+    from openrlaif.feedback.judges import LocalJudge, last_position_logits
+    from openrlaif.feedback.scoring import combine_orders, prob_first_slot
+    from openrlaif.feedback.types import Comparison
     from openrlaif.models.loading import load_causal_lm
 
     lm = load_causal_lm(str(tiny_model_dir))
@@ -308,8 +313,8 @@ def test_pairwise_judge_with_and_without_prefix_reuse_agree(tiny_model_dir):
 
 
 def test_truncated_prompt_keeps_the_system_turn(tiny_model_dir):
-    from openrlaif.models.logprobs import encode_response
     from openrlaif.models.loading import load_tokenizer
+    from openrlaif.models.logprobs import encode_response
 
     tok = load_tokenizer(tiny_model_dir)
     system = {"role": "system", "content": "You are kind."}

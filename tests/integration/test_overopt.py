@@ -6,8 +6,8 @@ held-out judge that agrees with the proxy must never fire it."""
 import json
 
 import pytest
-
 from conftest import die_on_call, tiny_overrides
+
 from openrlaif.config import load_config
 from openrlaif.evaluate.overopt import first_alarm
 from openrlaif.pipeline import open_run, run_stage
@@ -83,8 +83,8 @@ def test_the_monitor_needs_heldout_prompts(tmp_path, tiny_model_dir):
     prompts.write_text('{"prompt": "hi there", "split": "train"}\n')
     # validate_inputs refuses a prompt file without held-out rows before the monitor is reached, so build
     # the monitor directly.
-    from openrlaif.evaluate.overopt import OveroptimizationMonitor
     from openrlaif.models.loading import load_causal_lm
+    from openrlaif.optimize.monitor import OveroptimizationMonitor
 
     cfg = monitor_config(tiny_model_dir, "rloo", f"data.prompts={prompts}")
     tok = load_causal_lm(str(tiny_model_dir), "float32").tokenizer

@@ -5,7 +5,8 @@ model text is escaped; a screenshot is taken."""
 import json
 
 from conftest import tiny_overrides
-from openrlaif.audit.db import prepare_queue
+
+from openrlaif.audit.prepare import prepare_queue
 from openrlaif.config import load_config
 from openrlaif.pipeline import run
 from openrlaif.report_html import FIGURES
@@ -28,8 +29,8 @@ def test_report_html_has_every_plot(tmp_path, tiny_model_dir, browser):
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     rows[0]["trained"] = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from openrlaif.report import write_report
     from openrlaif.core.store import RunStore
+    from openrlaif.report import write_report
 
     write_report(RunStore(out))
     page = browser.new_page(viewport={"width": 1200, "height": 900})

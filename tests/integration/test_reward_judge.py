@@ -5,14 +5,15 @@ import math
 
 import pytest
 import torch
-
 from conftest import build_tokenizer, tiny_overrides
+
 from openrlaif.config import load_config
+from openrlaif.core.store import read_jsonl
 from openrlaif.data.constitution import Principle
-from openrlaif.feedback.judges import Comparison, RewardModelJudge
+from openrlaif.feedback.judges import RewardModelJudge
+from openrlaif.feedback.types import Comparison
 from openrlaif.pipeline import open_run, run_stage
 from openrlaif.reward.model import CallableReward, HFRewardModel, load_reward
-from openrlaif.core.store import read_jsonl
 
 P = Principle("p", "Which is better?")
 

@@ -5,17 +5,17 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
 from openrlaif import pipeline
 from openrlaif.config import load_config
 from openrlaif.core.errors import UserError
-from openrlaif.models.logprobs import batch_logprobs, encode_response
-from openrlaif.models.loading import load_causal_lm
-from openrlaif.stages.dpo import _text
-from openrlaif.rounds import load_round_policy
 from openrlaif.core.store import RunStore, read_jsonl
+from openrlaif.data.preferences import text_of
+from openrlaif.models.loading import load_causal_lm
+from openrlaif.models.logprobs import batch_logprobs, encode_response
+from openrlaif.models.policy import load_round_policy
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_reference_previous_and_data_mix(two_rounds):
     previous = load_round_policy(cfg, store, 2)
     tok = previous.tokenizer
     first = prefs2[0]
-    seq = encode_response(tok, first["prompt"], _text(first["chosen"]), cfg.train.max_length)
+    seq = encode_response(tok, first["prompt"], text_of(first["chosen"]), cfg.train.max_length)
     with torch.inference_mode():
         lp_prev = batch_logprobs(previous.model, [seq], tok.pad_token_id)[0].item()
         lp_start = batch_logprobs(load_causal_lm(cfg.model.policy).model, [seq], tok.pad_token_id)[0].item()

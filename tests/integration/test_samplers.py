@@ -7,16 +7,16 @@ import types
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from openrlaif import pipeline
 from openrlaif.config import load_config
 from openrlaif.core.errors import UserError
-from openrlaif.stages.generate import SamplingParams
+from openrlaif.core.store import read_jsonl
 from openrlaif.models.loading import chat_prompt, end_of_turn_id, load_causal_lm
 from openrlaif.sampling.remote import OpenAICompatibleSampler, VLLMSampler
+from openrlaif.sampling.types import SamplingParams
 from openrlaif.serve import ServerThread, create_app
-from openrlaif.core.store import read_jsonl
 
 
 @pytest.fixture(scope="module")

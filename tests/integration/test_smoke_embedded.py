@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import conftest
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,10 +42,10 @@ def test_quick_config_end_to_end(tmp_path, request):
     assert ev["red_team"]["overall"]["n"] == 7 and ev["anchors"]["n"] + ev["anchors"]["unscored"] == 4
 
     # The demo's report.html in Chromium, after a reviewer has judged every label of the audit queue.
-    from openrlaif.audit.db import prepare_queue
+    from openrlaif.audit.prepare import prepare_queue
+    from openrlaif.core.store import RunStore
     from openrlaif.report import write_report
     from openrlaif.report_html import FIGURES
-    from openrlaif.core.store import RunStore
 
     db, _ = prepare_queue(out)
     for i, (pid,) in enumerate(db.conn.execute("SELECT pair_id FROM items").fetchall()):

@@ -5,15 +5,15 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
 from openrlaif.config import load_config
 from openrlaif.core.errors import UserError
-from openrlaif.data.constitution import load_constitution
-from openrlaif.pipeline import open_run, run_stage
-from openrlaif.data.prompts import load_prompts, select
 from openrlaif.core.store import STAGES, read_jsonl
+from openrlaif.data.constitution import load_constitution
+from openrlaif.data.prompts import load_prompts, select
+from openrlaif.pipeline import open_run, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +123,10 @@ def test_training_raises_preference_margin(staged, tiny_model_dir):
     """Reference log-probs are the base model's, and DPO moved chosen above rejected."""
     from peft import PeftModel
 
+    from openrlaif.data.preferences import text_of
     from openrlaif.models.loading import load_causal_lm
-    from openrlaif.models.logprobs import batch_logprobs, encode_response as encode_pair_side
-    from openrlaif.stages.dpo import _text
+    from openrlaif.models.logprobs import batch_logprobs
+    from openrlaif.models.logprobs import encode_response as encode_pair_side
 
     cfg, store, _ = staged
     prefs = read_jsonl(store.path("preferences.jsonl"))
@@ -134,8 +135,8 @@ def test_training_raises_preference_margin(staged, tiny_model_dir):
     tok = base.tokenizer
     model = PeftModel.from_pretrained(base.model, str(store.path("policy")))
     model.eval()
-    chosen = [encode_pair_side(tok, p["prompt"], _text(p["chosen"]), cfg.train.max_length) for p in prefs]
-    rejected = [encode_pair_side(tok, p["prompt"], _text(p["rejected"]), cfg.train.max_length) for p in prefs]
+    chosen = [encode_pair_side(tok, p["prompt"], text_of(p["chosen"]), cfg.train.max_length) for p in prefs]
+    rejected = [encode_pair_side(tok, p["prompt"], text_of(p["rejected"]), cfg.train.max_length) for p in prefs]
     with torch.no_grad():
         pc = batch_logprobs(model, chosen, tok.pad_token_id)
         pr = batch_logprobs(model, rejected, tok.pad_token_id)

@@ -7,9 +7,8 @@ import time
 
 import pytest
 
+from openrlaif.core.http import RateLimiter, backoff_delay
 from openrlaif.feedback.api import (
-    RateLimiter,
-    backoff_delay,
     cost_usd,
     defuse_markers,
     expected_digit,

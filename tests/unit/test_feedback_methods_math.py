@@ -4,8 +4,9 @@ import math
 
 import pytest
 
+from openrlaif.core.text import with_system
 from openrlaif.evaluate.judge_eval import agreement, brier, expected_calibration_error, transcript_to_messages
-from openrlaif.feedback.methods import contrastive_score, pair_probability, sigmoid, with_system
+from openrlaif.feedback.scoring import contrastive_score, pair_probability, sigmoid
 
 
 def test_contrastive_score_sum_and_mean():
@@ -72,7 +73,7 @@ def test_fit_temperature_recovers_the_generating_temperature():
 
 
 def test_expected_rating_by_hand():
-    from openrlaif.feedback.methods import expected_rating
+    from openrlaif.feedback.scoring import expected_rating
 
     lp = [[math.log(1e-12)] for _ in range(10)]
     lp[7] = [math.log(0.5)]

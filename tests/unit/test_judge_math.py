@@ -4,14 +4,9 @@ import math
 
 import pytest
 
-from openrlaif.feedback.judges import (
-    Verdict,
-    combine_orders,
-    logsumexp,
-    position_stats,
-    prob_first_slot,
-    truncate,
-)
+from openrlaif.core.text import truncate
+from openrlaif.feedback.scoring import combine_orders, logsumexp, position_stats, prob_first_slot
+from openrlaif.feedback.types import Verdict
 
 
 def test_logsumexp():
@@ -125,9 +120,9 @@ def test_truncate():
 
 
 def test_judge_directed_flags_and_special_token_neutralizing():
-    from openrlaif.feedback.judges import judge_directed, neutralize_special_tokens
-    from openrlaif.data.prompts import builtin_path
     from openrlaif.core.store import read_jsonl
+    from openrlaif.core.text import judge_directed, neutralize_special_tokens
+    from openrlaif.data.prompts import builtin_path
 
     rows = read_jsonl(builtin_path("injection_pairs.jsonl"))
     flagged = sum(judge_directed(r["rejected"]) for r in rows) / len(rows)

@@ -4,7 +4,8 @@ import pytest
 
 from openrlaif.config import load_config
 from openrlaif.core.errors import UserError
-from openrlaif.rounds import check_round_overrides, round_config, select_rounds, stop_reason
+from openrlaif.data.preferences import select_rounds
+from openrlaif.rounds import check_round_overrides, round_config, stop_reason
 
 
 def cfg_with(*overrides):

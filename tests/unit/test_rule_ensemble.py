@@ -5,9 +5,11 @@ import math
 import pytest
 
 from openrlaif.core.errors import UserError
+from openrlaif.core.plugins import load_callable
 from openrlaif.data.constitution import Principle
-from openrlaif.feedback.judges import (Comparison, EnsembleJudge, RuleJudge, Verdict, aggregate_probabilities,
-                                       load_callable, position_stats)
+from openrlaif.feedback.judges import EnsembleJudge, RuleJudge
+from openrlaif.feedback.scoring import aggregate_probabilities, position_stats
+from openrlaif.feedback.types import Comparison, Verdict
 
 P = Principle("p", "Which is better?")
 

@@ -82,14 +82,14 @@ def create_app(db: AuditDB, token: str | None = None, title: str = "OpenRLAIF au
         return PlainTextResponse(why, status_code=status)
 
     def page(item: dict | None, message: str = "") -> HTMLResponse:
-        from openrlaif.stages.dpo import _text
+        from openrlaif.data.preferences import text_of
 
         stats = db.stats()
         view = None
         if item is not None:
             row = item["row"]
-            view = {"pair_id": item["pair_id"], "prompt": _prompt(row), "chosen": _text(row.get("chosen")),
-                    "rejected": _text(row.get("rejected")), "p_chosen": row.get("p_chosen"),
+            view = {"pair_id": item["pair_id"], "prompt": _prompt(row), "chosen": text_of(row.get("chosen")),
+                    "rejected": text_of(row.get("rejected")), "p_chosen": row.get("p_chosen"),
                     "principle": row.get("principle") or "", "rationale": row.get("rationale") or "",
                     "judge": row.get("judge") or "", "reasons": item["reasons"], "verdict": item["verdict"],
                     "round": item["round"], "scores_ab": row.get("scores_ab"), "scores_ba": row.get("scores_ba")}

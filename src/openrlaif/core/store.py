@@ -2,8 +2,17 @@
 
 ```
 RUN_DIR/
-  config.resolved.yaml  manifest.json  metrics.jsonl  report.md
-  round_1/candidates.jsonl preferences.jsonl judge_stats.json policy/ eval.json samples.jsonl
+  config.resolved.yaml  manifest.json  metrics.jsonl  report.md  report.html
+  judge_cache.sqlite      (feedback.cache=run)      audit.sqlite   (the audit desk's queue and verdicts)
+  tensorboard/  mlartifacts/  wandb/                (tracking, when enabled)   export/ (rlaif export)
+  round_K/
+    candidates.jsonl (+ .partial while sampling)    generate: N candidates per train prompt
+    preferences.jsonl  judge_stats.json             label: TRL-style pairs with p_chosen, principle, judge
+    revisions.jsonl                                 label, feedback.method=revision: critique -> revision rows
+    reward_model/                                   reward: Bradley-Terry model(s)
+    policy/  ref_logps.json  checkpoint/            train: LoRA adapter (peft), DPO's reference log-probs
+    critic/  best_policy/                           train: PPO's value head; the monitor's best adapter
+    eval.json  samples.jsonl  redteam.jsonl         eval: win rates, side-by-side samples, red-team answers
 ```
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
 never leaves a half-written file under its real name. A stage marks itself done in the manifest

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openrlaif.core.errors import UserError
-from openrlaif.feedback.api import usage_json
-from openrlaif.feedback.judges import Comparison, Verdict, position_stats
 from openrlaif.core.store import iter_jsonl
+from openrlaif.feedback.api import usage_json
+from openrlaif.feedback.scoring import position_stats
+from openrlaif.feedback.types import Comparison, Verdict
 
 BUILTIN_CALIBRATION = "builtin"
 
@@ -135,7 +136,7 @@ def fit_temperature(diffs: list[float], y: list[int]) -> float:
     """
     import math
 
-    from openrlaif.feedback.methods import sigmoid
+    from openrlaif.feedback.scoring import sigmoid
 
     def log_loss(t: float) -> float:
         total = 0.0
@@ -204,7 +205,7 @@ def evaluate_judge(judge, pairs: list[LabelledPair], constitution, principle: st
     diffs = [(v.raw["score_first"] - v.raw["score_second"], yi) for v, yi in zip(verdicts, labels)
              if v.p_first is not None and "score_first" in v.raw and "score_second" in v.raw]
     if diffs:
-        from openrlaif.feedback.methods import sigmoid
+        from openrlaif.feedback.scoring import sigmoid
 
         d, yy = [t[0] for t in diffs], [t[1] for t in diffs]
         t = fit_temperature(d, yy)

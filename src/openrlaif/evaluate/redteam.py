@@ -65,7 +65,7 @@ def harmless_rates(categories: list[str], start: list[bool], trained: list[bool]
 def harm_scorer(cfg, run_dir):
     """(conversations, answers, principles) -> scores, and the harmless threshold, from the run's judge
     model (contrastive when that is the run's method, pointwise otherwise)."""
-    from openrlaif.stages.label import build_judge
+    from openrlaif.feedback.factory import build_judge
 
     method = "contrastive" if cfg.feedback.method == "contrastive" else "pointwise"
     judge, _ = build_judge(cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"method": method})}),

@@ -17,27 +17,18 @@ import asyncio
 import math
 import random
 import re
-import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from openrlaif.core.errors import UserError
-from openrlaif.feedback.judges import (
-    JUDGE_PREFILL,
-    JUDGE_SYSTEM,
-    JUDGE_USER,
-    Comparison,
-    Verdict,
-    both_orders,
-    combine_orders,
-    logsumexp,
-    truncate,
-)
+from openrlaif.core.http import Attempts, RateLimiter, RetryPolicy, bearer, has_choices, post_json, run_coroutine
+from openrlaif.core.text import truncate
+from openrlaif.feedback.judges import JUDGE_PREFILL, JUDGE_SYSTEM, JUDGE_USER, both_orders
+from openrlaif.feedback.scoring import combine_orders, compare_by_scores, expected_rating, logsumexp
+from openrlaif.feedback.types import Comparison, Verdict
 
 API_PAIRWISE_TEMPLATE_VERSION = "api-pairwise-v1"
 API_POINTWISE_TEMPLATE_VERSION = "api-pointwise-v1"
-RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 
 # ---------------------------------------------------------------------------------------------
 # Pure parts: reading a verdict from an answer, backoff, cost
@@ -82,20 +73,7 @@ def expected_digit(top: list[dict]) -> float | None:
         text = str(entry.get("token", "")).strip()
         if len(text) == 1 and text.isdigit():
             mass.setdefault(int(text), []).append(float(entry["logprob"]))
-    if not mass:
-        return None
-    per_digit = {d: logsumexp(v) for d, v in mass.items()}
-    m = max(per_digit.values())
-    weights = {d: math.exp(v - m) for d, v in per_digit.items()}
-    return sum(d * w for d, w in weights.items()) / sum(weights.values())
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random, retry_after: float | None = None) -> float:
-    """Seconds to wait before retry ``attempt`` (0-based): the server's Retry-After when given (capped),
-    else 'full jitter' — uniform in [0, min(cap, base * 2**attempt)]."""
-    if retry_after is not None:
-        return max(0.0, min(cap, retry_after))
-    return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
+    return expected_rating(mass)
 
 
 def cost_usd(prompt_tokens: int, completion_tokens: int, price_input_per_mtok: float, price_output_per_mtok: float) -> float:
@@ -126,77 +104,17 @@ def verdict_position(content: list[dict], accept, prefilled: bool) -> list[dict]
 
 
 @dataclass
-class Usage:
-    """What a judge spent: requests, retries, failures by kind, tokens and cost."""
+class Usage(Attempts):
+    """What a judge spent: the endpoint's attempts (requests, retries, failures by kind), tokens and cost."""
 
-    requests: int = 0
-    retries: int = 0
-    failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    errors: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "retries": self.retries, "failed": self.failed,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "cost_usd": round(self.cost_usd, 6), "errors": dict(self.errors)}
-
-
-class RateLimiter:
-    """At most ``rate`` request starts per second (evenly spaced); None = unlimited."""
-
-    def __init__(self, rate: float | None):
-        self.interval = 1.0 / rate if rate else 0.0
-        self.next_start = 0.0
-        self.lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        async with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_start)
-            self.next_start = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
-
-
-class _Retryable(Exception):
-    def __init__(self, kind: str, retry_after: float | None = None):
-        super().__init__(kind)
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-def _retry_after(headers) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def run_coroutine(coro):
-    """Run ``coro`` to completion, also from code that is already inside an event loop (notebooks)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    result: dict = {}
-
-    def target() -> None:
-        try:
-            result["value"] = asyncio.run(coro)
-        except BaseException as err:  # re-raised in the caller's thread
-            result["error"] = err
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,9 +142,6 @@ class OpenAICompatibleJudge:
         self.concurrency = concurrency
         self.requests_per_s = requests_per_s
         self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_cap_s = backoff_cap_s
         self.top_logprobs = top_logprobs
         self.prefill = prefill
         self.price_input_per_mtok = price_input_per_mtok
@@ -234,7 +149,7 @@ class OpenAICompatibleJudge:
         self.max_response_chars = max_response_chars
         self.temperature = temperature
         self.cache = cache
-        self.rng = random.Random(seed)
+        self.retry = RetryPolicy(max_retries, backoff_base_s, backoff_cap_s, random.Random(seed))
         self.description = description
         self.usage = Usage()
         self._checked = False
@@ -294,7 +209,7 @@ class OpenAICompatibleJudge:
     # -- transport ------------------------------------------------------------------------------
 
     def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return bearer(self.api_key)
 
     def check(self) -> None:
         """Fail fast, in one line, when the endpoint cannot be reached or refuses us."""
@@ -314,44 +229,20 @@ class OpenAICompatibleJudge:
         self._checked = True
 
     async def post(self, client, body: dict) -> dict | None:
-        """POST one chat completion with retries; the parsed JSON, or None when every attempt failed."""
-        import httpx
-
-        for attempt in range(self.max_retries + 1):
-            await self.limiter.wait()
-            self.usage.requests += 1
-            try:
-                r = await client.post(f"{self.base_url}/chat/completions", json=body, headers=self.headers())
-                if r.status_code in RETRY_STATUSES:
-                    raise _Retryable(f"http_{r.status_code}", _retry_after(r.headers))
-                if r.status_code >= 400:
-                    raise UserError(f"judge API {self.base_url} answered HTTP {r.status_code}: {r.text[:200]}; "
-                                    "check feedback.api.model and the key")
-                try:
-                    data = r.json()
-                    data["choices"][0]
-                except (ValueError, KeyError, IndexError, TypeError):
-                    raise _Retryable("malformed_body") from None
-            except httpx.TimeoutException:
-                kind, retry_after = "timeout", None
-            except httpx.TransportError:
-                kind, retry_after = "connection", None
-            except _Retryable as err:
-                kind, retry_after = err.kind, err.retry_after
-            else:
-                usage = data.get("usage") or {}
-                self.usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-                self.usage.completion_tokens += int(usage.get("completion_tokens") or 0)
-                self.usage.cost_usd = cost_usd(self.usage.prompt_tokens, self.usage.completion_tokens,
-                                               self.price_input_per_mtok, self.price_output_per_mtok)
-                return data
-            self.usage.errors[kind] += 1
-            if attempt == self.max_retries:
-                break
-            self.usage.retries += 1
-            await asyncio.sleep(backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s, self.rng, retry_after))
-        self.usage.failed += 1
-        return None
+        """POST one chat completion with the shared retry policy (``core.http``); the parsed JSON, or None
+        when every attempt failed. Token usage and cost are added up from the answers."""
+        data = await post_json(
+            client, f"{self.base_url}/chat/completions", body, headers=self.headers(), policy=self.retry,
+            attempts=self.usage, accept=has_choices, limiter=self.limiter,
+            refused=lambda status, text: (f"judge API {self.base_url} answered HTTP {status}: {text}; "
+                                          "check feedback.api.model and the key"))
+        if data is not None:
+            usage = data.get("usage") or {}
+            self.usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.usage.completion_tokens += int(usage.get("completion_tokens") or 0)
+            self.usage.cost_usd = cost_usd(self.usage.prompt_tokens, self.usage.completion_tokens,
+                                           self.price_input_per_mtok, self.price_output_per_mtok)
+        return data
 
     async def _readings(self, bodies: list[dict], on_done) -> None:
         import httpx
@@ -380,7 +271,7 @@ class OpenAICompatibleJudge:
     def readings(self, message_lists: list[list[dict]]) -> list[dict]:
         """One reading per message list (cached); transport failures come back as {'error': ...} and are
         not cached, so a later run asks again."""
-        from openrlaif.feedback.cache import cache_key
+        from openrlaif.core.cache import cache_key
 
         self.check()
         bodies = [self.body(m) for m in message_lists]
@@ -427,24 +318,10 @@ class OpenAICompatibleJudge:
         return [r.get("value") if "error" not in r else None for r in readings]
 
     def _compare_pointwise(self, items: list[Comparison]) -> list[Verdict]:
-        from openrlaif.feedback.methods import pair_probability
-
-        units: dict = {}
-        for it in items:
-            for response in (it.first, it.second):
-                units.setdefault((it.prompt, response, it.principle.id), (it.prompt, response, it.principle))
-        keys = list(units)
-        scores = dict(zip(keys, self.score([units[k] for k in keys])))
-        verdicts = []
-        for it in items:
-            a, b = scores[(it.prompt, it.first, it.principle.id)], scores[(it.prompt, it.second, it.principle.id)]
-            if a is None or b is None:
-                verdicts.append(Verdict(None, None, None, it.principle.id, error="unreadable rating",
-                                        raw={"score_first": a, "score_second": b}))
-                continue
-            p = pair_probability(a, b, self.temperature)
-            verdicts.append(Verdict(p, p, p, it.principle.id, raw={"score_first": a, "score_second": b}))
-        return verdicts
+        principles = {it.principle.id: it.principle for it in items}
+        return compare_by_scores(items, lambda it, response: (it.prompt, response, it.principle.id),
+                                 lambda units: self.score([(p, r, principles[pid]) for p, r, pid in units]),
+                                 self.temperature)
 
 
 def usage_json(judge) -> dict | None:
@@ -460,5 +337,3 @@ def usage_json(judge) -> dict | None:
         for kind, count in other["errors"].items():
             total["errors"][kind] = total["errors"].get(kind, 0) + count
     return total
-
-

@@ -8,14 +8,12 @@ the vocabulary projection for the last position.
 
 from __future__ import annotations
 
-import math
-import re
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from openrlaif.feedback.cache import model_fingerprint
-from openrlaif.data.constitution import Principle
+from openrlaif.core.cache import model_fingerprint
+from openrlaif.core.text import neutralize_special_tokens, truncate
+from openrlaif.feedback.scoring import aggregate_probabilities, combine_orders, prob_first_slot
+from openrlaif.feedback.types import Comparison, Verdict
 
 PAIRWISE_TEMPLATE_VERSION = "pairwise-v2"  # v2: prompt head and the rest tokenised apart (prefix reuse)
 
@@ -30,123 +28,8 @@ JUDGE_USER = (
 JUDGE_PREFILL = "The better response is Response"
 
 
-@dataclass
-class Comparison:
-    """Is ``first`` better than ``second`` as an answer to ``prompt`` under ``principle``?
-
-    ``prompt`` is the request as text (what a pairwise judge reads); ``messages`` is the full
-    conversation when there is one (likelihood judges condition on it), else the prompt as one user turn.
-    """
-
-    prompt: str
-    first: str
-    second: str
-    principle: Principle
-    messages: list[dict] | None = None
-
-    @property
-    def conversation(self) -> list[dict]:
-        return self.messages or [{"role": "user", "content": self.prompt}]
-
-
-@dataclass
-class Verdict:
-    p_first: float | None  # P(first is better), the two orders averaged; None = unscored
-    score_ab: float | None  # P(first is better) read with first shown as A
-    score_ba: float | None  # P(first is better) read with first shown as B
-    principle: str
-    rationale: str | None = None
-    raw: dict = field(default_factory=dict)
-    error: str | None = None
-
-
-class Judge(Protocol):
-    """Anything that returns one Verdict per Comparison (batched). ``name`` and ``method`` are recorded
-    with every label."""
-
-    name: str
-    method: str
-
-    def compare(self, items: list[Comparison]) -> list[Verdict]: ...
-
-
 # ---------------------------------------------------------------------------------------------
 # Pure maths
-
-
-def logsumexp(values: list[float]) -> float:
-    m = max(values)
-    return m + math.log(sum(math.exp(v - m) for v in values))
-
-
-def prob_first_slot(logp_a: list[float], logp_b: list[float]) -> float:
-    """P(slot A is better) from the log-probs of the tokens that spell 'A' and those that spell 'B'.
-
-    The probability mass of each answer is summed over its token variants, then renormalised over
-    the two answers: sigmoid(logsumexp(A) - logsumexp(B)).
-    """
-    d = logsumexp(logp_a) - logsumexp(logp_b)
-    return 1.0 / (1.0 + math.exp(-d)) if d > -700 else 0.0
-
-
-def combine_orders(p_a_when_first_is_a: float, p_a_when_first_is_b: float) -> tuple[float, float, float]:
-    """Both orders -> (p_first averaged, score_ab, score_ba), all as P(first is better).
-
-    In the swapped order the first response sits in slot B, so P(first better) = 1 - P(A better).
-    """
-    score_ab = p_a_when_first_is_a
-    score_ba = 1.0 - p_a_when_first_is_b
-    return (score_ab + score_ba) / 2.0, score_ab, score_ba
-
-
-def position_stats(verdicts: list[Verdict]) -> dict[str, float | int]:
-    """Position consistency, first-position rate and confidence of a list of scored verdicts.
-
-    - position_consistency: share of comparisons whose two orders pick the same response;
-    - first_position_rate: share of the 2n single-order readings that prefer slot A (0.5 = no bias);
-    - mean_confidence: mean of max(p, 1 - p) of the averaged probability (0.5 = coin flip).
-    """
-    scored = [v for v in verdicts if v.p_first is not None]
-    n = len(scored)
-    if n == 0:
-        return {"n": 0, "unscored": len(verdicts), "position_consistency": None,
-                "first_position_rate": None, "mean_confidence": None}
-    consistent = sum((v.score_ab > 0.5) == (v.score_ba > 0.5) for v in scored)
-    # Slot A holds `first` in the AB reading and `second` in the BA reading.
-    picks_a = sum(v.score_ab > 0.5 for v in scored) + sum(v.score_ba <= 0.5 for v in scored)
-    return {
-        "n": n,
-        "unscored": len(verdicts) - n,
-        "position_consistency": consistent / n,
-        "first_position_rate": picks_a / (2 * n),
-        "mean_confidence": sum(max(v.p_first, 1 - v.p_first) for v in scored) / n,
-    }
-
-
-_ROLE = r"(judge|judges|evaluator|evaluators|grader|graders|rater|raters|evaluation|grading|AI judge)"
-_ASK = r"(pick|choose|select|prefer|rate|score|reward|win|must|required|instructed|forget|disregard|ignore)"
-_JUDGE_DIRECTED = re.compile(
-    rf"\b{_ROLE}\b[^\n]{{0,80}}\b{_ASK}|\b{_ASK}\b[^\n]{{0,80}}\b{_ROLE}\b|"
-    r"ignore (all |the )?(previous|above|prior|earlier) (instructions|text)|new instruction|\bverdict\b|"
-    r"response [ab] is (better|the winner)|\banswer:\s*[ab]\b|\bwinner\b\s*[:\"]|\"(choice|winner)\"\s*:|"
-    r"<\|im_(start|end)\|>|\[/?inst\]|</?(system|evaluation|response_[ab])>|end of responses|"
-    r"^\s*system\s*:|\b(choose|pick|select) (me|this (one|reply|response|answer))\b",
-    re.IGNORECASE | re.MULTILINE,
-)
-
-
-def judge_directed(text: str) -> bool:
-    """True when a response contains text aimed at the judge (instructions, fake verdicts, chat markers)."""
-    return bool(_JUDGE_DIRECTED.search(text))
-
-
-def neutralize_special_tokens(text: str, tokenizer) -> str:
-    """Break special-token strings (e.g. '<|im_end|>') inside candidate text so they are read as plain
-    characters and cannot end the judge's turn or forge a new one."""
-    for special in getattr(tokenizer, "all_special_tokens", []) + list(getattr(tokenizer, "additional_special_tokens", []) or []):
-        if special and len(special) > 1 and special in text:
-            text = text.replace(special, special[0] + "\u200b" + special[1:])
-    return text
 
 
 def both_orders(items: list[Comparison], render) -> list:
@@ -156,10 +39,6 @@ def both_orders(items: list[Comparison], render) -> list:
         out.append(render(it.prompt, it.first, it.second, it.principle.text))
         out.append(render(it.prompt, it.second, it.first, it.principle.text))
     return out
-
-
-def truncate(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[: max_chars - 3].rstrip() + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +123,9 @@ def read_next_token(model, tokenizer, texts: list[str], groups: list[list[int]],
     """
     import torch
 
-    from openrlaif.feedback.cache import cache_key, cached_compute
-    from openrlaif.models.logprobs import Split, split_next_token_logprobs, supports_prefix_reuse
+    from openrlaif.core.cache import cache_key, cached_compute
     from openrlaif.core.progress import advance, bar
+    from openrlaif.models.logprobs import Split, split_next_token_logprobs, supports_prefix_reuse
 
     tokenizer.padding_side = "left"
     if prefix_chars is not None and min(prefix_chars, default=0) > 0 and supports_prefix_reuse(model):
@@ -314,25 +193,6 @@ def last_position_logits(model, input_ids, attention_mask):
 # Rule judge and ensembles
 
 
-def load_callable(path: str, field: str = "feedback.rule"):
-    """'package.module:function' -> the function (errors name the config field)."""
-    import importlib
-
-    from openrlaif.core.errors import UserError
-
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"{field}: '{path}' must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"{field}: cannot import module '{module_name}' ({err}); is it on PYTHONPATH?") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise UserError(f"{field}: '{module_name}' has no function '{attr}'")
-    return fn
-
-
 class RuleJudge:
     """Verifiable preferences: a Python function ``score(prompt, response) -> float`` ranks responses.
 
@@ -359,7 +219,7 @@ class RuleJudge:
         return float(value), None
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
-        from openrlaif.feedback.methods import pair_probability
+        from openrlaif.feedback.scoring import pair_probability
 
         verdicts = []
         for it in items:
@@ -370,24 +230,6 @@ class RuleJudge:
             p = pair_probability(s1, s2, self.temperature)
             verdicts.append(Verdict(p, p, p, it.principle.id, raw={"score_first": s1, "score_second": s2}))
         return verdicts
-
-
-def aggregate_probabilities(ps: list[float], how: str) -> tuple[float, float]:
-    """Ensemble of member probabilities -> (p, disagreement).
-
-    'mean' averages the probabilities; 'majority' is the share of members preferring the first
-    response (0.5 on a split vote). Disagreement is the share of members on the minority side
-    (0 = unanimous, 0.5 = evenly split).
-    """
-    if not ps:
-        raise ValueError("no member probabilities")
-    votes = sum(1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in ps) / len(ps)
-    disagreement = min(votes, 1.0 - votes)
-    if how == "mean":
-        return sum(ps) / len(ps), disagreement
-    if how == "majority":
-        return votes, disagreement
-    raise ValueError(f"unknown aggregation {how!r}")
 
 
 class EnsembleJudge:
@@ -452,7 +294,7 @@ class RewardModelJudge:
     def compare(self, items: list[Comparison]) -> list[Verdict]:
         import json
 
-        from openrlaif.feedback.methods import compare_by_scores
+        from openrlaif.feedback.scoring import compare_by_scores
 
         def score_units(units):
             return self.reward_model.rewards([json.loads(c) for c, _ in units], [r for _, r in units])

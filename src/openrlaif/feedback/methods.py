@@ -13,63 +13,14 @@ candidate costs two forward passes however many pairs it takes part in.
 from __future__ import annotations
 
 import json
-import math
 
-from openrlaif.feedback.cache import JudgeCache, cache_key, cached_compute, model_fingerprint
+from openrlaif.core.cache import JudgeCache, cache_key, cached_compute, model_fingerprint
+from openrlaif.core.text import with_system
 from openrlaif.data.constitution import Principle
-from openrlaif.feedback.judges import Comparison, Verdict
+from openrlaif.feedback.scoring import compare_by_scores, contrastive_score, expected_rating
+from openrlaif.feedback.types import Comparison, Verdict
 
 CONTRASTIVE_TEMPLATE_VERSION = "contrastive-v1"
-
-
-def sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-def contrastive_score(logp_positive: float, logp_negative: float, n_tokens: int, normalize: str) -> float:
-    """Log-likelihood ratio of a response under the positive vs the negative system prompt.
-
-    ``normalize='mean'`` divides by the response length in tokens (a per-token ratio), ``'sum'`` keeps
-    the total, which grows with length.
-    """
-    diff = logp_positive - logp_negative
-    if normalize == "mean":
-        return diff / max(n_tokens, 1)
-    if normalize == "sum":
-        return diff
-    raise ValueError(f"unknown normalize {normalize!r}")
-
-
-def pair_probability(score_first: float, score_second: float, temperature: float) -> float:
-    """P(first is better) = sigmoid((score_first - score_second) / temperature)."""
-    return sigmoid((score_first - score_second) / temperature)
-
-
-def compare_by_scores(items: list[Comparison], unit_of, score_units, temperature: float) -> list[Verdict]:
-    """Verdicts for judges that score each response alone.
-
-    ``unit_of(item, response)`` gives the hashable unit to score; each distinct unit is scored once by
-    ``score_units(units)``, however many pairs share it; P(first) = sigmoid(score difference / T).
-    """
-    index: dict = {}
-    for it in items:
-        for response in (it.first, it.second):
-            index.setdefault(unit_of(it, response), len(index))
-    scores = score_units(list(index))
-    verdicts = []
-    for it in items:
-        a, b = scores[index[unit_of(it, it.first)]], scores[index[unit_of(it, it.second)]]
-        p = pair_probability(a, b, temperature)
-        verdicts.append(Verdict(p, p, p, it.principle.id, raw={"score_first": a, "score_second": b}))
-    return verdicts
-
-
-def with_system(messages: list[dict], system: str) -> list[dict]:
-    """The conversation with its system turn replaced by ``system``."""
-    return [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
 
 
 class ContrastiveJudge:
@@ -98,6 +49,7 @@ class ContrastiveJudge:
 
         import torch
 
+        from openrlaif.core.progress import advance, bar
         from openrlaif.models.logprobs import (
             Split,
             batched_response_logprobs,
@@ -105,7 +57,6 @@ class ContrastiveJudge:
             split_response_logprobs,
             supports_prefix_reuse,
         )
-        from openrlaif.core.progress import advance, bar
 
         seqs = []
         for messages, response, principle in units:
@@ -180,16 +131,6 @@ def digit_token_groups(tokenizer) -> list[list[int]]:
     return out
 
 
-def expected_rating(logps: list[list[float]]) -> float:
-    """E[rating] over 0..9 from each digit's token log-probs, renormalised over the ten digits."""
-    from openrlaif.feedback.judges import logsumexp
-
-    per_digit = [logsumexp(g) for g in logps]
-    m = max(per_digit)
-    weights = [math.exp(v - m) for v in per_digit]
-    return sum(d * w for d, w in enumerate(weights)) / sum(weights)
-
-
 class PointwiseJudge:
     """Rates each response alone on 0..9 from the digit log-probs; pairs compare expected ratings."""
 
@@ -209,7 +150,7 @@ class PointwiseJudge:
         self.groups = digit_token_groups(tokenizer)
 
     def render(self, prompt: str, response: str, principle: Principle) -> str:
-        from openrlaif.feedback.judges import neutralize_special_tokens, truncate
+        from openrlaif.core.text import neutralize_special_tokens, truncate
         from openrlaif.models.loading import chat_prompt
 
         user = POINTWISE_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer),
@@ -221,7 +162,8 @@ class PointwiseJudge:
 
     def score(self, items: list[tuple[str, str, Principle]]) -> list[float | None]:
         """Expected 0..9 rating of each (prompt, response, principle)."""
-        from openrlaif.feedback.judges import neutralize_special_tokens, read_next_token, shared_prefix_chars
+        from openrlaif.core.text import neutralize_special_tokens
+        from openrlaif.feedback.judges import read_next_token, shared_prefix_chars
 
         texts = [self.render(*it) for it in items]
         heads = [POINTWISE_USER.split("{response}")[0].format(prompt=neutralize_special_tokens(it[0], self.tokenizer))
@@ -285,7 +227,7 @@ class ChainOfThoughtJudge:
         self.ids_b = answer_token_ids(tokenizer, "B")
 
     def render(self, prompt: str, a: str, b: str, question: str) -> str:
-        from openrlaif.feedback.judges import neutralize_special_tokens, truncate
+        from openrlaif.core.text import neutralize_special_tokens, truncate
         from openrlaif.models.loading import chat_prompt
 
         a, b = (neutralize_special_tokens(truncate(x, self.max_response_chars), self.tokenizer) for x in (a, b))
@@ -294,15 +236,10 @@ class ChainOfThoughtJudge:
         return chat_prompt(self.tokenizer, messages) + COT_PREFILL
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
-        from openrlaif.feedback.judges import (
-            both_orders,
-            combine_orders,
-            neutralize_special_tokens,
-            prob_first_slot,
-            read_next_token,
-            shared_prefix_chars,
-        )
-        from openrlaif.stages.generate import continue_texts
+        from openrlaif.core.text import neutralize_special_tokens
+        from openrlaif.feedback.judges import both_orders, read_next_token, shared_prefix_chars
+        from openrlaif.feedback.scoring import combine_orders, prob_first_slot
+        from openrlaif.sampling.hf import continue_texts
 
         fingerprint = model_fingerprint(self.model, self.name) if self.cache is not None else ""
         prompts = both_orders(items, self.render)

@@ -46,9 +46,9 @@ def revision_messages(conversation: list[dict], reply: str, critique: str, princ
 def critique_and_revise(model, tokenizer, units: list[tuple[list[dict], str, Principle]], *, max_new_tokens: int,
                         batch_size: int = 8, cache=None, name: str = "local", description: str = "revise") -> list[Revision]:
     """Critique each (conversation, reply, principle), then revise the reply in the light of the critique."""
-    from openrlaif.feedback.cache import model_fingerprint
-    from openrlaif.stages.generate import continue_texts
+    from openrlaif.core.cache import model_fingerprint
     from openrlaif.models.loading import chat_prompt
+    from openrlaif.sampling.hf import continue_texts
 
     key = (model_fingerprint(model, name) if cache is not None else "", "revision", REVISION_TEMPLATE_VERSION)
     critiques = [c.strip() for c in continue_texts(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from openrlaif.core.errors import UserError
 from openrlaif.config import TrainConfig
+from openrlaif.core.errors import UserError
 
 
 def config_fingerprint(cfg) -> str:

@@ -171,9 +171,28 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """The ids that end a generated reply: the chat template's end of turn and the tokenizer's EOS."""
+    return sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
+
+
+def cut_at_stop(row: list[int], stop_ids, keep_stop: bool = False) -> tuple[list[int], bool]:
+    """A generated row up to its first stop id (included with ``keep_stop``), and whether it stopped; rows
+    that ran out of tokens (or were padded after stopping, in a batch) are cut the same way."""
+    ended = next((t for t, tid in enumerate(row) if tid in stop_ids), None)
+    if ended is None:
+        return row, False
+    return row[: ended + 1] if keep_stop else row[:ended], True
+
+
 def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     """The text the model sees before it writes the assistant turn."""
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_prompts(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
+    """Each conversation as the token ids the model reads before writing the assistant turn."""
+    return [tokenizer(chat_prompt(tokenizer, conv), add_special_tokens=False).input_ids for conv in conversations]
 
 
 def set_threads(n: int | None) -> None:

@@ -25,7 +25,7 @@ def encode_response(tokenizer, prompt_messages: list[dict], response: str, max_l
     from openrlaif.models.loading import chat_prompt, end_of_turn_id
 
     prompt_ids = tokenizer(chat_prompt(tokenizer, prompt_messages), add_special_tokens=False).input_ids
-    from openrlaif.feedback.judges import neutralize_special_tokens
+    from openrlaif.core.text import neutralize_special_tokens
 
     # A response that spells a special token ('<|im_end|>') is scored as the characters it wrote.
     response_ids = (tokenizer(neutralize_special_tokens(response, tokenizer), add_special_tokens=False).input_ids

@@ -1,1 +1,2 @@
-"""Policy optimisation: DPO now (PPO and RLOO follow)."""
+"""What the trainers share (the trainers themselves are stages: ``stages.dpo``, ``stages.ppo``, ``stages.rloo``):
+pure losses and advantages, RL rollouts and reward sources, and the over-optimisation monitor."""

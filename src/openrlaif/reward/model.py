@@ -132,7 +132,7 @@ class CallableReward:
 def load_reward(spec: str, field: str = "feedback.reward_model") -> RewardModel:
     """A reward model from a directory (ensemble, adapter or full model) or 'package.module:function'."""
     from openrlaif.core.errors import UserError
-    from openrlaif.feedback.judges import load_callable
+    from openrlaif.core.plugins import load_callable
 
     path = Path(spec).expanduser()
     if path.is_dir():

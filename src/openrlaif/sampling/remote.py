@@ -18,13 +18,13 @@ max_new_tokens) and ``stats``.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from pathlib import Path
 
 from openrlaif.core.errors import UserError
-from openrlaif.stages.generate import Conversation, SampleStats, SamplingParams
+from openrlaif.core.http import Attempts, RetryPolicy, bearer, has_choices, post_json, run_coroutine
+from openrlaif.sampling.types import Conversation, SampleStats, SamplingParams
 
 
 class VLLMSampler:
@@ -73,26 +73,25 @@ class VLLMSampler:
 
 class OpenAICompatibleSampler:
     """n samples per prompt from an OpenAI-compatible chat-completions server, ``concurrency`` requests in
-    flight, retried on 429 / 5xx / broken connections with exponential backoff (full jitter)."""
+    flight, retried with the judge's policy (``core.http``: 429 / 5xx / timeouts / broken connections /
+    unreadable bodies, exponential backoff with full jitter, Retry-After honoured up to ``backoff_cap_s``)."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, concurrency: int = 8,
-                 timeout_s: float = 120.0, max_retries: int = 4, backoff_base_s: float = 0.5, seed: int = 0):
+                 timeout_s: float = 120.0, max_retries: int = 4, backoff_base_s: float = 0.5,
+                 backoff_cap_s: float = 8.0, seed: int = 0):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
         self.concurrency = concurrency
         self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.rng = random.Random(seed)
+        self.retry = RetryPolicy(max_retries, backoff_base_s, backoff_cap_s, random.Random(seed))
+        self.attempts = Attempts()
         self.stats = SampleStats()
         self.finished: list[list[bool]] = []
         self.progress = None
-        self.requests = 0
-        self.retries = 0
 
     def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return bearer(self.api_key)
 
     def load_adapter(self, name: str, path: Path) -> None:
         """Register a LoRA adapter with the server under ``name`` (vLLM's runtime LoRA endpoint)."""
@@ -111,8 +110,6 @@ class OpenAICompatibleSampler:
         self.model = name
 
     def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]:
-        from openrlaif.feedback.api import run_coroutine
-
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(prompts)
         run_coroutine(self._all(prompts, n, params, results))
@@ -120,7 +117,7 @@ class OpenAICompatibleSampler:
         for i, data in enumerate(results):
             if data is None:
                 raise UserError(f"generate.api: {self.base_url} failed prompt {i + 1} of {len(prompts)} after "
-                                f"{self.max_retries} retries; check the server (finished chunks are kept: rerun to resume)")
+                                f"{self.retry.max_retries} retries; check the server (finished chunks are kept: rerun to resume)")
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             if len(choices) != n:
                 raise UserError(f"generate.api: {self.base_url} returned {len(choices)} samples for n={n}; the "
@@ -155,60 +152,8 @@ class OpenAICompatibleSampler:
             await asyncio.gather(*(one(i) for i in range(len(prompts))))
 
     async def _post(self, client, body: dict) -> dict | None:
-        import httpx
-
-        from openrlaif.feedback.api import RETRY_STATUSES, backoff_delay
-
-        for attempt in range(self.max_retries + 1):
-            self.requests += 1
-            try:
-                r = await client.post(f"{self.base_url}/chat/completions", json=body, headers=self.headers())
-                if r.status_code not in RETRY_STATUSES:
-                    if r.status_code >= 400:
-                        raise UserError(f"generate.api: {self.base_url} answered HTTP {r.status_code}: {r.text[:200]}; "
-                                        "check generate.api.model and the key")
-                    data = r.json()
-                    if isinstance(data, dict) and isinstance(data.get("choices"), list):
-                        return data
-            except (httpx.TransportError, ValueError):
-                pass
-            if attempt < self.max_retries:
-                self.retries += 1
-                await asyncio.sleep(backoff_delay(attempt, self.backoff_base_s, 8.0, self.rng, None))
-        return None
-
-
-def build_sampler(cfg, store, k: int):
-    """The sampler ``generate.backend`` names, loaded with round ``k``'s policy (round k-1's adapter)."""
-    from openrlaif.rounds import start_adapter
-
-    gc = cfg.generate
-    adapter = start_adapter(store, k)
-    if gc.backend == "hf":
-        from openrlaif.stages.generate import HFSampler
-        from openrlaif.models.loading import set_threads
-        from openrlaif.rounds import load_round_policy
-
-        set_threads(cfg.model.threads)
-        policy = load_round_policy(cfg, store, k)
-        return HFSampler(policy.model, policy.tokenizer)
-    if gc.backend == "vllm":
-        from openrlaif.models.loading import resolve_model
-
-        vc = gc.vllm
-        return VLLMSampler(str(resolve_model(cfg.model.policy)), adapter=adapter, adapter_id=max(k - 1, 1),
-                           gpu_memory_utilization=vc.gpu_memory_utilization, tensor_parallel_size=vc.tensor_parallel_size,
-                           max_lora_rank=vc.max_lora_rank, max_model_len=vc.max_model_len, seed=cfg.seed)
-    ac = gc.api
-    key = os.environ.get(ac.api_key_env) if ac.api_key_env else None
-    sampler = OpenAICompatibleSampler(ac.base_url, ac.model, api_key=key, concurrency=ac.concurrency,
-                                      timeout_s=ac.timeout_s, max_retries=ac.max_retries, seed=cfg.seed)
-    if adapter is not None:
-        if ac.load_adapters:
-            sampler.load_adapter(f"{ac.adapter_prefix}round{k - 1}", adapter.resolve())
-        elif ac.adapter_model:
-            sampler.model = ac.adapter_model.format(round=k - 1)
-        else:
-            raise UserError(f"generate.api: round {k} samples with round {k - 1}'s adapter, but load_adapters is false "
-                            "and adapter_model is unset; serve the adapter and name it in generate.api.adapter_model")
-    return sampler
+        return await post_json(
+            client, f"{self.base_url}/chat/completions", body, headers=self.headers(), policy=self.retry,
+            attempts=self.attempts, accept=has_choices,
+            refused=lambda status, text: (f"generate.api: {self.base_url} answered HTTP {status}: {text}; "
+                                          "check generate.api.model and the key"))

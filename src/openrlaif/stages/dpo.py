@@ -10,16 +10,17 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import contextmanager
 
 import torch
 
-from openrlaif.core.faults import kill_point
 from openrlaif.config import RunConfig, TrainConfig
 from openrlaif.core.errors import UserError
+from openrlaif.core.faults import kill_point
+from openrlaif.core.store import RunStore, atomic_write_json
+from openrlaif.data.preferences import text_of, training_pairs
 from openrlaif.models.logprobs import batch_logprobs, encode_response
+from openrlaif.models.policy import add_lora, reference_policy, round_adapters, save_adapter
 from openrlaif.optimize.losses import dpo_loss, ipo_loss
-from openrlaif.core.store import RunStore, atomic_directory, atomic_write_json, read_jsonl
 
 
 def smoothing_for(pref: dict, tc: TrainConfig) -> float:
@@ -29,65 +30,13 @@ def smoothing_for(pref: dict, tc: TrainConfig) -> float:
     return tc.label_smoothing
 
 
-def add_lora(model, tc: TrainConfig, start=None, reference=None):
-    """``model`` with a trainable LoRA adapter: a fresh one, or (from round 2) a copy of ``start``, the previous
-    round's policy adapter, which this round keeps training. With ``reference`` (pipeline.reference=previous)
-    that adapter is loaded as well, frozen, under the name 'reference' (see ``reference_policy``)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    if start is not None:
-        peft_model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
-    else:
-        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        targets = [t for t in tc.lora_target_modules if t in names]
-        if not targets:
-            raise UserError(f"train.lora_target_modules: none of {tc.lora_target_modules} exist in this model; "
-                            f"pick from its linear layers (e.g. q_proj, v_proj)")
-        config = LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
-                            target_modules=targets, task_type="CAUSAL_LM")
-        peft_model = get_peft_model(model, config)
-    if reference is not None:
-        peft_model.load_adapter(str(reference), adapter_name="reference", is_trainable=False)
-        peft_model.set_adapter("default")
-    return peft_model
-
-
-@contextmanager
-def reference_policy(model):
-    """Run the reference policy inside this block: the frozen 'reference' adapter when one is loaded
-    (pipeline.reference=previous), else the starting model (the adapter switched off)."""
-    if "reference" not in getattr(model, "peft_config", {}):
-        with model.disable_adapter():
-            yield
-        return
-    active = model.active_adapter
-    model.set_adapter("reference")
-    try:
-        yield
-    finally:
-        model.set_adapter(active)
-        for name, param in model.named_parameters():  # set_adapter marks the active adapter trainable
-            if ".reference." in name:
-                param.requires_grad_(False)
-
-
-def round_adapters(cfg: RunConfig, store: RunStore, k: int):
-    """(start, reference) adapters of round ``k``'s training: round k-1's policy to continue (None in round
-    1), and the same adapter as the reference when pipeline.reference is 'previous'."""
-    from openrlaif.rounds import start_adapter
-
-    start = start_adapter(store, k)
-    return start, (start if cfg.pipeline.reference == "previous" else None)
-
-
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Train a LoRA adapter with DPO on preferences.jsonl and save it to round_K/policy.
 
     Runs as is under `accelerate launch` (each process takes its share of every batch)."""
     from transformers import get_linear_schedule_with_warmup
 
-    from openrlaif.models.logprobs import SequenceLogprobs, collate
-    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.core.progress import advance, bar
     from openrlaif.models.accel import (
         Checkpointer,
         accumulate,
@@ -97,7 +46,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         micro_batches,
         shard,
     )
-    from openrlaif.core.progress import advance, bar
+    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.models.logprobs import SequenceLogprobs, collate
 
     tc = cfg.train
     # 1. Preference pairs from the label stage, with any human verdicts from the audit desk applied.
@@ -114,8 +64,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     tok = loaded.tokenizer
     model = add_lora(loaded.model, tc, *round_adapters(cfg, store, k))
     pad_id = tok.pad_token_id
-    chosen = [encode_response(tok, p["prompt"], _text(p["chosen"]), tc.max_length) for p in prefs]
-    rejected = [encode_response(tok, p["prompt"], _text(p["rejected"]), tc.max_length) for p in prefs]
+    chosen = [encode_response(tok, p["prompt"], text_of(p["chosen"]), tc.max_length) for p in prefs]
+    rejected = [encode_response(tok, p["prompt"], text_of(p["rejected"]), tc.max_length) for p in prefs]
     smoothing = torch.tensor([smoothing_for(p, tc) for p in prefs])
     # 3. Reference log-probs, once (or per step when train.precompute_ref_logps is false).
     model.eval()
@@ -144,7 +94,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                               config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "pairs_done": 0, "metrics": [], "seconds": 0.0}
     # With monitor.every: DPO's implicit reward on fixed held-out answers vs the run's judge (over-optimisation).
-    from openrlaif.evaluate.overopt import OveroptimizationMonitor
+    from openrlaif.optimize.monitor import OveroptimizationMonitor
 
     monitor = OveroptimizationMonitor(cfg, store, k, tok, None, progress.get("monitor"), last_step=total,
                                       implicit_beta=tc.beta)
@@ -209,9 +159,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     seconds = time.perf_counter() - t_start
     # 5. Save the adapter (+ tokenizer) atomically, and the reference log-probs for inspection.
     if accelerator.is_main_process:
-        with atomic_directory(store.path("policy", k)) as tmp:
-            model.save_pretrained(tmp, selected_adapters=["default"])
-            tok.save_pretrained(tmp)
+        save_adapter(model, tok, store.path("policy", k))
         atomic_write_json(store.path("ref_logps.json", k), {"chosen": ref_c.tolist(), "rejected": ref_r.tolist()})
         monitor.finish(accelerator.is_main_process)
         store.append_metrics(metrics + monitor.rows())
@@ -231,50 +179,3 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "resumed_from_step": progress["step"],
         "monitor": monitor.state.summary(),
     }
-
-
-def read_preferences(store: RunStore, k: int, minimum: int = 1) -> list[dict]:
-    """The label stage's pairs of round ``k``; a clear error when there are none (or too few)."""
-    path = store.path("preferences.jsonl", k)
-    if not path.is_file():
-        raise UserError(f"{path} not found; run `rlaif label -o {store.root}` first")
-    prefs = read_jsonl(path)
-    if not prefs:
-        raise UserError(f"{path} has no pairs (the judge found no usable pairs); lower label.min_margin or raise generate.n")
-    if len(prefs) < minimum:
-        raise UserError(f"{path} has {len(prefs)} pair(s), fewer than the {minimum} needed; raise data.max_train_prompts")
-    return prefs
-
-
-def training_pairs(store: RunStore, k: int, minimum: int = 1, cfg: RunConfig | None = None) -> tuple[list[dict], dict]:
-    """The pairs round ``k`` trains on (round k's, or with ``pipeline.train_data`` all or a mix of earlier
-    rounds' too), with the audit desk's human verdicts applied (RUN_DIR/audit.sqlite): 'agree' and 'flip'
-    become human labels (p_chosen 1, flipped when the person said so), 'flag' drops the pair.
-    Returns (rows, counts of each verdict applied)."""
-    from openrlaif.audit.db import apply_human_verdicts
-    from openrlaif.core.progress import console
-    from openrlaif.rounds import select_rounds
-
-    by_round = {k: read_preferences(store, k, minimum)}
-    if cfg is not None and cfg.pipeline.train_data != "newest":
-        for j in range(1, k):
-            if store.path("preferences.jsonl", j).is_file():
-                by_round[j] = read_jsonl(store.path("preferences.jsonl", j))
-        chosen = select_rounds(by_round, k, cfg.pipeline.train_data, cfg.pipeline.mix_previous, cfg.seed)
-    else:
-        chosen = by_round[k]
-    rows, counts = apply_human_verdicts(chosen, store.root / "audit.sqlite")
-    if any(counts.values()):
-        console.print(f"human verdicts from audit.sqlite: {counts['agree']} confirmed, {counts['flip']} flipped, "
-                      f"{counts['flag']} flagged pairs dropped")
-    if len(rows) < minimum:
-        raise UserError(f"{store.root / 'audit.sqlite'}: after dropping flagged pairs {len(rows)} remain, fewer than "
-                        f"the {minimum} needed; review fewer pairs as 'flag' or label more data")
-    return rows, counts
-
-
-def _text(side) -> str:
-    """TRL conversational side ([{role, content}]) or plain string -> the response text."""
-    if isinstance(side, str):
-        return side
-    return "".join(m["content"] for m in side if m.get("role") == "assistant")

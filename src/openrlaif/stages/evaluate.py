@@ -19,6 +19,7 @@ import random
 from openrlaif.config import RunConfig
 from openrlaif.core.errors import UserError
 from openrlaif.core.faults import kill_point
+from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl
 from openrlaif.evaluate.winrate import (
     cluster_bootstrap_ci,
     length_controlled_win_rate,
@@ -26,19 +27,20 @@ from openrlaif.evaluate.winrate import (
     outcomes,
     win_rate,
 )
-from openrlaif.feedback.judges import Comparison, position_stats
-from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl
+from openrlaif.feedback.scoring import position_stats
+from openrlaif.feedback.types import Comparison
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Sample the policies on held-out, red-team and anchor prompts, judge them, write eval.json."""
     from peft import PeftModel
 
-    from openrlaif.evaluate.redteam import load_suite
     from openrlaif.data.constitution import load_constitution
-    from openrlaif.stages.generate import HFSampler, SamplingParams
-    from openrlaif.models.loading import load_causal_lm, set_threads
     from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, select
+    from openrlaif.evaluate.redteam import load_suite
+    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.sampling.hf import HFSampler
+    from openrlaif.sampling.types import SamplingParams
 
     ec = cfg.eval
     m = ec.samples_per_prompt
@@ -93,7 +95,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     del model, base
     kill_point("eval.sampled")
     # 4. Judge: trained vs start (held-out and anchors), trained vs previous; both orders, a principle per prompt.
-    from openrlaif.stages.label import build_judge
+    from openrlaif.feedback.factory import build_judge
 
     constitution = load_constitution(cfg.data.constitution)
     judge, judge_name = build_judge(cfg, "eval: judge", store.root)

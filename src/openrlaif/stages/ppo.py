@@ -18,10 +18,12 @@ import time
 import torch
 from torch import nn
 
-from openrlaif.core.faults import kill_point
 from openrlaif.config import RunConfig
 from openrlaif.core.errors import UserError
-from openrlaif.evaluate.overopt import OveroptimizationMonitor
+from openrlaif.core.faults import kill_point
+from openrlaif.core.store import RunStore, atomic_directory
+from openrlaif.models.loading import encode_prompts
+from openrlaif.models.policy import save_adapter
 from openrlaif.optimize.advantages import (
     AdaptiveKLController,
     FixedKLController,
@@ -33,7 +35,7 @@ from openrlaif.optimize.advantages import (
     whiten,
 )
 from openrlaif.optimize.losses import entropy_from_logits, gathered_logprobs, ppo_policy_loss, ppo_value_loss
-from openrlaif.core.store import RunStore, atomic_directory
+from openrlaif.optimize.monitor import OveroptimizationMonitor
 
 
 def _trunk(model):
@@ -86,7 +88,7 @@ def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tens
     """Per-token log-probs under the reference policy (the starting model: the LoRA adapter switched off; or
     the previous round's adapter with pipeline.reference=previous)."""
     from openrlaif.models.logprobs import token_logprobs
-    from openrlaif.stages.dpo import reference_policy
+    from openrlaif.models.policy import reference_policy
 
     with torch.inference_mode(), reference_policy(actor_critic.policy):
         return token_logprobs(actor_critic.policy, ids, attn, resp, actor_critic.temperature)
@@ -94,11 +96,11 @@ def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tens
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """PPO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
-    from openrlaif.models.loading import chat_prompt, load_causal_lm, set_threads
-    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
-    from openrlaif.stages.dpo import add_lora, round_adapters
-    from openrlaif.stages.rloo import reward_source, rollout, train_prompts
     from openrlaif.core.progress import advance, bar
+    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
+    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.models.policy import add_lora, round_adapters
+    from openrlaif.optimize.rollout import reward_source, rollout, train_prompts
 
     rl, pc, tc = cfg.rl, cfg.ppo, cfg.train
     # 1. Train prompts, the policy (+ critic) and the reward source.
@@ -112,7 +114,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     critic = add_lora(copy.deepcopy(loaded.model), tc) if pc.critic == "separate" else None
     model = ActorCritic(add_lora(loaded.model, tc, *round_adapters(cfg, store, k)), critic, rl.temperature)
     score = reward_source(cfg, store, k)
-    encoded_prompts = [tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids for p in prompts]
+    encoded_prompts = encode_prompts(tok, [p.messages for p in prompts])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
                                   weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -205,9 +207,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     if accelerator.is_main_process:
         from safetensors.torch import save_file
 
-        with atomic_directory(store.path("policy", k)) as tmp:
-            inner.policy.save_pretrained(tmp, selected_adapters=["default"])
-            tok.save_pretrained(tmp)
+        save_adapter(inner.policy, tok, store.path("policy", k))
         with atomic_directory(store.path("critic", k)) as tmp:
             save_file({n: t.detach().contiguous() for n, t in inner.value_head.state_dict().items()},
                       str(tmp / "value_head.safetensors"))

@@ -20,9 +20,9 @@ import torch
 
 from openrlaif.config import RewardConfig, RunConfig, TrainConfig
 from openrlaif.core.errors import UserError
+from openrlaif.core.store import RunStore, atomic_directory, atomic_write_json
 from openrlaif.reward.loss import bradley_terry_loss, preference_accuracy
 from openrlaif.reward.model import reward_scores
-from openrlaif.core.store import RunStore, atomic_directory, atomic_write_json
 
 
 def split_pairs(n: int, heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -85,9 +85,9 @@ def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConf
     `train.mixed_precision`); each process takes its share of every batch. Returns per-step metrics."""
     from transformers import get_linear_schedule_with_warmup
 
-    from openrlaif.models.logprobs import collate
-    from openrlaif.models.accel import accumulate, gather_mean, make_accelerator, micro_batches, shard
     from openrlaif.core.progress import advance, bar
+    from openrlaif.models.accel import accumulate, gather_mean, make_accelerator, micro_batches, shard
+    from openrlaif.models.logprobs import collate
     from openrlaif.reward.model import RewardScores
 
     accelerator = make_accelerator(tc)
@@ -137,9 +137,9 @@ def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConf
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Train reward.members reward models on preferences.jsonl; save them and their held-out figures."""
-    from openrlaif.models.logprobs import encode_response
+    from openrlaif.data.preferences import text_of, training_pairs
     from openrlaif.models.loading import load_tokenizer, resolve_model, set_threads
-    from openrlaif.stages.dpo import _text, training_pairs
+    from openrlaif.models.logprobs import encode_response
 
     rc = cfg.reward
     # 1. Preference pairs (the chosen side is the judge's pick, or a person's from the audit desk) and a
@@ -149,8 +149,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     policy_path = str(resolve_model(cfg.model.policy, "model.policy"))
     tok = load_tokenizer(policy_path)
     pad_id = tok.pad_token_id
-    chosen = [encode_response(tok, p["prompt"], _text(p["chosen"]), rc.max_length) for p in prefs]
-    rejected = [encode_response(tok, p["prompt"], _text(p["rejected"]), rc.max_length) for p in prefs]
+    chosen = [encode_response(tok, p["prompt"], text_of(p["chosen"]), rc.max_length) for p in prefs]
+    rejected = [encode_response(tok, p["prompt"], text_of(p["rejected"]), rc.max_length) for p in prefs]
     p_chosen = torch.tensor([float(p.get("p_chosen", 1.0)) if rc.soft_labels and p.get("p_chosen") is not None else 1.0
                              for p in prefs])
     train_idx, held_idx = split_pairs(len(prefs), rc.heldout_fraction, cfg.seed)

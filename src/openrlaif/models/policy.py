@@ -1,0 +1,102 @@
+"""The policy a round trains and samples: LoRA adapters (fresh or continued), the reference policy,
+merging an adapter into the starting model, and saving an adapter."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from openrlaif.config import RunConfig, TrainConfig
+from openrlaif.core.errors import UserError
+from openrlaif.core.store import RunStore, atomic_directory, atomic_write_json
+
+
+def add_lora(model, tc: TrainConfig, start=None, reference=None):
+    """``model`` with a trainable LoRA adapter: a fresh one, or (from round 2) a copy of ``start``, the previous
+    round's policy adapter, which this round keeps training. With ``reference`` (pipeline.reference=previous)
+    that adapter is loaded as well, frozen, under the name 'reference' (see ``reference_policy``)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if start is not None:
+        peft_model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
+    else:
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        targets = [t for t in tc.lora_target_modules if t in names]
+        if not targets:
+            raise UserError(f"train.lora_target_modules: none of {tc.lora_target_modules} exist in this model; "
+                            f"pick from its linear layers (e.g. q_proj, v_proj)")
+        config = LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
+                            target_modules=targets, task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, config)
+    if reference is not None:
+        peft_model.load_adapter(str(reference), adapter_name="reference", is_trainable=False)
+        peft_model.set_adapter("default")
+    return peft_model
+
+
+@contextmanager
+def reference_policy(model):
+    """Run the reference policy inside this block: the frozen 'reference' adapter when one is loaded
+    (pipeline.reference=previous), else the starting model (the adapter switched off)."""
+    if "reference" not in getattr(model, "peft_config", {}):
+        with model.disable_adapter():
+            yield
+        return
+    active = model.active_adapter
+    model.set_adapter("reference")
+    try:
+        yield
+    finally:
+        model.set_adapter(active)
+        for name, param in model.named_parameters():  # set_adapter marks the active adapter trainable
+            if ".reference." in name:
+                param.requires_grad_(False)
+
+
+def round_adapters(cfg: RunConfig, store: RunStore, k: int):
+    """(start, reference) adapters of round ``k``'s training: round k-1's policy to continue (None in round
+    1), and the same adapter as the reference when pipeline.reference is 'previous'."""
+    from openrlaif.models.policy import start_adapter
+
+    start = start_adapter(store, k)
+    return start, (start if cfg.pipeline.reference == "previous" else None)
+
+
+def start_adapter(store: RunStore, k: int) -> Path | None:
+    """The LoRA adapter round ``k`` starts from: round k-1's policy (None in round 1)."""
+    if k <= 1:
+        return None
+    adapter = store.path("policy", k - 1)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter} holds no trained policy, and round {k} starts from it; "
+                        f"run round {k - 1} first (`rlaif run -o {store.root}`)")
+    return adapter
+
+
+def load_round_policy(cfg: RunConfig, store: RunStore, k: int):
+    """The policy that samples round ``k``: the starting model with round k-1's adapter merged in."""
+    return load_merged(cfg, start_adapter(store, k))
+
+
+def load_merged(cfg: RunConfig, adapter: Path | None):
+    """The starting model with ``adapter`` (a peft LoRA directory) merged into its weights, or alone."""
+    from openrlaif.models.loading import load_causal_lm
+
+    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload()
+        loaded.model.eval()
+    return loaded
+
+
+def save_adapter(model, tokenizer, final: str | Path, extra_json: dict[str, dict] | None = None) -> Path:
+    """Write ``model``'s trainable LoRA adapter ('default') and the tokenizer as a peft directory at ``final``,
+    atomically (a crash leaves the previous directory or none), with optional small JSON files beside them."""
+    with atomic_directory(final) as tmp:
+        model.save_pretrained(tmp, selected_adapters=["default"])
+        tokenizer.save_pretrained(tmp)
+        for name, obj in (extra_json or {}).items():
+            atomic_write_json(tmp / name, obj)
+    return Path(final)

@@ -1,0 +1,111 @@
+"""In-process sampling with transformers ``generate``: the policy's candidates (``HFSampler``) and the
+judge's own greedy writing (``continue_texts``: rationales, critiques, revisions)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+from openrlaif.models.loading import cut_at_stop, encode_prompts, stop_token_ids
+from openrlaif.sampling.types import Conversation, SampleStats, SamplingParams
+
+
+class HFSampler:
+    """Batched sampling with transformers ``generate`` (left padding, sorted by length).
+
+    After ``sample`` the attributes ``stats`` (tokens, seconds) and ``finished`` (whether each
+    sample ended with the end-of-turn token rather than hitting ``max_new_tokens``) are set.
+    """
+
+    def __init__(self, model, tokenizer, description: str = "generate"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.description = description
+        self.stats = SampleStats()
+        self.finished: list[list[bool]] = []
+        self.progress = None  # an open progress bar to advance instead of opening one per call
+
+    def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]:
+        import torch
+
+        from openrlaif.core.progress import advance, bar
+
+        tok = self.tokenizer
+        stop_ids = stop_token_ids(tok)
+        encoded = encode_prompts(tok, prompts)
+        lengths = [len(ids) for ids in encoded]
+        # Sequence j of prompt i sits at flat index i * n + j; decode longest prompts together.
+        flat = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        order = sorted(range(len(flat)), key=lambda f: -lengths[flat[f][0]])
+        outputs: list[list[str]] = [["" for _ in range(n)] for _ in prompts]
+        finished: list[list[bool]] = [[False] * n for _ in prompts]
+        stats = SampleStats(sequences=len(flat))
+        torch.manual_seed(params.seed)
+        tok.padding_side = "left"
+        start = time.perf_counter()
+        own = bar(self.description, len(flat), "tok") if self.progress is None else nullcontext(self.progress)
+        with own as progress, torch.inference_mode():
+            for b in range(0, len(order), params.batch_size):
+                chunk = [flat[f] for f in order[b : b + params.batch_size]]
+                enc = tok.pad({"input_ids": [encoded[i] for i, _ in chunk]}, return_tensors="pt")
+                out = self.model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=0,
+                    max_new_tokens=params.max_new_tokens,
+                    eos_token_id=stop_ids,
+                    pad_token_id=tok.pad_token_id,
+                )
+                new = out[:, enc["input_ids"].shape[1] :]
+                for row, (i, j) in zip(new.tolist(), chunk):
+                    kept, ended = cut_at_stop(row, stop_ids)
+                    outputs[i][j] = tok.decode(kept, skip_special_tokens=True).strip()
+                    finished[i][j] = ended
+                    stats.new_tokens += len(kept) + ended
+                    stats.finished += ended
+                stats.seconds = time.perf_counter() - start
+                advance(progress, len(chunk), stats.tokens_per_s, "tok")
+        self.stats = stats
+        self.finished = finished
+        return outputs
+
+
+def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, *, batch_size: int = 16,
+                   description: str = "generate", cache=None, key_parts: tuple = ()) -> list[str]:
+    """Greedy continuation of each raw text (a rendered chat prompt, maybe with a prefilled reply),
+    stopping at the end of the turn; batched by length, and cached when ``cache`` is given.
+
+    Used where the judge writes something itself: chain-of-thought rationales, critiques, revisions.
+    """
+    import torch
+
+    from openrlaif.core.cache import cache_key, cached_compute
+    from openrlaif.core.progress import advance, bar
+
+    tok = tokenizer
+    stop_ids = stop_token_ids(tok)
+    encoded = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    keys = ([cache_key(*key_parts, "greedy", max_new_tokens, ids) for ids in encoded] if cache is not None
+            else [""] * len(texts))
+
+    def compute(missing: list[int], on_batch) -> None:
+        order = sorted(missing, key=lambda i: -len(encoded[i]))
+        tok.padding_side = "left"
+        start, tokens = time.perf_counter(), 0
+        with bar(description, len(order), "tok") as progress, torch.inference_mode():
+            for b in range(0, len(order), batch_size):
+                idx = order[b : b + batch_size]
+                enc = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                                     pad_token_id=tok.pad_token_id)
+                done = {}
+                for row, i in zip(out[:, enc["input_ids"].shape[1]:].tolist(), idx):
+                    kept, _ = cut_at_stop(row, stop_ids)
+                    tokens += len(kept)
+                    done[i] = tok.decode(kept, skip_special_tokens=True)
+                on_batch(done)
+                advance(progress, len(idx), tokens / max(time.perf_counter() - start, 1e-9), "tok")
+
+    return cached_compute(cache, keys, compute, str(key_parts[1]) if len(key_parts) > 1 else "generate")
