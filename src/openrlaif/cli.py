@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from openrlaif.core.errors import UserError
+from openrlaif.config import FEEDBACK_METHODS
 
 app = typer.Typer(
     name="rlaif",
@@ -176,7 +177,7 @@ def judge_eval(
     from openrlaif.models.loading import set_threads
 
     cfg = load_config(config, overrides or [])
-    if cfg.feedback.method in ("revision", "rlcd"):
+    if FEEDBACK_METHODS[cfg.feedback.method].by_construction:
         raise UserError(f"feedback.method={cfg.feedback.method} labels pairs by construction and gives no verdict "
                         "to measure; judge-eval measures pairwise, contrastive, pointwise, cot, rule, reward_model "
                         "or ensemble judges")

@@ -8,6 +8,7 @@ that name the file and field.
 from __future__ import annotations
 
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,20 +168,48 @@ class ApiConfig(_Strict):
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens, for the cost report.")
 
 
+@dataclass(frozen=True)
+class FeedbackMethodInfo:
+    """What the rest of the code needs to know about a feedback method (its judge is built in
+    ``feedback.factory.JUDGE_BUILDERS``; a new method is one row here and one builder there)."""
+
+    summary: str  # one line for the config reference
+    local_only: bool = False  # reads a local model's log-probs of the prompt: no API judge can run it
+    one_principle_per_prompt: bool = False  # label draws one principle per prompt, so a candidate is scored once
+    by_construction: bool = False  # pairs are made by how they were sampled or rewritten, with no verdict
+
+
+FEEDBACK_METHODS: dict[str, FeedbackMethodInfo] = {
+    "pairwise": FeedbackMethodInfo("A or B? both orders, answer-letter log-probs"),
+    "contrastive": FeedbackMethodInfo(
+        "log-likelihood of each response under the principle's positive vs negative system prompt; order-free",
+        local_only=True, one_principle_per_prompt=True),
+    "pointwise": FeedbackMethodInfo("each response rated 0-9, expected rating from the digit log-probs",
+                                    one_principle_per_prompt=True),
+    "cot": FeedbackMethodInfo("the judge writes a short comparison, then the verdict letter is read from "
+                              "log-probs; both orders; the rationale is stored", local_only=True),
+    "rule": FeedbackMethodInfo("a Python function scores responses, see feedback.rule"),
+    "reward_model": FeedbackMethodInfo("a trained preference model scores responses, see feedback.reward_model",
+                                       one_principle_per_prompt=True),
+    "ensemble": FeedbackMethodInfo("feedback.members combined by feedback.aggregate"),
+    "revision": FeedbackMethodInfo(
+        "by construction, no verdict: Constitutional AI, the judge model critiques a candidate against a "
+        "principle and rewrites it; revision preferred to original, plus revision SFT data in revisions.jsonl",
+        by_construction=True),
+    "rlcd": FeedbackMethodInfo(
+        "by construction, no verdict: candidates sampled with generate.mode=rlcd under a principle's positive "
+        "vs negative system prompt; positive preferred", by_construction=True),
+}
+FeedbackMethod = Literal[tuple(FEEDBACK_METHODS)]  # type: ignore[valid-type]
+JudgeMethod = Literal[tuple(m for m, info in FEEDBACK_METHODS.items()  # type: ignore[valid-type]
+                            if not info.by_construction and m != "ensemble")]
+
+
 class FeedbackConfig(_Strict):
-    method: Literal["pairwise", "contrastive", "pointwise", "cot", "rule", "reward_model", "ensemble", "revision",
-                    "rlcd"] = Field(
+    method: FeedbackMethod = Field(
         "contrastive",
-        description="How feedback is made: 'pairwise' (A or B? both orders, answer-letter log-probs), "
-        "'contrastive' (log-likelihood of each response under the principle's positive vs negative "
-        "system prompt; order-free), 'pointwise' (each response rated 0-9, expected rating from the digit "
-        "log-probs), 'cot' (the judge writes a short comparison, then the verdict letter is read from "
-        "log-probs; both orders; the rationale is stored), 'rule' (a Python function scores responses, see feedback.rule), "
-        "'reward_model' (a trained preference model scores responses, see feedback.reward_model), "
-        "'ensemble' (feedback.members combined by feedback.aggregate); by construction, with no verdict: "
-        "'revision' (Constitutional AI: the judge model critiques a candidate against a principle and rewrites it; "
-        "revision preferred to original, plus revision SFT data in revisions.jsonl) and 'rlcd' (candidates sampled "
-        "with generate.mode=rlcd under a principle's positive vs negative system prompt; positive preferred).",
+        description="How feedback is made: "
+        + "; ".join(f"'{name}' ({info.summary})" for name, info in FEEDBACK_METHODS.items()) + ".",
     )
     rule: str | None = Field(
         None, description="rule: 'package.module:function' taking (prompt, response) and returning a score."
@@ -189,7 +218,7 @@ class FeedbackConfig(_Strict):
         None, description="reward_model: a HF sequence-classification directory (one label) or "
         "'package.module:function' taking (conversations, responses) and returning scores."
     )
-    members: list[Literal["pairwise", "contrastive", "pointwise", "cot", "rule", "reward_model"]] = Field(
+    members: list[JudgeMethod] = Field(
         default_factory=lambda: ["pairwise", "contrastive"], description="ensemble: the member methods."
     )
     aggregate: Literal["mean", "majority"] = Field(

@@ -95,18 +95,18 @@ def test_the_monitor_needs_heldout_prompts(tmp_path, tiny_model_dir):
 def test_a_killed_run_resumes_with_its_monitor_history(tmp_path, tiny_model_dir, monkeypatch):
     """The checks made before the checkpoint come back from it; the checks after it are redone: the
     monitor rows equal an uninterrupted run's (the check samples are seeded apart from training)."""
-    import openrlaif.stages.rloo as rloo
+    import openrlaif.optimize.rollout as rollout
 
     cfg = monitor_config(tiny_model_dir, "rloo", "monitor.heldout=test_overopt:goodhart", "rl.steps=4",
                          "monitor.every=1", "train.checkpoint_every=2")
     whole = open_run(cfg, tmp_path / "whole")
     run_stage("train", cfg, whole)
     # sample() calls: rollout 1, check 1, rollout 2, check 2 (checkpoint), rollout 3 -> killed there
-    real_sample = die_on_call(monkeypatch, rloo, "sample", 5)
+    real_sample = die_on_call(monkeypatch, rollout, "sample", 5)
     killed = open_run(cfg, tmp_path / "killed")
     with pytest.raises(KeyboardInterrupt):
         run_stage("train", cfg, killed)
-    monkeypatch.setattr(rloo, "sample", real_sample)
+    monkeypatch.setattr(rollout, "sample", real_sample)
     run_stage("train", cfg, killed)
     a, b = checks(whole), checks(killed)
     assert [r["step"] for r in b] == [1, 2, 3, 4]

@@ -103,18 +103,18 @@ def _adapter_weights(path):
 
 
 def test_killed_ppo_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
-    import openrlaif.stages.rloo as rloo
+    import openrlaif.optimize.rollout as rollout
 
     cfg = ppo_config(tiny_model_dir, "rl.steps=4", "train.checkpoint_every=2")
     whole = open_run(cfg, tmp_path / "whole")
     run_stage("train", cfg, whole)
 
-    real_sample = die_on_call(monkeypatch, rloo, "sample", 3)  # killed at the third step's rollout
+    real_sample = die_on_call(monkeypatch, rollout, "sample", 3)  # killed at the third step's rollout
     killed = open_run(cfg, tmp_path / "killed")
     with pytest.raises(KeyboardInterrupt):
         run_stage("train", cfg, killed)
     assert (killed.path("checkpoint") / "progress.json").is_file()
-    monkeypatch.setattr(rloo, "sample", real_sample)
+    monkeypatch.setattr(rollout, "sample", real_sample)
     run_stage("train", cfg, killed)
     assert [r["step"] for r in steps(killed)] == [1, 2, 3, 4]
     a, b = _adapter_weights(whole.path("policy")), _adapter_weights(killed.path("policy"))

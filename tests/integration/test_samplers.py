@@ -16,7 +16,7 @@ from openrlaif.core.store import read_jsonl
 from openrlaif.models.loading import chat_prompt, end_of_turn_id, load_causal_lm
 from openrlaif.sampling.remote import OpenAICompatibleSampler, VLLMSampler
 from openrlaif.sampling.types import SamplingParams
-from openrlaif.serve import ServerThread, create_app
+from openrlaif.serve import FaultPlan, ServerThread, create_app
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,27 @@ def test_n_samples_per_prompt_over_http(server):
     assert len({t for o in out for t in o}) > 3  # samples differ
     again = OpenAICompatibleSampler(url, "tiny").sample(prompts, 3, SamplingParams(1.5, 1.0, 8, seed=5))
     assert again == out  # seeded per prompt
+
+
+def test_sampler_retries_faults_with_the_judges_policy(tiny_model_dir):
+    """The sampler shares the judge's retry policy (core.http): 429/5xx, timeouts and unreadable bodies are
+    retried and counted by kind, and the seeded samples come back exactly as from a fault-free server."""
+    loaded = load_causal_lm(str(tiny_model_dir))
+    prompts = [[{"role": "user", "content": f"Tell me about {x}."}] for x in ("owls", "snow", "bread", "maps", "ink")]
+    params = SamplingParams(temperature=1.2, top_p=1.0, max_new_tokens=6, seed=2)
+    with ServerThread(create_app(loaded.model, loaded.tokenizer, "tiny")) as url:
+        reference = OpenAICompatibleSampler(url, "tiny").sample(prompts, 2, params)
+    faults = FaultPlan(rate=0.5, kinds=("429", "500", "timeout", "malformed"), hang_s=1.5, seed=1)
+    with ServerThread(create_app(loaded.model, loaded.tokenizer, "tiny", faults=faults)) as url:
+        sampler = OpenAICompatibleSampler(url, "tiny", concurrency=2, timeout_s=1.0, max_retries=12,
+                                          backoff_base_s=0.01, backoff_cap_s=0.05)
+        out = sampler.sample(prompts, 2, params)
+    assert out == reference
+    injected = sum(faults.injected.values())
+    assert injected >= 2 and sampler.attempts.retries == injected and sampler.attempts.failed == 0
+    assert sampler.attempts.requests == len(prompts) + injected
+    assert set(sampler.attempts.errors) <= {"http_429", "http_500", "timeout", "malformed_body", "http_503"}
+    assert sum(sampler.attempts.errors.values()) == injected
 
 
 def test_adapter_registered_and_sampled(server, tiny_model_dir, tmp_path):

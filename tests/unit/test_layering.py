@@ -216,5 +216,21 @@ def main() -> None:
         print(f"  {i:2d} {title}: {', '.join(m or '(package)' for m in a['modules'] if layer_of(m) == i)}")
 
 
+
+def test_feedback_methods_are_declared_once_and_each_has_a_builder():
+    """config.FEEDBACK_METHODS declares the methods; each judging one has exactly one builder."""
+    from typing import get_args
+
+    from openrlaif.config import FEEDBACK_METHODS, FeedbackConfig
+    from openrlaif.feedback.factory import API_METHODS, JUDGE_BUILDERS
+
+    judging = {m for m, info in FEEDBACK_METHODS.items() if not info.by_construction and m != "ensemble"}
+    assert set(JUDGE_BUILDERS) == judging
+    assert set(get_args(FeedbackConfig.model_fields["method"].annotation)) == set(FEEDBACK_METHODS)
+    assert not any(FEEDBACK_METHODS[m].local_only for m in API_METHODS)
+    description = FeedbackConfig.model_fields["method"].description
+    assert all(f"'{m}'" in description for m in FEEDBACK_METHODS)
+
+
 if __name__ == "__main__":
     main()

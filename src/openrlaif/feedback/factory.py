@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from openrlaif.config import RunConfig
+from openrlaif.config import FEEDBACK_METHODS, RunConfig
 from openrlaif.core.errors import UserError
 from openrlaif.feedback.judges import LocalJudge
+from openrlaif.models.loading import load_causal_lm
 
 
 def open_cache(cfg: RunConfig, run_dir: Path | None):
@@ -23,24 +25,91 @@ def open_cache(cfg: RunConfig, run_dir: Path | None):
     return JudgeCache(Path(spec).expanduser())
 
 
+@dataclass
+class JudgeContext:
+    """What a judge builder may use: the config, the loaded judge model (None when no method needs one),
+    the judge cache, the user's rule and reward-model judge (when configured), and the progress label."""
+
+    cfg: RunConfig
+    loaded: object | None
+    spec: str
+    cache: object | None
+    description: str
+    rule: object | None = None
+    reward: object | None = None
+
+    @property
+    def label(self):
+        return self.cfg.label
+
+    @property
+    def fb(self):
+        return self.cfg.feedback
+
+
+def _pairwise(c: JudgeContext):
+    return LocalJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.label.batch_size,
+                      max_response_chars=c.label.max_response_chars, description=c.description, cache=c.cache)
+
+
+def _contrastive(c: JudgeContext):
+    from openrlaif.feedback.methods import ContrastiveJudge
+
+    return ContrastiveJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.label.batch_size,
+                            max_length=c.fb.max_length, normalize=c.fb.normalize, temperature=c.fb.temperature,
+                            description=c.description, cache=c.cache)
+
+
+def _pointwise(c: JudgeContext):
+    from openrlaif.feedback.methods import PointwiseJudge
+
+    return PointwiseJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.label.batch_size,
+                          max_response_chars=c.label.max_response_chars, temperature=c.fb.temperature,
+                          description=c.description, cache=c.cache)
+
+
+def _cot(c: JudgeContext):
+    from openrlaif.feedback.methods import ChainOfThoughtJudge
+
+    return ChainOfThoughtJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.label.batch_size,
+                               max_response_chars=c.label.max_response_chars, max_new_tokens=c.fb.cot_max_tokens,
+                               description=c.description, cache=c.cache)
+
+
+def _rule(c: JudgeContext):
+    from openrlaif.feedback.judges import RuleJudge
+
+    return RuleJudge(c.rule, name=c.fb.rule, temperature=c.fb.temperature)
+
+
+def _reward_model(c: JudgeContext):
+    return c.reward
+
+
+# feedback.method -> the judge it builds. The methods themselves (and what the rest of the code needs to
+# know about each) are declared in config.FEEDBACK_METHODS; a test checks that the two lists agree.
+JUDGE_BUILDERS = {"pairwise": _pairwise, "contrastive": _contrastive, "pointwise": _pointwise, "cot": _cot,
+                  "rule": _rule, "reward_model": _reward_model}
+# methods an OpenAICompatibleJudge can run itself (the others need a local model, or need no model at all)
+API_METHODS = ("pairwise", "pointwise")
+
+
 def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None = None):
     """The judge the config asks for (model + feedback method + cache); returns (judge, judge name)."""
     from openrlaif.core.plugins import load_callable
-    from openrlaif.feedback.judges import EnsembleJudge, RewardModelJudge, RuleJudge
-    from openrlaif.feedback.methods import ChainOfThoughtJudge, ContrastiveJudge, PointwiseJudge
-    from openrlaif.models.loading import load_causal_lm
+    from openrlaif.feedback.judges import EnsembleJudge, RewardModelJudge
 
     fb = cfg.feedback
-    if fb.method in ("revision", "rlcd"):
+    if FEEDBACK_METHODS[fb.method].by_construction:
         # Pairs made by construction have no verdicts; grading (eval, gate) uses the contrastive judge.
         fb = fb.model_copy(update={"method": "contrastive"})
+        cfg = cfg.model_copy(update={"feedback": fb})
     methods = fb.members if fb.method == "ensemble" else [fb.method]
+    # 1. The user's own scorers, when a method names them.
     if "rule" in methods and not fb.rule:
         raise UserError("feedback.rule: required with feedback.method=rule (or a rule ensemble member); "
                         "give 'package.module:function'")
     rule = load_callable(fb.rule) if "rule" in methods else None
-    if methods == ["rule"]:
-        return RuleJudge(rule, name=fb.rule, temperature=fb.temperature), fb.rule
     if "reward_model" in methods and not fb.reward_model:
         raise UserError("feedback.reward_model: required with feedback.method=reward_model (or a reward_model "
                         "ensemble member); give a model directory or 'package.module:function'")
@@ -49,45 +118,33 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
         from openrlaif.reward.model import load_reward
 
         reward = RewardModelJudge(load_reward(fb.reward_model), name=fb.reward_model, temperature=fb.temperature)
-        if methods == ["reward_model"]:
-            return reward, fb.reward_model
+    if methods == ["rule"]:
+        return _rule(JudgeContext(cfg, None, fb.rule, None, description, rule=rule)), fb.rule
+    if methods == ["reward_model"]:
+        return reward, fb.reward_model
+    # 2. The judge model: a served one (feedback.api) or a local one, and the cache.
     cache = open_cache(cfg, run_dir)
+    loaded, spec, api = None, cfg.model.judge or cfg.model.policy, None
     if fb.api is not None:
-        local_only = sorted(set(methods) - {"pairwise", "pointwise", "rule", "reward_model"})
+        local_only = sorted(m for m in methods if FEEDBACK_METHODS[m].local_only)
         if local_only:
             raise UserError(f"feedback.api: method(s) {', '.join(local_only)} need a local model (they read "
                             "prompt log-probs); use pairwise or pointwise with an API judge, or remove feedback.api")
         api = api_judge(cfg, cache, description)
     else:
-        spec = cfg.model.judge or cfg.model.policy
         loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
         if cfg.model.judge_quantize == "int8":
             from openrlaif.models.loading import quantize_int8
 
             loaded.model = quantize_int8(loaded.model)
             spec = f"{spec}@int8"  # a different judge: its own cache entries and its own name in the labels
+    context = JudgeContext(cfg, loaded, spec, cache, description, rule=rule, reward=reward)
 
+    # 3. One judge per method (an ensemble's members share the model and the cache).
     def make(method: str):
-        if method == "reward_model":
-            return reward
-        if fb.api is not None and method != "rule":
+        if api is not None and method in API_METHODS:
             return api(method)
-        if method == "contrastive":
-            return ContrastiveJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
-                                    max_length=fb.max_length, normalize=fb.normalize, temperature=fb.temperature,
-                                    description=description, cache=cache)
-        if method == "rule":
-            return RuleJudge(rule, name=fb.rule, temperature=fb.temperature)
-        if method == "cot":
-            return ChainOfThoughtJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
-                                       max_response_chars=cfg.label.max_response_chars, max_new_tokens=fb.cot_max_tokens,
-                                       description=description, cache=cache)
-        if method == "pointwise":
-            return PointwiseJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
-                                  max_response_chars=cfg.label.max_response_chars, temperature=fb.temperature,
-                                  description=description, cache=cache)
-        return LocalJudge(loaded.model, loaded.tokenizer, name=spec, batch_size=cfg.label.batch_size,
-                          max_response_chars=cfg.label.max_response_chars, description=description, cache=cache)
+        return JUDGE_BUILDERS[method](context)
 
     name = fb.api.model if fb.api is not None else spec
     if fb.method == "ensemble":

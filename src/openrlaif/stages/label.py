@@ -22,6 +22,7 @@ from openrlaif.feedback.api import usage_json
 from openrlaif.feedback.factory import build_judge, open_cache
 from openrlaif.feedback.scoring import position_stats
 from openrlaif.feedback.types import Comparison
+from openrlaif.config import FEEDBACK_METHODS
 
 
 def select_pairs(n: int, p_better: dict[tuple[int, int], float], mode: str, min_margin: float = 0.0
@@ -107,11 +108,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         raise UserError(f"{cand_path} not found; run `rlaif generate -o {store.root}` first")
     rows = read_jsonl(cand_path)
     constitution = load_constitution(cfg.data.constitution)
-    if cfg.feedback.method in ("revision", "rlcd"):  # labelled by construction, not by verdicts
+    if FEEDBACK_METHODS[cfg.feedback.method].by_construction:  # labelled by construction, not by verdicts
         return construction_run(cfg, store, k, rows, constitution)
     # 2. One comparison per pair of distinct candidates, each with its own sampled principle
     #    (one principle per prompt for methods that score each candidate alone, so each is scored once).
-    per_prompt = cfg.feedback.method in ("contrastive", "pointwise", "reward_model")
+    per_prompt = FEEDBACK_METHODS[cfg.feedback.method].one_principle_per_prompt
     items: list[Comparison] = []
     keys: list[tuple[int, int, int]] = []
     for r, row in enumerate(rows):
