@@ -70,7 +70,7 @@ def validate_inputs(cfg: RunConfig) -> dict:
 
 def check_prompt_lengths(cfg: RunConfig, prompts, tok, policy_config: dict) -> None:
     """Every prompt must fit the policy's context with room for the longest answer it will be asked for."""
-    from openrlaif.models.loading import chat_prompt
+    from openrlaif.models.loading import encode_prompts
 
     window = policy_config.get("max_position_embeddings")
     if not window:
@@ -80,7 +80,7 @@ def check_prompt_lengths(cfg: RunConfig, prompts, tok, policy_config: dict) -> N
     for p in prompts:
         if sum(len(m["content"]) for m in p.messages) < limit:  # a token is at least one character
             continue
-        n = len(tok(chat_prompt(tok, p.messages), add_special_tokens=False).input_ids)
+        n = len(encode_prompts(tok, [p.messages])[0])
         if n > limit:
             raise UserError(f"{source}:{p.line}: prompt is {n} tokens; the policy's context ({window}) leaves {limit} "
                             "after the longest answer (generate/eval/rl max_new_tokens); shorten it or remove the line")

@@ -22,9 +22,9 @@ def encode_response(tokenizer, prompt_messages: list[dict], response: str, max_l
     The prompt keeps its end and gets at least half the budget (more when the response is short);
     the response fills the rest and is cut at its end.
     """
-    from openrlaif.models.loading import chat_prompt, end_of_turn_id
+    from openrlaif.models.loading import encode_prompts, end_of_turn_id
 
-    prompt_ids = tokenizer(chat_prompt(tokenizer, prompt_messages), add_special_tokens=False).input_ids
+    prompt_ids = encode_prompts(tokenizer, [prompt_messages])[0]
     from openrlaif.core.text import neutralize_special_tokens
 
     # A response that spells a special token ('<|im_end|>') is scored as the characters it wrote.
