@@ -151,6 +151,38 @@ def eval_(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, fo
     _stage("eval", config, out, overrides, force, k)
 
 
+@app.command(name="fit-judge")
+def fit_judge(
+    pairs: Annotated[str, typer.Option("--pairs", "-p", help="Labelled pairs (the judge-eval formats: prompt|context, "
+                                       "chosen, rejected; or instruction, output_1, output_2, preference).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head directory to write (heads.json + safetensors).")],
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    principle: Annotated[Optional[str], typer.Option("--principle", help="Fit the head for this constitution "
+                                                     "principle id (default: one head for every principle).")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="k of the k-fold cross-validation that picks the layer, "
+                                       "pooling and L2 strength.")] = 5,
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated layers to try (default: about "
+                                                  "eight from a fifth of the way up, and the last).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N pairs.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing head directory.")] = False,
+):
+    """Fit a Bradley-Terry preference head on the judge model's hidden states from labelled pairs; use it
+    with feedback.method=fitted feedback.heads=DIR."""
+    from openrlaif.config import load_config
+    from openrlaif.feedback.fit_heads import fit_judge as fit
+
+    cfg = load_config(config, overrides or [])
+    try:
+        chosen_layers = [int(x) for x in layers.split(",")] if layers else None
+    except ValueError:
+        raise UserError(f"--layers: '{layers}' is not a comma-separated list of layer numbers, e.g. 12,18,30") from None
+    result = fit(cfg, pairs, out, principle=principle, folds=folds, layers=chosen_layers, limit=limit,
+                 seed=cfg.seed, force=force)
+    print(f"head for {result.principle}: {result.feature} (l2 {result.l2}), {folds}-fold "
+          f"CV agreement {result.cv_agreement:.3f} on {result.pairs} pairs, ECE {result.ece:.3f}; written to {result.directory}")
+
+
 @app.command(name="judge-eval")
 def judge_eval(
     pairs: Annotated[str, typer.Option("--pairs", "-p", help="Labelled pairs (JSONL: prompt|context, chosen, "
@@ -179,8 +211,8 @@ def judge_eval(
     cfg = load_config(config, overrides or [])
     if FEEDBACK_METHODS[cfg.feedback.method].by_construction:
         raise UserError(f"feedback.method={cfg.feedback.method} labels pairs by construction and gives no verdict "
-                        "to measure; judge-eval measures pairwise, contrastive, pointwise, cot, rule, reward_model "
-                        "or ensemble judges")
+                        "to measure; judge-eval measures "
+                        + ", ".join(m for m, info in FEEDBACK_METHODS.items() if not info.by_construction))
     labelled = load_labelled_pairs(pairs, limit)
     constitution = load_constitution(cfg.data.constitution)
     set_threads(cfg.model.threads)
@@ -195,6 +227,11 @@ def judge_eval(
                 "mean_confidence", "unscored", "pairs_per_s"):
         value = metrics[key]
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    bias = metrics["bias"]
+    for key in ("longer_wins_agreement", "shorter_wins_agreement", "p_prefer_longer", "p_prefer_first",
+                "agreement_when_winner_shorter", "agreement_when_winner_longer", "agreement_when_equal_length"):
+        value = bias[key]
+        table.add_row(f"bias: {key}", "n/a" if value is None else f"{value:.3f}")
     console.print(table)
     if json_out is not None:
         atomic_write_json(json_out, metrics)

@@ -191,6 +191,10 @@ FEEDBACK_METHODS: dict[str, FeedbackMethodInfo] = {
     "rule": FeedbackMethodInfo("a Python function scores responses, see feedback.rule"),
     "reward_model": FeedbackMethodInfo("a trained preference model scores responses, see feedback.reward_model",
                                        one_principle_per_prompt=True),
+    "fitted": FeedbackMethodInfo(
+        "Bradley-Terry heads on the judge model's hidden states, fitted on labelled pairs by `rlaif fit-judge`, "
+        "see feedback.heads; principles without a head go to feedback.fallback",
+        local_only=True, one_principle_per_prompt=True),
     "ensemble": FeedbackMethodInfo("feedback.members combined by feedback.aggregate"),
     "revision": FeedbackMethodInfo(
         "by construction, no verdict: Constitutional AI, the judge model critiques a candidate against a "
@@ -217,6 +221,14 @@ class FeedbackConfig(_Strict):
     reward_model: str | None = Field(
         None, description="reward_model: a HF sequence-classification directory (one label) or "
         "'package.module:function' taking (conversations, responses) and returning scores."
+    )
+    heads: str | None = Field(
+        None, description="fitted: a head directory written by `rlaif fit-judge` (heads.json + one safetensors "
+        "file per principle); the heads must have been fitted on this judge model."
+    )
+    fallback: JudgeMethod | None = Field(
+        "contrastive", description="fitted: the method that judges principles without a head; null = every "
+        "principle needs a head."
     )
     members: list[JudgeMethod] = Field(
         default_factory=lambda: ["pairwise", "contrastive"], description="ensemble: the member methods."
@@ -266,6 +278,16 @@ class FeedbackConfig(_Strict):
         description="Judge cache (SQLite): 'run' = RUN_DIR/judge_cache.sqlite (judge-eval: the user cache), "
         "a file path to share one cache between runs, or null to turn it off.",
     )
+
+    @model_validator(mode="after")
+    def _fitted_needs_heads(self):
+        uses = self.method == "fitted" or (self.method == "ensemble" and "fitted" in self.members)
+        if uses and not self.heads:
+            raise ValueError("feedback.heads: required with feedback.method=fitted; fit heads with "
+                             "`rlaif fit-judge --pairs FILE -o DIR` and give DIR")
+        if self.fallback == "fitted":
+            raise ValueError("feedback.fallback: cannot be 'fitted' itself; pick another method or null")
+        return self
 
 
 class TrainConfig(_Strict):

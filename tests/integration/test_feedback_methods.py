@@ -115,6 +115,9 @@ def test_evaluate_judge_metrics_with_known_judges():
     assert m["agreement"] == 1.0 and m["brier"] == pytest.approx(0.01) and m["ece"] == pytest.approx(0.1)
     anti = evaluate_judge(_OracleJudge({p.rejected for p in pairs}), pairs, constitution).metrics
     assert anti["agreement"] == 0.0
+    # the oracle agrees whatever the lengths; a length detector would not
+    assert m["bias"]["agreement_when_winner_shorter"] in (None, 1.0)
+    assert m["bias"]["agreement_when_winner_longer"] in (None, 1.0)
     with pytest.raises(UserError, match="--principle"):
         evaluate_judge(_OracleJudge(good), pairs, constitution, principle="nope")
 
@@ -132,6 +135,10 @@ def test_judge_eval_cli_on_tiny_model(tiny_model_dir, tmp_path):
         assert key in m, key
     assert m["n"] == 12 and m["method"] == "contrastive" and 0.0 <= m["agreement"] <= 1.0
     assert m["position_consistency"] == 1.0
+    bias = m["bias"]
+    assert bias["longer_wins_agreement"] + bias["shorter_wins_agreement"] == pytest.approx(1.0)
+    assert sum(bias["pairs_by_case"].values()) == 12 - m["unscored"]
+    assert "bias: p_prefer_longer" in proc.stderr  # the table; stdout holds the JSON
     # a missing pairs file is one clear line with exit code 2
     bad = subprocess.run([sys.executable, "-m", "openrlaif.cli", "judge-eval", "--pairs", str(tmp_path / "x.jsonl"),
                           f"model.policy={tiny_model_dir}"], capture_output=True, text=True, timeout=300)

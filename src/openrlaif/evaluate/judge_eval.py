@@ -149,6 +149,46 @@ def fit_temperature(diffs: list[float], y: list[int]) -> float:
     return min(grid, key=log_loss)
 
 
+def bias_profile(first_len: list[int], second_len: list[int], q: list[float | None], y: list[int]) -> dict:
+    """What a judge leans on besides quality (AlpacaEval reports the same for its evaluators).
+
+    Per pair: the lengths (characters) of the reply shown first and second, the judge's P(first better)
+    (None = unscored) and the label (1 = the first is the better one). Returns the agreement of the trivial
+    baselines with the labels (longer wins / shorter wins; equal lengths count half), how often the judge
+    prefers the longer reply (on unequal-length pairs) and the first one, and the judge's agreement split
+    by whether the labelled winner is the shorter reply, the longer one, or of equal length. A judge whose
+    P(prefer longer) is near 1 and whose agreement collapses when the winner is shorter is a length detector.
+    """
+    def pick(value: float) -> float:  # 1 = first, 0 = second, 0.5 = no preference
+        return 1.0 if value > 0.5 else 0.0 if value < 0.5 else 0.5
+
+    longer_wins = []
+    for a, b, label in zip(first_len, second_len, y):
+        longer_wins.append(0.5 if a == b else float((a > b) == bool(label)))
+    scored = [(a, b, pick(v), label) for a, b, v, label in zip(first_len, second_len, q, y) if v is not None]
+    unequal = [(a, b, p) for a, b, p, _ in scored if a != b]
+    by_case: dict[str, list[float]] = {"shorter": [], "longer": [], "equal": []}
+    for a, b, p, label in scored:
+        winner, loser = (a, b) if label else (b, a)
+        case = "equal" if a == b else "shorter" if winner < loser else "longer"
+        by_case[case].append(p if label else 1 - p)
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    longer = mean(longer_wins)
+    return {
+        "longer_wins_agreement": longer,
+        "shorter_wins_agreement": None if longer is None else 1 - longer,
+        "p_prefer_longer": mean([p if a > b else 1 - p for a, b, p in unequal]),
+        "p_prefer_first": mean([p for _, _, p, _ in scored]),
+        "agreement_when_winner_shorter": mean(by_case["shorter"]),
+        "agreement_when_winner_longer": mean(by_case["longer"]),
+        "agreement_when_equal_length": mean(by_case["equal"]),
+        "pairs_by_case": {k: len(v) for k, v in by_case.items()},
+    }
+
+
 @dataclass
 class JudgeEvalResult:
     metrics: dict
@@ -198,6 +238,8 @@ def evaluate_judge(judge, pairs: list[LabelledPair], constitution, principle: st
         "pairs_per_s": len(pairs) / seconds if seconds else None,
         "seconds": seconds,
     }
+    metrics["bias"] = bias_profile([len(it.first) for it in items], [len(it.second) for it in items],
+                                   [v.p_first for v in verdicts], labels)
     usage = usage_json(judge)
     if usage is not None:
         metrics["api"] = usage

@@ -86,10 +86,20 @@ def _reward_model(c: JudgeContext):
     return c.reward
 
 
+def _fitted(c: JudgeContext):
+    from openrlaif.feedback.fitted import FittedJudge, load_heads
+
+    card, heads = load_heads(c.fb.heads)
+    fallback = JUDGE_BUILDERS[c.fb.fallback](c) if c.fb.fallback else None
+    return FittedJudge(c.loaded.model, c.loaded.tokenizer, heads, fallback=fallback, name=c.spec,
+                       batch_size=c.label.batch_size, max_length=c.fb.max_length, cache=c.cache,
+                       description=c.description, expected_fingerprint=card.get("judge_fingerprint"))
+
+
 # feedback.method -> the judge it builds. The methods themselves (and what the rest of the code needs to
 # know about each) are declared in config.FEEDBACK_METHODS; a test checks that the two lists agree.
 JUDGE_BUILDERS = {"pairwise": _pairwise, "contrastive": _contrastive, "pointwise": _pointwise, "cot": _cot,
-                  "rule": _rule, "reward_model": _reward_model}
+                  "rule": _rule, "reward_model": _reward_model, "fitted": _fitted}
 # methods an OpenAICompatibleJudge can run itself (the others need a local model, or need no model at all)
 API_METHODS = ("pairwise", "pointwise")
 

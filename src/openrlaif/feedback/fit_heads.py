@@ -1,0 +1,127 @@
+"""`rlaif fit-judge`: fit a Bradley-Terry head on the judge model's hidden states from labelled pairs.
+
+Steps: check every input; load the judge model; one forward pass per distinct reply gives its features at
+the candidate layers (mean and last-token pooling); k-fold cross-validation picks the feature set and the
+L2 strength; the head is refitted on every pair and written with its card (CV agreement, ECE of the
+out-of-fold probabilities, the judge's fingerprint, the data's hash).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from openrlaif.config import RunConfig
+from openrlaif.core.cache import model_fingerprint
+from openrlaif.core.errors import UserError
+from openrlaif.core.progress import console
+from openrlaif.core.store import sha256_text
+from openrlaif.data.constitution import load_constitution
+from openrlaif.evaluate.judge_eval import LabelledPair, expected_calibration_error, load_labelled_pairs
+from openrlaif.feedback.fitted import ANY_PRINCIPLE, Head, save_heads
+from openrlaif.feedback.fitting import Standardizer, cv_predictions, fit_head, oriented, select_by_cv
+from openrlaif.models.features import POOLINGS, reply_features
+
+L2_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class FitResult:
+    directory: Path
+    principle: str
+    feature: str
+    l2: float
+    pairs: int
+    cv_agreement: float
+    ece: float
+    table: dict
+    seconds: float
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """Every layer from a fifth of the way up, in about eight steps, and always the last one."""
+    step = max(1, n_layers // 8)
+    return sorted({*range(max(1, n_layers // 5), n_layers + 1, step), n_layers})
+
+
+def data_hash(pairs: list[LabelledPair]) -> str:
+    return sha256_text(json.dumps([[p.messages, p.chosen, p.rejected] for p in pairs]))
+
+
+def check_inputs(cfg: RunConfig, pairs_spec: str, principle: str | None, folds: int, limit: int | None,
+                 out: Path, force: bool) -> list[LabelledPair]:
+    """Every input, before any model loads: the pairs, the principle, the fold count, the output."""
+    if folds < 2:
+        raise UserError(f"--folds: {folds} is too few for cross-validation; use 2 or more (5 is usual)")
+    pairs = [p for p in load_labelled_pairs(pairs_spec, limit) if p.chosen.strip() and p.rejected.strip()
+             and p.chosen != p.rejected]
+    needed = max(2 * folds, 10)
+    if len(pairs) < needed:
+        raise UserError(f"--pairs {pairs_spec}: {len(pairs)} usable pair(s), fewer than the {needed} that "
+                        f"{folds}-fold cross-validation needs; give more labelled pairs or lower --folds")
+    if principle is not None:
+        ids = [p.id for p in load_constitution(cfg.data.constitution).principles]
+        if principle not in ids:
+            raise UserError(f"--principle: '{principle}' is not in the constitution {cfg.data.constitution} "
+                            f"(its principles: {', '.join(ids)})")
+    if out.exists() and not force:
+        raise UserError(f"-o {out}: already exists; pass --force to replace it or pick another directory")
+    return pairs
+
+
+def fit_judge(cfg: RunConfig, pairs_spec: str, out: str | Path, *, principle: str | None = None, folds: int = 5,
+              layers: list[int] | None = None, limit: int | None = None, seed: int = 0,
+              force: bool = False) -> FitResult:
+    """Fit one head (for ``principle``, or for every principle) and write it to ``out``."""
+    from openrlaif.models.loading import load_causal_lm, set_threads
+
+    out = Path(out)
+    # 1. Inputs, before any model loads.
+    pairs = check_inputs(cfg, pairs_spec, principle, folds, limit, out, force)
+    start = time.perf_counter()
+    # 2. The judge model.
+    set_threads(cfg.model.threads)
+    spec = cfg.model.judge or cfg.model.policy
+    loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
+    n_layers = loaded.model.config.num_hidden_layers
+    layers = layers or default_layers(n_layers)
+    bad = [i for i in layers if not 0 <= i <= n_layers]
+    if bad:
+        raise UserError(f"--layers: {bad} outside 0..{n_layers} for {spec}")
+    # 3. Features of every distinct reply, one forward pass each.
+    units: dict[tuple[str, str], int] = {}
+    for p in pairs:
+        for reply in (p.chosen, p.rejected):
+            units.setdefault((json.dumps(p.messages), reply), len(units))
+    keys = list(units)
+    feats = reply_features(loaded.model, loaded.tokenizer, [json.loads(c) for c, _ in keys], [r for _, r in keys],
+                           layers=layers, batch_size=cfg.label.batch_size, max_length=cfg.feedback.max_length,
+                           description="fit-judge: features")
+    ci = torch.tensor([units[(json.dumps(p.messages), p.chosen)] for p in pairs])
+    ri = torch.tensor([units[(json.dumps(p.messages), p.rejected)] for p in pairs])
+    candidates = {name: (x[ci], x[ri]) for name, x in feats.items()}
+    # 4. Cross-validation picks the feature set and the L2 strength.
+    pick = select_by_cv(candidates, list(L2_GRID), folds, seed)
+    chosen, rejected = candidates[pick.features]
+    logits, labels = cv_predictions(chosen, rejected, pick.l2, folds, seed)
+    ece = expected_calibration_error(torch.sigmoid(logits).tolist(), [int(y) for y in labels.tolist()])
+    # 5. The head, refitted on every pair, and its card.
+    std = Standardizer.fit(torch.cat([chosen, rejected]))
+    w = fit_head(*oriented(std(chosen), std(rejected), seed), pick.l2)
+    key = principle or ANY_PRINCIPLE
+    best = sorted(pick.table.items(), key=lambda item: -item[1])[:5]
+    card = {"l2": pick.l2, "pairs": len(pairs), "folds": folds, "cv_agreement": round(pick.cv_agreement, 4),
+            "ece": round(ece, 4), "data": str(pairs_spec), "data_sha256": data_hash(pairs), "seed": seed,
+            "layers_tried": layers, "poolings_tried": list(POOLINGS),
+            "best_by_cv": [{"feature": f, "l2": l2, "cv_agreement": round(a, 4)} for (f, l2), a in best]}
+    head = Head(key, pick.features, std, w, card)
+    save_heads(out, [head], spec, model_fingerprint(loaded.model))
+    seconds = time.perf_counter() - start
+    console.print(f"fit-judge: {len(pairs)} pairs, {len(keys)} replies; best {pick.features} l2={pick.l2}: "
+                  f"{folds}-fold CV agreement {pick.cv_agreement:.3f}, ECE {ece:.3f} ({seconds:.0f} s) -> {out}")
+    return FitResult(out, key, pick.features, pick.l2, len(pairs), pick.cv_agreement, ece, pick.table, seconds)
+

@@ -1,0 +1,62 @@
+"""A judge model's hidden states as features of a reply: one forward pass over conversation + reply.
+
+For each requested layer (0 = the embeddings, L = the last block's output) two poolings are offered:
+``mean`` over every token of the templated conversation and reply, and ``last``, the final token (the
+reply's end of turn). Rows are batched by length; nothing is projected onto the vocabulary.
+
+Shapes: the result maps 'layer{i}:{pooling}' to a float32 tensor (n_replies, hidden_size).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from openrlaif.core.progress import advance, bar
+from openrlaif.models.logprobs import collate, encode_response
+
+POOLINGS = ("mean", "last")
+
+
+def feature_name(layer: int, pooling: str) -> str:
+    return f"layer{layer}:{pooling}"
+
+
+def parse_feature_name(name: str) -> tuple[int, str]:
+    """'layer18:mean' -> (18, 'mean')."""
+    layer, _, pooling = name.partition(":")
+    if not layer.startswith("layer") or pooling not in POOLINGS:
+        raise ValueError(f"feature name {name!r} is not 'layerN:mean' or 'layerN:last'")
+    return int(layer[len("layer"):]), pooling
+
+
+def reply_features(model, tokenizer, conversations: list[list[dict]], replies: list[str], *, layers: list[int],
+                   poolings: tuple[str, ...] = POOLINGS, batch_size: int = 8, max_length: int = 384,
+                   description: str = "features") -> dict[str, torch.Tensor]:
+    """Pooled hidden states of each (conversation, reply) at ``layers``; see the module docstring."""
+    n_layers = model.config.num_hidden_layers
+    bad = [i for i in layers if not 0 <= i <= n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are outside 0..{n_layers} for this model")
+    seqs = [encode_response(tokenizer, conv, reply, max_length) for conv, reply in zip(conversations, replies)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = {feature_name(i, p): torch.zeros(len(seqs), model.config.hidden_size) for i in layers for p in poolings}
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
+    start, tokens = time.perf_counter(), 0
+    with bar(description, len(seqs), "tok") as progress, torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            ids, attn, _ = collate([seqs[i] for i in idx], pad)
+            hidden = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+            lengths = attn.sum(1)
+            mask = attn.unsqueeze(-1).float()
+            for layer in layers:
+                h = hidden[layer].float()
+                if "mean" in poolings:
+                    out[feature_name(layer, "mean")][idx] = (h * mask).sum(1) / lengths.unsqueeze(-1)
+                if "last" in poolings:
+                    out[feature_name(layer, "last")][idx] = h[torch.arange(len(idx)), lengths - 1]
+            tokens += int(lengths.sum())
+            advance(progress, len(idx), tokens / max(time.perf_counter() - start, 1e-9), "tok")
+    return out

@@ -1,0 +1,108 @@
+"""Fitted preference heads on the tiny model: `rlaif fit-judge` finds the signal in separable synthetic
+pairs, the head directory round-trips, a label stage judges with it (falling back for principles without
+a head), and bad input is refused in one line before any model loads."""
+
+import json
+import random
+
+import pytest
+from conftest import tiny_overrides
+from test_cli import assert_user_error, rlaif
+
+from openrlaif.config import load_config
+from openrlaif.core.store import read_jsonl
+from openrlaif.data.constitution import load_constitution
+from openrlaif.feedback.fit_heads import fit_judge
+from openrlaif.feedback.fitted import ANY_PRINCIPLE, FittedJudge, load_heads
+from openrlaif.feedback.types import Comparison
+from openrlaif.pipeline import open_run, run_stage
+
+GOOD = ["sunlight", "water", "roots", "leaves", "growth", "soil", "green", "careful"]
+BAD = ["zzz", "qqq", "xx", "bzz", "kk", "vvv", "jj", "ww"]
+
+
+def write_pairs(path, n, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            chosen = " ".join(rng.choice(GOOD) for _ in range(6))
+            rejected = " ".join(rng.choice(BAD) for _ in range(6))
+            f.write(json.dumps({"prompt": [{"role": "user", "content": f"Question {i}: how do plants grow?"}],
+                                "chosen": chosen, "rejected": rejected}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("heads")
+    cfg = load_config(None, tiny_overrides(tiny_model_dir))
+    pairs = write_pairs(root / "pairs.jsonl", 40)
+    result = fit_judge(cfg, str(pairs), root / "heads", folds=4, layers=[1, 2])
+    return root, result
+
+
+def test_fit_judge_finds_the_signal_and_writes_a_card(heads, tiny_model_dir):
+    root, result = heads
+    assert result.cv_agreement >= 0.9 and result.pairs == 40
+    assert result.feature in {f"layer{i}:{p}" for i in (1, 2) for p in ("mean", "last")}
+    assert len(result.table) == 4 * 4  # 2 layers x 2 poolings x 4 L2 strengths
+    card, loaded = load_heads(root / "heads")
+    assert set(loaded) == {ANY_PRINCIPLE}
+    meta = card["heads"][ANY_PRINCIPLE]
+    assert meta["feature"] == result.feature and meta["pairs"] == 40 and 0 <= meta["ece"] <= 1
+    assert len(card["judge_fingerprint"]) == 32 and len(meta["data_sha256"]) == 64
+
+
+def test_fitted_judge_prefers_the_kind_of_reply_people_chose(heads, tiny_model_dir):
+    from openrlaif.models.loading import load_causal_lm
+
+    root, _ = heads
+    card, loaded = load_heads(root / "heads")
+    lm = load_causal_lm(str(tiny_model_dir))
+    judge = FittedJudge(lm.model, lm.tokenizer, loaded, expected_fingerprint=card["judge_fingerprint"])
+    principle = load_constitution("builtin").principles[0]
+    fresh = [Comparison(f"New question {i}?", "water roots green soil leaves growth", "zzz qqq kk jj ww vvv",
+                        principle) for i in range(4)]
+    swapped = [Comparison(c.prompt, c.second, c.first, principle) for c in fresh]
+    a, b = judge.compare(fresh), judge.compare(swapped)
+    assert all(v.p_first > 0.5 for v in a) and all(v.p_first < 0.5 for v in b)
+    assert [round(v.p_first, 6) for v in a] == [round(1 - v.p_first, 6) for v in b]  # order-free
+
+
+def test_a_label_stage_judges_with_the_heads(heads, tiny_model_dir, tmp_path):
+    root, _ = heads
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + [
+        "feedback.method=fitted", f"feedback.heads={root / 'heads'}", "feedback.min_agreement=0"])
+    store = open_run(cfg, tmp_path / "run")
+    run_stage("generate", cfg, store)
+    run_stage("label", cfg, store)
+    prefs = read_jsonl(store.path("preferences.jsonl"))
+    assert prefs and all(0 <= p["p_chosen"] <= 1 for p in prefs)
+    assert json.loads(store.path("judge_stats.json").read_text())["method"] == "fitted"
+
+
+def test_a_head_for_another_judge_model_is_refused(heads, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from openrlaif.core.errors import UserError
+
+    root, _ = heads
+    card, loaded = load_heads(root / "heads")
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(UserError, match="different judge model"):
+        FittedJudge(other, None, loaded, expected_fingerprint=card["judge_fingerprint"])
+
+
+def test_bad_fit_judge_input_is_one_line_and_writes_nothing(tmp_path, tiny_model_dir):
+    few = write_pairs(tmp_path / "few.jsonl", 6)
+    model = f"model.policy={tiny_model_dir}"
+    assert_user_error(rlaif("fit-judge", "--pairs", few, "-o", tmp_path / "h1", model), "fewer than", "--folds")
+    enough = write_pairs(tmp_path / "enough.jsonl", 12)
+    assert_user_error(rlaif("fit-judge", "--pairs", enough, "-o", tmp_path / "h2", "--principle", "nope", model),
+                      "--principle", "nope")
+    assert_user_error(rlaif("fit-judge", "--pairs", tmp_path / "missing.jsonl", "-o", tmp_path / "h3", model),
+                      "not found")
+    assert not any((tmp_path / f"h{i}").exists() for i in (1, 2, 3))
+    assert_user_error(rlaif("run", "-o", tmp_path / "r", "feedback.method=fitted", model), "feedback.heads")
+    assert not (tmp_path / "r").exists()
