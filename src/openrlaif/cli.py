@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from openrlaif.core.errors import UserError
 from openrlaif.config import FEEDBACK_METHODS
+from openrlaif.core.errors import UserError
 
 app = typer.Typer(
     name="rlaif",

@@ -42,3 +42,36 @@ def truncate(text: str, max_chars: int) -> str:
 def with_system(messages: list[dict], system: str) -> list[dict]:
     """The conversation with its system turn replaced by ``system``."""
     return [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
+
+
+# Characters that render as nothing (or reorder text) and let an attacker hide words from people, or split
+# words so a filter cannot see them: zero-width spaces and joiners, word joiner and invisible operators,
+# the byte-order mark, bidirectional controls, soft hyphen, and the Unicode tag block (U+E0000-E007F).
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
+# Cyrillic and Greek letters that look like Latin ones; mapped only inside words that also hold Latin letters,
+# so real Cyrillic or Greek words are left alone.
+_CONFUSABLES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "ԁ": "d", "һ": "h", "ӏ": "l", "ԛ": "q", "ԝ": "w", "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M",
+    "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X", "І": "I", "Ј": "J", "Ѕ": "S",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "ο": "o", "ν": "v", "ρ": "p", "ι": "i", "κ": "k",
+})
+_WORD = re.compile(r"\w+")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def normalize_candidate(text: str) -> str:
+    """Candidate text as a judge should read it: Unicode NFKC (full-width and styled letters become plain),
+    invisible and tag characters removed, and look-alike Cyrillic/Greek letters inside otherwise Latin words
+    mapped to the Latin letters they imitate. Obfuscated instructions to the judge become plain text, which
+    the judge's delimiting and ``judge_directed`` then see as they are."""
+    import unicodedata
+
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+
+    def unmask(match: re.Match) -> str:
+        word = match.group(0)
+        return word.translate(_CONFUSABLES) if _LATIN.search(word) else word
+
+    return _WORD.sub(unmask, text)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from openrlaif.core.errors import UserError
 from openrlaif.core.http import Attempts, RateLimiter, RetryPolicy, bearer, has_choices, post_json, run_coroutine
-from openrlaif.core.text import truncate
+from openrlaif.core.text import normalize_candidate, truncate
 from openrlaif.feedback.judges import JUDGE_PREFILL, JUDGE_SYSTEM, JUDGE_USER, both_orders
 from openrlaif.feedback.scoring import combine_orders, compare_by_scores, expected_rating, logsumexp
 from openrlaif.feedback.types import Comparison, Verdict
@@ -157,7 +157,7 @@ class OpenAICompatibleJudge:
     # -- request bodies -------------------------------------------------------------------------
 
     def pairwise_messages(self, prompt: str, a: str, b: str, question: str) -> list[dict]:
-        a, b = (defuse_markers(truncate(x, self.max_response_chars)) for x in (a, b))
+        a, b = (defuse_markers(truncate(normalize_candidate(x), self.max_response_chars)) for x in (a, b))
         user = JUDGE_USER.format(prompt=defuse_markers(prompt), a=a, b=b, question=question)
         messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
         if self.prefill:
@@ -168,7 +168,7 @@ class OpenAICompatibleJudge:
         from openrlaif.feedback.methods import POINTWISE_PREFILL, POINTWISE_SYSTEM, POINTWISE_USER
 
         user = POINTWISE_USER.format(prompt=defuse_markers(prompt),
-                                     response=defuse_markers(truncate(response, self.max_response_chars)), question=question)
+                                     response=defuse_markers(truncate(normalize_candidate(response), self.max_response_chars)), question=question)
         messages = [{"role": "system", "content": POINTWISE_SYSTEM}, {"role": "user", "content": user}]
         if self.prefill:
             messages.append({"role": "assistant", "content": POINTWISE_PREFILL})

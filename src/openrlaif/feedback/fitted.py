@@ -19,6 +19,7 @@ import torch
 from openrlaif.core.cache import cache_key, cached_compute, model_fingerprint
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import atomic_directory, sha256_text
+from openrlaif.core.text import normalize_candidate
 from openrlaif.feedback.fitting import Standardizer
 from openrlaif.feedback.scoring import compare_by_scores
 from openrlaif.feedback.types import Comparison, Verdict
@@ -126,7 +127,7 @@ class FittedJudge:
 
         fingerprint = model_fingerprint(self.model, self.name) if self.cache is not None else ""
         keys = ([cache_key(fingerprint, self.method, self.heads[k].digest(),
-                           encode_response(self.tokenizer, conv, reply, self.max_length).input_ids)
+                           encode_response(self.tokenizer, conv, normalize_candidate(reply), self.max_length).input_ids)
                  for k, conv, reply in units] if self.cache is not None else [""] * len(units))
 
         def compute(missing: list[int], on_batch) -> None:
@@ -136,7 +137,7 @@ class FittedJudge:
             for feature, idx in by_feature.items():
                 layer, pooling = parse_feature_name(feature)
                 feats = reply_features(self.model, self.tokenizer, [units[i][1] for i in idx],
-                                       [units[i][2] for i in idx], layers=[layer], poolings=(pooling,),
+                                       [normalize_candidate(units[i][2]) for i in idx], layers=[layer], poolings=(pooling,),
                                        batch_size=self.batch_size, max_length=self.max_length,
                                        description=self.description)[feature]
                 done = {}

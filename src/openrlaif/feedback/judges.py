@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from openrlaif.core.cache import model_fingerprint
-from openrlaif.core.text import neutralize_special_tokens, truncate
+from openrlaif.core.text import neutralize_special_tokens, normalize_candidate, truncate
 from openrlaif.feedback.scoring import aggregate_probabilities, combine_orders, prob_first_slot
 from openrlaif.feedback.types import Comparison, Verdict
 
@@ -79,7 +79,8 @@ class LocalJudge:
     def render(self, prompt: str, a: str, b: str, question: str) -> str:
         from openrlaif.models.loading import chat_prompt
 
-        a, b = (neutralize_special_tokens(truncate(x, self.max_response_chars), self.tokenizer) for x in (a, b))
+        a, b = (neutralize_special_tokens(truncate(normalize_candidate(x), self.max_response_chars), self.tokenizer)
+                for x in (a, b))
         user = JUDGE_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer), a=a, b=b, question=question)
         messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
         return chat_prompt(self.tokenizer, messages) + JUDGE_PREFILL

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from openrlaif.core.cache import JudgeCache, cache_key, cached_compute, model_fingerprint
-from openrlaif.core.text import with_system
+from openrlaif.core.text import normalize_candidate, with_system
 from openrlaif.data.constitution import Principle
 from openrlaif.feedback.scoring import compare_by_scores, contrastive_score, expected_rating
 from openrlaif.feedback.types import Comparison, Verdict
@@ -61,7 +61,8 @@ class ContrastiveJudge:
         seqs = []
         for messages, response, principle in units:
             for system in (principle.positive_prompt, principle.negative_prompt):
-                seqs.append(encode_response(self.tokenizer, with_system(messages, system), response, self.max_length))
+                seqs.append(encode_response(self.tokenizer, with_system(messages, system), normalize_candidate(response),
+                                            self.max_length))
         keys = ([cache_key(model_fingerprint(self.model, self.name), "response-logprob", s.input_ids, s.response_mask) for s in seqs]
                 if self.cache is not None else [""] * len(seqs))
 
@@ -154,7 +155,7 @@ class PointwiseJudge:
         from openrlaif.models.loading import chat_prompt
 
         user = POINTWISE_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer),
-                                     response=neutralize_special_tokens(truncate(response, self.max_response_chars),
+                                     response=neutralize_special_tokens(truncate(normalize_candidate(response), self.max_response_chars),
                                                                         self.tokenizer),
                                      question=principle.text)
         messages = [{"role": "system", "content": POINTWISE_SYSTEM}, {"role": "user", "content": user}]
@@ -230,7 +231,8 @@ class ChainOfThoughtJudge:
         from openrlaif.core.text import neutralize_special_tokens, truncate
         from openrlaif.models.loading import chat_prompt
 
-        a, b = (neutralize_special_tokens(truncate(x, self.max_response_chars), self.tokenizer) for x in (a, b))
+        a, b = (neutralize_special_tokens(truncate(normalize_candidate(x), self.max_response_chars), self.tokenizer)
+                for x in (a, b))
         user = COT_USER.format(prompt=neutralize_special_tokens(prompt, self.tokenizer), a=a, b=b, question=question)
         messages = [{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": user}]
         return chat_prompt(self.tokenizer, messages) + COT_PREFILL

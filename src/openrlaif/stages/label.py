@@ -14,15 +14,14 @@ import time
 from collections import Counter
 from itertools import combinations
 
-from openrlaif.config import RunConfig
+from openrlaif.config import FEEDBACK_METHODS, RunConfig
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
-from openrlaif.core.text import judge_directed
+from openrlaif.core.text import judge_directed, normalize_candidate
 from openrlaif.feedback.api import usage_json
 from openrlaif.feedback.factory import build_judge, open_cache
 from openrlaif.feedback.scoring import position_stats
 from openrlaif.feedback.types import Comparison
-from openrlaif.config import FEEDBACK_METHODS
 
 
 def select_pairs(n: int, p_better: dict[tuple[int, int], float], mode: str, min_margin: float = 0.0
@@ -159,7 +158,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 "source": "ai",
                 "round": k,
                 "prompt_id": row["prompt_id"],
-                "judge_directed": judge_directed(row["candidates"][c]) or judge_directed(row["candidates"][rej]),
+                "judge_directed": judge_directed(normalize_candidate(row["candidates"][c]))
+                or judge_directed(normalize_candidate(row["candidates"][rej])),
                 "chosen_index": c,
                 "rejected_index": rej,
             })
@@ -196,7 +196,7 @@ def preference_row(row: dict, chosen: str, rejected: str, p_chosen: float, princ
             "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": p_chosen, "principle": principle,
             "judge": judge, "scores_ab": None, "scores_ba": None, "rationale": rationale, "source": source,
             "round": k, "prompt_id": row["prompt_id"],
-            "judge_directed": judge_directed(chosen) or judge_directed(rejected)}
+            "judge_directed": judge_directed(normalize_candidate(chosen)) or judge_directed(normalize_candidate(rejected))}
 
 
 def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], constitution) -> dict:
