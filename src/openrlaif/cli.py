@@ -153,9 +153,12 @@ def eval_(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, fo
 
 @app.command(name="fit-judge")
 def fit_judge(
-    pairs: Annotated[str, typer.Option("--pairs", "-p", help="Labelled pairs (the judge-eval formats: prompt|context, "
-                                       "chosen, rejected; or instruction, output_1, output_2, preference).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Head directory to write (heads.json + safetensors).")],
+    pairs: Annotated[Optional[str], typer.Option("--pairs", "-p", help="Labelled pairs (the judge-eval formats: "
+                                                 "prompt|context, chosen, rejected; or instruction, output_1, "
+                                                 "output_2, preference).")] = None,
+    from_audit: Annotated[Optional[Path], typer.Option("--from-audit", help="A run directory whose audit desk holds "
+                                                       "people's verdicts: they are the labels (added to --pairs).")] = None,
     config: ConfigOpt = None,
     overrides: Overrides = None,
     principle: Annotated[Optional[str], typer.Option("--principle", help="Fit the head for this constitution "
@@ -167,8 +170,8 @@ def fit_judge(
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N pairs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing head directory.")] = False,
 ):
-    """Fit a Bradley-Terry preference head on the judge model's hidden states from labelled pairs; use it
-    with feedback.method=fitted feedback.heads=DIR."""
+    """Fit a Bradley-Terry preference head on the judge model's hidden states from labelled pairs and/or the
+    verdicts of a run's audit desk; use it with feedback.method=fitted feedback.heads=DIR."""
     from openrlaif.config import load_config
     from openrlaif.feedback.fit_heads import fit_judge as fit
 
@@ -178,7 +181,7 @@ def fit_judge(
     except ValueError:
         raise UserError(f"--layers: '{layers}' is not a comma-separated list of layer numbers, e.g. 12,18,30") from None
     result = fit(cfg, pairs, out, principle=principle, folds=folds, layers=chosen_layers, limit=limit,
-                 seed=cfg.seed, force=force)
+                 seed=cfg.seed, force=force, from_audit=from_audit)
     print(f"head for {result.principle}: {result.feature} (l2 {result.l2}), {folds}-fold "
           f"CV agreement {result.cv_agreement:.3f} on {result.pairs} pairs, ECE {result.ece:.3f}; written to {result.directory}")
 

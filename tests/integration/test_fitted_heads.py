@@ -106,3 +106,41 @@ def test_bad_fit_judge_input_is_one_line_and_writes_nothing(tmp_path, tiny_model
     assert not any((tmp_path / f"h{i}").exists() for i in (1, 2, 3))
     assert_user_error(rlaif("run", "-o", tmp_path / "r", "feedback.method=fitted", model), "feedback.heads")
     assert not (tmp_path / "r").exists()
+
+
+def test_fit_judge_from_the_audit_desks_verdicts(tmp_path, tiny_model_dir):
+    """People's verdicts, posted to the desk's HTTP API, are the labels a head is refitted on."""
+    import httpx
+
+    from openrlaif.audit.app import create_app
+    from openrlaif.audit.prepare import prepare_queue
+    from openrlaif.audit.queue import pair_id
+    from openrlaif.serve import ServerThread
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["data.max_train_prompts=8", "label.pairs=all"])
+    store = open_run(cfg, tmp_path / "run")
+    run_stage("generate", cfg, store)
+    run_stage("label", cfg, store)
+    rows = read_jsonl(store.path("preferences.jsonl"))
+    assert len(rows) >= 12
+    db, _ = prepare_queue(store.root, use_reward_model=False)
+    with ServerThread(create_app(db, token="tok")) as url:
+        root = url.removesuffix("/v1")
+        for i, row in enumerate(rows):
+            verdict = "flag" if i == 0 else "flip" if i % 3 == 0 else "agree"
+            r = httpx.post(f"{root}/api/verdict", json={"pair_id": pair_id(row), "verdict": verdict},
+                           headers={"Authorization": "Bearer tok"})
+            assert r.status_code == 200, r.text
+    db.close()
+    result = fit_judge(cfg, None, tmp_path / "heads", folds=3, layers=[2], from_audit=store.root)
+    assert result.pairs == len(rows) - 1  # the flagged pair is dropped
+    card, _ = load_heads(tmp_path / "heads")
+    meta = card["heads"][ANY_PRINCIPLE]
+    assert meta["audit_pairs"] == len(rows) - 1 and meta["audit_run"] == str(store.root)
+    # base pairs + the audit together
+    base = write_pairs(tmp_path / "base.jsonl", 20)
+    both = fit_judge(cfg, str(base), tmp_path / "heads2", folds=3, layers=[2], from_audit=store.root)
+    assert both.pairs == 20 + len(rows) - 1
+    # a run without an audit desk is one clear line
+    assert_user_error(rlaif("fit-judge", "--from-audit", tmp_path, "-o", tmp_path / "h", f"model.policy={tiny_model_dir}"),
+                      "audit.sqlite")

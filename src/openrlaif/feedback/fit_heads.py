@@ -52,16 +52,48 @@ def data_hash(pairs: list[LabelledPair]) -> str:
     return sha256_text(json.dumps([[p.messages, p.chosen, p.rejected] for p in pairs]))
 
 
-def check_inputs(cfg: RunConfig, pairs_spec: str, principle: str | None, folds: int, limit: int | None,
-                 out: Path, force: bool) -> list[LabelledPair]:
+def audit_pairs(run_dir: str | Path) -> list[LabelledPair]:
+    """The pairs people settled at a run's audit desk: every round's AI pairs with a verdict, 'agree' as
+    labelled, 'flip' swapped, 'flag' dropped (``audit.db.apply_human_verdicts``)."""
+    from openrlaif.audit.db import apply_human_verdicts
+    from openrlaif.core.store import RunStore, read_jsonl
+    from openrlaif.data.preferences import text_of
+
+    store = RunStore(run_dir)
+    db_path = store.root / "audit.sqlite"
+    if not db_path.is_file():
+        raise UserError(f"--from-audit: {store.root} has no audit.sqlite; review pairs first with "
+                        f"`rlaif audit {store.root}`")
+    pairs = []
+    for path in sorted(store.root.glob("round_*/preferences.jsonl")):
+        rows, _ = apply_human_verdicts(read_jsonl(path), db_path)
+        for i, row in enumerate(rows):
+            if row.get("source") != "human":
+                continue
+            prompt = row.get("prompt")
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+            pairs.append(LabelledPair(f"{path.parent.name}:{i}", messages, text_of(row["chosen"]),
+                                      text_of(row["rejected"]), row.get("principle")))
+    return pairs
+
+
+def check_inputs(cfg: RunConfig, pairs_spec: str | None, principle: str | None, folds: int, limit: int | None,
+                 out: Path, force: bool, from_audit: str | Path | None = None) -> list[LabelledPair]:
     """Every input, before any model loads: the pairs, the principle, the fold count, the output."""
     if folds < 2:
         raise UserError(f"--folds: {folds} is too few for cross-validation; use 2 or more (5 is usual)")
-    pairs = [p for p in load_labelled_pairs(pairs_spec, limit) if p.chosen.strip() and p.rejected.strip()
-             and p.chosen != p.rejected]
+    if pairs_spec is None and from_audit is None:
+        raise UserError("fit-judge: give labelled pairs with --pairs FILE, an audited run with --from-audit "
+                        "RUN_DIR, or both")
+    loaded = load_labelled_pairs(pairs_spec, limit) if pairs_spec is not None else []
+    if from_audit is not None:
+        loaded += audit_pairs(from_audit)
+    pairs = [p for p in loaded if p.chosen.strip() and p.rejected.strip() and p.chosen != p.rejected]
     needed = max(2 * folds, 10)
+    source = " + ".join(x for x in (pairs_spec and f"--pairs {pairs_spec}",
+                                    from_audit and f"--from-audit {from_audit}") if x)
     if len(pairs) < needed:
-        raise UserError(f"--pairs {pairs_spec}: {len(pairs)} usable pair(s), fewer than the {needed} that "
+        raise UserError(f"{source}: {len(pairs)} usable pair(s), fewer than the {needed} that "
                         f"{folds}-fold cross-validation needs; give more labelled pairs or lower --folds")
     if principle is not None:
         ids = [p.id for p in load_constitution(cfg.data.constitution).principles]
@@ -73,15 +105,17 @@ def check_inputs(cfg: RunConfig, pairs_spec: str, principle: str | None, folds: 
     return pairs
 
 
-def fit_judge(cfg: RunConfig, pairs_spec: str, out: str | Path, *, principle: str | None = None, folds: int = 5,
-              layers: list[int] | None = None, limit: int | None = None, seed: int = 0,
-              force: bool = False) -> FitResult:
-    """Fit one head (for ``principle``, or for every principle) and write it to ``out``."""
+def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, principle: str | None = None,
+              folds: int = 5, layers: list[int] | None = None, limit: int | None = None, seed: int = 0,
+              force: bool = False, from_audit: str | Path | None = None) -> FitResult:
+    """Fit one head (for ``principle``, or for every principle) on labelled pairs and/or an audited run's
+    verdicts, and write it to ``out``."""
     from openrlaif.models.loading import load_causal_lm, set_threads
 
     out = Path(out)
     # 1. Inputs, before any model loads.
-    pairs = check_inputs(cfg, pairs_spec, principle, folds, limit, out, force)
+    pairs = check_inputs(cfg, pairs_spec, principle, folds, limit, out, force, from_audit)
+    n_audit = len(audit_pairs(from_audit)) if from_audit is not None else 0
     start = time.perf_counter()
     # 2. The judge model.
     set_threads(cfg.model.threads)
@@ -115,7 +149,8 @@ def fit_judge(cfg: RunConfig, pairs_spec: str, out: str | Path, *, principle: st
     key = principle or ANY_PRINCIPLE
     best = sorted(pick.table.items(), key=lambda item: -item[1])[:5]
     card = {"l2": pick.l2, "pairs": len(pairs), "folds": folds, "cv_agreement": round(pick.cv_agreement, 4),
-            "ece": round(ece, 4), "data": str(pairs_spec), "data_sha256": data_hash(pairs), "seed": seed,
+            "ece": round(ece, 4), "data": str(pairs_spec), "audit_run": str(from_audit) if from_audit else None,
+            "audit_pairs": n_audit, "data_sha256": data_hash(pairs), "seed": seed,
             "layers_tried": layers, "poolings_tried": list(POOLINGS),
             "best_by_cv": [{"feature": f, "l2": l2, "cv_agreement": round(a, 4)} for (f, l2), a in best]}
     head = Head(key, pick.features, std, w, card)
