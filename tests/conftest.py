@@ -203,3 +203,17 @@ def die_on_call(monkeypatch, module, name: str, n: int):
     monkeypatch.setattr(module, name, dies)
     return real
 
+
+
+def labelled_run(cfg, run_dir: Path):
+    """A run directory whose round 1 is generated and labelled (the AI pairs an audit desk reviews):
+    (store, preference rows, the desk's queue database)."""
+    from openrlaif.audit.prepare import prepare_queue
+    from openrlaif.core.store import read_jsonl
+    from openrlaif.pipeline import open_run, run_stage
+
+    store = open_run(cfg, run_dir)
+    run_stage("generate", cfg, store)
+    run_stage("label", cfg, store)
+    db, _ = prepare_queue(store.root, use_reward_model=False)
+    return store, read_jsonl(store.path("preferences.jsonl")), db

@@ -9,23 +9,17 @@ import time
 
 import httpx
 from browser import free_port
-from conftest import tiny_overrides
+from conftest import labelled_run, tiny_overrides
 
-from openrlaif.audit.prepare import prepare_queue
 from openrlaif.audit.queue import pair_id
 from openrlaif.config import load_config
-from openrlaif.core.store import read_jsonl
-from openrlaif.pipeline import open_run, run_stage
+from openrlaif.pipeline import run_stage
 
 
 def test_verdicts_override_the_ai_labels_when_train_runs(tmp_path, tiny_model_dir):
     cfg = load_config(None, tiny_overrides(tiny_model_dir))
-    store = open_run(cfg, tmp_path / "run")
-    run_stage("generate", cfg, store)
-    run_stage("label", cfg, store)
-    rows = read_jsonl(store.path("preferences.jsonl"))
+    store, rows, db = labelled_run(cfg, tmp_path / "run")
     assert len(rows) >= 3
-    db, _ = prepare_queue(store.root, use_reward_model=False)
     db.record(pair_id(rows[0]), "flip", note="the other one is right")
     db.record(pair_id(rows[1]), "flag")
     for row in rows[2:]:

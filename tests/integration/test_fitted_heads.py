@@ -6,7 +6,7 @@ import json
 import random
 
 import pytest
-from conftest import tiny_overrides
+from conftest import labelled_run, tiny_overrides
 from test_cli import assert_user_error, rlaif
 
 from openrlaif.config import load_config
@@ -113,17 +113,12 @@ def test_fit_judge_from_the_audit_desks_verdicts(tmp_path, tiny_model_dir):
     import httpx
 
     from openrlaif.audit.app import create_app
-    from openrlaif.audit.prepare import prepare_queue
     from openrlaif.audit.queue import pair_id
     from openrlaif.serve import ServerThread
 
     cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["data.max_train_prompts=8", "label.pairs=all"])
-    store = open_run(cfg, tmp_path / "run")
-    run_stage("generate", cfg, store)
-    run_stage("label", cfg, store)
-    rows = read_jsonl(store.path("preferences.jsonl"))
+    store, rows, db = labelled_run(cfg, tmp_path / "run")
     assert len(rows) >= 12
-    db, _ = prepare_queue(store.root, use_reward_model=False)
     with ServerThread(create_app(db, token="tok")) as url:
         root = url.removesuffix("/v1")
         for i, row in enumerate(rows):
