@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=300)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--layers", default=None, help="comma-separated; default: fit-judge's choice of ~8 layers")
+    ap.add_argument("--debias-length", action="store_true", help="length as a covariate, dropped when scoring")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_heads")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.judge=PATH")
     args = ap.parse_args()
@@ -57,7 +58,7 @@ def main() -> None:
     start = time.perf_counter()
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     result = fit_judge(cfg, str(fit_file), args.out / "heads", folds=args.folds, layers=layers, seed=cfg.seed,
-                       force=True)
+                       force=True, debias_length=args.debias_length)
     fit_seconds = time.perf_counter() - start
 
     card, heads = load_heads(args.out / "heads")
@@ -75,7 +76,7 @@ def main() -> None:
         "heldout_ece": round(metrics["ece"], 4), "heldout_bias": metrics["bias"],
         "cv_table": {f"{f} l2={l2}": round(a, 4) for (f, l2), a in sorted(result.table.items())},
         "fit_seconds": round(fit_seconds, 1), "heldout_seconds": round(time.perf_counter() - start, 1),
-        "judge": spec,
+        "judge": spec, "debias_length": args.debias_length,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in summary.items() if k != "cv_table"}))

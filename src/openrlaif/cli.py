@@ -169,6 +169,9 @@ def fit_judge(
                                                   "eight from a fifth of the way up, and the last).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N pairs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing head directory.")] = False,
+    debias_length: Annotated[bool, typer.Option("--debias-length", help="Fit with the replies' log length as a "
+                                                "covariate and score without it: the head learns what the "
+                                                "hidden states say beyond length.")] = False,
 ):
     """Fit a Bradley-Terry preference head on the judge model's hidden states from labelled pairs and/or the
     verdicts of a run's audit desk; use it with feedback.method=fitted feedback.heads=DIR."""
@@ -181,7 +184,8 @@ def fit_judge(
     except ValueError:
         raise UserError(f"--layers: '{layers}' is not a comma-separated list of layer numbers, e.g. 12,18,30") from None
     result = fit(cfg, pairs, out, principle=principle, folds=folds, layers=chosen_layers, limit=limit,
-                 seed=cfg.seed, force=force, from_audit=from_audit)
+                 seed=cfg.seed, force=force, from_audit=from_audit,
+                 debias_length=debias_length)
     print(f"head for {result.principle}: {result.feature} (l2 {result.l2}), {folds}-fold "
           f"CV agreement {result.cv_agreement:.3f} on {result.pairs} pairs, ECE {result.ece:.3f}; written to {result.directory}")
 

@@ -51,6 +51,22 @@ def test_fit_judge_finds_the_signal_and_writes_a_card(heads, tiny_model_dir):
     meta = card["heads"][ANY_PRINCIPLE]
     assert meta["feature"] == result.feature and meta["pairs"] == 40 and 0 <= meta["ece"] <= 1
     assert len(card["judge_fingerprint"]) == 32 and len(meta["data_sha256"]) == 64
+    assert meta["debias_length"] is False and meta["length_weight"] is None
+
+
+def test_a_length_debiased_head_scores_without_the_length_column(tmp_path, tiny_model_dir):
+    cfg = load_config(None, tiny_overrides(tiny_model_dir))
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 24)
+    result = fit_judge(cfg, str(pairs), tmp_path / "heads", folds=3, layers=[2], debias_length=True)
+    card, loaded = load_heads(tmp_path / "heads")
+    meta = card["heads"][ANY_PRINCIPLE]
+    assert meta["debias_length"] is True and isinstance(meta["length_weight"], float)
+    head = loaded[ANY_PRINCIPLE]
+    from openrlaif.models.loading import load_causal_lm
+
+    hidden = load_causal_lm(str(tiny_model_dir)).model.config.hidden_size
+    assert head.w.shape == (hidden,) and head.standardizer.mean.shape == (hidden,)
+    assert result.cv_agreement >= 0.8  # the words differ, not only the lengths
 
 
 def test_fitted_judge_prefers_the_kind_of_reply_people_chose(heads, tiny_model_dir):

@@ -80,3 +80,16 @@ def test_cv_finds_the_informative_features_and_ignores_noise():
     pick = select_by_cv({"noise": noise, "layer3:mean": informative}, [0.01, 1.0], k=5, seed=0)
     assert pick.features == "layer3:mean" and pick.cv_agreement > 0.9
     assert set(pick.table) == {("noise", 0.01), ("noise", 1.0), ("layer3:mean", 0.01), ("layer3:mean", 1.0)}
+
+
+def test_a_covariate_is_fitted_with_the_head_and_dropped_when_it_scores():
+    """Length as the last column: a head that may only use it is right every time; with the column dropped
+    at scoring (the length-debiased head) it is at chance, while a real signal elsewhere survives."""
+    g = torch.Generator().manual_seed(0)
+    n = 120
+    chosen, rejected = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g)
+    chosen[:, -1] += 3.0  # chosen replies are "longer"; the other columns are noise
+    assert cv_agreement(chosen, rejected, 0.1, 5, 0) > 0.95
+    assert abs(cv_agreement(chosen, rejected, 0.1, 5, 0, covariates=1) - 0.5) < 0.15
+    chosen[:, 0] += 2.0  # now a real signal in column 0 too
+    assert cv_agreement(chosen, rejected, 0.1, 5, 0, covariates=1) > 0.85

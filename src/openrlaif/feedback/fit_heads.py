@@ -107,7 +107,7 @@ def check_inputs(cfg: RunConfig, pairs_spec: str | None, principle: str | None, 
 
 def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, principle: str | None = None,
               folds: int = 5, layers: list[int] | None = None, limit: int | None = None, seed: int = 0,
-              force: bool = False, from_audit: str | Path | None = None) -> FitResult:
+              force: bool = False, from_audit: str | Path | None = None, debias_length: bool = False) -> FitResult:
     """Fit one head (for ``principle``, or for every principle) on labelled pairs and/or an audited run's
     verdicts, and write it to ``out``."""
     from openrlaif.models.loading import load_causal_lm, set_threads
@@ -137,21 +137,30 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
                            description="fit-judge: features")
     ci = torch.tensor([units[(json.dumps(p.messages), p.chosen)] for p in pairs])
     ri = torch.tensor([units[(json.dumps(p.messages), p.rejected)] for p in pairs])
+    covariates = 0
+    if debias_length:  # log length as an extra column: fitted with the head, dropped when it scores
+        lengths = torch.tensor([[float(len(r))] for _, r in keys]).log1p()
+        feats = {name: torch.cat([x, lengths], 1) for name, x in feats.items()}
+        covariates = 1
     candidates = {name: (x[ci], x[ri]) for name, x in feats.items()}
     # 4. Cross-validation picks the feature set and the L2 strength.
-    pick = select_by_cv(candidates, list(L2_GRID), folds, seed)
+    pick = select_by_cv(candidates, list(L2_GRID), folds, seed, covariates)
     chosen, rejected = candidates[pick.features]
-    logits, labels = cv_predictions(chosen, rejected, pick.l2, folds, seed)
+    logits, labels = cv_predictions(chosen, rejected, pick.l2, folds, seed, covariates)
     ece = expected_calibration_error(torch.sigmoid(logits).tolist(), [int(y) for y in labels.tolist()])
     # 5. The head, refitted on every pair, and its card.
     std = Standardizer.fit(torch.cat([chosen, rejected]))
     w = fit_head(*oriented(std(chosen), std(rejected), seed), pick.l2)
+    if covariates:  # the head scores the features alone
+        length_weight = float(w[-1])
+        std, w = Standardizer(std.mean[:-covariates], std.std[:-covariates]), w[:-covariates]
     key = principle or ANY_PRINCIPLE
     best = sorted(pick.table.items(), key=lambda item: -item[1])[:5]
     card = {"l2": pick.l2, "pairs": len(pairs), "folds": folds, "cv_agreement": round(pick.cv_agreement, 4),
             "ece": round(ece, 4), "data": str(pairs_spec), "audit_run": str(from_audit) if from_audit else None,
             "audit_pairs": n_audit, "data_sha256": data_hash(pairs), "seed": seed,
-            "layers_tried": layers, "poolings_tried": list(POOLINGS),
+            "debias_length": debias_length,
+            "length_weight": round(length_weight, 4) if covariates else None, "layers_tried": layers, "poolings_tried": list(POOLINGS),
             "best_by_cv": [{"feature": f, "l2": l2, "cv_agreement": round(a, 4)} for (f, l2), a in best]}
     head = Head(key, pick.features, std, w, card)
     save_heads(out, [head], spec, model_fingerprint(loaded.model))

@@ -90,22 +90,29 @@ def kfold(n: int, k: int, seed: int) -> list[tuple[list[int], list[int]]]:
 
 
 def cv_predictions(chosen: torch.Tensor, rejected: torch.Tensor, l2: float, k: int,
-                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   seed: int, covariates: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Out-of-fold (logits, labels) of every pair, each predicted by a head fitted on the other k-1 folds
-    (the standardiser too is fitted on the training folds only). Pairs are oriented as in ``oriented``."""
+    (the standardiser too is fitted on the training folds only). Pairs are oriented as in ``oriented``.
+
+    The last ``covariates`` columns (e.g. reply length) take part in the fit and are then dropped from the
+    prediction: the head learns what the features say beyond them (a length-debiased head)."""
     logits, labels = torch.zeros(chosen.shape[0]), torch.zeros(chosen.shape[0])
     for train, test in kfold(chosen.shape[0], k, seed):
         std = Standardizer.fit(torch.cat([chosen[train], rejected[train]]))
         d_train, y_train = oriented(std(chosen[train]), std(rejected[train]), seed)
         d_test, y_test = oriented(std(chosen[test]), std(rejected[test]), seed + 1)
-        logits[test] = d_test @ fit_head(d_train, y_train, l2)
+        w = fit_head(d_train, y_train, l2)
+        if covariates:
+            w[-covariates:] = 0.0
+        logits[test] = d_test @ w
         labels[test] = y_test
     return logits, labels
 
 
-def cv_agreement(chosen: torch.Tensor, rejected: torch.Tensor, l2: float, k: int, seed: int) -> float:
+def cv_agreement(chosen: torch.Tensor, rejected: torch.Tensor, l2: float, k: int, seed: int,
+                 covariates: int = 0) -> float:
     """Share of pairs whose out-of-fold prediction (``cv_predictions``) agrees with the label."""
-    logits, labels = cv_predictions(chosen, rejected, l2, k, seed)
+    logits, labels = cv_predictions(chosen, rejected, l2, k, seed, covariates)
     return agreement(logits[:, None], labels, torch.ones(1))
 
 
@@ -120,9 +127,10 @@ class Selection:
 
 
 def select_by_cv(candidates: dict[str, tuple[torch.Tensor, torch.Tensor]], l2_grid: list[float], k: int,
-                 seed: int) -> Selection:
+                 seed: int, covariates: int = 0) -> Selection:
     """Pick the feature set (e.g. 'layer18:mean') and L2 strength with the best k-fold CV agreement.
     ``candidates`` maps a name to (chosen (n, d), rejected (n, d)); ties go to the first listed."""
-    table = {(name, l2): cv_agreement(c, r, l2, k, seed) for name, (c, r) in candidates.items() for l2 in l2_grid}
+    table = {(name, l2): cv_agreement(c, r, l2, k, seed, covariates) for name, (c, r) in candidates.items()
+             for l2 in l2_grid}
     (name, l2), best = max(table.items(), key=lambda item: item[1])
     return Selection(name, l2, best, table)
