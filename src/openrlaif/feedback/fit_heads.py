@@ -78,16 +78,16 @@ def audit_pairs(run_dir: str | Path) -> list[LabelledPair]:
 
 
 def check_inputs(cfg: RunConfig, pairs_spec: str | None, principle: str | None, folds: int, limit: int | None,
-                 out: Path, force: bool, from_audit: str | Path | None = None) -> list[LabelledPair]:
-    """Every input, before any model loads: the pairs, the principle, the fold count, the output."""
+                 out: Path, force: bool, from_audit: str | Path | None = None) -> tuple[list[LabelledPair], int]:
+    """Every input, before any model loads: the pairs, the principle, the fold count, the output.
+    Returns the usable pairs and how many of the loaded ones came from the audit desk."""
     if folds < 2:
         raise UserError(f"--folds: {folds} is too few for cross-validation; use 2 or more (5 is usual)")
     if pairs_spec is None and from_audit is None:
         raise UserError("fit-judge: give labelled pairs with --pairs FILE, an audited run with --from-audit "
                         "RUN_DIR, or both")
-    loaded = load_labelled_pairs(pairs_spec, limit) if pairs_spec is not None else []
-    if from_audit is not None:
-        loaded += audit_pairs(from_audit)
+    audited = audit_pairs(from_audit) if from_audit is not None else []
+    loaded = (load_labelled_pairs(pairs_spec, limit) if pairs_spec is not None else []) + audited
     pairs = [p for p in loaded if p.chosen.strip() and p.rejected.strip() and p.chosen != p.rejected]
     needed = max(2 * folds, 10)
     source = " + ".join(x for x in (pairs_spec and f"--pairs {pairs_spec}",
@@ -102,7 +102,7 @@ def check_inputs(cfg: RunConfig, pairs_spec: str | None, principle: str | None, 
                             f"(its principles: {', '.join(ids)})")
     if out.exists() and not force:
         raise UserError(f"-o {out}: already exists; pass --force to replace it or pick another directory")
-    return pairs
+    return pairs, len(audited)
 
 
 def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, principle: str | None = None,
@@ -114,8 +114,7 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
 
     out = Path(out)
     # 1. Inputs, before any model loads.
-    pairs = check_inputs(cfg, pairs_spec, principle, folds, limit, out, force, from_audit)
-    n_audit = len(audit_pairs(from_audit)) if from_audit is not None else 0
+    pairs, n_audit = check_inputs(cfg, pairs_spec, principle, folds, limit, out, force, from_audit)
     start = time.perf_counter()
     # 2. The judge model.
     set_threads(cfg.model.threads)

@@ -149,7 +149,7 @@ class FittedJudge:
 
     def compare(self, items: list[Comparison]) -> list[Verdict]:
         with_head = [i for i, it in enumerate(items) if self.head_for(it.principle.id) is not None]
-        without = [i for i in range(len(items)) if i not in set(with_head)]
+        without = sorted(set(range(len(items))) - set(with_head))
         if without and self.fallback is None:
             missing = sorted({items[i].principle.id for i in without})
             raise UserError(f"feedback.heads: no head for principle(s) {', '.join(missing)} and no fallback judge; "
@@ -159,7 +159,7 @@ class FittedJudge:
             conversations = {}
 
             def unit_of(it: Comparison, response: str):
-                key = self.heads.get(it.principle.id) and it.principle.id or ANY_PRINCIPLE
+                key = it.principle.id if it.principle.id in self.heads else ANY_PRINCIPLE
                 conv = json.dumps(it.conversation)
                 conversations[conv] = it.conversation
                 return (key, conv, response)
