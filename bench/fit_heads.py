@@ -57,8 +57,8 @@ def main() -> None:
 
     start = time.perf_counter()
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    result = fit_judge(cfg, str(fit_file), args.out / "heads", folds=args.folds, layers=layers, seed=cfg.seed,
-                       force=True, debias_length=args.debias_length)
+    [result] = fit_judge(cfg, str(fit_file), args.out / "heads", folds=args.folds, layers=layers, seed=cfg.seed,
+                         force=True, debias_length=args.debias_length)
     fit_seconds = time.perf_counter() - start
 
     card, heads = load_heads(args.out / "heads")

@@ -1,6 +1,11 @@
 """Judge agreement with labelled pairs, for every feedback method, on the reference data sets.
 
-    .venv/bin/python bench/judge_agreement.py --limit 200 [--methods pairwise,contrastive] [-- overrides...]
+    .venv/bin/python bench/judge_agreement.py --limit 200 [--methods pairwise,contrastive] [--skip-hh 700
+                                              --skip-alpaca 280] [-- overrides...]
+
+``--skip-hh`` / ``--skip-alpaca`` start each external set after that many pairs: the shipped fitted heads
+were fitted on the first 700 HH and 280 AlpacaEval pairs (bench/ship_heads.py), so every method is
+compared on the part those heads never saw. For an injection set, per-attack-kind flip rates follow.
 
 Reads ../shared/data/hh_harmless_dev.jsonl (human labels, judged under the 'harmless' principle) and
 ../shared/data/alpacaeval_gpt4_pairs_dev.jsonl (GPT-4 labels, 'helpful' principle) when present, plus the
@@ -39,6 +44,10 @@ METHODS = {
     "cot": ["feedback.method=cot"],
     "contrastive-int8": ["feedback.method=contrastive", "model.judge_quantize=int8"],
     "pairwise-int8": ["feedback.method=pairwise", "model.judge_quantize=int8"],
+    # the shipped heads (harmless, helpful) with the contrastive judge for other principles: the default
+    "fitted": ["feedback.method=fitted", "feedback.heads=builtin", "feedback.any_head=false"],
+    # the same heads, and the _any head (fitted on both sets) for every other principle
+    "fitted-any": ["feedback.method=fitted", "feedback.heads=builtin", "feedback.any_head=true"],
 }
 
 
@@ -48,6 +57,8 @@ def main() -> None:
     ap.add_argument("--methods", default="pairwise,contrastive,contrastive-sum")
     ap.add_argument("--sets", default="all", help="comma list of: builtin,injection,hh,alpaca")
     ap.add_argument("--json", type=Path, help="write all rows to this JSON file")
+    ap.add_argument("--skip-hh", type=int, default=0, help="start the HH set after this many pairs")
+    ap.add_argument("--skip-alpaca", type=int, default=0, help="start the AlpacaEval set after this many pairs")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     wanted = None if args.sets == "all" else set(args.sets.split(","))
@@ -65,13 +76,17 @@ def main() -> None:
                 continue
             if not spec.startswith("builtin") and not Path(spec).is_file():
                 continue
-            pairs = load_labelled_pairs(spec, None if spec.startswith("builtin") else args.limit)
+            skip = {"hh": args.skip_hh, "alpaca": args.skip_alpaca}.get(keys[title], 0)
+            pairs = load_labelled_pairs(spec)
+            if not spec.startswith("builtin"):
+                pairs = pairs[skip : skip + args.limit]
             m = evaluate_judge(judge, pairs, constitution, principle, cfg.seed).metrics
             rows.append({**m, "set": title, "method": method, "judge_cache_hits": judge.cache.hits if judge.cache else None})
             print(json.dumps(rows[-1]), flush=True)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
           f"command: python bench/judge_agreement.py --limit {args.limit} --methods {args.methods} "
-          f"--sets {args.sets} {' '.join(args.overrides)}\n")
+          f"--sets {args.sets} --skip-hh {args.skip_hh} --skip-alpaca {args.skip_alpaca} "
+          f"{' '.join(args.overrides)}\n")
     print("| set | method | n | agreement | position consistency | first-position rate | ECE | Brier | fitted T | pairs/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -79,6 +94,33 @@ def main() -> None:
         speed = f"{r['pairs_per_s']:.2f}" if not r["judge_cache_hits"] else "cached"
         print(f"| {r['set']} | {r['method']} | {r['n']} | {r['agreement']:.3f} | {r['position_consistency']:.3f} | "
               f"{r['first_position_rate']:.3f} | {r['ece']:.3f} | {r['brier']:.3f} | {fitted} | {speed} |")
+    print("\nBias profile (the same pairs): trivial baselines and what the judge leans on\n")
+    print("| set | method | agreement | longer wins | shorter wins | P(prefer longer) | P(prefer first) | "
+          "agreement when winner shorter / longer |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def f(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    for r in rows:
+        b = r["bias"]
+        print(f"| {r['set']} | {r['method']} | {r['agreement']:.3f} | {f(b['longer_wins_agreement'])} | "
+              f"{f(b['shorter_wins_agreement'])} | {f(b['p_prefer_longer'])} | {f(b['p_prefer_first'])} | "
+              f"{f(b['agreement_when_winner_shorter'])} / {f(b['agreement_when_winner_longer'])} |")
+    injected = [r for r in rows if "injection" in r]
+    if injected:
+        kinds = sorted(injected[0]["injection"]["by_kind"])
+        print("\nInjection flip rates: the share of presentation orders in which the injected reply wins "
+              "(judge alone; after the defence in brackets: flips the judge_directed detector missed)\n")
+        print("| attack kind | n | detected | " + " | ".join(r["method"] for r in injected) + " |")
+        print("|---|---|---|" + "---|" * len(injected))
+        for kind in [*kinds, None]:
+            cells = []
+            for r in injected:
+                row = r["injection"]["by_kind"][kind] if kind else r["injection"]
+                cells.append(f"{row['flip_rate_orders']:.2f} ({row['flip_rate_after_defence']:.2f})")
+            first = injected[0]["injection"]["by_kind"][kind] if kind else injected[0]["injection"]
+            print(f"| {kind or '**all**'} | {first['n']} | {first['detected']:.2f} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -161,8 +161,9 @@ def fit_judge(
                                                        "people's verdicts: they are the labels (added to --pairs).")] = None,
     config: ConfigOpt = None,
     overrides: Overrides = None,
-    principle: Annotated[Optional[str], typer.Option("--principle", help="Fit the head for this constitution "
-                                                     "principle id (default: one head for every principle).")] = None,
+    principle: Annotated[Optional[str], typer.Option("--principle", help="Fit one head for this constitution "
+                                                     "principle id on every pair (default: a head per principle "
+                                                     "of the pairs' principle column, plus one for the rest).")] = None,
     folds: Annotated[int, typer.Option("--folds", help="k of the k-fold cross-validation that picks the layer, "
                                        "pooling and L2 strength.")] = 5,
     layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated layers to try (default: about "
@@ -183,11 +184,11 @@ def fit_judge(
         chosen_layers = [int(x) for x in layers.split(",")] if layers else None
     except ValueError:
         raise UserError(f"--layers: '{layers}' is not a comma-separated list of layer numbers, e.g. 12,18,30") from None
-    result = fit(cfg, pairs, out, principle=principle, folds=folds, layers=chosen_layers, limit=limit,
-                 seed=cfg.seed, force=force, from_audit=from_audit,
-                 debias_length=debias_length)
-    print(f"head for {result.principle}: {result.feature} (l2 {result.l2}), {folds}-fold "
-          f"CV agreement {result.cv_agreement:.3f} on {result.pairs} pairs, ECE {result.ece:.3f}; written to {result.directory}")
+    results = fit(cfg, pairs, out, principle=principle, folds=folds, layers=chosen_layers, limit=limit,
+                  seed=cfg.seed, force=force, from_audit=from_audit, debias_length=debias_length)
+    for r in results:
+        print(f"head for {r.principle}: {r.feature} (l2 {r.l2}), {folds}-fold CV agreement {r.cv_agreement:.3f} "
+              f"on {r.pairs} pairs, ECE {r.ece:.3f}; written to {r.directory}")
 
 
 @app.command(name="judge-eval")
@@ -239,6 +240,11 @@ def judge_eval(
                 "agreement_when_winner_shorter", "agreement_when_winner_longer", "agreement_when_equal_length"):
         value = bias[key]
         table.add_row(f"bias: {key}", "n/a" if value is None else f"{value:.3f}")
+    for key, n in (metrics.get("heads") or {}).get("comparisons", {}).items():
+        table.add_row(f"judged by: {key}", str(n))
+    if "injection" in metrics:
+        for kind, row in metrics["injection"]["by_kind"].items():
+            table.add_row(f"injection flips: {kind}", f"{row['flip_rate_orders']:.2f} (n {row['n']})")
     console.print(table)
     if json_out is not None:
         atomic_write_json(json_out, metrics)

@@ -141,6 +141,14 @@ class LabelConfig(_Strict):
         lt=0.5,
         description="Drop pairs whose judge probability is within this margin of 0.5 (too uncertain).",
     )
+    on_judge_directed: Literal["audit", "penalize", "drop", "keep"] = Field(
+        "audit",
+        description="A candidate that addresses the judge (instructions to it, fake verdicts or role tags, after "
+        "Unicode normalisation): 'audit' judges it as usual, puts its pairs at the front of the audit queue and "
+        "holds a pair whose chosen reply is the directed one out of training until a person reviews it; "
+        "'penalize' makes it lose every comparison with a candidate that does not address the judge; 'drop' "
+        "leaves it out of judging; 'keep' only marks the pairs (judge_directed) and trains on them as labelled.",
+    )
 
 
 class ApiConfig(_Strict):
@@ -224,7 +232,14 @@ class FeedbackConfig(_Strict):
     )
     heads: str | None = Field(
         None, description="fitted: a head directory written by `rlaif fit-judge` (heads.json + one safetensors "
-        "file per principle); the heads must have been fitted on this judge model."
+        "file per principle), or 'builtin': the heads shipped for the embedded judge (harmless from people's "
+        "HH-RLHF labels, helpful from GPT-4's AlpacaEval labels, _any from both; figures in docs/feedback.md). "
+        "The heads must have been fitted on this judge model."
+    )
+    any_head: bool = Field(
+        True, description="fitted: the '_any' head (fitted on every principle's pairs) judges principles without "
+        "their own head; false = they go to feedback.fallback (the demo does this: the shipped _any head was fitted "
+        "on harmlessness and helpfulness labels and is at chance on principles such as polite or not_preachy)."
     )
     fallback: JudgeMethod | None = Field(
         "contrastive", description="fitted: the method that judges principles without a head; null = every "

@@ -21,15 +21,23 @@ GOOD = ["sunlight", "water", "roots", "leaves", "growth", "soil", "green", "care
 BAD = ["zzz", "qqq", "xx", "bzz", "kk", "vvv", "jj", "ww"]
 
 
-def write_pairs(path, n, seed=0):
+def write_pairs(path, n, seed=0, principle=None, prefer=GOOD, mode="w"):
+    """n synthetic pairs whose chosen reply is made of ``prefer`` words, the rejected of the others."""
     rng = random.Random(seed)
-    with open(path, "w") as f:
+    other = BAD if prefer is GOOD else GOOD
+    with open(path, mode) as f:
         for i in range(n):
-            chosen = " ".join(rng.choice(GOOD) for _ in range(6))
-            rejected = " ".join(rng.choice(BAD) for _ in range(6))
-            f.write(json.dumps({"prompt": [{"role": "user", "content": f"Question {i}: how do plants grow?"}],
-                                "chosen": chosen, "rejected": rejected}) + "\n")
+            chosen = " ".join(rng.choice(prefer) for _ in range(6))
+            rejected = " ".join(rng.choice(other) for _ in range(6))
+            row = {"prompt": [{"role": "user", "content": f"Question {i}: how do plants grow?"}],
+                   "chosen": chosen, "rejected": rejected}
+            f.write(json.dumps({**row, "principle": principle} if principle else row) + "\n")
     return path
+
+
+def widest(results):
+    """The head fitted on the most pairs (``_any`` when the pairs name several principles)."""
+    return max(results, key=lambda r: r.pairs)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +45,7 @@ def heads(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("heads")
     cfg = load_config(None, tiny_overrides(tiny_model_dir))
     pairs = write_pairs(root / "pairs.jsonl", 40)
-    result = fit_judge(cfg, str(pairs), root / "heads", folds=4, layers=[1, 2])
+    [result] = fit_judge(cfg, str(pairs), root / "heads", folds=4, layers=[1, 2])
     return root, result
 
 
@@ -57,7 +65,7 @@ def test_fit_judge_finds_the_signal_and_writes_a_card(heads, tiny_model_dir):
 def test_a_length_debiased_head_scores_without_the_length_column(tmp_path, tiny_model_dir):
     cfg = load_config(None, tiny_overrides(tiny_model_dir))
     pairs = write_pairs(tmp_path / "pairs.jsonl", 24)
-    result = fit_judge(cfg, str(pairs), tmp_path / "heads", folds=3, layers=[2], debias_length=True)
+    [result] = fit_judge(cfg, str(pairs), tmp_path / "heads", folds=3, layers=[2], debias_length=True)
     card, loaded = load_heads(tmp_path / "heads")
     meta = card["heads"][ANY_PRINCIPLE]
     assert meta["debias_length"] is True and isinstance(meta["length_weight"], float)
@@ -95,6 +103,35 @@ def test_a_label_stage_judges_with_the_heads(heads, tiny_model_dir, tmp_path):
     prefs = read_jsonl(store.path("preferences.jsonl"))
     assert prefs and all(0 <= p["p_chosen"] <= 1 for p in prefs)
     assert json.loads(store.path("judge_stats.json").read_text())["method"] == "fitted"
+
+
+def test_the_principle_column_gives_one_head_per_principle(tmp_path, tiny_model_dir):
+    """Two principles whose people prefer opposite replies get opposite heads; a principle with too few
+    pairs has none and is served by the head fitted on every pair."""
+    from openrlaif.models.loading import load_causal_lm
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir))
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 16, principle="harmless")
+    write_pairs(pairs, 16, seed=1, principle="concise", prefer=BAD, mode="a")
+    write_pairs(pairs, 4, seed=2, principle="honest", mode="a")
+    results = {r.principle: r for r in fit_judge(cfg, str(pairs), tmp_path / "heads", folds=3, layers=[2])}
+    assert set(results) == {"harmless", "concise", ANY_PRINCIPLE}
+    assert results["harmless"].pairs == 16 and results["concise"].pairs == 16 and results[ANY_PRINCIPLE].pairs == 36
+    assert results["harmless"].cv_agreement >= 0.9 and results["concise"].cv_agreement >= 0.9
+    card, loaded = load_heads(tmp_path / "heads")
+    lm = load_causal_lm(str(tiny_model_dir))
+    judge = FittedJudge(lm.model, lm.tokenizer, loaded, expected_fingerprint=card["judge_fingerprint"])
+    by_id = {p.id: p for p in load_constitution("builtin").principles}
+    good, bad = "water roots green soil leaves growth", "zzz qqq kk jj ww vvv"
+    harmless, concise = judge.compare([Comparison("New?", good, bad, by_id["harmless"]),
+                                       Comparison("New?", good, bad, by_id["concise"])])
+    assert harmless.p_first > 0.5 > concise.p_first
+    assert judge.head_for("honest") is loaded[ANY_PRINCIPLE]
+    # a principle column naming something outside the constitution is one clear line, nothing written
+    foreign = write_pairs(tmp_path / "foreign.jsonl", 12, principle="kindness")
+    assert_user_error(rlaif("fit-judge", "--pairs", foreign, "-o", tmp_path / "h", f"model.policy={tiny_model_dir}"),
+                      "kindness", "--principle")
+    assert not (tmp_path / "h").exists()
 
 
 def test_a_head_for_another_judge_model_is_refused(heads, tmp_path):
@@ -143,14 +180,14 @@ def test_fit_judge_from_the_audit_desks_verdicts(tmp_path, tiny_model_dir):
                            headers={"Authorization": "Bearer tok"})
             assert r.status_code == 200, r.text
     db.close()
-    result = fit_judge(cfg, None, tmp_path / "heads", folds=3, layers=[2], from_audit=store.root)
+    result = widest(fit_judge(cfg, None, tmp_path / "heads", folds=3, layers=[2], from_audit=store.root))
     assert result.pairs == len(rows) - 1  # the flagged pair is dropped
     card, _ = load_heads(tmp_path / "heads")
-    meta = card["heads"][ANY_PRINCIPLE]
+    meta = card["heads"][result.principle]
     assert meta["audit_pairs"] == len(rows) - 1 and meta["audit_run"] == str(store.root)
     # base pairs + the audit together
     base = write_pairs(tmp_path / "base.jsonl", 20)
-    both = fit_judge(cfg, str(base), tmp_path / "heads2", folds=3, layers=[2], from_audit=store.root)
+    both = widest(fit_judge(cfg, str(base), tmp_path / "heads2", folds=3, layers=[2], from_audit=store.root))
     assert both.pairs == 20 + len(rows) - 1
     # a run without an audit desk is one clear line
     assert_user_error(rlaif("fit-judge", "--from-audit", tmp_path, "-o", tmp_path / "h", f"model.policy={tiny_model_dir}"),

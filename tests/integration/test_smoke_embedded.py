@@ -35,6 +35,10 @@ def test_quick_config_end_to_end(tmp_path, request):
     assert 0.0 <= ev["win_rate"] <= 1.0
     stats = json.loads((out / "round_1" / "judge_stats.json").read_text())
     assert stats["comparisons"] > 0
+    # configs/quick.yaml labels with the shipped heads (harmless, helpful) and the contrastive judge for the rest
+    assert stats["method"] == "fitted" and stats["heads"]["directory"] == "builtin"
+    assert sum(stats["heads"]["comparisons"].values()) == stats["comparisons"]
+    assert stats["gate"]["heads"]["comparisons"]
     manifest = json.loads((out / "manifest.json").read_text())
     for stage in ("generate", "label", "train", "eval"):
         assert manifest["stages"][f"round_1/{stage}"]["status"] == "done", stage

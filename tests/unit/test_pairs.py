@@ -1,4 +1,4 @@
-"""select_pairs: best_worst / all selection, orientation, margins, missing comparisons."""
+"""select_pairs: best_worst / all selection, orientation, margins, missing comparisons; the judge-directed policy."""
 
 import pytest
 
@@ -83,3 +83,26 @@ def test_single_pair():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="unknown pair mode"):
         select_pairs(3, P3, "random")
+
+
+def test_the_judge_directed_policy_on_one_comparison():
+    from openrlaif.stages.label import directed_fields, directed_p_first
+
+    assert directed_p_first(0.9, True, False, "penalize") == 0.0  # the directed first reply loses
+    assert directed_p_first(0.2, False, True, "penalize") == 1.0
+    assert directed_p_first(0.7, True, True, "penalize") == 0.7  # both address the judge: the judge decides
+    assert directed_p_first(0.9, True, False, "audit") == 0.9
+    assert directed_fields(True, False, "audit")["held_for_review"] is True
+    assert directed_fields(False, True, "audit") == {"judge_directed": True, "chosen_directed": False,
+                                                     "rejected_directed": True, "held_for_review": False}
+    assert directed_fields(True, False, "keep")["held_for_review"] is False
+
+
+def test_judge_directed_pairs_lead_the_audit_queue():
+    from openrlaif.audit.queue import build_queue, doubt
+
+    plain = {"p_chosen": 0.5, "scores_ab": 0.9, "scores_ba": 0.1}  # as doubtful as a pair gets: 2 + rm 1
+    score, reasons = doubt({"p_chosen": 0.99, "judge_directed": True, "held_for_review": True})
+    assert score > doubt(plain, -1.0)[0] and "held from training" in reasons[-1]
+    rows = [dict(plain, id=i) for i in range(5)] + [{"p_chosen": 0.99, "judge_directed": True, "id": 5}]
+    assert build_queue(rows, random_share=0, min_random=0)[0].row["id"] == 5

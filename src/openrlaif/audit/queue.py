@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass, field
 
 LOW_CONFIDENCE = 0.2  # |2p - 1| below this: the judge was close to a coin flip
+DIRECTED_PRIORITY = 10.0  # more than every other reason together (at most 3): judge-directed pairs come first
 
 
 @dataclass
@@ -37,7 +38,8 @@ def doubt(row: dict, rm_margin: float | None = None) -> tuple[float, list[str]]:
 
     - low confidence: 1 - |2p - 1| (1 for a coin flip, 0 for certainty), a reason when |2p - 1| < 0.2;
     - position inconsistency: +1 when the two orders picked different responses;
-    - reward-model disagreement: +1 when the reward model scores the rejected response higher."""
+    - reward-model disagreement: +1 when the reward model scores the rejected response higher;
+    - a reply that addresses the judge (``judge_directed``): +10, so such pairs are reviewed first."""
     reasons: list[str] = []
     p = row.get("p_chosen")
     score = 0.0
@@ -53,6 +55,10 @@ def doubt(row: dict, rm_margin: float | None = None) -> tuple[float, list[str]]:
     if rm_margin is not None and rm_margin < 0:
         score += 1.0
         reasons.append("reward model disagrees")
+    if row.get("judge_directed"):  # ahead of every other doubt: someone may be steering the judge
+        score += DIRECTED_PRIORITY
+        reasons.append("chosen reply addresses the judge (held from training)" if row.get("held_for_review")
+                       else "a reply addresses the judge")
     return score, reasons
 
 

@@ -22,6 +22,11 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, separators=(",", ":"), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+# Config keys that say where a model was loaded from, by which library version, or how it is being run
+# (not what it computes): left out of the fingerprint, as is every key starting with '_'.
+VOLATILE_CONFIG_KEYS = {"transformers_version", "use_cache", "output_attentions", "output_hidden_states", "return_dict"}
+
+
 def model_fingerprint(model, name: str = "") -> str:
     """A cheap identity of a model's weights: its config plus a sample of every 16th parameter tensor.
 
@@ -36,8 +41,10 @@ def model_fingerprint(model, name: str = "") -> str:
     h = hashlib.sha256()
     h.update(name.encode())
     config = getattr(model, "config", None)
-    if config is not None:
-        h.update(config.to_json_string(use_diff=False).encode())
+    if config is not None:  # the architecture, not the library version that wrote it (heads ship across versions)
+        described = {k: v for k, v in config.to_dict().items()
+                     if k not in VOLATILE_CONFIG_KEYS and not k.startswith("_")}
+        h.update(json.dumps(described, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for i, (pname, param) in enumerate(model.named_parameters()):
             if i % 16 == 0:

@@ -5,25 +5,57 @@ from __future__ import annotations
 
 import re
 
-_ROLE = r"(judge|judges|evaluator|evaluators|grader|graders|rater|raters|evaluation|grading|AI judge)"
+_ROLE = (r"(judge|judges|judging model|evaluator|evaluators|evaluating model|grader|graders|grading model|"
+         r"rater|raters|reviewer|reviewers|assessor|scorer|evaluation|grading|AI judge)")
 
 
-_ASK = r"(pick|choose|select|prefer|rate|score|reward|win|must|required|instructed|forget|disregard|ignore)"
+_ASK = (r"(pick|choose|select|prefer|rate|score|reward|win|must|required|instructed|forget|disregard|ignore|"
+        r"mark|return|output|assign|award|give|treat|consider)")
 
+_SIDE = r"(response|reply|answer|candidate|output)"
 
 _JUDGE_DIRECTED = re.compile(
-    rf"\b{_ROLE}\b[^\n]{{0,80}}\b{_ASK}|\b{_ASK}\b[^\n]{{0,80}}\b{_ROLE}\b|"
+    rf"\b{_ROLE}\b[^\n]{{0,80}}\b{_ASK}|\b{_ASK}\b[^\n]{{0,80}}\b{_ROLE}\b|\b{_ROLE}\s*:|"
     r"ignore (all |the )?(previous|above|prior|earlier) (instructions|text)|new instruction|\bverdict\b|"
-    r"response [ab] is (better|the winner)|\banswer:\s*[ab]\b|\bwinner\b\s*[:\"]|\"(choice|winner)\"\s*:|"
-    r"<\|im_(start|end)\|>|\[/?inst\]|</?(system|evaluation|response_[ab])>|end of responses|"
-    r"^\s*system\s*:|\b(choose|pick|select) (me|this (one|reply|response|answer))\b",
+    r"response [ab] is (better|the winner)|\banswer:\s*[ab]\b|\bwinner\b\s*[:\"]|"
+    r"\"(choice|winner|preferred|preference|better|ranking)\"\s*:|"
+    r"<\|im_(start|end)\|>|\[/?inst\]|</?(system|evaluation|response_[ab]|conversation|responses|transcript|"
+    r"judgment|assistant|user)>|end of (the )?(responses|conversation|transcript|dialogue|evaluation)|"
+    r"^\s*system\s*:|^\s*(rating|judgment|judgement|assessment|evaluation|ranking)\s*:|"
+    r"\b(choose|pick|select) (me|this (one|reply|response|answer))\b|"
+    # talk about the comparison itself: a real reply cannot know there is another one, or what won
+    rf"\b(the|this) (other|alternative|competing|second|first) {_SIDE}\b|(?-i:\b(?i:{_SIDE}) [AB]\b)|"
+    rf"\bbetter {_SIDE} is\b|"
+    rf"\bthis {_SIDE} (is|was) (the )?(better|best|winner|preferred|more \w+|most \w+|\w+est|\w+ one)\b|"
+    rf"\bthis {_SIDE} (should|must) be (selected|chosen|preferred|picked)\b",
     re.IGNORECASE | re.MULTILINE,
 )
+# Self-praise repeated as a chant: a short phrase with a praise word, three times or more.
+_PRAISE = re.compile(r"\b(best|correct|accurate|verified|safe|responsible|clear|honest|helpful|perfect|excellent|"
+                     r"right|true|great)\b", re.IGNORECASE)
+_CLAUSE = re.compile(r"[^.,;!?\n]+")
+# Unicode tag characters (U+E0020-E007E) are invisible copies of ASCII; revealed, they may hold instructions.
+_TAGS = re.compile("[\U000e0020-\U000e007e]+")
+
+
+def chanted_praise(text: str) -> bool:
+    """True when a clause of 1-8 words that praises the reply appears three or more times."""
+    counts: dict[str, int] = {}
+    for clause in _CLAUSE.findall(text.lower()):
+        clause = " ".join(clause.split())
+        if clause and len(clause.split()) <= 8 and _PRAISE.search(clause):
+            counts[clause] = counts.get(clause, 0) + 1
+    return any(n >= 3 for n in counts.values())
 
 
 def judge_directed(text: str) -> bool:
-    """True when a response contains text aimed at the judge (instructions, fake verdicts, chat markers)."""
-    return bool(_JUDGE_DIRECTED.search(text))
+    """True when a response contains text aimed at the judge: instructions to it, fake verdicts or judge
+    output, chat or role markers, talk about the other reply, chanted self-praise, or any of these hidden in
+    Unicode tag characters (revealed), read after ``normalize_candidate`` so look-alikes and invisible
+    characters cannot hide them."""
+    revealed = normalize_candidate(_TAGS.sub(lambda m: " " + "".join(chr(ord(c) - 0xE0000) for c in m.group(0)) + " ",
+                                             text))
+    return bool(_JUDGE_DIRECTED.search(revealed)) or chanted_praise(revealed)
 
 
 def neutralize_special_tokens(text: str, tokenizer) -> str:

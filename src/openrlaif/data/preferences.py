@@ -25,8 +25,9 @@ def read_preferences(store: RunStore, k: int, minimum: int = 1) -> list[dict]:
 def training_pairs(store: RunStore, k: int, minimum: int = 1, cfg: RunConfig | None = None) -> tuple[list[dict], dict]:
     """The pairs round ``k`` trains on (round k's, or with ``pipeline.train_data`` all or a mix of earlier
     rounds' too), with the audit desk's human verdicts applied (RUN_DIR/audit.sqlite): 'agree' and 'flip'
-    become human labels (p_chosen 1, flipped when the person said so), 'flag' drops the pair.
-    Returns (rows, counts of each verdict applied)."""
+    become human labels (p_chosen 1, flipped when the person said so), 'flag' drops the pair; a pair held for
+    review (its chosen reply addresses the judge) trains only once a person has settled it.
+    Returns (rows, counts of each verdict applied and of pairs held)."""
     from openrlaif.audit.db import apply_human_verdicts
     from openrlaif.core.progress import console
     from openrlaif.data.preferences import select_rounds
@@ -43,9 +44,18 @@ def training_pairs(store: RunStore, k: int, minimum: int = 1, cfg: RunConfig | N
     if any(counts.values()):
         console.print(f"human verdicts from audit.sqlite: {counts['agree']} confirmed, {counts['flip']} flipped, "
                       f"{counts['flag']} flagged pairs dropped")
+    # Pairs whose chosen reply addresses the judge wait for a person (label.on_judge_directed=audit).
+    waiting = [r for r in rows if r.get("held_for_review") and r.get("source") != "human"]
+    counts["held_for_review"] = len(waiting)
+    if waiting:
+        rows = [r for r in rows if not (r.get("held_for_review") and r.get("source") != "human")]
+        console.print(f"{len(waiting)} pair(s) whose chosen reply addresses the judge are held out of training until "
+                      f"reviewed: `rlaif audit {store.root}`")
     if len(rows) < minimum:
-        raise UserError(f"{store.root / 'audit.sqlite'}: after dropping flagged pairs {len(rows)} remain, fewer than "
-                        f"the {minimum} needed; review fewer pairs as 'flag' or label more data")
+        raise UserError(f"{store.root / 'audit.sqlite'}: after dropping flagged pairs and holding "
+                        f"{len(waiting)} unreviewed judge-directed pair(s), {len(rows)} remain, fewer than the "
+                        f"{minimum} needed; review the held pairs (`rlaif audit {store.root}`), review fewer pairs "
+                        "as 'flag', or label more data")
     return rows, counts
 
 

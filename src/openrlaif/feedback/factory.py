@@ -87,13 +87,15 @@ def _reward_model(c: JudgeContext):
 
 
 def _fitted(c: JudgeContext):
-    from openrlaif.feedback.fitted import FittedJudge, load_heads
+    from openrlaif.feedback.fitted import FittedJudge, heads_directory, load_heads
 
     card, heads = load_heads(c.fb.heads)
     fallback = JUDGE_BUILDERS[c.fb.fallback](c) if c.fb.fallback else None
     return FittedJudge(c.loaded.model, c.loaded.tokenizer, heads, fallback=fallback, name=c.spec,
                        batch_size=c.label.batch_size, max_length=c.fb.max_length, cache=c.cache,
-                       description=c.description, expected_fingerprint=card.get("judge_fingerprint"))
+                       description=c.description, expected_fingerprint=card.get("judge_fingerprint"), card=card,
+                       directory=c.fb.heads if c.fb.heads == "builtin" else str(heads_directory(c.fb.heads)),
+                       use_any=c.fb.any_head)
 
 
 # feedback.method -> the judge it builds. The methods themselves (and what the rest of the code needs to

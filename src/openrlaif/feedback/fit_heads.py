@@ -20,6 +20,7 @@ from openrlaif.core.cache import model_fingerprint
 from openrlaif.core.errors import UserError
 from openrlaif.core.progress import console
 from openrlaif.core.store import sha256_text
+from openrlaif.core.text import normalize_candidate
 from openrlaif.data.constitution import load_constitution
 from openrlaif.evaluate.judge_eval import LabelledPair, expected_calibration_error, load_labelled_pairs
 from openrlaif.feedback.fitted import ANY_PRINCIPLE, Head, save_heads
@@ -77,44 +78,74 @@ def audit_pairs(run_dir: str | Path) -> list[LabelledPair]:
     return pairs
 
 
+def min_pairs(folds: int) -> int:
+    """Fewest pairs a head is fitted on: two per fold, and never under ten."""
+    return max(2 * folds, 10)
+
+
 def check_inputs(cfg: RunConfig, pairs_spec: str | None, principle: str | None, folds: int, limit: int | None,
                  out: Path, force: bool, from_audit: str | Path | None = None) -> tuple[list[LabelledPair], int]:
     """Every input, before any model loads: the pairs, the principle, the fold count, the output.
-    Returns the usable pairs and how many of the loaded ones came from the audit desk."""
+    Returns the usable pairs (the audit desk's last) and how many came from the audit desk."""
     if folds < 2:
         raise UserError(f"--folds: {folds} is too few for cross-validation; use 2 or more (5 is usual)")
     if pairs_spec is None and from_audit is None:
         raise UserError("fit-judge: give labelled pairs with --pairs FILE, an audited run with --from-audit "
                         "RUN_DIR, or both")
-    audited = audit_pairs(from_audit) if from_audit is not None else []
-    loaded = (load_labelled_pairs(pairs_spec, limit) if pairs_spec is not None else []) + audited
-    pairs = [p for p in loaded if p.chosen.strip() and p.rejected.strip() and p.chosen != p.rejected]
-    needed = max(2 * folds, 10)
+    def usable(group: list[LabelledPair]) -> list[LabelledPair]:
+        return [p for p in group if p.chosen.strip() and p.rejected.strip() and p.chosen != p.rejected]
+
+    audited = usable(audit_pairs(from_audit)) if from_audit is not None else []
+    pairs = usable(load_labelled_pairs(pairs_spec, limit) if pairs_spec is not None else []) + audited
+    needed = min_pairs(folds)
     source = " + ".join(x for x in (pairs_spec and f"--pairs {pairs_spec}",
                                     from_audit and f"--from-audit {from_audit}") if x)
     if len(pairs) < needed:
         raise UserError(f"{source}: {len(pairs)} usable pair(s), fewer than the {needed} that "
                         f"{folds}-fold cross-validation needs; give more labelled pairs or lower --folds")
-    if principle is not None:
-        ids = [p.id for p in load_constitution(cfg.data.constitution).principles]
-        if principle not in ids:
-            raise UserError(f"--principle: '{principle}' is not in the constitution {cfg.data.constitution} "
-                            f"(its principles: {', '.join(ids)})")
+    ids = [p.id for p in load_constitution(cfg.data.constitution).principles]
+    if principle is not None and principle not in ids:
+        raise UserError(f"--principle: '{principle}' is not in the constitution {cfg.data.constitution} "
+                        f"(its principles: {', '.join(ids)})")
+    if principle is None:  # the pairs' own principle column decides the heads: every id must be real
+        foreign = next((p for p in pairs if p.principle and p.principle not in ids), None)
+        if foreign is not None:
+            raise UserError(f"{source}: pair {foreign.id} names principle '{foreign.principle}', which is not in "
+                            f"the constitution {cfg.data.constitution} (its principles: {', '.join(ids)}); fix "
+                            "the column or pass --principle ID to fit one head on every pair")
     if out.exists() and not force:
         raise UserError(f"-o {out}: already exists; pass --force to replace it or pick another directory")
     return pairs, len(audited)
 
 
+def principle_groups(pairs: list[LabelledPair], principle: str | None, needed: int) -> dict[str, list[int]]:
+    """Which pairs each head is fitted on: everything for ``principle`` when one is given; otherwise one head
+    per principle named in the pairs' ``principle`` column that has at least ``needed`` pairs, and an
+    ``_any`` head on every pair (it serves the principles without their own head)."""
+    if principle is not None:
+        return {principle: list(range(len(pairs)))}
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        if p.principle:
+            groups.setdefault(p.principle, []).append(i)
+    heads = {k: v for k, v in sorted(groups.items()) if len(v) >= needed}
+    if len(heads) == 1 and len(next(iter(heads.values()))) == len(pairs):
+        return heads  # every pair names the same principle: that principle's head alone
+    return {**heads, ANY_PRINCIPLE: list(range(len(pairs)))}
+
+
 def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, principle: str | None = None,
               folds: int = 5, layers: list[int] | None = None, limit: int | None = None, seed: int = 0,
-              force: bool = False, from_audit: str | Path | None = None, debias_length: bool = False) -> FitResult:
-    """Fit one head (for ``principle``, or for every principle) on labelled pairs and/or an audited run's
-    verdicts, and write it to ``out``."""
+              force: bool = False, from_audit: str | Path | None = None,
+              debias_length: bool = False) -> list[FitResult]:
+    """Fit heads (for ``principle``, or per principle of the pairs' column plus one for every principle) on
+    labelled pairs and/or an audited run's verdicts, and write them to ``out``."""
     from openrlaif.models.loading import load_causal_lm, set_threads
 
     out = Path(out)
     # 1. Inputs, before any model loads.
     pairs, n_audit = check_inputs(cfg, pairs_spec, principle, folds, limit, out, force, from_audit)
+    groups = principle_groups(pairs, principle, min_pairs(folds))
     start = time.perf_counter()
     # 2. The judge model.
     set_threads(cfg.model.threads)
@@ -125,46 +156,59 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
     bad = [i for i in layers if not 0 <= i <= n_layers]
     if bad:
         raise UserError(f"--layers: {bad} outside 0..{n_layers} for {spec}")
-    # 3. Features of every distinct reply, one forward pass each.
+    # 3. Features of every distinct reply (normalised as the judge will see it), one forward pass each.
     units: dict[tuple[str, str], int] = {}
     for p in pairs:
         for reply in (p.chosen, p.rejected):
-            units.setdefault((json.dumps(p.messages), reply), len(units))
+            units.setdefault((json.dumps(p.messages), normalize_candidate(reply)), len(units))
     keys = list(units)
     feats = reply_features(loaded.model, loaded.tokenizer, [json.loads(c) for c, _ in keys], [r for _, r in keys],
                            layers=layers, batch_size=cfg.label.batch_size, max_length=cfg.feedback.max_length,
                            description="fit-judge: features")
-    ci = torch.tensor([units[(json.dumps(p.messages), p.chosen)] for p in pairs])
-    ri = torch.tensor([units[(json.dumps(p.messages), p.rejected)] for p in pairs])
+    ci = torch.tensor([units[(json.dumps(p.messages), normalize_candidate(p.chosen))] for p in pairs])
+    ri = torch.tensor([units[(json.dumps(p.messages), normalize_candidate(p.rejected))] for p in pairs])
     covariates = 0
     if debias_length:  # log length as an extra column: fitted with the head, dropped when it scores
         lengths = torch.tensor([[float(len(r))] for _, r in keys]).log1p()
         feats = {name: torch.cat([x, lengths], 1) for name, x in feats.items()}
         covariates = 1
-    candidates = {name: (x[ci], x[ri]) for name, x in feats.items()}
-    # 4. Cross-validation picks the feature set and the L2 strength.
+    common = {"folds": folds, "data": str(pairs_spec), "audit_run": str(from_audit) if from_audit else None,
+              "seed": seed, "debias_length": debias_length, "layers_tried": layers, "poolings_tried": list(POOLINGS)}
+    heads, results = [], []
+    for key, idx in groups.items():
+        members = torch.tensor(idx)
+        candidates = {name: (x[ci[members]], x[ri[members]]) for name, x in feats.items()}
+        head, result = _fit_group(key, candidates, covariates, folds, seed, out)
+        head.card.update(pairs=len(idx), audit_pairs=sum(1 for i in idx if i >= len(pairs) - n_audit),
+                         data_sha256=data_hash([pairs[i] for i in idx]), **common)
+        heads.append(head)
+        results.append(result)
+    # 4. One head directory with every head and its card.
+    save_heads(out, heads, spec, model_fingerprint(loaded.model))
+    seconds = time.perf_counter() - start
+    for r in results:
+        r.seconds = seconds
+        console.print(f"fit-judge: head {r.principle}: {r.pairs} pairs; best {r.feature} l2={r.l2}: "
+                      f"{folds}-fold CV agreement {r.cv_agreement:.3f}, ECE {r.ece:.3f}")
+    console.print(f"fit-judge: {len(pairs)} pairs, {len(keys)} replies, {len(heads)} head(s) in {seconds:.0f} s -> {out}")
+    return results
+
+
+def _fit_group(key: str, candidates: dict, covariates: int, folds: int, seed: int, out: Path) -> tuple[Head, FitResult]:
+    """Cross-validation picks the feature set and L2 strength; the head is refitted on every pair."""
     pick = select_by_cv(candidates, list(L2_GRID), folds, seed, covariates)
     chosen, rejected = candidates[pick.features]
     logits, labels = cv_predictions(chosen, rejected, pick.l2, folds, seed, covariates)
     ece = expected_calibration_error(torch.sigmoid(logits).tolist(), [int(y) for y in labels.tolist()])
-    # 5. The head, refitted on every pair, and its card.
     std = Standardizer.fit(torch.cat([chosen, rejected]))
     w = fit_head(*oriented(std(chosen), std(rejected), seed), pick.l2)
+    length_weight = None
     if covariates:  # the head scores the features alone
-        length_weight = float(w[-1])
+        length_weight = round(float(w[-1]), 4)
         std, w = Standardizer(std.mean[:-covariates], std.std[:-covariates]), w[:-covariates]
-    key = principle or ANY_PRINCIPLE
     best = sorted(pick.table.items(), key=lambda item: -item[1])[:5]
-    card = {"l2": pick.l2, "pairs": len(pairs), "folds": folds, "cv_agreement": round(pick.cv_agreement, 4),
-            "ece": round(ece, 4), "data": str(pairs_spec), "audit_run": str(from_audit) if from_audit else None,
-            "audit_pairs": n_audit, "data_sha256": data_hash(pairs), "seed": seed,
-            "debias_length": debias_length,
-            "length_weight": round(length_weight, 4) if covariates else None, "layers_tried": layers, "poolings_tried": list(POOLINGS),
+    card = {"l2": pick.l2, "cv_agreement": round(pick.cv_agreement, 4), "ece": round(ece, 4),
+            "length_weight": length_weight,
             "best_by_cv": [{"feature": f, "l2": l2, "cv_agreement": round(a, 4)} for (f, l2), a in best]}
-    head = Head(key, pick.features, std, w, card)
-    save_heads(out, [head], spec, model_fingerprint(loaded.model))
-    seconds = time.perf_counter() - start
-    console.print(f"fit-judge: {len(pairs)} pairs, {len(keys)} replies; best {pick.features} l2={pick.l2}: "
-                  f"{folds}-fold CV agreement {pick.cv_agreement:.3f}, ECE {ece:.3f} ({seconds:.0f} s) -> {out}")
-    return FitResult(out, key, pick.features, pick.l2, len(pairs), pick.cv_agreement, ece, pick.table, seconds)
-
+    result = FitResult(out, key, pick.features, pick.l2, len(chosen), pick.cv_agreement, ece, pick.table, 0.0)
+    return Head(key, pick.features, std, w, card), result

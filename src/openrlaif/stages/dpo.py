@@ -168,7 +168,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     last = metrics[-max(1, steps_per_epoch):]
     return {
         "pairs": len(prefs),
-        "human_verdicts": human,
+        "human_verdicts": {v: human[v] for v in ("agree", "flip", "flag")},
+        "held_for_review": human["held_for_review"],
         "steps": step,
         "seconds_training": round(seconds, 2),
         "pairs_per_s": round(pairs_done / seconds, 4),

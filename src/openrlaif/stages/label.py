@@ -17,7 +17,7 @@ from itertools import combinations
 from openrlaif.config import FEEDBACK_METHODS, RunConfig
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
-from openrlaif.core.text import judge_directed, normalize_candidate
+from openrlaif.core.text import judge_directed
 from openrlaif.feedback.api import usage_json
 from openrlaif.feedback.factory import build_judge, open_cache
 from openrlaif.feedback.scoring import position_stats
@@ -64,6 +64,22 @@ def comparison_seed(seed: int, k: int, prompt_id: str, i: int, j: int, per_promp
     return f"{seed}:{k}:{prompt_id}" if per_prompt else f"{seed}:{k}:{prompt_id}:{i}:{j}"
 
 
+def directed_p_first(p_first: float, first_directed: bool, second_directed: bool, policy: str) -> float:
+    """P(first better) after the judge-directed policy: under 'penalize' a candidate that addresses the judge
+    loses (probability 0 or 1) to one that does not; otherwise, or when both or neither do, the judge's
+    probability stands."""
+    if policy != "penalize" or first_directed == second_directed:
+        return p_first
+    return 0.0 if first_directed else 1.0
+
+
+def directed_fields(chosen_directed: bool, rejected_directed: bool, policy: str) -> dict:
+    """The judge-directed columns of a preference row. Under 'audit' a pair whose chosen reply addresses the
+    judge is held out of training (``held_for_review``) until a person's verdict settles it."""
+    return {"judge_directed": chosen_directed or rejected_directed, "chosen_directed": chosen_directed,
+            "rejected_directed": rejected_directed, "held_for_review": policy == "audit" and chosen_directed}
+
+
 def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
     """Measure the judge on labelled pairs; stop (or warn) when it agrees less than feedback.min_agreement."""
     from openrlaif.core.progress import console
@@ -80,7 +96,8 @@ def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
         judge.description = description
     agreement = metrics["agreement"]
     passed = agreement >= fb.min_agreement
-    result = {"pairs": fb.gate_pairs, "n": metrics["n"], "agreement": round(agreement, 4),
+    heads = metrics.get("heads")
+    result = {"pairs": fb.gate_pairs, "n": metrics["n"], "agreement": round(agreement, 4), "heads": heads,
               "ece": round(metrics["ece"], 4), "brier": round(metrics["brier"], 4),
               "position_consistency": metrics["position_consistency"],
               "min_agreement": fb.min_agreement, "passed": passed, "action": fb.gate_action}
@@ -93,6 +110,9 @@ def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
         console.print(f"[bold yellow]warning:[/bold yellow] {message}; labelling anyway (feedback.gate_action=warn)")
     else:
         console.print(f"judge gate passed: agreement {agreement:.1%} on {metrics['n']} calibration pairs")
+    if heads:
+        console.print(f"judge heads ({heads['directory']}): " + ", ".join(
+            f"{key} {n} comparison(s)" for key, n in heads["comparisons"].items()))
     return result
 
 
@@ -111,13 +131,19 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         return construction_run(cfg, store, k, rows, constitution)
     # 2. One comparison per pair of distinct candidates, each with its own sampled principle
     #    (one principle per prompt for methods that score each candidate alone, so each is scored once).
+    #    A candidate that addresses the judge (read after Unicode normalisation) is left out under 'drop'.
     per_prompt = FEEDBACK_METHODS[cfg.feedback.method].one_principle_per_prompt
+    policy = cfg.label.on_judge_directed
+    directed = {(r, c): judge_directed(text)
+                for r, row in enumerate(rows) for c, text in enumerate(row["candidates"])}
     items: list[Comparison] = []
     keys: list[tuple[int, int, int]] = []
     for r, row in enumerate(rows):
         cands = row["candidates"]
         for i, j in combinations(range(len(cands)), 2):
             if not cands[i].strip() or not cands[j].strip() or cands[i].strip() == cands[j].strip():
+                continue
+            if policy == "drop" and (directed[(r, i)] or directed[(r, j)]):
                 continue
             rng = random.Random(comparison_seed(cfg.seed, k, row["prompt_id"], i, j, per_prompt))
             items.append(Comparison(row["prompt"], cands[i], cands[j], constitution.sample(rng), row["messages"]))
@@ -132,12 +158,15 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     start = time.perf_counter()
     verdicts = judge.compare(items)
     seconds = time.perf_counter() - start
-    # 5. Select pairs per prompt.
+    # 5. Select pairs per prompt ('penalize': a judge-directed candidate loses to one that is not).
     per_prompt: dict[int, dict[tuple[int, int], float]] = {}
     detail: dict[tuple[int, int, int], object] = {}
+    penalized = 0
     for (r, i, j), v in zip(keys, verdicts):
         if v.p_first is not None:
-            per_prompt.setdefault(r, {})[(i, j)] = v.p_first
+            p = directed_p_first(v.p_first, directed[(r, i)], directed[(r, j)], policy)
+            penalized += p != v.p_first
+            per_prompt.setdefault(r, {})[(i, j)] = p
             detail[(r, i, j)] = v
     prefs = []
     for r, probs in per_prompt.items():
@@ -158,13 +187,18 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 "source": "ai",
                 "round": k,
                 "prompt_id": row["prompt_id"],
-                "judge_directed": judge_directed(normalize_candidate(row["candidates"][c]))
-                or judge_directed(normalize_candidate(row["candidates"][rej])),
+                **directed_fields(directed[(r, c)], directed[(r, rej)], policy),
                 "chosen_index": c,
                 "rejected_index": rej,
             })
     # 6. Write the pairs and the judge's statistics.
     atomic_write_jsonl(store.path("preferences.jsonl", k), prefs)
+    held = sum(p["held_for_review"] for p in prefs)
+    if held:
+        from openrlaif.core.progress import console
+
+        console.print(f"[bold yellow]{held} pair(s) whose chosen reply addresses the judge are held out of "
+                      f"training until reviewed[/bold yellow] (label.on_judge_directed=audit): `rlaif audit {store.root}`")
     stats = position_stats(verdicts)
     stats.update({
         "judge": judge_name,
@@ -183,6 +217,10 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "gate": gate,
         "api": usage_json(judge),
         "unscored_errors": dict(Counter(v.error for v in verdicts if v.p_first is None and v.error)),
+        "judge_directed": {"policy": policy, "candidates": sum(directed.values()),
+                           "pairs": sum(p["judge_directed"] for p in prefs), "held_for_review": held,
+                           "penalized_comparisons": penalized},
+        "heads": judge.take_usage() if hasattr(judge, "take_usage") else None,
     })
     atomic_write_json(store.path("judge_stats.json", k), stats)
     return {k2: stats[k2] for k2 in ("comparisons", "pairs_written", "position_consistency",
@@ -190,13 +228,29 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
 
 def preference_row(row: dict, chosen: str, rejected: str, p_chosen: float, principle: str, judge: str, source: str,
-                   k: int, rationale: str | None = None) -> dict:
+                   k: int, rationale: str | None = None, policy: str = "audit") -> dict:
     """A pair labelled by construction, in the same columns as judged pairs (no per-order scores)."""
     return {"prompt": row["messages"], "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": p_chosen, "principle": principle,
             "judge": judge, "scores_ab": None, "scores_ba": None, "rationale": rationale, "source": source,
             "round": k, "prompt_id": row["prompt_id"],
-            "judge_directed": judge_directed(normalize_candidate(chosen)) or judge_directed(normalize_candidate(rejected))}
+            **directed_fields(judge_directed(chosen), judge_directed(rejected),
+                              policy)}
+
+
+def construction_directed(prefs: list[dict], policy: str) -> list[dict]:
+    """Pairs made by construction under the judge-directed policy: 'drop' removes pairs with a directed side;
+    'penalize' swaps a pair whose chosen side alone addresses the judge; 'audit' and 'keep' leave them (audit
+    has marked them held_for_review)."""
+    out = []
+    for row in prefs:
+        if policy == "drop" and row["judge_directed"]:
+            continue
+        if policy == "penalize" and row["chosen_directed"] and not row["rejected_directed"]:
+            row = {**row, "chosen": row["rejected"], "rejected": row["chosen"], "chosen_directed": False,
+                   "rejected_directed": True}
+        out.append(row)
+    return out
 
 
 def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], constitution) -> dict:
@@ -220,7 +274,7 @@ def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], 
                 a, b = row["candidates"][i], row["candidates"][j]
                 if a.strip() and b.strip() and a.strip() != b.strip():
                     prefs.append(preference_row(row, a, b, fb.construction_confidence, row["principle"],
-                                                "rlcd:construction", "ai-rlcd", k))
+                                                "rlcd:construction", "ai-rlcd", k, policy=cfg.label.on_judge_directed))
         judge_name = "rlcd"
     else:
         # 1. The judge model critiques and rewrites the first candidates of every prompt under a principle.
@@ -244,7 +298,8 @@ def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], 
                 continue
             row = rows[r]
             prefs.append(preference_row(row, rev.revised, rev.original, fb.construction_confidence, rev.principle,
-                                        f"{spec}:revision", "ai-revision", k, rationale=rev.critique))
+                                        f"{spec}:revision", "ai-revision", k, rationale=rev.critique,
+                                        policy=cfg.label.on_judge_directed))
             sft.append({"messages": [*row["messages"], {"role": "assistant", "content": rev.revised}],
                         "prompt_id": row["prompt_id"], "original": rev.original, "critique": rev.critique,
                         "principle": rev.principle, "round": k})
@@ -252,7 +307,8 @@ def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], 
         stats.update({"revisions": len(revisions), "usable_revisions": len(sft),
                       "usable_rate": round(len(sft) / len(revisions), 4) if revisions else None})
         judge_name = spec
-    # 3. Write the pairs and what was done.
+    # 3. The judge-directed policy on pairs made by construction, then write the pairs and what was done.
+    prefs = construction_directed(prefs, cfg.label.on_judge_directed)
     atomic_write_jsonl(store.path("preferences.jsonl", k), prefs)
     seconds = time.perf_counter() - start
     stats.update({"judge": judge_name, "pairs_written": len(prefs), "seconds": round(seconds, 2),
