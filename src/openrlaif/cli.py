@@ -173,6 +173,9 @@ def fit_judge(
     debias_length: Annotated[bool, typer.Option("--debias-length", help="Fit with the replies' log length as a "
                                                 "covariate and score without it: the head learns what the "
                                                 "hidden states say beyond length.")] = False,
+    fit_random_slice: Annotated[bool, typer.Option("--fit-random-slice", help="With --from-audit: fit on the audit's "
+                                                   "uniform random slice too (by default it is kept out, to measure "
+                                                   "the refitted judge against people).")] = False,
 ):
     """Fit a Bradley-Terry preference head on the judge model's hidden states from labelled pairs and/or the
     verdicts of a run's audit desk; use it with feedback.method=fitted feedback.heads=DIR."""
@@ -185,7 +188,8 @@ def fit_judge(
     except ValueError:
         raise UserError(f"--layers: '{layers}' is not a comma-separated list of layer numbers, e.g. 12,18,30") from None
     results = fit(cfg, pairs, out, principle=principle, folds=folds, layers=chosen_layers, limit=limit,
-                  seed=cfg.seed, force=force, from_audit=from_audit, debias_length=debias_length)
+                  seed=cfg.seed, force=force, from_audit=from_audit, debias_length=debias_length,
+                  fit_random_slice=fit_random_slice)
     for r in results:
         print(f"head for {r.principle}: {r.feature} (l2 {r.l2}), {folds}-fold CV agreement {r.cv_agreement:.3f} "
               f"on {r.pairs} pairs, ECE {r.ece:.3f}; written to {r.directory}")

@@ -69,6 +69,16 @@ def write_report(store: RunStore) -> str:
                       f"(biased towards doubtful ones) {st['all_reviewed_agreement']:.1%} of {st['all_reviewed_n']}."]
         else:
             lines += ["", "No random-slice label has a verdict yet: no agreement estimate."]
+    refits = store.root / "judge_refits.jsonl"
+    if refits.is_file():
+        lines += ["", "## People improve the judge", "",
+                  "Heads refitted on the audit desk's verdicts (`rlaif fit-judge --from-audit`), measured on the "
+                  "random slice's verdicts, which the fit did not see unless marked in-sample:", "",
+                  "| heads | date | random-slice pairs | agreement before (the run's AI labels) | after (the new heads) |",
+                  "|---|---|---|---|---|"]
+        for r in read_jsonl(refits):
+            note = " (in-sample)" if r.get("in_sample") else ""
+            lines.append(f"| `{r['heads']}` | {r['date']} | {r['n']} | {r['before']:.1%} | {r['after']:.1%}{note} |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(store.report_path, text)
     from openrlaif.report_html import write_html_report
@@ -111,6 +121,22 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
                   "a first-position rate far from 0.5 means the judge favours a slot, not a response. "
                   "Low consistency means the labels are noisy: read the win rate below with that in mind. "
                   "(The contrastive method scores each response on its own, so it is order-free by construction.)"]
+        heads = js.get("heads")
+        if heads:
+            used = ", ".join(f"{key}: {n}" for key, n in heads["comparisons"].items())
+            figures = "; ".join(
+                f"{key} ({h['feature']}, {h['pairs']} pairs, CV {_fmt(h['cv_agreement'])}"
+                + "".join(f", held out on {name} {_fmt(a)}" for name, a in (h.get("heldout") or {}).items()) + ")"
+                for key, h in heads["heads"].items())
+            lines += ["", f"Fitted preference heads `{heads['directory']}` judged these comparisons ({used}). "
+                      f"Their cards: {figures}. Agreement figures are against the labels each head was fitted "
+                      "for (people's or GPT-4's), on pairs the head never saw."]
+        directed = js.get("judge_directed")
+        if directed and directed.get("candidates"):
+            lines += ["", f"{directed['candidates']} candidate(s) addressed the judge "
+                      f"(label.on_judge_directed={directed['policy']}): {directed['pairs']} pair(s) carry one, "
+                      f"{directed['held_for_review']} held out of training until reviewed, "
+                      f"{directed['penalized_comparisons']} comparison(s) penalised."]
         api = js.get("api")
         if api:
             lines += ["", f"Judge API: {api['requests']} requests ({api['retries']} retries, {api['failed']} failed after "

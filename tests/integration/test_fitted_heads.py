@@ -62,6 +62,18 @@ def test_fit_judge_finds_the_signal_and_writes_a_card(heads, tiny_model_dir):
     assert meta["debias_length"] is False and meta["length_weight"] is None
 
 
+def test_a_refit_reads_every_reply_s_features_from_the_cache(heads, tiny_model_dir, capsys):
+    """Fitting again on the same pairs computes no features (they are cached by model and token ids) and
+    gives the same head."""
+    root, first = heads
+    cfg = load_config(None, tiny_overrides(tiny_model_dir))
+    capsys.readouterr()
+    [again] = fit_judge(cfg, str(root / "pairs.jsonl"), root / "again", folds=4, layers=[1, 2])
+    assert "80 read from" in capsys.readouterr().err  # 40 pairs -> 80 replies, all from the cache
+    (_, a), (_, b) = load_heads(root / "heads"), load_heads(root / "again")
+    assert again.feature == first.feature and a[ANY_PRINCIPLE].w.tolist() == b[ANY_PRINCIPLE].w.tolist()
+
+
 def test_a_length_debiased_head_scores_without_the_length_column(tmp_path, tiny_model_dir):
     cfg = load_config(None, tiny_overrides(tiny_model_dir))
     pairs = write_pairs(tmp_path / "pairs.jsonl", 24)
@@ -179,16 +191,33 @@ def test_fit_judge_from_the_audit_desks_verdicts(tmp_path, tiny_model_dir):
             r = httpx.post(f"{root}/api/verdict", json={"pair_id": pair_id(row), "verdict": verdict},
                            headers={"Authorization": "Bearer tok"})
             assert r.status_code == 200, r.text
+    in_slice = db.random_slice()
     db.close()
+    verdicts = {pair_id(row): "flag" if i == 0 else "flip" if i % 3 == 0 else "agree" for i, row in enumerate(rows)}
+    fitted_on = [p for p, v in verdicts.items() if v != "flag" and p not in in_slice]
+    checked = [v for p, v in verdicts.items() if v != "flag" and p in in_slice]
+    assert in_slice and len(fitted_on) >= 10
     result = widest(fit_judge(cfg, None, tmp_path / "heads", folds=3, layers=[2], from_audit=store.root))
-    assert result.pairs == len(rows) - 1  # the flagged pair is dropped
+    assert result.pairs == len(fitted_on)  # the flagged pair is dropped, the random slice kept out
     card, _ = load_heads(tmp_path / "heads")
     meta = card["heads"][result.principle]
-    assert meta["audit_pairs"] == len(rows) - 1 and meta["audit_run"] == str(store.root)
-    # base pairs + the audit together
+    assert meta["audit_pairs"] == len(fitted_on) and meta["audit_run"] == str(store.root)
+    # the random slice measures the run's AI labels (before) and the new heads (after) against people
+    check = card["audit_check"]
+    assert check["n"] == len(checked) and check["before"] == round(checked.count("agree") / len(checked), 4)
+    assert 0 <= check["after"] <= 1 and check["in_sample"] is False
+    [record] = read_jsonl(store.root / "judge_refits.jsonl")
+    assert record["heads"] == str(tmp_path / "heads") and record["after"] == check["after"]
+    from openrlaif.report import write_report
+
+    report = write_report(store)
+    assert "People improve the judge" in report and f"{check['after']:.1%}" in report
+    # base pairs + the audit together; --fit-random-slice fits on the slice too
     base = write_pairs(tmp_path / "base.jsonl", 20)
-    both = widest(fit_judge(cfg, str(base), tmp_path / "heads2", folds=3, layers=[2], from_audit=store.root))
-    assert both.pairs == 20 + len(rows) - 1
+    both = widest(fit_judge(cfg, str(base), tmp_path / "heads2", folds=3, layers=[2], from_audit=store.root,
+                            fit_random_slice=True))
+    assert both.pairs == 20 + len(fitted_on) + len(checked)
+    assert load_heads(tmp_path / "heads2")[0]["audit_check"]["in_sample"] is True
     # a run without an audit desk is one clear line
     assert_user_error(rlaif("fit-judge", "--from-audit", tmp_path, "-o", tmp_path / "h", f"model.policy={tiny_model_dir}"),
                       "audit.sqlite")

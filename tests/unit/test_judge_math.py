@@ -125,9 +125,10 @@ def test_judge_directed_flags_and_special_token_neutralizing():
     from openrlaif.data.prompts import builtin_path
 
     rows = read_jsonl(builtin_path("injection_pairs.jsonl"))
-    flagged = sum(judge_directed(r["rejected"]) for r in rows) / len(rows)
-    false_alarms = sum(judge_directed(r["chosen"]) for r in rows) / len(rows)
-    assert flagged >= 0.9 and false_alarms == 0.0
+    # The detector was tuned on the pairs written before it; those written after measure it (docs/feedback.md).
+    tuned_on = [r for r in rows if not r.get("written_after_detector")]
+    assert len(tuned_on) < len(rows) and all(judge_directed(r["rejected"]) for r in tuned_on)
+    assert not any(judge_directed(r["chosen"]) for r in rows)  # no clean reply is flagged
     assert not judge_directed("Boil the eggs for nine minutes, then cool them in ice water.")
     assert not judge_directed("In court, the judge listens to both sides before a ruling.")  # no ask to the judge
 

@@ -110,6 +110,10 @@ class AuditDB:
             "GROUP BY pair_id) last ON v.id = last.id").fetchall()
         return dict(rows)
 
+    def random_slice(self) -> set[str]:
+        """pair_ids of the uniform random slice (the items that measure agreement without bias)."""
+        return {p for (p,) in self.conn.execute("SELECT pair_id FROM items WHERE random_slice = 1").fetchall()}
+
     def stats(self) -> dict:
         total = self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
         in_slice = dict(self.conn.execute("SELECT pair_id, random_slice FROM items").fetchall())
@@ -142,7 +146,8 @@ def apply_human_verdicts(rows: list[dict], path: str | Path) -> tuple[list[dict]
         counts[verdict] += 1
         if verdict == "flag":
             continue
-        human = dict(row, p_chosen=1.0, source="human", ai_p_chosen=row.get("p_chosen"))
+        human = dict(row, p_chosen=1.0, source="human", ai_p_chosen=row.get("p_chosen"), audit_pair_id=pair_id(row),
+                     audit_verdict=verdict)
         if verdict == "flip":
             human["chosen"], human["rejected"] = row["rejected"], row["chosen"]
         out.append(human)

@@ -97,6 +97,47 @@ class JudgeCache:
         self.conn.close()
 
 
+class FeatureCache:
+    """Key -> float32 vector store in one SQLite file: a judge model's pooled hidden states of a reply, so
+    `rlaif fit-judge` never computes a reply's features twice (the vectors are a few KB each)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        self.conn.commit()
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, keys: list[str]):
+        """{key: 1-d float32 numpy array} for the keys stored."""
+        import numpy as np
+
+        found = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, value in self.conn.execute(f"SELECT key, value FROM features WHERE key IN ({marks})", chunk):
+                found[key] = np.frombuffer(value, dtype=np.float32)
+        self.hits += sum(k in found for k in keys)
+        self.misses += sum(k not in found for k in keys)
+        return found
+
+    def put_many(self, items: dict) -> None:
+        """Store {key: 1-d float tensor or array}."""
+        import numpy as np
+
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO features (key, value) VALUES (?, ?)",
+                                  [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def cached_compute(cache: JudgeCache | None, keys: list[str], compute, method: str = "") -> list[Any]:
     """Values for ``keys``: cached ones read back, the rest computed by ``compute(indices, on_batch)``.
 

@@ -4,6 +4,7 @@
 RUN_DIR/
   config.resolved.yaml  manifest.json  metrics.jsonl  report.md  report.html
   judge_cache.sqlite      (feedback.cache=run)      audit.sqlite   (the audit desk's queue and verdicts)
+  judge_refits.jsonl      (rlaif fit-judge --from-audit: the random slice's agreement before/after a refit)
   tensorboard/  mlartifacts/  wandb/                (tracking, when enabled)   export/ (rlaif export)
   round_K/
     candidates.jsonl (+ .partial while sampling)    generate: N candidates per train prompt

@@ -16,16 +16,17 @@ from pathlib import Path
 import torch
 
 from openrlaif.config import RunConfig
-from openrlaif.core.cache import model_fingerprint
+from openrlaif.core.cache import FeatureCache, model_fingerprint
 from openrlaif.core.errors import UserError
 from openrlaif.core.progress import console
-from openrlaif.core.store import sha256_text
+from openrlaif.core.store import RunStore, sha256_text
 from openrlaif.core.text import normalize_candidate
 from openrlaif.data.constitution import load_constitution
-from openrlaif.evaluate.judge_eval import LabelledPair, expected_calibration_error, load_labelled_pairs
-from openrlaif.feedback.fitted import ANY_PRINCIPLE, Head, save_heads
+from openrlaif.evaluate.judge_eval import (LabelledPair, evaluate_judge, expected_calibration_error,
+                                           load_labelled_pairs)
+from openrlaif.feedback.fitted import ANY_PRINCIPLE, FittedJudge, Head, save_heads
 from openrlaif.feedback.fitting import Standardizer, cv_predictions, fit_head, oriented, select_by_cv
-from openrlaif.models.features import POOLINGS, reply_features
+from openrlaif.models.features import POOLINGS, cached_reply_features
 
 L2_GRID = (0.01, 0.1, 1.0, 10.0)
 
@@ -53,10 +54,20 @@ def data_hash(pairs: list[LabelledPair]) -> str:
     return sha256_text(json.dumps([[p.messages, p.chosen, p.rejected] for p in pairs]))
 
 
-def audit_pairs(run_dir: str | Path) -> list[LabelledPair]:
+@dataclass
+class AuditPairs:
+    """A run's audit-desk verdicts as labelled pairs (chosen = the reply the person preferred)."""
+
+    fit: list[LabelledPair]  # the pairs a head is refitted on
+    check: list[LabelledPair]  # the random slice, kept out of the fit: it measures the judge before and after
+    check_ai_agreed: list[bool]  # per check pair: did the run's AI label agree with the person?
+
+
+def audit_pairs(run_dir: str | Path, fit_random_slice: bool = False) -> AuditPairs:
     """The pairs people settled at a run's audit desk: every round's AI pairs with a verdict, 'agree' as
-    labelled, 'flip' swapped, 'flag' dropped (``audit.db.apply_human_verdicts``)."""
-    from openrlaif.audit.db import apply_human_verdicts
+    labelled, 'flip' swapped, 'flag' dropped (``audit.db.apply_human_verdicts``). The uniform random slice
+    is held out of the fit (unless ``fit_random_slice``) so that it can measure the refitted judge."""
+    from openrlaif.audit.db import AuditDB, apply_human_verdicts
     from openrlaif.core.store import RunStore, read_jsonl
     from openrlaif.data.preferences import text_of
 
@@ -65,17 +76,28 @@ def audit_pairs(run_dir: str | Path) -> list[LabelledPair]:
     if not db_path.is_file():
         raise UserError(f"--from-audit: {store.root} has no audit.sqlite; review pairs first with "
                         f"`rlaif audit {store.root}`")
-    pairs = []
+    db = AuditDB(db_path)
+    try:
+        in_slice = db.random_slice()
+    finally:
+        db.close()
+    out = AuditPairs([], [], [])
     for path in sorted(store.root.glob("round_*/preferences.jsonl")):
         rows, _ = apply_human_verdicts(read_jsonl(path), db_path)
         for i, row in enumerate(rows):
-            if row.get("source") != "human":
+            if row.get("source") != "human" or "audit_pair_id" not in row:
                 continue
             prompt = row.get("prompt")
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
-            pairs.append(LabelledPair(f"{path.parent.name}:{i}", messages, text_of(row["chosen"]),
-                                      text_of(row["rejected"]), row.get("principle")))
-    return pairs
+            pair = LabelledPair(f"{path.parent.name}:{i}", messages, text_of(row["chosen"]), text_of(row["rejected"]),
+                                row.get("principle"))
+            checking = row["audit_pair_id"] in in_slice
+            if checking:
+                out.check.append(pair)
+                out.check_ai_agreed.append(row["audit_verdict"] == "agree")
+            if fit_random_slice or not checking:
+                out.fit.append(pair)
+    return out
 
 
 def min_pairs(folds: int) -> int:
@@ -84,9 +106,11 @@ def min_pairs(folds: int) -> int:
 
 
 def check_inputs(cfg: RunConfig, pairs_spec: str | None, principle: str | None, folds: int, limit: int | None,
-                 out: Path, force: bool, from_audit: str | Path | None = None) -> tuple[list[LabelledPair], int]:
+                 out: Path, force: bool, from_audit: str | Path | None = None,
+                 fit_random_slice: bool = False) -> tuple[list[LabelledPair], int, AuditPairs | None]:
     """Every input, before any model loads: the pairs, the principle, the fold count, the output.
-    Returns the usable pairs (the audit desk's last) and how many came from the audit desk."""
+    Returns the usable pairs (the audit desk's last), how many came from the audit desk, and the audit's
+    pairs (with the random slice that checks the refit) when there is one."""
     if folds < 2:
         raise UserError(f"--folds: {folds} is too few for cross-validation; use 2 or more (5 is usual)")
     if pairs_spec is None and from_audit is None:
@@ -95,7 +119,8 @@ def check_inputs(cfg: RunConfig, pairs_spec: str | None, principle: str | None, 
     def usable(group: list[LabelledPair]) -> list[LabelledPair]:
         return [p for p in group if p.chosen.strip() and p.rejected.strip() and p.chosen != p.rejected]
 
-    audited = usable(audit_pairs(from_audit)) if from_audit is not None else []
+    audit = audit_pairs(from_audit, fit_random_slice) if from_audit is not None else None
+    audited = usable(audit.fit) if audit is not None else []
     pairs = usable(load_labelled_pairs(pairs_spec, limit) if pairs_spec is not None else []) + audited
     needed = min_pairs(folds)
     source = " + ".join(x for x in (pairs_spec and f"--pairs {pairs_spec}",
@@ -115,7 +140,7 @@ def check_inputs(cfg: RunConfig, pairs_spec: str | None, principle: str | None, 
                             "the column or pass --principle ID to fit one head on every pair")
     if out.exists() and not force:
         raise UserError(f"-o {out}: already exists; pass --force to replace it or pick another directory")
-    return pairs, len(audited)
+    return pairs, len(audited), audit
 
 
 def principle_groups(pairs: list[LabelledPair], principle: str | None, needed: int) -> dict[str, list[int]]:
@@ -136,15 +161,16 @@ def principle_groups(pairs: list[LabelledPair], principle: str | None, needed: i
 
 def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, principle: str | None = None,
               folds: int = 5, layers: list[int] | None = None, limit: int | None = None, seed: int = 0,
-              force: bool = False, from_audit: str | Path | None = None,
-              debias_length: bool = False) -> list[FitResult]:
+              force: bool = False, from_audit: str | Path | None = None, debias_length: bool = False,
+              fit_random_slice: bool = False) -> list[FitResult]:
     """Fit heads (for ``principle``, or per principle of the pairs' column plus one for every principle) on
     labelled pairs and/or an audited run's verdicts, and write them to ``out``."""
-    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.models.loading import cache_dir, load_causal_lm, set_threads
 
     out = Path(out)
     # 1. Inputs, before any model loads.
-    pairs, n_audit = check_inputs(cfg, pairs_spec, principle, folds, limit, out, force, from_audit)
+    pairs, n_audit, audit = check_inputs(cfg, pairs_spec, principle, folds, limit, out, force, from_audit,
+                                         fit_random_slice)
     groups = principle_groups(pairs, principle, min_pairs(folds))
     start = time.perf_counter()
     # 2. The judge model.
@@ -162,9 +188,16 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
         for reply in (p.chosen, p.rejected):
             units.setdefault((json.dumps(p.messages), normalize_candidate(reply)), len(units))
     keys = list(units)
-    feats = reply_features(loaded.model, loaded.tokenizer, [json.loads(c) for c, _ in keys], [r for _, r in keys],
-                           layers=layers, batch_size=cfg.label.batch_size, max_length=cfg.feedback.max_length,
-                           description="fit-judge: features")
+    #    Features are cached by model fingerprint and token ids (feedback.cache=null turns this off).
+    cache = FeatureCache(cache_dir() / "features.sqlite") if cfg.feedback.cache is not None else None
+    feats = cached_reply_features(loaded.model, loaded.tokenizer, [json.loads(c) for c, _ in keys],
+                                  [r for _, r in keys], layers=layers, cache=cache,
+                                  fingerprint=model_fingerprint(loaded.model), batch_size=cfg.label.batch_size,
+                                  max_length=cfg.feedback.max_length, description="fit-judge: features")
+    if cache is not None:
+        console.print(f"fit-judge: features of {len(keys)} replies, {cache.hits // (2 * len(layers))} read from "
+                      f"{cache.path}")
+        cache.close()
     ci = torch.tensor([units[(json.dumps(p.messages), normalize_candidate(p.chosen))] for p in pairs])
     ri = torch.tensor([units[(json.dumps(p.messages), normalize_candidate(p.rejected))] for p in pairs])
     covariates = 0
@@ -183,8 +216,19 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
                          data_sha256=data_hash([pairs[i] for i in idx]), **common)
         heads.append(head)
         results.append(result)
-    # 4. One head directory with every head and its card.
-    save_heads(out, heads, spec, model_fingerprint(loaded.model))
+    # 4. People's verdicts on the audit's random slice (kept out of the fit): the run's AI labels vs the new heads.
+    check = None
+    if audit is not None and audit.check:
+        check = audit_check(loaded, heads, audit, cfg, from_audit, fit_random_slice)
+    # 5. One head directory with every head and its card.
+    save_heads(out, heads, spec, model_fingerprint(loaded.model), extra={"audit_check": check} if check else None)
+    if check is not None:
+        record = {**check, "heads": str(out), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(RunStore(from_audit).root / "judge_refits.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        console.print(f"fit-judge: on the audit's random slice ({check['n']} pairs people settled, kept out of the "
+                      f"fit): the run's AI labels agreed {check['before']:.1%}, the new heads {check['after']:.1%}"
+                      + (" (in-sample: --fit-random-slice)" if fit_random_slice else ""))
     seconds = time.perf_counter() - start
     for r in results:
         r.seconds = seconds
@@ -192,6 +236,22 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
                       f"{folds}-fold CV agreement {r.cv_agreement:.3f}, ECE {r.ece:.3f}")
     console.print(f"fit-judge: {len(pairs)} pairs, {len(keys)} replies, {len(heads)} head(s) in {seconds:.0f} s -> {out}")
     return results
+
+
+def audit_check(loaded, heads: list[Head], audit: AuditPairs, cfg: RunConfig, run_dir, in_sample: bool) -> dict:
+    """Agreement with people on the audit's random slice: the run's AI labels (before) and the new heads
+    (after), on the slice pairs whose principle has a head."""
+    judge = FittedJudge(loaded.model, loaded.tokenizer, {h.principle: h for h in heads},
+                        batch_size=cfg.label.batch_size, max_length=cfg.feedback.max_length,
+                        description="fit-judge: audit check")
+    idx = [i for i, p in enumerate(audit.check) if judge.head_for(p.principle or ANY_PRINCIPLE) is not None]
+    if not idx:
+        return None
+    after = evaluate_judge(judge, [audit.check[i] for i in idx], load_constitution(cfg.data.constitution),
+                           None, cfg.seed).metrics["agreement"]
+    before = sum(audit.check_ai_agreed[i] for i in idx) / len(idx)
+    return {"run": str(run_dir), "n": len(idx), "before": round(before, 4), "after": round(after, 4),
+            "in_sample": in_sample}
 
 
 def _fit_group(key: str, candidates: dict, covariates: int, folds: int, seed: int, out: Path) -> tuple[Head, FitResult]:

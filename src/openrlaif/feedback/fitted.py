@@ -50,12 +50,14 @@ class Head:
         return sha256_text(json.dumps(parts))[:16]
 
 
-def save_heads(directory: str | Path, heads: list[Head], judge_name: str, judge_fingerprint: str) -> Path:
-    """Write ``heads`` as a head directory (atomically: a crash leaves the old directory or none)."""
+def save_heads(directory: str | Path, heads: list[Head], judge_name: str, judge_fingerprint: str,
+               extra: dict | None = None) -> Path:
+    """Write ``heads`` as a head directory (atomically: a crash leaves the old directory or none); ``extra``
+    adds top-level card entries (e.g. the audit check)."""
     from safetensors.torch import save_file
 
     card = {"format": HEAD_FORMAT, "judge": judge_name, "judge_fingerprint": judge_fingerprint,
-            "heads": {h.principle: {"feature": h.feature, **h.card} for h in heads}}
+            "heads": {h.principle: {"feature": h.feature, **h.card} for h in heads}, **(extra or {})}
     with atomic_directory(directory) as tmp:
         for h in heads:
             save_file({"mean": h.standardizer.mean.contiguous(), "std": h.standardizer.std.contiguous(),

@@ -60,3 +60,33 @@ def reply_features(model, tokenizer, conversations: list[list[dict]], replies: l
             tokens += int(lengths.sum())
             advance(progress, len(idx), tokens / max(time.perf_counter() - start, 1e-9), "tok")
     return out
+
+
+def cached_reply_features(model, tokenizer, conversations: list[list[dict]], replies: list[str], *, layers: list[int],
+                          cache=None, fingerprint: str = "", batch_size: int = 8, max_length: int = 384,
+                          description: str = "features") -> dict[str, torch.Tensor]:
+    """``reply_features`` through a ``core.cache.FeatureCache``: a reply whose features at these layers were
+    computed before (same model fingerprint, same token ids) is read back, only the rest run the model."""
+    import hashlib
+
+    names = [feature_name(i, p) for i in layers for p in POOLINGS]
+    if cache is None:
+        return reply_features(model, tokenizer, conversations, replies, layers=layers, batch_size=batch_size,
+                              max_length=max_length, description=description)
+    ids = [encode_response(tokenizer, conv, reply, max_length).input_ids for conv, reply in zip(conversations, replies)]
+    base = [hashlib.sha256(f"{fingerprint}|{max_length}|{list(t)}".encode()).hexdigest()[:32] for t in ids]
+    found = cache.get_many([f"{b}|{n}" for b in base for n in names])
+    missing = [i for i, b in enumerate(base) if any(f"{b}|{n}" not in found for n in names)]
+    out = {n: torch.zeros(len(replies), model.config.hidden_size) for n in names}
+    if missing:
+        fresh = reply_features(model, tokenizer, [conversations[i] for i in missing], [replies[i] for i in missing],
+                               layers=layers, batch_size=batch_size, max_length=max_length, description=description)
+        cache.put_many({f"{base[i]}|{n}": fresh[n][row] for row, i in enumerate(missing) for n in names})
+        for n in names:
+            out[n][missing] = fresh[n]
+    computed = set(missing)
+    done = [i for i in range(len(replies)) if i not in computed]
+    for n in names:
+        for i in done:
+            out[n][i] = torch.from_numpy(found[f"{base[i]}|{n}"].copy())
+    return out
