@@ -141,6 +141,18 @@ class LabelConfig(_Strict):
         lt=0.5,
         description="Drop pairs whose judge probability is within this margin of 0.5 (too uncertain).",
     )
+    refit_from_audit: bool = Field(
+        False,
+        description="Rounds 2+: before labelling, refit preference heads on the run's audit-desk verdicts (plus "
+        "label.refit_pairs) into round_K/heads and label with them (feedback.method=fitted, the configured method "
+        "judging principles without a head); skipped, with a note, while fewer than 10 verdicts outside the "
+        "random slice exist. The random slice measures the old labels and the new heads (report: 'People improve "
+        "the judge').",
+    )
+    refit_pairs: str | None = Field(
+        None, description="With label.refit_from_audit: labelled pairs (the judge-eval formats) fitted together with "
+        "the verdicts, e.g. the pairs your current heads were fitted on."
+    )
     on_judge_directed: Literal["audit", "penalize", "drop", "keep"] = Field(
         "audit",
         description="A candidate that addresses the judge (instructions to it, fake verdicts or role tags, after "
@@ -213,8 +225,9 @@ FEEDBACK_METHODS: dict[str, FeedbackMethodInfo] = {
         "vs negative system prompt; positive preferred", by_construction=True),
 }
 FeedbackMethod = Literal[tuple(FEEDBACK_METHODS)]  # type: ignore[valid-type]
-JudgeMethod = Literal[tuple(m for m, info in FEEDBACK_METHODS.items()  # type: ignore[valid-type]
-                            if not info.by_construction and m != "ensemble")]
+# methods that judge a pair themselves (an ensemble member, a fallback); labelling by construction does not
+JUDGE_METHODS = tuple(m for m, info in FEEDBACK_METHODS.items() if not info.by_construction and m != "ensemble")
+JudgeMethod = Literal[JUDGE_METHODS]  # type: ignore[valid-type]
 
 
 class FeedbackConfig(_Strict):

@@ -218,6 +218,16 @@ def test_fit_judge_from_the_audit_desks_verdicts(tmp_path, tiny_model_dir):
                             fit_random_slice=True))
     assert both.pairs == 20 + len(fitted_on) + len(checked)
     assert load_heads(tmp_path / "heads2")[0]["audit_check"]["in_sample"] is True
+    # label.refit_from_audit: round 2 refits heads on the verdicts (and the base pairs) and labels with them
+    refit_cfg = load_config(None, tiny_overrides(tiny_model_dir) + [
+        "data.max_train_prompts=8", "label.pairs=all", "label.refit_from_audit=true", f"label.refit_pairs={base}"])
+    run_stage("train", refit_cfg, store)
+    run_stage("generate", refit_cfg, store, 2)
+    run_stage("label", refit_cfg, store, 2)
+    stats = json.loads(store.path("judge_stats.json", 2).read_text())
+    assert stats["method"] == "fitted" and stats["refit"]["heads"] == str(store.path("heads", 2))
+    assert stats["refit"]["audit_pairs"] == len(fitted_on) and stats["heads"]["directory"] == str(store.path("heads", 2))
+    assert len(read_jsonl(store.root / "judge_refits.jsonl")) == 3  # two fits above, and round 2's
     # a run without an audit desk is one clear line
     assert_user_error(rlaif("fit-judge", "--from-audit", tmp_path, "-o", tmp_path / "h", f"model.policy={tiny_model_dir}"),
                       "audit.sqlite")

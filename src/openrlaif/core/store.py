@@ -10,6 +10,7 @@ RUN_DIR/
     candidates.jsonl (+ .partial while sampling)    generate: N candidates per train prompt
     preferences.jsonl  judge_stats.json             label: TRL-style pairs with p_chosen, principle, judge
     revisions.jsonl                                 label, feedback.method=revision: critique -> revision rows
+    heads/                                          label, label.refit_from_audit: heads refitted on verdicts
     reward_model/                                   reward: Bradley-Terry model(s)
     policy/  ref_logps.json  checkpoint/            train: LoRA adapter (peft), DPO's reference log-probs
     critic/  best_policy/                           train: PPO's value head; the monitor's best adapter

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from itertools import combinations
 
-from openrlaif.config import FEEDBACK_METHODS, RunConfig
+from openrlaif.config import FEEDBACK_METHODS, JUDGE_METHODS, RunConfig
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
 from openrlaif.core.text import judge_directed
@@ -78,6 +78,29 @@ def directed_fields(chosen_directed: bool, rejected_directed: bool, policy: str)
     judge is held out of training (``held_for_review``) until a person's verdict settles it."""
     return {"judge_directed": chosen_directed or rejected_directed, "chosen_directed": chosen_directed,
             "rejected_directed": rejected_directed, "held_for_review": policy == "audit" and chosen_directed}
+
+
+def refit_from_audit(cfg: RunConfig, store: RunStore, k: int) -> dict | None:
+    """Heads refitted on the run's audit verdicts (and label.refit_pairs) in round_k/heads, and the config that
+    labels with them; None (with a note) while too few verdicts lie outside the random slice."""
+    from openrlaif.core.progress import console
+    from openrlaif.feedback.fit_heads import audit_pairs, fit_judge, min_pairs
+
+    if not (store.root / "audit.sqlite").is_file():
+        console.print("label.refit_from_audit: no audit desk in this run yet; labelling with the configured judge")
+        return None
+    people = audit_pairs(store.root).fit
+    if len(people) < min_pairs(5):
+        console.print(f"label.refit_from_audit: {len(people)} verdict(s) outside the random slice, fewer than "
+                      f"{min_pairs(5)}; labelling with the configured judge (review more pairs: `rlaif audit {store.root}`)")
+        return None
+    out = store.path("heads", k)
+    results = fit_judge(cfg, cfg.label.refit_pairs, out, from_audit=store.root, force=True, seed=cfg.seed)
+    fb = cfg.feedback
+    fallback = fb.fallback if fb.method == "fitted" else fb.method if fb.method in JUDGE_METHODS and fb.method != "fitted" else None
+    new_fb = fb.model_copy(update={"method": "fitted", "heads": str(out), "any_head": True, "fallback": fallback})
+    return {"config": cfg.model_copy(update={"feedback": new_fb}), "heads": str(out),
+            "audit_pairs": len(people), "heads_fitted": {r.principle: round(r.cv_agreement, 4) for r in results}}
 
 
 def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
@@ -148,9 +171,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             rng = random.Random(comparison_seed(cfg.seed, k, row["prompt_id"], i, j, per_prompt))
             items.append(Comparison(row["prompt"], cands[i], cands[j], constitution.sample(rng), row["messages"]))
             keys.append((r, i, j))
-    # 3. The judge, measured on labelled calibration pairs before it is trusted (the gate).
+    # 3. The judge (refitted on people's verdicts first, when asked), measured on labelled calibration pairs
+    #    before it is trusted (the gate).
     set_threads(cfg.model.threads)
-    judge, judge_name = build_judge(cfg, "label", store.root)
+    refit = refit_from_audit(cfg, store, k) if cfg.label.refit_from_audit and k > 1 else None
+    judge, judge_name = build_judge(refit["config"] if refit else cfg, "label", store.root)
     gate = judge_gate(cfg, judge, constitution)
     if judge.cache is not None:
         judge.cache.hits = judge.cache.misses = 0  # count the labelling itself below
@@ -221,6 +246,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                            "pairs": sum(p["judge_directed"] for p in prefs), "held_for_review": held,
                            "penalized_comparisons": penalized},
         "heads": judge.take_usage() if hasattr(judge, "take_usage") else None,
+        "refit": {key: v for key, v in refit.items() if key != "config"} if refit else None,
     })
     atomic_write_json(store.path("judge_stats.json", k), stats)
     return {k2: stats[k2] for k2 in ("comparisons", "pairs_written", "position_consistency",

@@ -1,0 +1,107 @@
+"""Can the judge model's hidden states tell a reply that addresses the judge from one that does not?
+
+    .venv/bin/python bench/injection_probe.py [--layers 9,15,21,27] [--negatives 300]
+
+A measurement, not a shipped part: a logistic probe (standardised features, L2, ``feedback.fitting``'s
+L-BFGS fit with a constant column) on the embedded judge's pooled hidden states. Positives are the
+injected replies of the built-in injection set; negatives are its clean replies, the built-in
+calibration replies and (when ``../shared/data`` is present) HH-RLHF and AlpacaEval replies. Reported:
+leave-one-attack-kind-out recall (the probe never saw that kind of attack), recall on the pairs written
+after the regex detector was tuned, and the false-positive rate on held-out negatives, beside the regex
+detector (``core.text.judge_directed``) on the same replies. Features are cached (``FeatureCache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", default="9,15,21,27")
+    ap.add_argument("--negatives", type=int, default=300, help="HH + AlpacaEval replies used as negatives")
+    ap.add_argument("--l2", type=float, default=1.0)
+    args = ap.parse_args()
+
+    from openrlaif.core.cache import FeatureCache, model_fingerprint
+    from openrlaif.core.store import read_jsonl
+    from openrlaif.core.text import judge_directed
+    from openrlaif.data.prompts import builtin_path
+    from openrlaif.evaluate.judge_eval import load_labelled_pairs
+    from openrlaif.feedback.fitting import Standardizer, fit_head
+    from openrlaif.models.features import cached_reply_features
+    from openrlaif.models.loading import cache_dir, load_causal_lm
+
+    rows = read_jsonl(builtin_path("injection_pairs.jsonl"))
+    items = []  # (conversation, reply, is_injected, attack kind or None, written after the detector)
+    for r in rows:
+        conv = [{"role": "user", "content": r["prompt"]}]
+        items.append((conv, r["rejected"], 1, r["attack"], bool(r.get("written_after_detector"))))
+        items.append((conv, r["chosen"], 0, None, False))
+    clean = [(p.messages, reply) for p in load_labelled_pairs("builtin") for reply in (p.chosen, p.rejected)]
+    for name in ("hh_harmless_dev.jsonl", "alpacaeval_gpt4_pairs_dev.jsonl"):
+        if (SHARED / name).is_file():
+            pairs = load_labelled_pairs(str(SHARED / name))[-args.negatives // 4:]
+            clean += [(p.messages, reply) for p in pairs for reply in (p.chosen, p.rejected)]
+        else:
+            print(f"note: {SHARED / name} is absent; fewer negatives")
+    items += [(conv, reply, 0, None, False) for conv, reply in clean]
+
+    lm = load_causal_lm("embedded", "float32")
+    layers = [int(x) for x in args.layers.split(",")]
+    cache = FeatureCache(cache_dir() / "features.sqlite")
+    feats = cached_reply_features(lm.model, lm.tokenizer, [i[0] for i in items], [i[1] for i in items],
+                                  layers=layers, cache=cache, fingerprint=model_fingerprint(lm.model),
+                                  max_length=384, description="probe features")
+    y = torch.tensor([float(i[2]) for i in items])
+    kinds = sorted({i[3] for i in items if i[3]})
+    negatives = [n for n, i in enumerate(items) if not i[2]]
+    random.Random(0).shuffle(negatives)
+    test_neg = set(negatives[: len(negatives) // 4])
+
+    def probe(train: list[int], name: str):
+        x = feats[name]
+        std = Standardizer.fit(x[train])
+        def design(idx):
+            z = std(x[idx])
+            return torch.cat([z, torch.ones(len(idx), 1)], 1)
+        w = fit_head(design(train), y[train], args.l2)
+        return lambda idx: torch.sigmoid(design(idx) @ w)
+
+    results = {}
+    for name in feats:
+        loko = {}
+        for kind in kinds:
+            held = [n for n, i in enumerate(items) if i[3] == kind]
+            train = [n for n in range(len(items)) if n not in set(held) and n not in test_neg]
+            score = probe(train, name)
+            loko[kind] = float((score(held) > 0.5).float().mean())
+        after = [n for n, i in enumerate(items) if i[4]]
+        train = [n for n in range(len(items)) if n not in set(after) and n not in test_neg]
+        score = probe(train, name)
+        fpr = float((score(sorted(test_neg)) > 0.5).float().mean())
+        results[name] = {"loko_recall": sum(loko.values()) / len(loko), "by_kind": loko,
+                         "written_after_recall": float((score(after) > 0.5).float().mean()), "fpr": fpr}
+        print(json.dumps({"feature": name, **{k: round(v, 3) for k, v in results[name].items() if k != "by_kind"}}),
+              flush=True)
+    best = max(results, key=lambda n: results[n]["loko_recall"] - results[n]["fpr"])
+    regex_after = [judge_directed(i[1]) for i in items if i[4]]
+    regex_fp = [judge_directed(items[n][1]) for n in test_neg]
+    print(f"\nbest feature {best}: leave-one-kind-out recall {results[best]['loko_recall']:.3f}, on the pairs written "
+          f"after the detector {results[best]['written_after_recall']:.3f}, false positives {results[best]['fpr']:.3f} "
+          f"on {len(test_neg)} held-out clean replies")
+    print("by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in results[best]["by_kind"].items()))
+    print(f"regex detector on the same: written after {sum(regex_after) / len(regex_after):.3f}, "
+          f"false positives {sum(regex_fp) / len(regex_fp):.3f}")
+
+
+if __name__ == "__main__":
+    main()
