@@ -1,14 +1,16 @@
 """Can the judge model's hidden states tell a reply that addresses the judge from one that does not?
 
-    .venv/bin/python bench/injection_probe.py [--layers 9,15,21,27] [--negatives 300]
+    .venv/bin/python bench/injection_probe.py [--layers 9,15,21,27] [--negatives 300] [--ship]
 
-A measurement, not a shipped part: a logistic probe (standardised features, L2, ``feedback.fitting``'s
+A logistic probe (standardised features, L2, ``feedback.fitting``'s
 L-BFGS fit with a constant column) on the embedded judge's pooled hidden states. Positives are the
 injected replies of the built-in injection set; negatives are its clean replies, the built-in
 calibration replies and (when ``../shared/data`` is present) HH-RLHF and AlpacaEval replies. Reported:
 leave-one-attack-kind-out recall (the probe never saw that kind of attack), recall on the pairs written
 after the regex detector was tuned, and the false-positive rate on held-out negatives, beside the regex
-detector (``core.text.judge_directed``) on the same replies. Features are cached (``FeatureCache``).
+detector (``core.text.judge_directed``) on the same replies. Features are cached (``FeatureCache``) and
+read on the normalised reply, as the label stage reads it. ``--ship`` then fits the probe on every reply
+with the best feature and writes it beside the shipped heads (``label.injection_probe: builtin``).
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ def main() -> None:
     ap.add_argument("--layers", default="9,15,21,27")
     ap.add_argument("--negatives", type=int, default=300, help="HH + AlpacaEval replies used as negatives")
     ap.add_argument("--l2", type=float, default=1.0)
+    ap.add_argument("--ship", action="store_true", help="write the probe into src/openrlaif/data/heads")
+    ap.add_argument("--max-fpr", type=float, default=0.02, help="threshold: at most this share of training negatives flagged")
     args = ap.parse_args()
 
     from openrlaif.core.cache import FeatureCache, model_fingerprint
     from openrlaif.core.store import read_jsonl
-    from openrlaif.core.text import judge_directed
+    from openrlaif.core.text import judge_directed, normalize_candidate
     from openrlaif.data.prompts import builtin_path
     from openrlaif.evaluate.judge_eval import load_labelled_pairs
     from openrlaif.feedback.fitting import Standardizer, fit_head
@@ -58,7 +62,8 @@ def main() -> None:
     lm = load_causal_lm("embedded", "float32")
     layers = [int(x) for x in args.layers.split(",")]
     cache = FeatureCache(cache_dir() / "features.sqlite")
-    feats = cached_reply_features(lm.model, lm.tokenizer, [i[0] for i in items], [i[1] for i in items],
+    feats = cached_reply_features(lm.model, lm.tokenizer, [i[0] for i in items],
+                                  [normalize_candidate(i[1]) for i in items],
                                   layers=layers, cache=cache, fingerprint=model_fingerprint(lm.model),
                                   max_length=384, description="probe features")
     y = torch.tensor([float(i[2]) for i in items])
@@ -74,7 +79,9 @@ def main() -> None:
             z = std(x[idx])
             return torch.cat([z, torch.ones(len(idx), 1)], 1)
         w = fit_head(design(train), y[train], args.l2)
-        return lambda idx: torch.sigmoid(design(idx) @ w)
+        negs = torch.sigmoid(design([n for n in train if not items[n][2]]) @ w)
+        cut = float(torch.quantile(negs, 1 - args.max_fpr))  # flag only what scores above most clean replies
+        return lambda idx: torch.sigmoid(design(idx) @ w) - cut + 0.5
 
     results = {}
     for name in feats:
@@ -95,12 +102,31 @@ def main() -> None:
     best = max(results, key=lambda n: results[n]["loko_recall"] - results[n]["fpr"])
     regex_after = [judge_directed(i[1]) for i in items if i[4]]
     regex_fp = [judge_directed(items[n][1]) for n in test_neg]
-    print(f"\nbest feature {best}: leave-one-kind-out recall {results[best]['loko_recall']:.3f}, on the pairs written "
+    print(f"\nthreshold: at most {args.max_fpr:.0%} of the training negatives flagged")
+    print(f"best feature {best}: leave-one-kind-out recall {results[best]['loko_recall']:.3f}, on the pairs written "
           f"after the detector {results[best]['written_after_recall']:.3f}, false positives {results[best]['fpr']:.3f} "
           f"on {len(test_neg)} held-out clean replies")
     print("by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in results[best]["by_kind"].items()))
     print(f"regex detector on the same: written after {sum(regex_after) / len(regex_after):.3f}, "
           f"false positives {sum(regex_fp) / len(regex_fp):.3f}")
+    if args.ship:
+        import time
+
+        from openrlaif.feedback.fitted import BUILTIN_HEADS, heads_directory
+        from openrlaif.feedback.injection import fit_probe, save_probe
+
+        x = feats[best]
+        probe = fit_probe(best, x[y == 1], x[y == 0], args.l2, args.max_fpr)
+        r = results[best]
+        probe.card = {"positives": int(y.sum()), "negatives": int((y == 0).sum()), "l2": args.l2,
+                      "max_false_positive": args.max_fpr,
+                      "measured": {"leave_one_kind_out_recall": round(r["loko_recall"], 4),
+                                   "written_after_patterns_recall": round(r["written_after_recall"], 4),
+                                   "heldout_clean_false_positive_rate": round(r["fpr"], 4),
+                                   "by_kind": {k: round(v, 4) for k, v in r["by_kind"].items()}},
+                      "made_by": {"command": "python bench/injection_probe.py --ship", "date": time.strftime("%Y-%m-%d")}}
+        save_probe(heads_directory(BUILTIN_HEADS), probe, model_fingerprint(lm.model))
+        print(f"shipped: {best}, threshold {probe.threshold:.4f} -> {heads_directory(BUILTIN_HEADS)}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from openrlaif.config import load_config
 from openrlaif.data.constitution import load_constitution
 from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
-from openrlaif.feedback.factory import build_judge
+from openrlaif.feedback.factory import build_detector, build_judge
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = [
@@ -80,7 +80,8 @@ def main() -> None:
             pairs = load_labelled_pairs(spec)
             if not spec.startswith("builtin"):
                 pairs = pairs[skip : skip + args.limit]
-            m = evaluate_judge(judge, pairs, constitution, principle, cfg.seed).metrics
+            detector = build_detector(cfg, judge) if any(p.kind for p in pairs) else None
+            m = evaluate_judge(judge, pairs, constitution, principle, cfg.seed, detector).metrics
             rows.append({**m, "set": title, "method": method, "judge_cache_hits": judge.cache.hits if judge.cache else None})
             print(json.dumps(rows[-1]), flush=True)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "

@@ -217,7 +217,7 @@ def judge_eval(
     from openrlaif.core.store import atomic_write_json
     from openrlaif.data.constitution import load_constitution
     from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
-    from openrlaif.feedback.factory import build_judge
+    from openrlaif.feedback.factory import build_detector, build_judge
     from openrlaif.models.loading import set_threads
 
     cfg = load_config(config, overrides or [])
@@ -229,7 +229,8 @@ def judge_eval(
     constitution = load_constitution(cfg.data.constitution)
     set_threads(cfg.model.threads)
     judge, _ = build_judge(cfg, "judge-eval")
-    metrics = evaluate_judge(judge, labelled, constitution, principle, cfg.seed).metrics
+    detector = build_detector(cfg, judge) if any(p.kind for p in labelled) else None
+    metrics = evaluate_judge(judge, labelled, constitution, principle, cfg.seed, detector).metrics
     metrics["pairs"] = pairs
     metrics["principle"] = principle
     table = Table(title=f"judge {metrics['judge']} · {metrics['method']} · {pairs}")

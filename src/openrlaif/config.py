@@ -153,6 +153,11 @@ class LabelConfig(_Strict):
         None, description="With label.refit_from_audit: labelled pairs (the judge-eval formats) fitted together with "
         "the verdicts, e.g. the pairs your current heads were fitted on."
     )
+    injection_probe: str | None = Field(
+        "builtin", description="A learned detector of replies that address the judge, read on the judge model's hidden "
+        "states beside the patterns: a head directory holding one, or 'builtin' (shipped for the embedded judge; "
+        "used only when the judge is that model); null = the patterns alone. Figures in docs/feedback.md."
+    )
     on_judge_directed: Literal["audit", "penalize", "drop", "keep"] = Field(
         "audit",
         description="A candidate that addresses the judge (instructions to it, fake verdicts or role tags, after "

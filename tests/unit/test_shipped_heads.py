@@ -15,3 +15,14 @@ def test_the_shipped_heads_load_with_their_cards_and_held_out_figures():
             assert figures["n"] >= 100 and 0 <= figures["agreement"] <= 1 and "never fitted on" in figures["pairs"]
     assert "bench/ship_heads.py" in card["made_by"]["command"]
     assert sum(f.stat().st_size for f in heads_directory(BUILTIN_HEADS).iterdir()) < 64_000  # a few KB
+
+
+def test_the_shipped_injection_probe_loads_with_its_figures():
+    from openrlaif.feedback.injection import load_probe
+
+    probe = load_probe(heads_directory(BUILTIN_HEADS))
+    assert probe is not None and probe.w.shape == (577,) and 0.5 <= probe.threshold < 1
+    measured = probe.card["measured"]  # bench/injection_probe.py: kinds and pairs the probe never saw
+    assert set(measured) >= {"leave_one_kind_out_recall", "written_after_patterns_recall",
+                             "heldout_clean_false_positive_rate"}
+    assert probe.card["judge_fingerprint"] == load_heads(BUILTIN_HEADS)[0]["judge_fingerprint"]

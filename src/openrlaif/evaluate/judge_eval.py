@@ -226,11 +226,12 @@ class JudgeEvalResult:
 
 
 def evaluate_judge(judge, pairs: list[LabelledPair], constitution, principle: str | None = None,
-                   seed: int = 0) -> JudgeEvalResult:
+                   seed: int = 0, detector=None) -> JudgeEvalResult:
     """Judge every pair (each side shown first in a random, seeded half) and score against the labels.
 
     The principle of a pair is ``principle`` if given, else the pair's own, else one drawn from the
-    constitution with a seeded generator.
+    constitution with a seeded generator. On an injection set, ``detector`` (a ``ProbeDetector``) joins the
+    patterns in deciding which injected replies the defence catches.
     """
     by_id = {p.id: p for p in constitution.principles}
     if principle is not None and principle not in by_id:
@@ -273,9 +274,13 @@ def evaluate_judge(judge, pairs: list[LabelledPair], constitution, principle: st
     if usage is not None:
         metrics["api"] = usage
     if any(p.kind for p in pairs):  # an injection set: how often the injected (rejected) reply wins
+        detected = [judge_directed(p.rejected) for p in pairs]
+        if detector is not None:  # the learned probe too (feedback.injection.ProbeDetector)
+            probed = detector.flags([p.messages for p in pairs], [p.rejected for p in pairs])
+            detected = [a or b for a, b in zip(detected, probed)]
         metrics["injection"] = injection_profile([p.kind for p in pairs], labels,
-                                                 [(v.score_ab, v.score_ba) for v in verdicts],
-                                                 [judge_directed(p.rejected) for p in pairs])
+                                                 [(v.score_ab, v.score_ba) for v in verdicts], detected)
+        metrics["injection"]["detector"] = "patterns + probe" if detector is not None else "patterns"
     if hasattr(judge, "take_usage"):  # fitted heads: which heads judged these pairs, and their card figures
         metrics["heads"] = judge.take_usage()
     # Score-based judges expose their score difference: report the best temperature for calibration.

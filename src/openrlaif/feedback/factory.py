@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openrlaif.config import FEEDBACK_METHODS, RunConfig
+from openrlaif.core.cache import model_fingerprint
 from openrlaif.core.errors import UserError
 from openrlaif.feedback.judges import LocalJudge
 from openrlaif.models.loading import load_causal_lm
@@ -182,3 +183,35 @@ def api_judge(cfg: RunConfig, cache, description: str):
             cache=cache, seed=cfg.seed, description=description)
 
     return make
+
+
+def build_detector(cfg: RunConfig, judge):
+    """The learned judge-directed detector (``feedback.injection.ProbeDetector``) that label.injection_probe
+    names, on the judge's own model; None when it is off, or when 'builtin' does not fit this judge (then
+    the patterns alone decide, and a note says so)."""
+    from openrlaif.core.progress import console
+    from openrlaif.feedback.fitted import BUILTIN_HEADS, heads_directory
+    from openrlaif.feedback.injection import ProbeDetector, load_probe
+
+    spec = cfg.label.injection_probe
+    if spec is None:
+        return None
+    holder = next((j for j in [judge, *getattr(judge, "members", [])] if getattr(j, "tokenizer", None) is not None
+                   and getattr(j, "model", None) is not None and not isinstance(j.model, str)), None)
+    probe = load_probe(heads_directory(spec))
+    if probe is None:
+        if spec == BUILTIN_HEADS:
+            return None
+        raise UserError(f"label.injection_probe: {spec} holds no injection probe ({heads_directory(spec)}/heads.json has "
+                        "no 'injection_probe'); fit one with bench/injection_probe.py --ship-to DIR or set it to null")
+    if holder is None:
+        console.print("label.injection_probe: this judge has no local model to read; judge-directed replies are "
+                      "found by the patterns alone")
+        return None
+    if spec == BUILTIN_HEADS and probe.card.get("judge_fingerprint") != model_fingerprint(holder.model):
+        console.print("label.injection_probe: the shipped probe was fitted on the embedded judge, not this one; "
+                      "judge-directed replies are found by the patterns alone")
+        return None
+    return ProbeDetector(holder.model, holder.tokenizer, probe, batch_size=cfg.label.batch_size,
+                         max_length=cfg.feedback.max_length)
+

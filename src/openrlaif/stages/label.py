@@ -19,7 +19,7 @@ from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl, read_jsonl
 from openrlaif.core.text import judge_directed
 from openrlaif.feedback.api import usage_json
-from openrlaif.feedback.factory import build_judge, open_cache
+from openrlaif.feedback.factory import build_detector, build_judge, open_cache
 from openrlaif.feedback.scoring import position_stats
 from openrlaif.feedback.types import Comparison
 
@@ -154,7 +154,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         return construction_run(cfg, store, k, rows, constitution)
     # 2. One comparison per pair of distinct candidates, each with its own sampled principle
     #    (one principle per prompt for methods that score each candidate alone, so each is scored once).
-    #    A candidate that addresses the judge (read after Unicode normalisation) is left out under 'drop'.
+    #    Which candidates address the judge (by the patterns, read after Unicode normalisation; the probe in 3b).
     per_prompt = FEEDBACK_METHODS[cfg.feedback.method].one_principle_per_prompt
     policy = cfg.label.on_judge_directed
     directed = {(r, c): judge_directed(text)
@@ -166,8 +166,6 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         for i, j in combinations(range(len(cands)), 2):
             if not cands[i].strip() or not cands[j].strip() or cands[i].strip() == cands[j].strip():
                 continue
-            if policy == "drop" and (directed[(r, i)] or directed[(r, j)]):
-                continue
             rng = random.Random(comparison_seed(cfg.seed, k, row["prompt_id"], i, j, per_prompt))
             items.append(Comparison(row["prompt"], cands[i], cands[j], constitution.sample(rng), row["messages"]))
             keys.append((r, i, j))
@@ -176,6 +174,19 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     set_threads(cfg.model.threads)
     refit = refit_from_audit(cfg, store, k) if cfg.label.refit_from_audit and k > 1 else None
     judge, judge_name = build_judge(refit["config"] if refit else cfg, "label", store.root)
+    # 3b. Candidates that address the judge: the patterns, and the learned probe on the judge's model
+    #     ('drop' leaves them out of judging).
+    detector = build_detector(cfg, judge)
+    probe_flagged = None
+    if detector is not None:
+        flat = [(r, c) for r, row in enumerate(rows) for c in range(len(row["candidates"]))]
+        flags = detector.flags([rows[r]["messages"] for r, _ in flat], [rows[r]["candidates"][c] for r, c in flat])
+        probe_flagged = sum(f and not directed[key] for key, f in zip(flat, flags))
+        for key, f in zip(flat, flags):
+            directed[key] = directed[key] or f
+    if policy == "drop":
+        kept = [n for n, (r, i, j) in enumerate(keys) if not (directed[(r, i)] or directed[(r, j)])]
+        items, keys = [items[n] for n in kept], [keys[n] for n in kept]
     gate = judge_gate(cfg, judge, constitution)
     if judge.cache is not None:
         judge.cache.hits = judge.cache.misses = 0  # count the labelling itself below
@@ -243,6 +254,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "api": usage_json(judge),
         "unscored_errors": dict(Counter(v.error for v in verdicts if v.p_first is None and v.error)),
         "judge_directed": {"policy": policy, "candidates": sum(directed.values()),
+                           "detector": "patterns + probe" if probe_flagged is not None else "patterns",
+                           "probe_only": probe_flagged,
                            "pairs": sum(p["judge_directed"] for p in prefs), "held_for_review": held,
                            "penalized_comparisons": penalized},
         "heads": judge.take_usage() if hasattr(judge, "take_usage") else None,
