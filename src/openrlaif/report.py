@@ -127,7 +127,7 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
             figures = "; ".join(
                 f"{key} ({h['feature']}, {h['pairs']} pairs, CV {_fmt(h['cv_agreement'])}"
                 + "".join(f", held out on {name} {_fmt(a)}" for name, a in (h.get("heldout") or {}).items()) + ")"
-                for key, h in heads["heads"].items())
+                for key, h in heads["heads"].items() if key in heads["comparisons"])
             lines += ["", f"Fitted preference heads `{heads['directory']}` judged these comparisons ({used}). "
                       f"Their cards: {figures}. Agreement figures are against the labels each head was fitted "
                       "for (people's or GPT-4's), on pairs the head never saw."]
