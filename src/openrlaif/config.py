@@ -588,6 +588,19 @@ class RunConfig(_Strict):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @model_validator(mode="after")
+    def _builtin_heads_fit_the_embedded_judge(self):
+        fb = self.feedback
+        uses = fb.method == "fitted" or (fb.method == "ensemble" and "fitted" in fb.members)
+        judge = self.model.judge or self.model.policy
+        if uses and fb.heads == "builtin" and fb.api is None and (
+                judge != "embedded" or self.model.dtype != "float32" or self.model.judge_quantize != "none"):
+            raise ValueError(
+                f"feedback.heads: the 'builtin' heads were fitted on the embedded judge in float32, not on "
+                f"{judge} ({self.model.dtype}, quantize {self.model.judge_quantize}); set feedback.method=contrastive "
+                "(or another method), or fit heads for this judge with `rlaif fit-judge -o DIR` and set feedback.heads=DIR")
+        return self
+
 
 # ---------------------------------------------------------------------------------------------
 # Loading, overrides, error messages
@@ -637,6 +650,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         known = ", ".join(where.model_fields) if where is not None else ""
         hint = f"; known keys{' in ' + section if section else ''}: {known}" if known else ""
         msg = f"{source}: unknown config key '{field}'{hint}"
+    elif kind == "value_error" and isinstance(first.get("input"), dict):
+        # a check across a section's (or the whole config's) fields: its message names the fields and the fix
+        msg = f"{source}: {first['msg'].removeprefix('Value error, ')}"
     else:
         got = first.get("input")
         msg = f"{source}: field '{field}': {first['msg']} (got {got!r}); fix the value in the config or override"

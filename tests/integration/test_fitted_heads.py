@@ -171,6 +171,12 @@ def test_bad_fit_judge_input_is_one_line_and_writes_nothing(tmp_path, tiny_model
     assert not any((tmp_path / f"h{i}").exists() for i in (1, 2, 3))
     assert_user_error(rlaif("run", "-o", tmp_path / "r", "feedback.method=fitted", model), "feedback.heads")
     assert not (tmp_path / "r").exists()
+    # the demo's config with another policy: the shipped heads fit only the embedded judge
+    from conftest import REPO_ROOT
+
+    assert_user_error(rlaif("run", "-c", REPO_ROOT / "configs" / "default.yaml", "-o", tmp_path / "r2", model),
+                      "'builtin' heads", "feedback.method=contrastive")
+    assert not (tmp_path / "r2").exists()
 
 
 def test_fit_judge_from_the_audit_desks_verdicts(tmp_path, tiny_model_dir):
