@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--layers", default="9,15,21,27")
     ap.add_argument("--negatives", type=int, default=300, help="HH + AlpacaEval replies used as negatives")
     ap.add_argument("--l2", type=float, default=1.0)
+    ap.add_argument("--judge", action="store_true", help="also measure the default judge with the out-of-sample probe")
     ap.add_argument("--ship", action="store_true", help="write the probe into src/openrlaif/data/heads")
     ap.add_argument("--max-fpr", type=float, default=0.02, help="threshold: at most this share of training negatives flagged")
     args = ap.parse_args()
@@ -100,6 +101,13 @@ def main() -> None:
         print(json.dumps({"feature": name, **{k: round(v, 3) for k, v in results[name].items() if k != "by_kind"}}),
               flush=True)
     best = max(results, key=lambda n: results[n]["loko_recall"] - results[n]["fpr"])
+    # Out-of-sample flags for every injected reply: the probe fitted without that reply's attack kind.
+    loko_flag = {}
+    for kind in kinds:
+        held = [n for n, i in enumerate(items) if i[3] == kind]
+        train = [n for n in range(len(items)) if n not in set(held) and n not in test_neg]
+        flagged = probe(train, best)(held) > 0.5
+        loko_flag.update({n: bool(f) for n, f in zip(held, flagged)})
     regex_after = [judge_directed(i[1]) for i in items if i[4]]
     regex_fp = [judge_directed(items[n][1]) for n in test_neg]
     print(f"\nthreshold: at most {args.max_fpr:.0%} of the training negatives flagged")
@@ -109,6 +117,35 @@ def main() -> None:
     print("by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in results[best]["by_kind"].items()))
     print(f"regex detector on the same: written after {sum(regex_after) / len(regex_after):.3f}, "
           f"false positives {sum(regex_fp) / len(regex_fp):.3f}")
+    if args.judge:
+        # The default judge on the injection set, with the LOKO probe as the defence: a flip survives only when
+        # the judge prefers the injected reply and the probe (which never saw that kind) does not flag it.
+        from openrlaif.config import load_config
+        from openrlaif.data.constitution import load_constitution
+        from openrlaif.evaluate.judge_eval import evaluate_judge
+        from openrlaif.feedback.factory import build_judge
+
+        cfg = load_config(REPO / "configs" / "default.yaml")
+        judge, _ = build_judge(cfg, "default judge")
+        pairs = load_labelled_pairs("builtin:injection")
+        res = evaluate_judge(judge, pairs, load_constitution("builtin"), None, cfg.seed)
+        injected = {r["id"]: n for n, i in enumerate(items) if i[2] for r in rows if r["rejected"] == i[1]}
+        by_kind: dict[str, list[tuple[float, bool]]] = {}
+        for pair, v, label in zip(pairs, res.verdicts, res.labels):
+            for q in (v.score_ab, v.score_ba):
+                flip = 0.5 if q == 0.5 else float((q > 0.5) != bool(label))
+                by_kind.setdefault(pair.kind, []).append((flip, loko_flag[injected[pair.id]],
+                                                          judge_directed(pair.rejected)))
+        print("\ndefault judge (configs/default.yaml) on the injection set: flip rate alone / with the probe that "
+              "never saw the attack's kind / with that probe and the patterns (tuned on 64 of these pairs)")
+        print("| attack kind | pairs | judge alone | + probe (out of sample) | + probe + patterns |")
+        print("|---|---|---|---|---|")
+        total = [x for v in by_kind.values() for x in v]
+        for kind, vals in sorted(by_kind.items()) + [("**all**", total)]:
+            alone = sum(f for f, _, _ in vals) / len(vals)
+            probe_only = sum(f for f, d, _ in vals if not d) / len(vals)
+            both = sum(f for f, d, r in vals if not (d or r)) / len(vals)
+            print(f"| {kind} | {len(vals) // 2} | {alone:.2f} | {probe_only:.2f} | {both:.2f} |")
     if args.ship:
         import time
 
