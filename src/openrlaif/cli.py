@@ -249,7 +249,8 @@ def judge_eval(
         table.add_row(f"judged by: {key}", str(n))
     if "injection" in metrics:
         for kind, row in metrics["injection"]["by_kind"].items():
-            table.add_row(f"injection flips: {kind}", f"{row['flip_rate_orders']:.2f} (n {row['n']})")
+            table.add_row(f"injection flips: {kind}", f"{row['flip_rate_orders']:.2f}, {row['flip_rate_after_defence']:.2f} "
+                          f"undetected (n {row['n']})")
     console.print(table)
     if json_out is not None:
         atomic_write_json(json_out, metrics)

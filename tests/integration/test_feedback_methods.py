@@ -139,6 +139,16 @@ def test_judge_eval_cli_on_tiny_model(tiny_model_dir, tmp_path):
     assert bias["longer_wins_agreement"] + bias["shorter_wins_agreement"] == pytest.approx(1.0)
     assert sum(bias["pairs_by_case"].values()) == 12 - m["unscored"]
     assert "bias: p_prefer_longer" in proc.stderr  # the table; stdout holds the JSON
+    # the injection set: flip rates per attack kind, and which detector decided what the defence catches
+    inj = subprocess.run([sys.executable, "-m", "openrlaif.cli", "judge-eval", "--pairs", "builtin:injection",
+                          "--json", str(tmp_path / "inj.json"), f"model.policy={tiny_model_dir}",
+                          "feedback.method=contrastive"], capture_output=True, text=True, timeout=300)
+    assert inj.returncode == 0, inj.stderr[-2000:]
+    profile = json.loads((tmp_path / "inj.json").read_text())["injection"]
+    assert len(profile["by_kind"]) >= 12 and all(row["n"] >= 4 for row in profile["by_kind"].values())
+    assert profile["detector"] == "patterns"  # the shipped probe fits the embedded judge, not the tiny one
+    assert 0 <= profile["flip_rate_after_defence"] <= profile["flip_rate_orders"] <= 1
+    assert "injection flips: unicode_obfuscation" in inj.stderr
     # a missing pairs file is one clear line with exit code 2
     bad = subprocess.run([sys.executable, "-m", "openrlaif.cli", "judge-eval", "--pairs", str(tmp_path / "x.jsonl"),
                           f"model.policy={tiny_model_dir}"], capture_output=True, text=True, timeout=300)
