@@ -58,6 +58,14 @@ def model_fingerprint(model, name: str = "") -> str:
     return fingerprint
 
 
+def select_many(conn: sqlite3.Connection, table: str, keys: list[str]):
+    """(key, value) rows of ``table`` for the distinct ``keys``, 500 at a time (SQLite's variable limit)."""
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        yield from conn.execute(f"SELECT key, value FROM {table} WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+
+
 class JudgeCache:
     """Key -> JSON value store in one SQLite file (safe to share between runs of the same judge)."""
 
@@ -73,13 +81,7 @@ class JudgeCache:
         self.misses = 0
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, value in self.conn.execute(f"SELECT key, value FROM judged WHERE key IN ({marks})", chunk):
-                found[key] = json.loads(value)
+        found = {key: json.loads(value) for key, value in select_many(self.conn, "judged", keys)}
         self.hits += sum(k in found for k in keys)
         self.misses += sum(k not in found for k in keys)
         return found
@@ -115,13 +117,7 @@ class FeatureCache:
         """{key: 1-d float32 numpy array} for the keys stored."""
         import numpy as np
 
-        found = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, value in self.conn.execute(f"SELECT key, value FROM features WHERE key IN ({marks})", chunk):
-                found[key] = np.frombuffer(value, dtype=np.float32)
+        found = {key: np.frombuffer(value, dtype=np.float32) for key, value in select_many(self.conn, "features", keys)}
         self.hits += sum(k in found for k in keys)
         self.misses += sum(k not in found for k in keys)
         return found

@@ -159,10 +159,11 @@ class FittedJudge:
         """Score of each (head key, conversation, reply), cached by head and token ids."""
         from openrlaif.models.logprobs import encode_response
 
+        seqs = [encode_response(self.tokenizer, conv, normalize_candidate(reply), self.max_length)
+                for _, conv, reply in units]
         fingerprint = model_fingerprint(self.model, self.name) if self.cache is not None else ""
-        keys = ([cache_key(fingerprint, self.method, self.heads[k].digest(),
-                           encode_response(self.tokenizer, conv, normalize_candidate(reply), self.max_length).input_ids)
-                 for k, conv, reply in units] if self.cache is not None else [""] * len(units))
+        keys = ([cache_key(fingerprint, self.method, self.heads[k].digest(), s.input_ids)
+                 for (k, _, _), s in zip(units, seqs)] if self.cache is not None else [""] * len(units))
 
         def compute(missing: list[int], on_batch) -> None:
             by_feature: dict[str, list[int]] = {}
@@ -171,9 +172,9 @@ class FittedJudge:
             for feature, idx in by_feature.items():
                 layer, pooling = parse_feature_name(feature)
                 feats = reply_features(self.model, self.tokenizer, [units[i][1] for i in idx],
-                                       [normalize_candidate(units[i][2]) for i in idx], layers=[layer], poolings=(pooling,),
+                                       [units[i][2] for i in idx], layers=[layer], poolings=(pooling,),
                                        batch_size=self.batch_size, max_length=self.max_length,
-                                       description=self.description)[feature]
+                                       description=self.description, encoded=[seqs[i] for i in idx])[feature]
                 done = {}
                 for row, i in enumerate(idx):
                     done[i] = float(self.heads[units[i][0]].score(feats[row : row + 1])[0])

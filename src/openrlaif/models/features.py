@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from openrlaif.core.cache import cache_key
 from openrlaif.core.progress import advance, bar
 from openrlaif.models.logprobs import collate, encode_response
 
@@ -33,13 +34,15 @@ def parse_feature_name(name: str) -> tuple[int, str]:
 
 def reply_features(model, tokenizer, conversations: list[list[dict]], replies: list[str], *, layers: list[int],
                    poolings: tuple[str, ...] = POOLINGS, batch_size: int = 8, max_length: int = 384,
-                   description: str = "features") -> dict[str, torch.Tensor]:
-    """Pooled hidden states of each (conversation, reply) at ``layers``; see the module docstring."""
+                   description: str = "features", encoded: list | None = None) -> dict[str, torch.Tensor]:
+    """Pooled hidden states of each (conversation, reply) at ``layers``; see the module docstring.
+    ``encoded``: the ``encode_response`` sequences of these pairs when the caller already has them."""
     n_layers = model.config.num_hidden_layers
     bad = [i for i in layers if not 0 <= i <= n_layers]
     if bad:
         raise ValueError(f"layers {bad} are outside 0..{n_layers} for this model")
-    seqs = [encode_response(tokenizer, conv, reply, max_length) for conv, reply in zip(conversations, replies)]
+    seqs = encoded if encoded is not None else [encode_response(tokenizer, conv, reply, max_length)
+                                                for conv, reply in zip(conversations, replies)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = {feature_name(i, p): torch.zeros(len(seqs), model.config.hidden_size) for i in layers for p in poolings}
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
@@ -67,20 +70,19 @@ def cached_reply_features(model, tokenizer, conversations: list[list[dict]], rep
                           description: str = "features") -> dict[str, torch.Tensor]:
     """``reply_features`` through a ``core.cache.FeatureCache``: a reply whose features at these layers were
     computed before (same model fingerprint, same token ids) is read back, only the rest run the model."""
-    import hashlib
-
     names = [feature_name(i, p) for i in layers for p in POOLINGS]
     if cache is None:
         return reply_features(model, tokenizer, conversations, replies, layers=layers, batch_size=batch_size,
                               max_length=max_length, description=description)
-    ids = [encode_response(tokenizer, conv, reply, max_length).input_ids for conv, reply in zip(conversations, replies)]
-    base = [hashlib.sha256(f"{fingerprint}|{max_length}|{list(t)}".encode()).hexdigest()[:32] for t in ids]
+    seqs = [encode_response(tokenizer, conv, reply, max_length) for conv, reply in zip(conversations, replies)]
+    base = [cache_key(fingerprint, "reply-features", max_length, s.input_ids) for s in seqs]
     found = cache.get_many([f"{b}|{n}" for b in base for n in names])
     missing = [i for i, b in enumerate(base) if any(f"{b}|{n}" not in found for n in names)]
     out = {n: torch.zeros(len(replies), model.config.hidden_size) for n in names}
     if missing:
         fresh = reply_features(model, tokenizer, [conversations[i] for i in missing], [replies[i] for i in missing],
-                               layers=layers, batch_size=batch_size, max_length=max_length, description=description)
+                               layers=layers, batch_size=batch_size, max_length=max_length, description=description,
+                               encoded=[seqs[i] for i in missing])
         cache.put_many({f"{base[i]}|{n}": fresh[n][row] for row, i in enumerate(missing) for n in names})
         for n in names:
             out[n][missing] = fresh[n]
