@@ -129,7 +129,7 @@ def main() -> None:
         judge, _ = build_judge(cfg, "default judge")
         pairs = load_labelled_pairs("builtin:injection")
         res = evaluate_judge(judge, pairs, load_constitution("builtin"), None, cfg.seed)
-        injected = {r["id"]: n for n, i in enumerate(items) if i[2] for r in rows if r["rejected"] == i[1]}
+        injected = {r["id"]: 2 * j for j, r in enumerate(rows)}  # items hold each row's injected reply, then its clean one
         by_kind: dict[str, list[tuple[float, bool]]] = {}
         for pair, v, label in zip(pairs, res.verdicts, res.labels):
             for q in (v.score_ab, v.score_ba):

@@ -312,10 +312,14 @@ class FeedbackConfig(_Strict):
         "a file path to share one cache between runs, or null to turn it off.",
     )
 
+    @property
+    def uses_fitted(self) -> bool:
+        """True when the fitted heads judge (as the method or an ensemble member)."""
+        return self.method == "fitted" or (self.method == "ensemble" and "fitted" in self.members)
+
     @model_validator(mode="after")
     def _fitted_needs_heads(self):
-        uses = self.method == "fitted" or (self.method == "ensemble" and "fitted" in self.members)
-        if uses and not self.heads:
+        if self.uses_fitted and not self.heads:
             raise ValueError("feedback.heads: required with feedback.method=fitted; fit heads with "
                              "`rlaif fit-judge --pairs FILE -o DIR` and give DIR")
         if self.fallback == "fitted":
@@ -591,9 +595,8 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _builtin_heads_fit_the_embedded_judge(self):
         fb = self.feedback
-        uses = fb.method == "fitted" or (fb.method == "ensemble" and "fitted" in fb.members)
         judge = self.model.judge or self.model.policy
-        if uses and fb.heads == "builtin" and fb.api is None and (
+        if fb.uses_fitted and fb.heads == "builtin" and fb.api is None and (
                 judge != "embedded" or self.model.dtype != "float32" or self.model.judge_quantize != "none"):
             raise ValueError(
                 f"feedback.heads: the 'builtin' heads were fitted on the embedded judge in float32, not on "

@@ -133,8 +133,9 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
                       "for (people's or GPT-4's), on pairs the head never saw."]
         directed = js.get("judge_directed")
         if directed and directed.get("candidates"):
-            lines += ["", f"{directed['candidates']} candidate(s) addressed the judge "
-                      f"(label.on_judge_directed={directed['policy']}): {directed['pairs']} pair(s) carry one, "
+            lines += ["", f"{directed['candidates']} candidate(s) were flagged as addressing the judge by the "
+                      f"{directed.get('detector', 'patterns')} (a rule check, not a verdict; label.on_judge_directed="
+                      f"{directed['policy']}): {directed['pairs']} pair(s) carry one, "
                       f"{directed['held_for_review']} held out of training until reviewed, "
                       f"{directed['penalized_comparisons']} comparison(s) penalised."]
         api = js.get("api")

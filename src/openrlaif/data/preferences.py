@@ -45,10 +45,13 @@ def training_pairs(store: RunStore, k: int, minimum: int = 1, cfg: RunConfig | N
         console.print(f"human verdicts from audit.sqlite: {counts['agree']} confirmed, {counts['flip']} flipped, "
                       f"{counts['flag']} flagged pairs dropped")
     # Pairs whose chosen reply addresses the judge wait for a person (label.on_judge_directed=audit).
-    waiting = [r for r in rows if r.get("held_for_review") and r.get("source") != "human"]
+    def waits(row: dict) -> bool:
+        return bool(row.get("held_for_review")) and row.get("source") != "human"
+
+    waiting = [r for r in rows if waits(r)]
     counts["held_for_review"] = len(waiting)
     if waiting:
-        rows = [r for r in rows if not (r.get("held_for_review") and r.get("source") != "human")]
+        rows = [r for r in rows if not waits(r)]
         console.print(f"{len(waiting)} pair(s) whose chosen reply addresses the judge are held out of training until "
                       f"reviewed: `rlaif audit {store.root}`")
     if len(rows) < minimum:

@@ -202,8 +202,8 @@ def build_detector(cfg: RunConfig, judge):
     if probe is None:
         if spec == BUILTIN_HEADS:
             return None
-        raise UserError(f"label.injection_probe: {spec} holds no injection probe ({heads_directory(spec)}/heads.json has "
-                        "no 'injection_probe'); fit one with bench/injection_probe.py --ship-to DIR or set it to null")
+        raise UserError(f"label.injection_probe: {heads_directory(spec)}/heads.json has no 'injection_probe'; use "
+                        "'builtin' (the probe shipped for the embedded judge, bench/injection_probe.py --ship) or null")
     if holder is None:
         console.print("label.injection_probe: this judge has no local model to read; judge-directed replies are "
                       "found by the patterns alone")

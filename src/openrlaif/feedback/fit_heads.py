@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
+from openrlaif.audit.db import AuditDB, apply_human_verdicts
 from openrlaif.config import RunConfig
 from openrlaif.core.cache import FeatureCache, model_fingerprint
 from openrlaif.core.errors import UserError
 from openrlaif.core.progress import console
-from openrlaif.core.store import RunStore, sha256_text
+from openrlaif.core.store import RunStore, read_jsonl, sha256_text
 from openrlaif.core.text import normalize_candidate
 from openrlaif.data.constitution import load_constitution
+from openrlaif.data.preferences import text_of
 from openrlaif.evaluate.judge_eval import (LabelledPair, evaluate_judge, expected_calibration_error,
                                            load_labelled_pairs)
 from openrlaif.feedback.fitted import ANY_PRINCIPLE, FittedJudge, Head, save_heads
@@ -67,10 +69,6 @@ def audit_pairs(run_dir: str | Path, fit_random_slice: bool = False) -> AuditPai
     """The pairs people settled at a run's audit desk: every round's AI pairs with a verdict, 'agree' as
     labelled, 'flip' swapped, 'flag' dropped (``audit.db.apply_human_verdicts``). The uniform random slice
     is held out of the fit (unless ``fit_random_slice``) so that it can measure the refitted judge."""
-    from openrlaif.audit.db import AuditDB, apply_human_verdicts
-    from openrlaif.core.store import RunStore, read_jsonl
-    from openrlaif.data.preferences import text_of
-
     store = RunStore(run_dir)
     db_path = store.root / "audit.sqlite"
     if not db_path.is_file():
@@ -195,7 +193,7 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
                                   fingerprint=model_fingerprint(loaded.model), batch_size=cfg.label.batch_size,
                                   max_length=cfg.feedback.max_length, description="fit-judge: features")
     if cache is not None:
-        console.print(f"fit-judge: features of {len(keys)} replies, {cache.hits // (2 * len(layers))} read from "
+        console.print(f"fit-judge: features of {len(keys)} replies, {cache.hits // (len(POOLINGS) * len(layers))} read from "
                       f"{cache.path}")
         cache.close()
     ci = torch.tensor([units[(json.dumps(p.messages), normalize_candidate(p.chosen))] for p in pairs])
@@ -238,7 +236,8 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
     return results
 
 
-def audit_check(loaded, heads: list[Head], audit: AuditPairs, cfg: RunConfig, run_dir, in_sample: bool) -> dict:
+def audit_check(loaded, heads: list[Head], audit: AuditPairs, cfg: RunConfig, run_dir,
+                in_sample: bool) -> dict | None:
     """Agreement with people on the audit's random slice: the run's AI labels (before) and the new heads
     (after), on the slice pairs whose principle has a head."""
     judge = FittedJudge(loaded.model, loaded.tokenizer, {h.principle: h for h in heads},

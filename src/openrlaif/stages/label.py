@@ -97,7 +97,7 @@ def refit_from_audit(cfg: RunConfig, store: RunStore, k: int) -> dict | None:
     out = store.path("heads", k)
     results = fit_judge(cfg, cfg.label.refit_pairs, out, from_audit=store.root, force=True, seed=cfg.seed)
     fb = cfg.feedback
-    fallback = fb.fallback if fb.method == "fitted" else fb.method if fb.method in JUDGE_METHODS and fb.method != "fitted" else None
+    fallback = fb.fallback if fb.method == "fitted" else (fb.method if fb.method in JUDGE_METHODS else None)
     new_fb = fb.model_copy(update={"method": "fitted", "heads": str(out), "any_head": True, "fallback": fallback})
     return {"config": cfg.model_copy(update={"feedback": new_fb}), "heads": str(out),
             "audit_pairs": len(people), "heads_fitted": {r.principle: round(r.cv_agreement, 4) for r in results}}
@@ -179,7 +179,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     detector = build_detector(cfg, judge)
     probe_flagged = None
     if detector is not None:
-        flat = [(r, c) for r, row in enumerate(rows) for c in range(len(row["candidates"]))]
+        flat = [(r, c) for r, row in enumerate(rows) for c, text in enumerate(row["candidates"]) if text.strip()]
         flags = detector.flags([rows[r]["messages"] for r, _ in flat], [rows[r]["candidates"][c] for r, c in flat])
         probe_flagged = sum(f and not directed[key] for key, f in zip(flat, flags))
         for key, f in zip(flat, flags):
