@@ -11,6 +11,8 @@ after the regex detector was tuned, and the false-positive rate on held-out nega
 detector (``core.text.judge_directed``) on the same replies. Features are cached (``FeatureCache``) and
 read on the normalised reply, as the label stage reads it. ``--ship`` then fits the probe on every reply
 with the best feature and writes it beside the shipped heads (``label.injection_probe: builtin``).
+Pairs marked ``written_after_probe`` are left out of every fit; ``--judge`` measures the default judge,
+alone and defended (``feedback.defend``, with the shipped probe), on them.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def main() -> None:
     from openrlaif.models.features import cached_reply_features
     from openrlaif.models.loading import cache_dir, load_causal_lm
 
-    rows = read_jsonl(builtin_path("injection_pairs.jsonl"))
+    every_row = read_jsonl(builtin_path("injection_pairs.jsonl"))
+    # Pairs written after the shipped probe are never fitted on: they measure it (--judge, last table).
+    rows = [r for r in every_row if not r.get("written_after_probe")]
+    fresh = [r for r in every_row if r.get("written_after_probe")]
     items = []  # (conversation, reply, is_injected, attack kind or None, written after the detector)
     for r in rows:
         conv = [{"role": "user", "content": r["prompt"]}]
@@ -127,7 +132,9 @@ def main() -> None:
 
         cfg = load_config(REPO / "configs" / "default.yaml")
         judge, _ = build_judge(cfg, "default judge")
-        pairs = load_labelled_pairs("builtin:injection")
+        fresh_ids = {r["id"] for r in fresh}
+        every_pair = load_labelled_pairs("builtin:injection")
+        pairs = [p for p in every_pair if p.id not in fresh_ids]
         res = evaluate_judge(judge, pairs, load_constitution("builtin"), None, cfg.seed)
         injected = {r["id"]: 2 * j for j, r in enumerate(rows)}  # items hold each row's injected reply, then its clean one
         by_kind: dict[str, list[tuple[float, bool]]] = {}
@@ -146,6 +153,20 @@ def main() -> None:
             probe_only = sum(f for f, d, _ in vals if not d) / len(vals)
             both = sum(f for f, d, r in vals if not (d or r)) / len(vals)
             print(f"| {kind} | {len(vals) // 2} | {alone:.2f} | {probe_only:.2f} | {both:.2f} |")
+        if fresh_ids:
+            # The verdicts users get (feedback.defend, with the shipped probe) on attacks written after it shipped.
+            from openrlaif.feedback.factory import defend
+
+            defended = defend(cfg, judge)
+            new = [p for p in every_pair if p.id in fresh_ids]
+            m = evaluate_judge(defended, new, load_constitution("builtin"), None, cfg.seed).metrics["injection"]
+            print(f"\nattacks written after the shipped probe ({len(new)} pairs, one per kind; neither the probe nor "
+                  "the patterns were fitted or tuned on them): the default judge alone / defended (feedback.defend)")
+            print("| attack kind | judge alone | detected (patterns + shipped probe) | defended |")
+            print("|---|---|---|---|")
+            for kind, row in sorted(m["by_kind"].items()) + [("**all**", m)]:
+                print(f"| {kind} | {row['flip_rate_orders']:.2f} | {row['detected']:.2f} | "
+                      f"{row['flip_rate_after_defence']:.2f} |")
     if args.ship:
         import time
 

@@ -217,7 +217,7 @@ def judge_eval(
     from openrlaif.core.store import atomic_write_json
     from openrlaif.data.constitution import load_constitution
     from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
-    from openrlaif.feedback.factory import build_detector, build_judge
+    from openrlaif.feedback.factory import build_detector, build_judge, defend
     from openrlaif.models.loading import set_threads
 
     cfg = load_config(config, overrides or [])
@@ -229,7 +229,9 @@ def judge_eval(
     constitution = load_constitution(cfg.data.constitution)
     set_threads(cfg.model.threads)
     judge, _ = build_judge(cfg, "judge-eval")
-    detector = build_detector(cfg, judge) if any(p.kind for p in labelled) else None
+    judge = defend(cfg, judge)  # feedback.defend: the verdicts users get (false = the judge alone)
+    detector = (build_detector(cfg, judge) if any(p.kind for p in labelled) and not cfg.feedback.defend
+                else None)
     metrics = evaluate_judge(judge, labelled, constitution, principle, cfg.seed, detector).metrics
     metrics["pairs"] = pairs
     metrics["principle"] = principle
@@ -247,10 +249,15 @@ def judge_eval(
         table.add_row(f"bias: {key}", "n/a" if value is None else f"{value:.3f}")
     for key, n in (metrics.get("heads") or {}).get("comparisons", {}).items():
         table.add_row(f"judged by: {key}", str(n))
+    if metrics.get("defence"):
+        d = metrics["defence"]
+        table.add_row(f"defence ({d['detector']}): replies flagged", f"{d['replies_flagged']} of {d['replies_checked']}")
+        table.add_row("defence: verdicts changed", str(d["changed"]))
     if "injection" in metrics:
         for kind, row in metrics["injection"]["by_kind"].items():
-            table.add_row(f"injection flips: {kind}", f"{row['flip_rate_orders']:.2f}, {row['flip_rate_after_defence']:.2f} "
-                          f"undetected (n {row['n']})")
+            table.add_row(f"injection flips: {kind}", f"judge alone {row['flip_rate_orders']:.2f}, "
+                          f"{'defended' if cfg.feedback.defend else 'undetected'} "
+                          f"{row['flip_rate_after_defence']:.2f} (n {row['n']})")
     console.print(table)
     if json_out is not None:
         atomic_write_json(json_out, metrics)

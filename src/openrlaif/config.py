@@ -266,6 +266,13 @@ class FeedbackConfig(_Strict):
     members: list[JudgeMethod] = Field(
         default_factory=lambda: ["pairwise", "contrastive"], description="ensemble: the member methods."
     )
+    defend: bool = Field(
+        True, description="Outside labelling (eval win rates, the red team's harmless rate, RL rewards scored by the "
+        "judge, the monitor's held-out judge, `rlaif judge-eval`): a reply that addresses the judge (the patterns, "
+        "and label.injection_probe's probe) loses every comparison with one that does not, and scores below every "
+        "unflagged reply of its batch; the judge's own verdict is kept beside it. Labelling applies "
+        "label.on_judge_directed instead. false = the judge's verdicts alone (to measure the judge itself)."
+    )
     aggregate: Literal["mean", "majority"] = Field(
         "mean", description="ensemble: average the probabilities or take the majority vote."
     )

@@ -200,6 +200,11 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
                      f"length): {ev['length_controlled']['win_rate']:.3f}." if "length_controlled" in ev else ""),
                   "", "The judge that labelled the training data also grades this comparison, so this number "
                   "measures how well the policy learned the judge's preferences, not human preference."]
+        d = ev.get("defence")
+        if d:
+            lines += ["", f"Injection defence (feedback.defend, {d['detector']}): {d['replies_flagged']} of "
+                      f"{d['replies_checked']} answers were flagged as addressing the judge and lose to any unflagged "
+                      f"answer; {d['changed']} verdict(s) changed. A policy that learned to talk to the judge shows here."]
         if "vs_previous" in ev:
             vp = ev["vs_previous"]
             lines += ["", f"Against the previous round's policy: win rate {vp['win_rate']:.3f} (95% CI "

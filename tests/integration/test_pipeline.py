@@ -28,6 +28,8 @@ def test_result_and_files(full_run):
     ev = json.loads((out / "round_1" / "eval.json").read_text())
     assert result["eval"]["win_rate"] == ev["win_rate"]
     assert result["eval"]["n"] == ev["n"] == 4
+    # eval's judge is defended (feedback.defend): the patterns read every reply it compared
+    assert ev["defence"]["detector"] == "patterns" and ev["defence"]["replies_checked"] >= 4
     for name in ("candidates.jsonl", "preferences.jsonl", "judge_stats.json", "eval.json", "samples.jsonl",
                  "ref_logps.json", "policy/adapter_config.json", "policy/adapter_model.safetensors"):
         assert (out / "round_1" / name).is_file(), name

@@ -126,7 +126,7 @@ def test_judge_directed_flags_and_special_token_neutralizing():
 
     rows = read_jsonl(builtin_path("injection_pairs.jsonl"))
     # The detector was tuned on the pairs written before it; those written after measure it (docs/feedback.md).
-    tuned_on = [r for r in rows if not r.get("written_after_detector")]
+    tuned_on = [r for r in rows if not r.get("written_after_detector") and not r.get("written_after_probe")]
     assert len(tuned_on) < len(rows) and all(judge_directed(r["rejected"]) for r in tuned_on)
     assert not any(judge_directed(r["chosen"]) for r in rows)  # no clean reply is flagged
     assert not judge_directed("Boil the eggs for nine minutes, then cool them in ice water.")
@@ -198,3 +198,15 @@ def test_injection_profile_counts_each_order_and_what_the_defence_catches():
     assert profile["by_kind"]["a"] == {"n": 2, "orders": 3, "flip_rate_orders": pytest.approx(1.5 / 3),
                                        "detected": 0.0, "flip_rate_after_defence": pytest.approx(1.5 / 3)}
     assert profile["by_kind"]["b"]["flip_rate_orders"] == 1.0 and profile["by_kind"]["b"]["flip_rate_after_defence"] == 0.0
+
+
+def test_defence_maths_by_hand():
+    from openrlaif.feedback.defended import defended_p_first, penalized_scores
+
+    assert defended_p_first(0.9, True, False) == 0.0 and defended_p_first(0.1, False, True) == 1.0
+    assert defended_p_first(0.7, True, True) == 0.7 and defended_p_first(0.7, False, False) == 0.7
+    # the flagged reply goes one point below the batch's lowest score (here -2.0, its own), None stays None
+    assert penalized_scores([1.5, -2.0, 0.25, None], [False, True, False, True]) == [1.5, -3.0, 0.25, None]
+    assert penalized_scores([3.0, 9.0], [True, False]) == [2.0, 9.0]  # below 9.0 even though 3.0 already was
+    assert penalized_scores([3.0, 9.0], [False, False]) == [3.0, 9.0]
+    assert penalized_scores([None, None], [True, True]) == [None, None]

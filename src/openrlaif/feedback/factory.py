@@ -185,6 +185,16 @@ def api_judge(cfg: RunConfig, cache, description: str):
     return make
 
 
+def defend(cfg: RunConfig, judge):
+    """The judge wrapped with the injection defence (``feedback.defended.DefendedJudge``: the patterns and the
+    probe of label.injection_probe) when feedback.defend is on; the judge itself otherwise."""
+    from openrlaif.feedback.defended import DefendedJudge
+
+    if not cfg.feedback.defend:
+        return judge
+    return DefendedJudge(judge, build_detector(cfg, judge))
+
+
 def build_detector(cfg: RunConfig, judge):
     """The learned judge-directed detector (``feedback.injection.ProbeDetector``) that label.injection_probe
     names, on the judge's own model; None when it is off, or when 'builtin' does not fit this judge (then

@@ -34,7 +34,7 @@ def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None 
         rm = load_reward(spec, field)
         return lambda convs, texts, responses: [float(x) for x in rm.rewards(convs, responses)]
     from openrlaif.data.constitution import load_constitution
-    from openrlaif.feedback.factory import build_judge
+    from openrlaif.feedback.factory import build_judge, defend
 
     # The run's judge scores each answer alone: its contrastive score when it is the contrastive judge (the
     # same judge that grades `eval`), otherwise the pointwise expected 0-9 rating (d-RLAIF).
@@ -44,13 +44,16 @@ def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None 
         method = spec
     judge, _ = build_judge(cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"method": method})}),
                            f"{tag}: judge", store.root)
+    defended = defend(cfg, judge)  # an answer that addresses the judge gets less than every other one
     constitution = load_constitution(cfg.data.constitution)
 
     def score(convs, texts, responses):
         principles = [constitution.sample(random.Random(f"{cfg.seed}:{tag}:{t}")) for t in texts]
         if method == "contrastive":
-            return judge.scores(list(zip(convs, responses, principles)))
-        return judge.score(list(zip(texts, responses, principles)))
+            raw = judge.scores(list(zip(convs, responses, principles)))
+        else:
+            raw = judge.score(list(zip(texts, responses, principles)))
+        return raw if defended is judge else defended.defend_scores(convs, responses, raw)
 
     return score
 

@@ -95,10 +95,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     del model, base
     kill_point("eval.sampled")
     # 4. Judge: trained vs start (held-out and anchors), trained vs previous; both orders, a principle per prompt.
-    from openrlaif.feedback.factory import build_judge
+    from openrlaif.feedback.factory import build_judge, defend
 
     constitution = load_constitution(cfg.data.constitution)
     judge, judge_name = build_judge(cfg, "eval: judge", store.root)
+    judge = defend(cfg, judge)  # a reply that addresses the judge loses (feedback.defend)
     main_prompts = [p for p in heldout for _ in range(m)]
 
     def compare(prompts, first: list[str], second: list[str]) -> list:
@@ -130,6 +131,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         result["anchors"] = comparison_summary(anchor_verdicts, [p.id for p in anchors],
                                                n_tokens(trained[n_main + n_red:]), n_tokens(start[n_main + n_red:]),
                                                ec, cfg.seed)
+    result["defence"] = judge.take_defence() if hasattr(judge, "take_defence") else None
     del judge
     # 5. Red-team: each answer scored alone under its category's harm principle.
     red_rows = []
@@ -197,7 +199,7 @@ def red_team(cfg: RunConfig, store: RunStore, prompts, start: list[str], trained
 
     cats = [p.category or "uncategorised" for p in prompts]
     out = harmless_rates(cats, [ok(x) for x in s_start], [ok(x) for x in s_trained])
-    out.update({"method": method, "threshold": threshold,
+    out.update({"method": method, "threshold": threshold, "defence": score.take_defence(),
                 "refusal_harmless_rate": round(sum(ok(x) for x in s_refusal) / len(prompts), 4)})
     rows = [{"prompt_id": p.id, "category": c, "prompt": p.text, "principle": pr.id, "start": a, "trained": b,
              "score_start": sa, "score_trained": sb, "harmless_start": ok(sa), "harmless_trained": ok(sb)}
