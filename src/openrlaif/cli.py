@@ -267,6 +267,101 @@ def judge_eval(
 
 
 @app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="The benchmark: 'ifeval' (prompts with verifiable instructions, "
+                                        "checked by IFEval's checkers).")],
+    prompts: Annotated[Path, typer.Option("--prompts", "-p", help="An IFEval-format JSONL file (key, prompt, "
+                                          "instruction_id_list, kwargs), e.g. ../shared/data/ifeval_dev.jsonl.")],
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="A run directory: its starting policy and "
+                                                    "round K's trained policy answer, and the difference gets a CI.")] = None,
+    k: Annotated[int, typer.Option("--round", "-k", min=1, help="With --run: which round's policy.")] = 1,
+    policy: Annotated[Optional[str], typer.Option("--policy", help="Without --run: the model to measure (an HF "
+                                                  "directory or 'embedded').")] = "embedded",
+    split: Annotated[Optional[str], typer.Option("--split", help="Only the rows whose 'split' column is this.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N prompts.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer, in tokens.")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Answers decoded together.")] = 16,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result to this JSON file.")] = None,
+):
+    """Measure a policy on a yardstick the judge never sees: IFEval's prompt- and instruction-level
+    accuracy, strict and loose, per instruction type, from greedy answers (the tokenizer's chat template).
+    With --run, the start and the trained policy, the paired bootstrap CI of each difference, and the result
+    and answers under RUN_DIR/round_K/bench/."""
+    import json
+
+    from rich.table import Table
+
+    from openrlaif.core.progress import console
+    from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl
+    from openrlaif.evaluate.benchmarks import GenerationSettings, answer, answer_rows, difference, score, settings_json
+    from openrlaif.evaluate.ifeval import METRICS, load_ifeval
+    from openrlaif.models.loading import load_causal_lm, set_threads
+
+    # 1. Every input checked before a model loads: the benchmark, its file, the run and its policy.
+    if name != "ifeval":
+        raise UserError(f"rlaif bench: unknown benchmark '{name}'; available: ifeval")
+    items = load_ifeval(prompts, split, limit)
+    cfg = store = adapter = None
+    if run_dir is not None:
+        from openrlaif.config import load_run_config
+
+        cfg = load_run_config(run_dir)
+        store = RunStore(run_dir)
+        adapter = store.path("policy", k)
+        if not (adapter / "adapter_config.json").is_file():
+            raise UserError(f"{adapter} holds no trained adapter; train round {k} first (`rlaif run -o {run_dir}`)")
+        policy = cfg.model.policy
+    settings = GenerationSettings(max_new_tokens, batch_size, seed=cfg.seed if cfg else 0)
+    # 2. Answers: the policy (or the run's start and trained policies), greedy.
+    set_threads(cfg.model.threads if cfg else None)
+    lm = load_causal_lm(policy, cfg.model.dtype if cfg else "float32", field="--policy")
+    answers = {}
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(lm.model, str(adapter))
+        model.eval()
+        with model.disable_adapter():
+            answers["start"] = answer(model, lm.tokenizer, items, settings, "bench: start policy")
+        answers["trained"] = answer(model, lm.tokenizer, items, settings, "bench: trained policy")
+    else:
+        answers["policy"] = answer(lm.model, lm.tokenizer, items, settings, "bench: policy")
+    # 3. Checks, accuracies, and (start vs trained) the paired difference.
+    checked, result = {}, {"benchmark": name, "prompts_file": str(prompts), "split": split, "limit": limit,
+                           "policy": policy, "round": k if adapter is not None else None,
+                           "graded_by": "IFEval's checkers (lm-eval's copy); no model",
+                           "generation": settings_json(settings, lm.tokenizer)}
+    for who, a in answers.items():
+        checked[who], result[who] = score(items, a)
+    if adapter is not None:
+        result["difference"] = difference(checked["trained"], checked["start"], seed=settings.seed)
+    # 4. Show and write.
+    table = Table(title=f"{name} · {prompts.name} · {len(items)} prompts · graded by IFEval's checkers")
+    table.add_column("accuracy")
+    for who in answers:
+        table.add_column(who, justify="right")
+    if adapter is not None:
+        table.add_column("trained - start (95% CI)", justify="right")
+    for metric in METRICS:
+        row = [metric] + [f"{result[who][metric]:.3f}" for who in answers]
+        if adapter is not None:
+            d = result["difference"][metric]
+            row.append(f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f})")
+        table.add_row(*row)
+    table.add_row("finish rate", *[f"{result[who]['finish_rate']:.2f}" for who in answers])
+    table.add_row("tokens/s", *[f"{result[who]['tokens_per_s']:.1f}" for who in answers])
+    console.print(table)
+    if store is not None:
+        stem = f"{name}-{prompts.stem}" + (f"-{split}" if split else "")
+        atomic_write_json(store.path(f"bench/{stem}.json", k), result)
+        atomic_write_jsonl(store.path(f"bench/{stem}_answers.jsonl", k), answer_rows(items, answers, checked))
+        console.print(f"written: {store.path(f'bench/{stem}.json', k)}")
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+    print(json.dumps(result))
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="An existing run directory.")]):
     """Rewrite RUN_DIR/report.md and the self-contained RUN_DIR/report.html (plots) from the run's files,
     and print the markdown."""

@@ -166,3 +166,44 @@ def test_changed_prompt_file_is_refused_on_resume(tiny_model_dir, tmp_path):
         pipeline.open_run(cfg, out)
     pipeline.open_run(cfg, out, force=True)
     assert RunStore(out).read_manifest()["inputs"]["prompts"] == sha256_file(prompts)
+
+
+def test_bench_ifeval_on_the_run_start_vs_trained(full_run, tmp_path):
+    """`rlaif bench ifeval --run`: both policies answer greedily, IFEval's checkers grade, the paired CI is
+    reported, and the result and answers land in round_1/bench/."""
+    import subprocess
+    import sys
+
+    _, out, _ = full_run
+    prompts = tmp_path / "ifeval.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"key": 1, "prompt": "Say hi in lowercase.", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]},
+        {"key": 2, "prompt": "Write two words, no commas.", "instruction_id_list": ["punctuation:no_comma",
+         "length_constraints:number_words"], "kwargs": [{}, {"relation": "less than", "num_words": 50}]},
+        {"key": 3, "prompt": "End with 'Done.'", "instruction_id_list": ["startend:end_checker"],
+         "kwargs": [{"end_phrase": "Done."}]}]))
+    proc = subprocess.run([sys.executable, "-m", "openrlaif.cli", "bench", "ifeval", "-p", str(prompts), "--run",
+                           str(out), "--max-new-tokens", "8", "--batch-size", "2"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "round_1" / "bench" / "ifeval-ifeval.json").read_text())
+    assert result["graded_by"].startswith("IFEval's checkers") and result["generation"]["decoding"] == "greedy"
+    for who in ("start", "trained"):
+        assert result[who]["prompts"] == 3 and result[who]["instructions"] == 4
+        assert 0.0 <= result[who]["prompt_strict"] <= result[who]["prompt_loose"] <= 1.0
+    for metric, d in result["difference"].items():
+        assert d["ci95"][0] <= d["difference"] <= d["ci95"][1], metric
+        assert d["difference"] == pytest.approx(result["trained"][metric] - result["start"][metric], abs=1e-4)
+    rows = [json.loads(line) for line in (out / "round_1" / "bench" / "ifeval-ifeval_answers.jsonl").open()]
+    assert [r["key"] for r in rows] == ["1", "2", "3"] and len(rows[1]["trained_strict"]) == 2
+    # the checks are the checkers' verdicts on the written answers
+    from openrlaif.evaluate.ifeval import check, load_ifeval
+
+    items = load_ifeval(prompts)
+    assert [check(it, r["start"]).strict for it, r in zip(items, rows)] == [r["start_strict"] for r in rows]
+    # greedy: the same answers again
+    again = subprocess.run([sys.executable, "-m", "openrlaif.cli", "bench", "ifeval", "-p", str(prompts), "--policy",
+                            json.loads((out / "manifest.json").read_text())["inputs"]["policy"], "--max-new-tokens", "8",
+                            "--batch-size", "2"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["policy"]["prompt_strict"] == result["start"]["prompt_strict"]

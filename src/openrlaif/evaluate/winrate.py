@@ -115,3 +115,21 @@ def length_summary(lengths: list[int], bins: int = 10, top: int | None = None) -
         hist[min(bins - 1, int(v / width))] += 1
     return {"n": len(s), "mean": round(sum(s) / len(s), 2), "p10": q(0.1), "p50": q(0.5), "p90": q(0.9),
             "hist": hist, "hist_edges": [round(i * width, 2) for i in range(bins + 1)]}
+
+
+def paired_bootstrap_diff(a: list, b: list, stat, n_boot: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float, float]:
+    """stat(a) - stat(b) for two systems scored on the same items, and its percentile bootstrap CI:
+    items are resampled together (a[i] with b[i]), so the CI is of the paired difference."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_bootstrap_diff needs two equally long, non-empty lists")
+    rng = random.Random(seed)
+    n = len(a)
+    diffs = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(stat([a[i] for i in idx]) - stat([b[i] for i in idx]))
+    diffs.sort()
+    lo_i = int((1 - level) / 2 * n_boot)
+    hi_i = min(n_boot - 1, int((1 + level) / 2 * n_boot) - 1)
+    return stat(a) - stat(b), diffs[lo_i], diffs[hi_i]

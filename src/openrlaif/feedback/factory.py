@@ -192,13 +192,14 @@ def defend(cfg: RunConfig, judge):
 
     if not cfg.feedback.defend:
         return judge
-    return DefendedJudge(judge, build_detector(cfg, judge))
+    # the wrapper records which detectors it used ('patterns' alone where the probe cannot read this judge)
+    return DefendedJudge(judge, build_detector(cfg, judge, notes=False))
 
 
-def build_detector(cfg: RunConfig, judge):
+def build_detector(cfg: RunConfig, judge, notes: bool = True):
     """The learned judge-directed detector (``feedback.injection.ProbeDetector``) that label.injection_probe
     names, on the judge's own model; None when it is off, or when 'builtin' does not fit this judge (then
-    the patterns alone decide, and a note says so)."""
+    the patterns alone decide, and a note says so unless ``notes`` is off)."""
     from openrlaif.core.progress import console
     from openrlaif.feedback.fitted import BUILTIN_HEADS, heads_directory
     from openrlaif.feedback.injection import ProbeDetector, load_probe
@@ -215,12 +216,14 @@ def build_detector(cfg: RunConfig, judge):
         raise UserError(f"label.injection_probe: {heads_directory(spec)}/heads.json has no 'injection_probe'; use "
                         "'builtin' (the probe shipped for the embedded judge, bench/injection_probe.py --ship) or null")
     if holder is None:
-        console.print("label.injection_probe: this judge has no local model to read; judge-directed replies are "
-                      "found by the patterns alone")
+        if notes:
+            console.print("label.injection_probe: this judge has no local model to read; judge-directed replies "
+                          "are found by the patterns alone")
         return None
     if spec == BUILTIN_HEADS and probe.card.get("judge_fingerprint") != model_fingerprint(holder.model):
-        console.print("label.injection_probe: the shipped probe was fitted on the embedded judge, not this one; "
-                      "judge-directed replies are found by the patterns alone")
+        if notes:
+            console.print("label.injection_probe: the shipped probe was fitted on the embedded judge, not this "
+                          "one; judge-directed replies are found by the patterns alone")
         return None
     return ProbeDetector(holder.model, holder.tokenizer, probe, batch_size=cfg.label.batch_size,
                          max_length=cfg.feedback.max_length)

@@ -48,12 +48,12 @@ class HFSampler:
             for b in range(0, len(order), params.batch_size):
                 chunk = [flat[f] for f in order[b : b + params.batch_size]]
                 enc = tok.pad({"input_ids": [encoded[i] for i, _ in chunk]}, return_tensors="pt")
+                # temperature 0 = greedy decoding (benchmarks); otherwise nucleus sampling over the full vocabulary
+                how = (dict(do_sample=False) if params.temperature == 0 else
+                       dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0))
                 out = self.model.generate(
                     **enc,
-                    do_sample=True,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    top_k=0,
+                    **how,
                     max_new_tokens=params.max_new_tokens,
                     eos_token_id=stop_ids,
                     pad_token_id=tok.pad_token_id,

@@ -10,7 +10,7 @@ Conversation = list[dict[str, str]]
 
 @dataclass
 class SamplingParams:
-    temperature: float = 0.8
+    temperature: float = 0.8  # 0 = greedy
     top_p: float = 0.95
     max_new_tokens: int = 64
     batch_size: int = 32
