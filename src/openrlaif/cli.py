@@ -269,38 +269,57 @@ def judge_eval(
 @app.command()
 def bench(
     name: Annotated[str, typer.Argument(help="The benchmark: 'ifeval' (prompts with verifiable instructions, "
-                                        "checked by IFEval's checkers).")],
-    prompts: Annotated[Path, typer.Option("--prompts", "-p", help="An IFEval-format JSONL file (key, prompt, "
-                                          "instruction_id_list, kwargs), e.g. ../shared/data/ifeval_dev.jsonl.")],
+                                        "checked by IFEval's checkers) or 'human_prefs' (people's preference pairs "
+                                        "ranked by the trained policy's implicit reward; needs --run).")],
+    prompts: Annotated[Optional[str], typer.Option("--prompts", "-p", help="ifeval: an IFEval-format JSONL file (key, "
+                                                   "prompt, instruction_id_list, kwargs), e.g. "
+                                                   "../shared/data/ifeval_dev.jsonl, or 'builtin': the 120 verifiable "
+                                                   "prompts written for OpenRLAIF (split 'heldout' unless --split "
+                                                   "says otherwise).")] = None,
+    pairs: Annotated[Optional[str], typer.Option("--pairs", help="human_prefs: labelled pairs in the judge-eval "
+                                                 "formats, e.g. ../shared/data/hh_harmless_dev.jsonl.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run", help="A run directory: its starting policy and "
-                                                    "round K's trained policy answer, and the difference gets a CI.")] = None,
+                                                    "round K's trained policy are measured, the difference with a "
+                                                    "CI, and the result lands in RUN_DIR/round_K/bench/.")] = None,
     k: Annotated[int, typer.Option("--round", "-k", min=1, help="With --run: which round's policy.")] = 1,
-    policy: Annotated[Optional[str], typer.Option("--policy", help="Without --run: the model to measure (an HF "
-                                                  "directory or 'embedded').")] = "embedded",
-    split: Annotated[Optional[str], typer.Option("--split", help="Only the rows whose 'split' column is this.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N prompts.")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer, in tokens.")] = 512,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Answers decoded together.")] = 16,
+    policy: Annotated[str, typer.Option("--policy", help="ifeval without --run: the model to measure (an HF "
+                                        "directory or 'embedded').")] = "embedded",
+    split: Annotated[Optional[str], typer.Option("--split", help="ifeval: only the rows whose 'split' column is "
+                                                 "this (the built-in set: train or heldout).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N prompts/pairs.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="ifeval: longest answer, in tokens.")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences run together.")] = 16,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result to this JSON file.")] = None,
 ):
-    """Measure a policy on a yardstick the judge never sees: IFEval's prompt- and instruction-level
-    accuracy, strict and loose, per instruction type, from greedy answers (the tokenizer's chat template).
-    With --run, the start and the trained policy, the paired bootstrap CI of each difference, and the result
-    and answers under RUN_DIR/round_K/bench/."""
+    """Measure a policy on a yardstick the judge never sees. ifeval: prompt- and instruction-level accuracy,
+    strict and loose, per instruction type, from greedy answers (the tokenizer's chat template). human_prefs:
+    how often the trained policy's implicit reward agrees with people's labels (the start scores 0.5)."""
     import json
-
-    from rich.table import Table
 
     from openrlaif.core.progress import console
     from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl
-    from openrlaif.evaluate.benchmarks import GenerationSettings, answer, answer_rows, difference, score, settings_json
-    from openrlaif.evaluate.ifeval import METRICS, load_ifeval
+    from openrlaif.evaluate import benchmarks as bm
     from openrlaif.models.loading import load_causal_lm, set_threads
 
     # 1. Every input checked before a model loads: the benchmark, its file, the run and its policy.
-    if name != "ifeval":
-        raise UserError(f"rlaif bench: unknown benchmark '{name}'; available: ifeval")
-    items = load_ifeval(prompts, split, limit)
+    if name not in ("ifeval", "human_prefs"):
+        raise UserError(f"rlaif bench: unknown benchmark '{name}'; available: ifeval, human_prefs")
+    if name == "ifeval":
+        from openrlaif.evaluate.ifeval import load_ifeval, resolve_prompts
+
+        if prompts is None:
+            raise UserError("rlaif bench ifeval: --prompts is required (an IFEval JSONL file, or 'builtin')")
+        path, split = resolve_prompts(prompts, split)
+        items = load_ifeval(path, split, limit)
+        stem = f"ifeval-{path.stem}" + (f"-{split}" if split else "")
+    else:
+        from openrlaif.evaluate.judge_eval import load_labelled_pairs
+
+        if pairs is None or run_dir is None:
+            raise UserError("rlaif bench human_prefs: needs --pairs FILE and --run RUN_DIR (the trained policy is "
+                            "compared with its start)")
+        items = load_labelled_pairs(pairs, limit)
+        stem = f"human_prefs-{Path(pairs).stem}"
     cfg = store = adapter = None
     if run_dir is not None:
         from openrlaif.config import load_run_config
@@ -311,50 +330,29 @@ def bench(
         if not (adapter / "adapter_config.json").is_file():
             raise UserError(f"{adapter} holds no trained adapter; train round {k} first (`rlaif run -o {run_dir}`)")
         policy = cfg.model.policy
-    settings = GenerationSettings(max_new_tokens, batch_size, seed=cfg.seed if cfg else 0)
-    # 2. Answers: the policy (or the run's start and trained policies), greedy.
+    # 2. The policy (with round K's adapter when measuring a run).
     set_threads(cfg.model.threads if cfg else None)
-    lm = load_causal_lm(policy, cfg.model.dtype if cfg else "float32", field="--policy")
-    answers = {}
+    lm = load_causal_lm(policy, cfg.model.dtype if cfg else "float32", field="model.policy" if cfg else "--policy")
+    model = lm.model
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(lm.model, str(adapter))
-        model.eval()
-        with model.disable_adapter():
-            answers["start"] = answer(model, lm.tokenizer, items, settings, "bench: start policy")
-        answers["trained"] = answer(model, lm.tokenizer, items, settings, "bench: trained policy")
+    model.eval()
+    # 3. The benchmark.
+    seed = cfg.seed if cfg else 0
+    if name == "ifeval":
+        settings = bm.GenerationSettings(max_new_tokens, batch_size, seed=seed)
+        result, rows = bm.ifeval_benchmark(model, lm.tokenizer, items, settings, adapter is not None)
     else:
-        answers["policy"] = answer(lm.model, lm.tokenizer, items, settings, "bench: policy")
-    # 3. Checks, accuracies, and (start vs trained) the paired difference.
-    checked, result = {}, {"benchmark": name, "prompts_file": str(prompts), "split": split, "limit": limit,
-                           "policy": policy, "round": k if adapter is not None else None,
-                           "graded_by": "IFEval's checkers (lm-eval's copy); no model",
-                           "generation": settings_json(settings, lm.tokenizer)}
-    for who, a in answers.items():
-        checked[who], result[who] = score(items, a)
-    if adapter is not None:
-        result["difference"] = difference(checked["trained"], checked["start"], seed=settings.seed)
+        result, rows = bm.human_prefs_benchmark(model, lm.tokenizer, items, batch_size, seed=seed)
+    result = {"benchmark": name, "file": prompts if name == "ifeval" else pairs, "split": split if name == "ifeval"
+              else None, "limit": limit, "model": policy, "round": k if adapter is not None else None, **result}
     # 4. Show and write.
-    table = Table(title=f"{name} · {prompts.name} · {len(items)} prompts · graded by IFEval's checkers")
-    table.add_column("accuracy")
-    for who in answers:
-        table.add_column(who, justify="right")
-    if adapter is not None:
-        table.add_column("trained - start (95% CI)", justify="right")
-    for metric in METRICS:
-        row = [metric] + [f"{result[who][metric]:.3f}" for who in answers]
-        if adapter is not None:
-            d = result["difference"][metric]
-            row.append(f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f})")
-        table.add_row(*row)
-    table.add_row("finish rate", *[f"{result[who]['finish_rate']:.2f}" for who in answers])
-    table.add_row("tokens/s", *[f"{result[who]['tokens_per_s']:.1f}" for who in answers])
-    console.print(table)
+    console.print(bm.result_table(name, result))
     if store is not None:
-        stem = f"{name}-{prompts.stem}" + (f"-{split}" if split else "")
         atomic_write_json(store.path(f"bench/{stem}.json", k), result)
-        atomic_write_jsonl(store.path(f"bench/{stem}_answers.jsonl", k), answer_rows(items, answers, checked))
+        atomic_write_jsonl(store.path(f"bench/{stem}_rows.jsonl", k), rows)
         console.print(f"written: {store.path(f'bench/{stem}.json', k)}")
     if json_out is not None:
         atomic_write_json(json_out, result)

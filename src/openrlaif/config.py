@@ -485,6 +485,30 @@ class MonitorConfig(_Strict):
     )
 
 
+class BenchmarkSpec(_Strict):
+    """A yardstick the judge never sees, measured on the starting and the trained policy by `eval` (and alone
+    by `rlaif bench NAME`)."""
+
+    name: Literal["ifeval", "human_prefs"] = Field(
+        ..., description="'ifeval': prompts with verifiable instructions answered greedily and checked by IFEval's "
+        "checkers; 'human_prefs': people's preference pairs ranked by the trained policy's implicit reward "
+        "log pi_trained/pi_start (the start scores 0.5)."
+    )
+    file: str = Field(
+        ..., description="ifeval: an IFEval-format JSONL file (key, prompt, instruction_id_list, kwargs) or 'builtin' "
+        "(the 120 verifiable prompts written for OpenRLAIF); human_prefs: labelled pairs in the judge-eval formats."
+    )
+    split: str | None = Field(None, description="ifeval: only rows with this 'split' (the built-in set: 'heldout' by "
+                              "default, 'train').")
+    skip: int = Field(0, ge=0, description="Leave out the first N rows (e.g. pairs a judge head was fitted on).")
+    limit: int | None = Field(None, ge=1, description="Use at most this many rows after the skipped ones; null = all.")
+    max_new_tokens: int = Field(256, ge=1, description="ifeval: longest answer, in tokens (greedy decoding).")
+    if_missing: Literal["error", "skip"] = Field(
+        "error", description="A file that does not exist: 'error' stops the run before any work; 'skip' leaves this "
+        "benchmark out with a note (for files that only some machines have, such as ../shared/data)."
+    )
+
+
 class EvalConfig(_Strict):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for the eval answers.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass for eval answers.")
@@ -516,6 +540,11 @@ class EvalConfig(_Strict):
         "null = skip."
     )
     max_anchor_prompts: int | None = Field(12, ge=1, description="Use at most this many anchor prompts; null = all.")
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=list, description="Yardsticks the judge never sees, for the start and the trained policy, "
+        "each with a paired 95% CI of the difference (eval.json 'benchmarks', the report's headline), e.g. "
+        "[{name: ifeval, file: builtin}, {name: human_prefs, file: hh.jsonl}]."
+    )
 
 
 class WandbConfig(_Strict):

@@ -60,6 +60,11 @@ def validate_inputs(cfg: RunConfig) -> dict:
     from openrlaif.tracking import check_trackers
 
     check_trackers(cfg)
+    if cfg.eval.benchmarks:  # their files, rows, instruction ids and checker dependencies
+        from openrlaif.evaluate.benchmarks import load_benchmark
+
+        for spec in cfg.eval.benchmarks:
+            load_benchmark(spec)
 
     def digest(spec: str, builtin: str) -> str:
         return sha256_file(builtin_path(builtin) if spec == BUILTIN else Path(spec).expanduser())

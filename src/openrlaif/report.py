@@ -190,7 +190,7 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
     ev = _load(store.path("eval.json", k)) if store.stage_done("eval", k) else None
     if ev:
         lo, hi = ev["ci95"]
-        lines += ["", "## Evaluation: trained vs starting policy (held-out prompts)", "",
+        lines += ["", "## Evaluation: trained vs starting policy (held-out prompts)", "", *yardstick_table(ev), "",
                   f"**Win rate {ev['win_rate']:.3f}** (95% CI {lo:.3f}-{hi:.3f}, n={ev['n']}): "
                   f"{ev['wins']} wins, {ev['ties']} ties, {ev['losses']} losses by the run's own judge"
                   + (f"; KL(trained || start) {ev['kl_to_start']:.2f} nats per answer." if "kl_to_start" in ev else "."), "",
@@ -216,11 +216,20 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
                       "the policy lost ground on ordinary tasks."]
         if "red_team" in ev:
             rt = ev["red_team"]
-            lines += ["", "### Red team", "", "| category | prompts | harmless (start) | harmless (trained) |",
-                      "|---|---|---|---|"]
-            lines += [f"| {c} | {v['n']} | {v['start']:.0%} | {v['trained']:.0%} |" for c, v in rt["per_category"].items()]
-            lines += [f"| **all** | {rt['overall']['n']} | {rt['overall']['start']:.0%} | {rt['overall']['trained']:.0%} |",
-                      "", f"Each answer scored alone ({rt['method']}, harmless at >= {rt['threshold']}) under its "
+            rule = (rt.get("refused_by_rule") or {}).get("per_category", {})
+            overall_rule = (rt.get("refused_by_rule") or {}).get("overall")
+
+            def declined(v) -> str:
+                return f" {v['start']:.0%} | {v['trained']:.0%} |" if v else " - | - |"
+
+            lines += ["", "### Red team", "", "| category | prompts | harmless (start) | harmless (trained) | "
+                      "declines by rule (start) | declines by rule (trained) |", "|---|---|---|---|---|---|"]
+            lines += [f"| {c} | {v['n']} | {v['start']:.0%} | {v['trained']:.0%} |{declined(rule.get(c))}"
+                      for c, v in rt["per_category"].items()]
+            lines += [f"| **all** | {rt['overall']['n']} | {rt['overall']['start']:.0%} | {rt['overall']['trained']:.0%} |"
+                      f"{declined(overall_rule)}",
+                      "", "Harmless: the run's judge. Declines: a rule no model wrote (the answer opens by declining; "
+                      "`openrlaif.evaluate.refusal`). Each answer scored alone ({rt['method']}, harmless at >= {rt['threshold']}) under its "
                       f"category's harm principle; a fixed refusal scores harmless {rt['refusal_harmless_rate']:.0%} "
                       "of the time, a check of the judge itself."]
         samples_path = store.path("samples.jsonl", k)
@@ -233,3 +242,36 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
                           f"- *start:* {_one_line(s['start'])}",
                           f"- judge ({s['principle']}): P(trained better) = {_fmt(p)}", ""]
     return lines
+
+
+def yardstick_table(ev: dict) -> list[str]:
+    """The headline: every measure of the trained policy beside who graded it (the run's judge, checkers,
+    people, a rule), start vs trained, with its 95% CI."""
+    def ci(pair) -> str:
+        return f" ({pair[0]:.3f}-{pair[1]:.3f})"
+
+    judge = ev.get("judge", "the run's judge")
+    lo, hi = ev["ci95"]
+    rows = ["| measure | graded by | start | trained | trained - start (95% CI) |", "|---|---|---|---|---|",
+            f"| win rate vs the start | the run's judge ({judge}) | 0.500 | {ev['win_rate']:.3f}{ci((lo, hi))} | |"]
+    for label, b in (ev.get("benchmarks") or {}).items():
+        if b["benchmark"] == "ifeval":
+            for metric in ("instruction_strict", "prompt_strict"):
+                d = b["difference"][metric]
+                rows.append(f"| {label}: {metric.replace('_', ' ')} accuracy ({b['start']['prompts']} prompts) | "
+                            f"IFEval's checkers | {b['start'][metric]:.3f} | {b['trained'][metric]:.3f} | "
+                            f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |")
+        else:
+            rows.append(f"| {label}: agreement with people's choices ({b['n']} pairs) | people (implicit reward "
+                        f"log pi/pi_start ranks them) | 0.500 | {b['accuracy']:.3f}{ci(b['ci95'])} | "
+                        f"{b['accuracy'] - 0.5:+.3f} |")
+    rt = ev.get("red_team")
+    if rt:
+        o = rt["overall"]
+        rows.append(f"| red team: harmless rate ({o['n']} prompts) | the run's judge ({rt['method']}) | {o['start']:.0%} | "
+                    f"{o['trained']:.0%} | |")
+        if "refused_by_rule" in rt:
+            r = rt["refused_by_rule"]["overall"]
+            rows.append(f"| red team: answers that decline | a rule (evaluate.refusal patterns) | {r['start']:.0%} | "
+                        f"{r['trained']:.0%} | |")
+    return rows

@@ -141,6 +141,24 @@ def case_bad_round_override(tmp_path, model):
     return ["pipeline.rounds=2", "pipeline.overrides={2: ['model.policy=x']}"], ["'model.policy' cannot change between rounds"]
 
 
+def case_benchmark_unknown_instruction(tmp_path, model):
+    p = prompts_file(tmp_path, [json.dumps({"key": 1, "prompt": "x", "instruction_id_list": ["punctuation:no_comma"],
+                                            "kwargs": [{}]}),
+                                json.dumps({"key": 2, "prompt": "y", "instruction_id_list": ["style:haiku"],
+                                            "kwargs": [{}]})], "ifeval.jsonl")
+    return [f"eval.benchmarks=[{{name: ifeval, file: {p}}}]"], [f"{p}:2:", "unknown instruction id 'style:haiku'"]
+
+
+def case_benchmark_wrong_format(tmp_path, model):
+    p = tmp_path / "ifeval.json"
+    p.write_text('[\n  {"key": 1, "prompt": "x"}\n]\n')  # a pretty-printed JSON array, not JSONL
+    return [f"eval.benchmarks=[{{name: ifeval, file: {p}}}]"], [f"{p}:1:"]
+
+
+def case_benchmark_missing_file(tmp_path, model):
+    return [f"eval.benchmarks=[{{name: human_prefs, file: {tmp_path / 'people.jsonl'}}}]"], ["people.jsonl"]
+
+
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 

@@ -16,8 +16,15 @@ from openrlaif.core.store import STAGES, RunStore, sha256_file
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, tiny_model_dir):
-    cfg = load_config(None, tiny_overrides(tiny_model_dir))
-    out = tmp_path_factory.mktemp("pipeline") / "run"
+    root = tmp_path_factory.mktemp("pipeline")
+    people = root / "people.jsonl"
+    people.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"A kind answer {i}.",
+                                          "rejected": "Go away."}) + "\n" for i in range(5)))
+    benchmarks = json.dumps([{"name": "ifeval", "file": "builtin", "limit": 3, "max_new_tokens": 8},
+                             {"name": "human_prefs", "file": str(people), "skip": 1},
+                             {"name": "human_prefs", "file": str(root / "absent.jsonl"), "if_missing": "skip"}])
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + [f"eval.benchmarks={benchmarks}"])
+    out = root / "run"
     result = pipeline.run(cfg, out)
     return cfg, out, result
 
@@ -30,6 +37,16 @@ def test_result_and_files(full_run):
     assert result["eval"]["n"] == ev["n"] == 4
     # eval's judge is defended (feedback.defend): the patterns read every reply it compared
     assert ev["defence"]["detector"] == "patterns" and ev["defence"]["replies_checked"] >= 4
+    # yardsticks the judge never sees: the built-in verifiable set (held-out split) and people's pairs
+    assert set(ev["benchmarks"]) == {"ifeval-builtin-heldout", "human_prefs-people"}  # the absent file skipped
+    ife = ev["benchmarks"]["ifeval-builtin-heldout"]
+    assert ife["start"]["prompts"] == 3 and "IFEval" in ife["graded_by"] and set(ife["difference"]) >= {"prompt_strict"}
+    hp = ev["benchmarks"]["human_prefs-people"]
+    assert hp["n"] == 4 and hp["start_accuracy"] == 0.5 and 0 <= hp["accuracy"] <= 1
+    assert (out / "round_1" / "bench" / "ifeval-builtin-heldout_rows.jsonl").is_file()
+    # the red team's rule column
+    rule = ev["red_team"]["refused_by_rule"]
+    assert rule["graded_by"].startswith("evaluate.refusal") and rule["overall"]["n"] == ev["red_team"]["overall"]["n"]
     for name in ("candidates.jsonl", "preferences.jsonl", "judge_stats.json", "eval.json", "samples.jsonl",
                  "ref_logps.json", "policy/adapter_config.json", "policy/adapter_model.safetensors"):
         assert (out / "round_1" / name).is_file(), name
@@ -49,6 +66,10 @@ def test_config_resolved_and_report(full_run):
     assert "# OpenRLAIF run" in report
     ev = json.loads((out / "round_1" / "eval.json").read_text())
     assert f"Win rate {ev['win_rate']:.3f}" in report
+    # the headline: each measure beside who graded it
+    assert "| measure | graded by | start | trained | trained - start (95% CI) |" in report
+    for grader in ("the run's judge", "IFEval's checkers", "people (implicit reward", "a rule (evaluate.refusal"):
+        assert grader in report, grader
     for name in STAGES:
         assert f"| {name} | done |" in report
 
@@ -194,7 +215,7 @@ def test_bench_ifeval_on_the_run_start_vs_trained(full_run, tmp_path):
     for metric, d in result["difference"].items():
         assert d["ci95"][0] <= d["difference"] <= d["ci95"][1], metric
         assert d["difference"] == pytest.approx(result["trained"][metric] - result["start"][metric], abs=1e-4)
-    rows = [json.loads(line) for line in (out / "round_1" / "bench" / "ifeval-ifeval_answers.jsonl").open()]
+    rows = [json.loads(line) for line in (out / "round_1" / "bench" / "ifeval-ifeval_rows.jsonl").open()]
     assert [r["key"] for r in rows] == ["1", "2", "3"] and len(rows[1]["trained_strict"]) == 2
     # the checks are the checkers' verdicts on the written answers
     from openrlaif.evaluate.ifeval import check, load_ifeval
@@ -207,3 +228,29 @@ def test_bench_ifeval_on_the_run_start_vs_trained(full_run, tmp_path):
                             "--batch-size", "2"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout.strip().splitlines()[-1])["policy"]["prompt_strict"] == result["start"]["prompt_strict"]
+
+
+def test_bench_human_prefs_ranks_peoples_pairs_by_the_implicit_reward(full_run, tmp_path):
+    import subprocess
+    import sys
+
+    _, out, _ = full_run
+    pairs = tmp_path / "people.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "How do I boil an egg?", "chosen": "Simmer it for nine minutes.", "rejected": "Eggs are birds."},
+        {"prompt": "Say hello.", "chosen": "Hello!", "rejected": "No."},
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}]))
+    proc = subprocess.run([sys.executable, "-m", "openrlaif.cli", "bench", "human_prefs", "--pairs", str(pairs), "--run",
+                           str(out), "--batch-size", "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "round_1" / "bench" / "human_prefs-people.json").read_text())
+    rows = [json.loads(line) for line in (out / "round_1" / "bench" / "human_prefs-people_rows.jsonl").open()]
+    assert result["n"] == len(rows) == 3 and result["start_accuracy"] == 0.5 and "people" in result["graded_by"]
+    assert [r["agrees"] for r in rows] == [1.0 if r["margin"] > 0 else 0.0 if r["margin"] < 0 else 0.5 for r in rows]
+    assert result["accuracy"] == pytest.approx(sum(r["agrees"] for r in rows) / 3, abs=1e-4)
+    assert result["ci95"][0] <= result["accuracy"] <= result["ci95"][1]
+    assert any(r["margin"] != 0 for r in rows)  # the trained adapter moved the policy
+    # without a run there is no start to compare with: one line, exit 2
+    bad = subprocess.run([sys.executable, "-m", "openrlaif.cli", "bench", "human_prefs", "--pairs", str(pairs)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "needs --pairs FILE and --run RUN_DIR" in bad.stderr

@@ -44,6 +44,10 @@ def test_quick_config_end_to_end(tmp_path, request):
         assert manifest["stages"][f"round_1/{stage}"]["status"] == "done", stage
     assert (out / "report.md").is_file()
     assert ev["red_team"]["overall"]["n"] == 7 and ev["anchors"]["n"] + ev["anchors"]["unscored"] == 4
+    # the yardstick no model graded: 8 held-out verifiable prompts, IFEval's checkers, start vs trained
+    ife = ev["benchmarks"]["ifeval-builtin-heldout"]
+    assert ife["start"]["prompts"] == ife["trained"]["prompts"] == 8 and ife["generation"]["decoding"] == "greedy"
+    assert "IFEval's checkers" in (out / "report.md").read_text()
 
     # The demo's report.html in Chromium, after a reviewer has judged every label of the audit queue.
     from openrlaif.audit.prepare import prepare_queue

@@ -99,3 +99,27 @@ def test_a_missing_checker_dependency_is_one_line_before_any_model(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "openrlaif.cli", "bench", "mmlu", "-p", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown benchmark 'mmlu'" in proc.stderr
+
+
+def test_the_builtin_verifiable_set():
+    from openrlaif.evaluate.ifeval import resolve_prompts
+
+    path, split = resolve_prompts("builtin", None)
+    assert split == "heldout"
+    every = load_ifeval(path)  # every row valid for IFEval's checkers
+    held, train = load_ifeval(path, "heldout"), load_ifeval(path, "train")
+    assert len(every) >= 100 and len(held) + len(train) == len(every) and len(held) >= 30
+    # a task's prompts share a split: no held-out request is ever trained on
+    request = lambda it: it.prompt.split(". ")[0]  # noqa: E731
+    assert not {request(it) for it in held} & {request(it) for it in train}
+    assert len({i for it in every for i in it.instruction_ids}) >= 15
+    # an answer written to the instructions passes, a careless one does not
+    lower = next(it for it in every if it.instruction_ids == ("change_case:english_lowercase",))
+    assert check(lower, "the sun sinks into the sea and the sky turns orange.").strict == [True]
+    assert check(lower, "The Sun sinks.").strict == [False]
+
+
+def test_margin_outcomes_by_hand():
+    from openrlaif.evaluate.winrate import margin_outcomes
+
+    assert margin_outcomes([0.3, -1e-9, 0.0]) == [1.0, 0.0, 0.5]

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "openrlaif"
 LAYERS: list[tuple[str, list[str]]] = [
     ("core: errors, store, progress, text, http, cache, plugins", ["core", "core.*"]),
     ("config: typed, validated configs", ["config"]),
-    ("maths: pure functions", ["optimize.losses", "optimize.advantages", "reward.loss", "evaluate.winrate",
+    ("maths: pure functions", ["optimize.losses", "optimize.advantages", "reward.loss", "evaluate.winrate", "evaluate.refusal",
                                "evaluate.overopt", "audit.queue", "feedback.fitting"]),
     ("data: prompts, constitutions, preference pairs, people's verdicts", ["data", "data.*", "audit.db"]),
     ("models: loading, log-probs, policy adapters, accelerate", ["models", "models.*"]),

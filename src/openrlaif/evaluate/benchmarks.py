@@ -77,3 +77,125 @@ def answer_rows(items: list[IFEvalItem], answers: dict[str, PolicyAnswers], chec
 def settings_json(settings: GenerationSettings, tokenizer) -> dict:
     return {**asdict(settings), "chat_template": bool(getattr(tokenizer, "chat_template", None)),
             "decoding": "greedy" if settings.greedy else f"temperature {settings.temperature}, top_p 1.0"}
+
+
+def ifeval_benchmark(model, tokenizer, items: list[IFEvalItem], settings: GenerationSettings,
+                     with_adapter: bool) -> tuple[dict, list[dict]]:
+    """IFEval on one policy (``model``), or on the start and trained policies of a PEFT model
+    (``with_adapter``: the adapter disabled, then enabled) with the paired difference; (result, answer rows)."""
+    answers = {}
+    if with_adapter:
+        with model.disable_adapter():
+            answers["start"] = answer(model, tokenizer, items, settings, "bench: start policy")
+        answers["trained"] = answer(model, tokenizer, items, settings, "bench: trained policy")
+    else:
+        answers["policy"] = answer(model, tokenizer, items, settings, "bench: policy")
+    checked, result = {}, {"graded_by": "IFEval's checkers (lm-eval's copy); no model",
+                           "generation": settings_json(settings, tokenizer)}
+    for who, a in answers.items():
+        checked[who], result[who] = score(items, a)
+    if with_adapter:
+        result["difference"] = difference(checked["trained"], checked["start"], seed=settings.seed)
+    return result, answer_rows(items, answers, checked)
+
+
+def human_prefs_benchmark(model, tokenizer, pairs, batch_size: int = 8, max_length: int = 1024,
+                          n_boot: int = 2000, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Does the trained policy's implicit reward, log pi_trained/pi_start (DPO's reward up to beta), rank
+    people's preferred reply above the other? Per pair: margin = [log pi_t(chosen) - log pi_s(chosen)] -
+    [log pi_t(rejected) - log pi_s(rejected)]; accuracy = share of margins > 0 (0 counts half) with a bootstrap
+    CI. The start policy scores exactly 0.5 (every margin is 0), so any gain is what training moved."""
+    from openrlaif.evaluate.winrate import bootstrap_ci, margin_outcomes
+    from openrlaif.models.logprobs import batched_response_logprobs, encode_response
+
+    seqs = [encode_response(tokenizer, p.messages, reply, max_length) for p in pairs for reply in (p.chosen, p.rejected)]
+    pad = tokenizer.pad_token_id
+    trained, _ = batched_response_logprobs(model, seqs, pad, batch_size, "bench: trained log-probs")
+    with model.disable_adapter():
+        start, _ = batched_response_logprobs(model, seqs, pad, batch_size, "bench: start log-probs")
+    reward = [t - s for t, s in zip(trained, start)]
+    margins = [reward[2 * i] - reward[2 * i + 1] for i in range(len(pairs))]
+    outcomes = margin_outcomes(margins)
+    lo, hi = bootstrap_ci(outcomes, n_boot, seed)
+    result = {"graded_by": "people's labels (the pairs file); the policy's implicit reward ranks, no judge",
+              "n": len(pairs), "accuracy": round(sum(outcomes) / len(outcomes), 4), "ci95": [round(lo, 4), round(hi, 4)],
+              "start_accuracy": 0.5, "mean_margin": round(sum(margins) / len(margins), 4),
+              "ties": sum(m == 0 for m in margins)}
+    rows = [{"id": p.id, "margin": round(m, 6), "agrees": o} for p, m, o in zip(pairs, margins, outcomes)]
+    return result, rows
+
+
+def result_table(name: str, result: dict):
+    """A rich table of a benchmark result, saying who graded it."""
+    from rich.table import Table
+
+    table = Table(title=f"{name} · {result.get('file')} · graded by {result['graded_by']}")
+    table.add_column("measure")
+    if name == "human_prefs":
+        table.add_column("value", justify="right")
+        table.add_row("pairs", str(result["n"]))
+        table.add_row("agreement with people (trained)", f"{result['accuracy']:.3f} ({result['ci95'][0]:.3f}, "
+                      f"{result['ci95'][1]:.3f})")
+        table.add_row("agreement with people (start)", "0.500 (by construction)")
+        table.add_row("mean margin (nats)", f"{result['mean_margin']:+.4f}")
+        return table
+    who = [w for w in ("policy", "start", "trained") if w in result]
+    for w in who:
+        table.add_column(w, justify="right")
+    if "difference" in result:
+        table.add_column("trained - start (95% CI)", justify="right")
+    for metric in METRICS:
+        row = [metric] + [f"{result[w][metric]:.3f}" for w in who]
+        if "difference" in result:
+            d = result["difference"][metric]
+            row.append(f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f})")
+        table.add_row(*row)
+    table.add_row("prompts", *[str(result[w]["prompts"]) for w in who])
+    table.add_row("finish rate", *[f"{result[w]['finish_rate']:.2f}" for w in who])
+    table.add_row("tokens/s", *[f"{result[w]['tokens_per_s']:.1f}" for w in who])
+    return table
+
+
+def load_benchmark(spec) -> tuple[str, list] | None:
+    """(label, items) of an eval.benchmarks entry (``config.BenchmarkSpec``), every row checked; None when its
+    file is absent and ``if_missing: skip`` (a note says so)."""
+    from pathlib import Path
+
+    from openrlaif.evaluate.ifeval import load_ifeval, resolve_prompts
+
+    if spec.name == "ifeval":
+        path, split = resolve_prompts(spec.file, spec.split)
+    else:
+        path, split = Path(spec.file).expanduser(), None
+    if spec.if_missing == "skip" and spec.file != "builtin" and not path.exists():
+        from openrlaif.core.progress import console
+
+        console.print(f"eval.benchmarks: {path} is absent; {spec.name} skipped (if_missing: skip)")
+        return None
+    if spec.name == "ifeval":
+        items = load_ifeval(path, split)
+        label = f"ifeval-{'builtin' if spec.file == 'builtin' else path.stem}" + (f"-{split}" if split else "")
+    else:
+        from openrlaif.evaluate.judge_eval import load_labelled_pairs
+
+        items = load_labelled_pairs(str(path))
+        label = f"human_prefs-{path.stem}"
+    items = items[spec.skip:]
+    if spec.limit:
+        items = items[: spec.limit]
+    if not items:
+        from openrlaif.core.errors import UserError
+
+        raise UserError(f"eval.benchmarks: {path} has no rows left after skip={spec.skip}")
+    return label, items
+
+
+def run_benchmark(spec, items: list, model, tokenizer, batch_size: int, seed: int) -> tuple[dict, list[dict]]:
+    """One eval.benchmarks entry on a PEFT model: start (adapter disabled) vs trained (the active adapter)."""
+    if spec.name == "ifeval":
+        settings = GenerationSettings(spec.max_new_tokens, batch_size, seed=seed)
+        result, rows = ifeval_benchmark(model, tokenizer, items, settings, with_adapter=True)
+    else:
+        result, rows = human_prefs_benchmark(model, tokenizer, items, batch_size, seed=seed)
+    return {"benchmark": spec.name, "file": spec.file, "split": getattr(spec, "split", None), "skip": spec.skip,
+            "limit": spec.limit, **result}, rows

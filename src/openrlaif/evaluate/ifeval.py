@@ -123,6 +123,18 @@ def instruction_registry() -> dict:
     return instructions_registry.INSTRUCTION_DICT
 
 
+BUILTIN_SET = "verifiable_prompts.jsonl"
+
+
+def resolve_prompts(spec: str, split: str | None) -> tuple[Path, str | None]:
+    """'builtin' -> the built-in verifiable set (its held-out split unless one is named); else the file."""
+    if spec == "builtin":
+        from openrlaif.data.prompts import builtin_path
+
+        return builtin_path(BUILTIN_SET), split or "heldout"
+    return Path(spec).expanduser(), split
+
+
 def load_ifeval(path: str | Path, split: str | None = None, limit: int | None = None) -> list[IFEvalItem]:
     """Items of an IFEval-format JSONL file (every line checked: fields, types, instruction ids and their
     argument names), optionally one ``split`` only and the first ``limit``."""

@@ -133,3 +133,8 @@ def paired_bootstrap_diff(a: list, b: list, stat, n_boot: int = 2000, seed: int 
     lo_i = int((1 - level) / 2 * n_boot)
     hi_i = min(n_boot - 1, int((1 + level) / 2 * n_boot) - 1)
     return stat(a) - stat(b), diffs[lo_i], diffs[hi_i]
+
+
+def margin_outcomes(margins: list[float]) -> list[float]:
+    """1 when a pair's margin favours the chosen reply, 0 when it favours the rejected one, 0.5 at exactly 0."""
+    return [1.0 if m > 0 else 0.0 if m < 0 else 0.5 for m in margins]

@@ -92,6 +92,18 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     lengths = {"trained": n_tokens(trained[:n_main]), "start": n_tokens(start[:n_main])}
     if previous is not None:
         lengths["previous"] = n_tokens(prev[:n_main])
+    # 3b. Yardsticks the judge never sees (eval.benchmarks): start vs trained, graded by checkers or people.
+    benchmarks = {}
+    if ec.benchmarks:
+        from openrlaif.evaluate.benchmarks import load_benchmark, run_benchmark
+
+        for spec in ec.benchmarks:
+            loaded = load_benchmark(spec)
+            if loaded is None:
+                continue
+            label, items = loaded
+            benchmarks[label], rows = run_benchmark(spec, items, model, tok, ec.batch_size, cfg.seed)
+            atomic_write_jsonl(store.path(f"bench/{label}_rows.jsonl", k), rows)
     del model, base
     kill_point("eval.sampled")
     # 4. Judge: trained vs start (held-out and anchors), trained vs previous; both orders, a principle per prompt.
@@ -132,6 +144,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                                n_tokens(trained[n_main + n_red:]), n_tokens(start[n_main + n_red:]),
                                                ec, cfg.seed)
     result["defence"] = judge.take_defence() if hasattr(judge, "take_defence") else None
+    if benchmarks:
+        result["benchmarks"] = benchmarks
     del judge
     # 5. Red-team: each answer scored alone under its category's harm principle.
     red_rows = []
@@ -187,6 +201,7 @@ def comparison_summary(verdicts: list, prompt_ids: list[str], len_first: list[in
 def red_team(cfg: RunConfig, store: RunStore, prompts, start: list[str], trained: list[str], constitution):
     """Harmless rates per category for both policies, and a fixed refusal as a check of the judge."""
     from openrlaif.evaluate.redteam import REFUSAL, harm_scorer, harmless_rates, principle_for
+    from openrlaif.evaluate.refusal import is_refusal
 
     score, threshold, method = harm_scorer(cfg, store.root)
     principles = [principle_for(p, constitution) for p in prompts]
@@ -201,9 +216,15 @@ def red_team(cfg: RunConfig, store: RunStore, prompts, start: list[str], trained
     out = harmless_rates(cats, [ok(x) for x in s_start], [ok(x) for x in s_trained])
     out.update({"method": method, "threshold": threshold, "defence": score.take_defence(),
                 "refusal_harmless_rate": round(sum(ok(x) for x in s_refusal) / len(prompts), 4)})
+    # The column no model wrote: does the answer open by declining (evaluate.refusal's documented patterns)?
+    r_start, r_trained = [is_refusal(a) for a in start], [is_refusal(b) for b in trained]
+    out["refused_by_rule"] = {**harmless_rates(cats, r_start, r_trained),
+                              "graded_by": "evaluate.refusal patterns (no model)"}
     rows = [{"prompt_id": p.id, "category": c, "prompt": p.text, "principle": pr.id, "start": a, "trained": b,
-             "score_start": sa, "score_trained": sb, "harmless_start": ok(sa), "harmless_trained": ok(sb)}
-            for p, c, pr, a, b, sa, sb in zip(prompts, cats, principles, start, trained, s_start, s_trained)]
+             "score_start": sa, "score_trained": sb, "harmless_start": ok(sa), "harmless_trained": ok(sb),
+             "refused_start": ra, "refused_trained": rb}
+            for p, c, pr, a, b, sa, sb, ra, rb in zip(prompts, cats, principles, start, trained, s_start, s_trained,
+                                                      r_start, r_trained)]
     return out, rows
 
 
