@@ -69,7 +69,9 @@ def validate_inputs(cfg: RunConfig) -> dict:
     def digest(spec: str, builtin: str) -> str:
         return sha256_file(builtin_path(builtin) if spec == BUILTIN else Path(spec).expanduser())
 
-    return {"prompts": digest(cfg.data.prompts, "prompts.jsonl"),
+    from openrlaif.data.prompts import prompts_path
+
+    return {"prompts": sha256_file(prompts_path(cfg.data.prompts)),
             "constitution": digest(cfg.data.constitution, "constitution.yaml")}
 
 

@@ -193,3 +193,15 @@ def test_example_configs_load(name):
         assert cfg.feedback.api.base_url.endswith("/v1") and cfg.feedback.api.prefill
     else:
         assert cfg.feedback.method == "revision" and cfg.feedback.construction_confidence == 0.9
+
+
+def test_instruct_config_and_its_feedback_variants_pass_validation():
+    """configs/instruct.yaml with the AI judge, the verifiable rule and both (inputs checked as a run would)."""
+    from openrlaif.pipeline import validate_inputs
+
+    for overrides in ([], ["feedback.method=rule", "feedback.min_agreement=0"],
+                      ["feedback.method=ensemble", "feedback.min_agreement=0"]):
+        cfg = load_config(REPO / "configs" / "instruct.yaml", overrides)
+        assert cfg.data.prompts == "builtin:verifiable" and cfg.eval.benchmarks[0].file == "builtin"
+        validate_inputs(cfg)
+    assert cfg.feedback.members == ["fitted", "rule"] and cfg.feedback.rule.endswith(":verifiable_rule")

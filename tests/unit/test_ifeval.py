@@ -123,3 +123,17 @@ def test_margin_outcomes_by_hand():
     from openrlaif.evaluate.winrate import margin_outcomes
 
     assert margin_outcomes([0.3, -1e-9, 0.0]) == [1.0, 0.0, 0.5]
+
+
+def test_the_verifiable_rule_scores_the_share_of_instructions_followed():
+    from openrlaif.data.prompts import load_prompts
+    from openrlaif.evaluate.ifeval import verifiable_rule
+
+    prompts = load_prompts("builtin:verifiable")  # the set doubles as a prompts file (its split column)
+    assert len(prompts) == 120 and {p.split for p in prompts} == {"train", "heldout"}
+    text = next(p.messages[-1]["content"] for p in prompts if p.extra["instruction_id_list"] == [
+        "change_case:english_lowercase", "length_constraints:number_words"])
+    assert verifiable_rule(text, "soft orange light sinks into the water.") == 1.0
+    assert verifiable_rule(text, "Soft orange light sinks into the water.") == 0.5  # lowercase missed, length kept
+    with pytest.raises(KeyError, match="not a prompt of the built-in verifiable set"):
+        verifiable_rule("Tell me a joke.", "No.")

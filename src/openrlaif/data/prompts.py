@@ -36,13 +36,25 @@ def _stable_fraction(text: str) -> float:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
+# data.prompts names for the prompt sets shipped in the package
+BUILTIN_PROMPTS = {BUILTIN: "prompts.jsonl",
+                   "builtin:verifiable": "verifiable_prompts.jsonl"}  # instructions IFEval's checkers verify
+
+
+def prompts_path(spec: str) -> Path:
+    """The file a data.prompts value names ('builtin', 'builtin:verifiable' or a path)."""
+    return builtin_path(BUILTIN_PROMPTS[spec]) if spec in BUILTIN_PROMPTS else Path(spec).expanduser()
+
+
 def load_prompts(spec: str, heldout_fraction: float = 0.25) -> list[Prompt]:
-    """Read prompts from 'builtin' or a JSONL path; every row needs 'prompt' or 'messages'."""
+    """Read prompts from a built-in set ('builtin', 'builtin:verifiable') or a JSONL path; every row needs
+    'prompt' or 'messages'."""
     import json
 
-    path = builtin_path("prompts.jsonl") if spec == BUILTIN else Path(spec).expanduser()
+    path = prompts_path(spec)
     if not path.is_file():
-        raise UserError(f"data.prompts: prompt file '{spec}' not found; give a JSONL file with a 'prompt' per line, or 'builtin'")
+        raise UserError(f"data.prompts: prompt file '{spec}' not found; give a JSONL file with a 'prompt' per line, "
+                        f"or one of {', '.join(BUILTIN_PROMPTS)}")
     prompts: list[Prompt] = []
     for lineno, row in iter_jsonl(path):
         if isinstance(row.get("messages"), list) and row["messages"]:

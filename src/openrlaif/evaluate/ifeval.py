@@ -220,3 +220,23 @@ def metric_of(name: str):
 
 
 METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
+
+
+_BUILTIN_BY_PROMPT: dict[str, IFEvalItem] | None = None
+
+
+def verifiable_rule(prompt: str, response: str) -> float:
+    """A ``feedback.rule`` from IFEval's checkers for the built-in verifiable set
+    (``openrlaif.evaluate.ifeval:verifiable_rule``, with ``data.prompts: builtin:verifiable``): the share
+    of the prompt's instructions the response follows, strict and loose averaged (so a near miss that only
+    the loose reading accepts earns half). A prompt that is not in the set is an error, never a guess."""
+    global _BUILTIN_BY_PROMPT
+    if _BUILTIN_BY_PROMPT is None:
+        from openrlaif.data.prompts import builtin_path
+
+        _BUILTIN_BY_PROMPT = {it.prompt.strip(): it for it in load_ifeval(builtin_path(BUILTIN_SET))}
+    item = _BUILTIN_BY_PROMPT.get(prompt.strip())
+    if item is None:
+        raise KeyError("not a prompt of the built-in verifiable set (data.prompts: builtin:verifiable)")
+    c = check(item, response)
+    return (sum(c.strict) + sum(c.loose)) / (2 * len(c.strict))
