@@ -43,6 +43,9 @@ class IFEvalItem:
         return [{"role": "user", "content": self.prompt}]
 
 
+METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
+
+
 @dataclass
 class Checked:
     strict: list[bool]  # one per instruction
@@ -186,20 +189,13 @@ def check(item: IFEvalItem, response: str) -> Checked:
 
 def accuracies(items: list[IFEvalItem], checked: list[Checked]) -> dict:
     """IFEval's four accuracies, and strict/loose accuracy per instruction id (with its count)."""
-    def level(lists: list[list[bool]]) -> tuple[float, float]:
-        prompt = sum(all(x) for x in lists) / len(lists)
-        flat = [v for x in lists for v in x]
-        return prompt, sum(flat) / len(flat)
-
-    ps, is_ = level([c.strict for c in checked])
-    pl, il = level([c.loose for c in checked])
     per: dict[str, list[list[bool]]] = {}
     for item, c in zip(items, checked):
         for iid, s, lo in zip(item.instruction_ids, c.strict, c.loose):
             per.setdefault(iid, [[], []])
             per[iid][0].append(s)
             per[iid][1].append(lo)
-    return {"prompt_strict": ps, "instruction_strict": is_, "prompt_loose": pl, "instruction_loose": il,
+    return {**{name: metric_of(name)(checked) for name in METRICS},
             "prompts": len(items), "instructions": sum(len(c.strict) for c in checked),
             "per_instruction": {iid: {"n": len(s), "strict": sum(s) / len(s), "loose": sum(lo) / len(lo)}
                                 for iid, (s, lo) in sorted(per.items())}}
@@ -218,8 +214,6 @@ def metric_of(name: str):
 
     return metric
 
-
-METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 
 
 _BUILTIN_BY_PROMPT: dict[str, IFEvalItem] | None = None

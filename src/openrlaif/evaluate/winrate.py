@@ -16,16 +16,20 @@ def win_rate(scores: list[float]) -> float:
     return sum(scores) / len(scores) if scores else float("nan")
 
 
+def percentile_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap replicates (percentile method)."""
+    values = sorted(values)
+    n = len(values)
+    return values[int((1 - level) / 2 * n)], values[min(n - 1, int((1 + level) / 2 * n) - 1)]
+
+
 def bootstrap_ci(scores: list[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean over prompts (resampled with replacement)."""
     if not scores:
         return float("nan"), float("nan")
     rng = random.Random(seed)
     n = len(scores)
-    means = sorted(sum(rng.choice(scores) for _ in range(n)) / n for _ in range(n_boot))
-    lo_i = int((1 - level) / 2 * n_boot)
-    hi_i = min(n_boot - 1, int((1 + level) / 2 * n_boot) - 1)
-    return means[lo_i], means[hi_i]
+    return percentile_interval([sum(rng.choice(scores) for _ in range(n)) / n for _ in range(n_boot)], level)
 
 
 def cluster_bootstrap_ci(groups: list[list[float]], n_boot: int = 2000, seed: int = 0,
@@ -42,10 +46,7 @@ def cluster_bootstrap_ci(groups: list[list[float]], n_boot: int = 2000, seed: in
     for _ in range(n_boot):
         picked = [rng.choice(groups) for _ in range(n)]
         means.append(sum(sum(g) for g in picked) / sum(len(g) for g in picked))
-    means.sort()
-    lo_i = int((1 - level) / 2 * n_boot)
-    hi_i = min(n_boot - 1, int((1 + level) / 2 * n_boot) - 1)
-    return means[lo_i], means[hi_i]
+    return percentile_interval(means, level)
 
 
 def logistic_fit(y: list[float], x: list[float], ridge: float = 1e-6, iters: int = 100) -> tuple[float, float]:
@@ -129,10 +130,8 @@ def paired_bootstrap_diff(a: list, b: list, stat, n_boot: int = 2000, seed: int 
     for _ in range(n_boot):
         idx = [rng.randrange(n) for _ in range(n)]
         diffs.append(stat([a[i] for i in idx]) - stat([b[i] for i in idx]))
-    diffs.sort()
-    lo_i = int((1 - level) / 2 * n_boot)
-    hi_i = min(n_boot - 1, int((1 + level) / 2 * n_boot) - 1)
-    return stat(a) - stat(b), diffs[lo_i], diffs[hi_i]
+    lo, hi = percentile_interval(diffs, level)
+    return stat(a) - stat(b), lo, hi
 
 
 def margin_outcomes(margins: list[float]) -> list[float]:

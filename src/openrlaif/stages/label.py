@@ -68,9 +68,9 @@ def directed_p_first(p_first: float, first_directed: bool, second_directed: bool
     """P(first better) after the judge-directed policy: under 'penalize' a candidate that addresses the judge
     loses (probability 0 or 1) to one that does not; otherwise, or when both or neither do, the judge's
     probability stands."""
-    if policy != "penalize" or first_directed == second_directed:
-        return p_first
-    return 0.0 if first_directed else 1.0
+    from openrlaif.feedback.defended import defended_p_first
+
+    return defended_p_first(p_first, first_directed, second_directed) if policy == "penalize" else p_first
 
 
 def directed_fields(chosen_directed: bool, rejected_directed: bool, policy: str) -> dict:
