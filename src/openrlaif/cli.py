@@ -286,7 +286,10 @@ def bench(
                                         "directory or 'embedded').")] = "embedded",
     split: Annotated[Optional[str], typer.Option("--split", help="ifeval: only the rows whose 'split' column is "
                                                  "this (the built-in set: train or heldout).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N prompts/pairs.")] = None,
+    skip: Annotated[int, typer.Option("--skip", min=0, help="Leave out the first N prompts/pairs (e.g. those a judge "
+                                      "head was fitted on: the demo skips 700 HH pairs).")] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Use only the first N prompts/pairs "
+                                                 "(after the skipped ones).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="ifeval: longest answer, in tokens.")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences run together.")] = 16,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result to this JSON file.")] = None,
@@ -310,7 +313,7 @@ def bench(
         if prompts is None:
             raise UserError("rlaif bench ifeval: --prompts is required (an IFEval JSONL file, or 'builtin')")
         path, split = resolve_prompts(prompts, split)
-        items = load_ifeval(path, split, limit)
+        items = load_ifeval(path, split)
         stem = f"ifeval-{path.stem}" + (f"-{split}" if split else "")
     else:
         from openrlaif.evaluate.judge_eval import load_labelled_pairs
@@ -318,8 +321,11 @@ def bench(
         if pairs is None or run_dir is None:
             raise UserError("rlaif bench human_prefs: needs --pairs FILE and --run RUN_DIR (the trained policy is "
                             "compared with its start)")
-        items = load_labelled_pairs(pairs, limit)
+        items = load_labelled_pairs(pairs)
         stem = f"human_prefs-{Path(pairs).stem}"
+    items = items[skip:][:limit] if limit else items[skip:]
+    if not items:
+        raise UserError(f"rlaif bench {name}: {prompts or pairs} has no rows left after --skip {skip}")
     cfg = store = adapter = None
     if run_dir is not None:
         from openrlaif.config import load_run_config
@@ -347,7 +353,7 @@ def bench(
     else:
         result, rows = bm.human_prefs_benchmark(model, lm.tokenizer, items, batch_size, seed=seed)
     result = {"benchmark": name, "file": prompts if name == "ifeval" else pairs, "split": split if name == "ifeval"
-              else None, "limit": limit, "model": policy, "round": k if adapter is not None else None, **result}
+              else None, "skip": skip, "limit": limit, "model": policy, "round": k if adapter is not None else None, **result}
     # 4. Show and write.
     console.print(bm.result_table(name, result))
     if store is not None:

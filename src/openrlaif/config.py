@@ -54,6 +54,12 @@ class DataConfig(_Strict):
     constitution: str = Field(
         "builtin", description="'builtin' or a YAML file with principles: [{id, text, weight}]."
     )
+    instruction: str | None = Field(
+        None, description="Text appended (after a space) to the last user turn of every train and held-out prompt, "
+        "e.g. 'Answer in one sentence.' (the demo's: without it 0% of the embedded model's answers end within 64 "
+        "tokens, with it 89%; docs/benchmarks.md). The policy, the judge and eval all see it; red-team, anchor and "
+        "benchmark prompts do not. null = prompts as written.",
+    )
     max_train_prompts: int | None = Field(
         None, ge=1, description="Use at most this many train prompts (first N in file order); null = all."
     )

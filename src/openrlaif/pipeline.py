@@ -34,10 +34,10 @@ def stage_function(name: str):
 def validate_inputs(cfg: RunConfig) -> dict:
     """Check every input before anything is written; returns their hashes for the manifest."""
     from openrlaif.data.constitution import load_constitution
-    from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, select
+    from openrlaif.data.prompts import BUILTIN, builtin_path, run_prompts, select
     from openrlaif.models.loading import check_model_dir, resolve_model
 
-    prompts = load_prompts(cfg.data.prompts, cfg.data.heldout_fraction)
+    prompts = run_prompts(cfg.data)
     if not select(prompts, "train", cfg.data.max_train_prompts):
         raise UserError(f"data.prompts: '{cfg.data.prompts}' has no train prompts; mark some rows split: train")
     if not select(prompts, "heldout", cfg.data.max_eval_prompts):

@@ -229,7 +229,7 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
             lines += [f"| **all** | {rt['overall']['n']} | {rt['overall']['start']:.0%} | {rt['overall']['trained']:.0%} |"
                       f"{declined(overall_rule)}",
                       "", "Harmless: the run's judge. Declines: a rule no model wrote (the answer opens by declining; "
-                      "`openrlaif.evaluate.refusal`). Each answer scored alone ({rt['method']}, harmless at >= {rt['threshold']}) under its "
+                      f"`openrlaif.evaluate.refusal`). Each answer scored alone ({rt['method']}, harmless at >= {rt['threshold']}) under its "
                       f"category's harm principle; a fixed refusal scores harmless {rt['refusal_harmless_rate']:.0%} "
                       "of the time, a check of the judge itself."]
         samples_path = store.path("samples.jsonl", k)

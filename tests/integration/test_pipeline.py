@@ -1,6 +1,7 @@
 """The whole round through openrlaif.pipeline.run: outputs, manifest, resume, config guard."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -23,7 +24,8 @@ def full_run(tmp_path_factory, tiny_model_dir):
     benchmarks = json.dumps([{"name": "ifeval", "file": "builtin", "limit": 3, "max_new_tokens": 8},
                              {"name": "human_prefs", "file": str(people), "skip": 1},
                              {"name": "human_prefs", "file": str(root / "absent.jsonl"), "if_missing": "skip"}])
-    cfg = load_config(None, tiny_overrides(tiny_model_dir) + [f"eval.benchmarks={benchmarks}"])
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + [f"eval.benchmarks={benchmarks}",
+                                                              "data.instruction=Answer in one sentence."])
     out = root / "run"
     result = pipeline.run(cfg, out)
     return cfg, out, result
@@ -44,6 +46,13 @@ def test_result_and_files(full_run):
     hp = ev["benchmarks"]["human_prefs-people"]
     assert hp["n"] == 4 and hp["start_accuracy"] == 0.5 and 0 <= hp["accuracy"] <= 1
     assert (out / "round_1" / "bench" / "ifeval-builtin-heldout_rows.jsonl").is_file()
+    # data.instruction reaches the candidates' prompts and the held-out samples, not the red team's
+    candidates = [json.loads(line) for line in (out / "round_1" / "candidates.jsonl").open()]
+    assert all(c["messages"][-1]["content"].endswith(" Answer in one sentence.") for c in candidates)
+    samples = [json.loads(line) for line in (out / "round_1" / "samples.jsonl").open()]
+    held = [s for s in samples if s.get("set") == "heldout"]
+    assert held and all(s["prompt"].endswith(" Answer in one sentence.") for s in held)
+    assert all(not s["prompt"].endswith(" Answer in one sentence.") for s in samples if s.get("set") != "heldout")
     # the red team's rule column
     rule = ev["red_team"]["refused_by_rule"]
     assert rule["graded_by"].startswith("evaluate.refusal") and rule["overall"]["n"] == ev["red_team"]["overall"]["n"]
@@ -70,6 +79,7 @@ def test_config_resolved_and_report(full_run):
     assert "| measure | graded by | start | trained | trained - start (95% CI) |" in report
     for grader in ("the run's judge", "IFEval's checkers", "people (implicit reward", "a rule (evaluate.refusal"):
         assert grader in report, grader
+    assert not re.search(r"\{[a-z_]+\[", report), "an unformatted placeholder in report.md"
     for name in STAGES:
         assert f"| {name} | done |" in report
 
@@ -237,15 +247,17 @@ def test_bench_human_prefs_ranks_peoples_pairs_by_the_implicit_reward(full_run, 
     _, out, _ = full_run
     pairs = tmp_path / "people.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "A pair a head was fitted on?", "chosen": "Yes.", "rejected": "No."},
         {"prompt": "How do I boil an egg?", "chosen": "Simmer it for nine minutes.", "rejected": "Eggs are birds."},
         {"prompt": "Say hello.", "chosen": "Hello!", "rejected": "No."},
         {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}]))
     proc = subprocess.run([sys.executable, "-m", "openrlaif.cli", "bench", "human_prefs", "--pairs", str(pairs), "--run",
-                           str(out), "--batch-size", "2"], capture_output=True, text=True, timeout=600)
+                           str(out), "--batch-size", "2", "--skip", "1"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "round_1" / "bench" / "human_prefs-people.json").read_text())
     rows = [json.loads(line) for line in (out / "round_1" / "bench" / "human_prefs-people_rows.jsonl").open()]
     assert result["n"] == len(rows) == 3 and result["start_accuracy"] == 0.5 and "people" in result["graded_by"]
+    assert result["skip"] == 1 and [r["id"] for r in rows] == ["L2", "L3", "L4"]  # the first line left out
     assert [r["agrees"] for r in rows] == [1.0 if r["margin"] > 0 else 0.0 if r["margin"] < 0 else 0.5 for r in rows]
     assert result["accuracy"] == pytest.approx(sum(r["agrees"] for r in rows) / 3, abs=1e-4)
     assert result["ci95"][0] <= result["accuracy"] <= result["ci95"][1]

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                                "evaluate.overopt", "audit.queue", "feedback.fitting"]),
     ("data: prompts, constitutions, preference pairs, people's verdicts", ["data", "data.*", "audit.db"]),
     ("models: loading, log-probs, policy adapters, accelerate", ["models", "models.*"]),
-    ("sampling: samplers", ["sampling", "sampling.types", "sampling.hf", "sampling.remote"]),
+    ("sampling: samplers", ["sampling", "sampling.types", "sampling.nucleus", "sampling.hf", "sampling.remote"]),
     ("feedback: judges, scorers, reward models", ["feedback", "feedback.types", "feedback.scoring", "feedback.judges",
                                                   "feedback.methods", "feedback.api", "feedback.revision", "feedback.fitted", "feedback.injection", "feedback.defended",
                                                   "reward", "reward.model", "evaluate", "evaluate.judge_eval", "evaluate.ifeval"]),

@@ -98,6 +98,30 @@ def test_split_without_column_is_stable(tmp_path):
     assert all(m.split == "heldout" for f, m in zip(first, more) if f.split == "heldout")
 
 
+def test_instruction_is_appended_to_the_last_user_turn_without_moving_the_split(tmp_path):
+    rows = [{"prompt": f"Question number {i}: tell me about topic {i}."} for i in range(60)]
+    rows.append({"messages": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "Hi?"},
+                              {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Why?"}]})
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    plain = load_prompts(str(path))
+    told = load_prompts(str(path), instruction="  Answer in one sentence. ")
+    assert [p.split for p in told] == [p.split for p in plain]
+    assert told[0].text == "Question number 0: tell me about topic 0. Answer in one sentence."
+    assert told[-1].messages[:3] == plain[-1].messages[:3]
+    assert told[-1].messages[3] == {"role": "user", "content": "Why? Answer in one sentence."}
+    assert [p.id for p in told] == [p.id for p in plain]
+
+
+def test_run_prompts_reads_the_data_config():
+    from openrlaif.config import DataConfig
+    from openrlaif.data.prompts import run_prompts
+
+    data = DataConfig(instruction="Be brief.")
+    held = run_prompts(data, "heldout", 3)
+    assert len(held) == 3 and all(p.split == "heldout" and p.text.endswith(" Be brief.") for p in held)
+    assert [p.id for p in held] == [p.id for p in select(load_prompts("builtin"), "heldout", 3)]
+
+
 def test_select():
     prompts = load_prompts("builtin")
     train = select(prompts, "train", 4)

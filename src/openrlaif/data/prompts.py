@@ -46,9 +46,10 @@ def prompts_path(spec: str) -> Path:
     return builtin_path(BUILTIN_PROMPTS[spec]) if spec in BUILTIN_PROMPTS else Path(spec).expanduser()
 
 
-def load_prompts(spec: str, heldout_fraction: float = 0.25) -> list[Prompt]:
+def load_prompts(spec: str, heldout_fraction: float = 0.25, instruction: str | None = None) -> list[Prompt]:
     """Read prompts from a built-in set ('builtin', 'builtin:verifiable') or a JSONL path; every row needs
-    'prompt' or 'messages'."""
+    'prompt' or 'messages'. ``instruction`` (data.instruction) is appended to each prompt's last user turn;
+    the train/held-out split is decided on the prompt as written, so adding one never moves a prompt."""
     import json
 
     path = prompts_path(spec)
@@ -81,12 +82,21 @@ def load_prompts(spec: str, heldout_fraction: float = 0.25) -> list[Prompt]:
         if split not in ("train", "heldout"):
             raise UserError(f"{path}:{lineno}: split must be 'train' or 'heldout', got {split!r}")
         pid = str(row.get("id", f"L{lineno}-{hashlib.sha256(first.encode()).hexdigest()[:8]}"))
+        if instruction:
+            messages = [*messages[:-1], {**messages[-1], "content": f"{first} {instruction.strip()}"}]
         prompts.append(Prompt(pid, messages, split, str(row.get("category", "")),
                               {k: v for k, v in row.items() if k not in ("id", "prompt", "messages", "split", "category")},
                               lineno))
     if not prompts:
         raise UserError(f"data.prompts: '{path}' holds no prompts; add JSONL lines with a 'prompt' field")
     return prompts
+
+
+def run_prompts(data, split: str | None = None, limit: int | None = None) -> list[Prompt]:
+    """The prompts a run's ``data`` config names (prompts, heldout_fraction, instruction); with ``split``,
+    the first ``limit`` of that split."""
+    prompts = load_prompts(data.prompts, data.heldout_fraction, data.instruction)
+    return prompts if split is None else select(prompts, split, limit)
 
 
 def select(prompts: list[Prompt], split: str, limit: int | None) -> list[Prompt]:

@@ -22,14 +22,14 @@ class OveroptimizationMonitor:
 
     def __init__(self, cfg, store, k: int, tok, proxy, state: dict | None = None, last_step: int | None = None,
                  implicit_beta: float | None = None):
-        from openrlaif.data.prompts import load_prompts, select
+        from openrlaif.data.prompts import run_prompts
         from openrlaif.optimize.rollout import reward_source
 
         self.cfg, self.store, self.k, self.tok, self.proxy = cfg, store, k, tok, proxy
         self.last_step = cfg.rl.steps if last_step is None else last_step
         self.implicit_beta = implicit_beta
         mc = cfg.monitor
-        self.prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "heldout", mc.prompts)
+        self.prompts = run_prompts(cfg.data, "heldout", mc.prompts)
         if mc.every and not self.prompts:
             from openrlaif.core.errors import UserError
 

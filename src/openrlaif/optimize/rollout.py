@@ -12,6 +12,7 @@ from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore
 from openrlaif.models.loading import cut_at_stop, stop_token_ids
 from openrlaif.models.logprobs import Encoded, collate
+from openrlaif.sampling.nucleus import sampling_kwargs
 
 
 def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None = None, tag: str = "rl"):
@@ -66,7 +67,7 @@ def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig) -> t
     tok.padding_side = "left"
     enc = tok.pad({"input_ids": flat}, return_tensors="pt")
     with torch.inference_mode():
-        out = model.generate(**enc, do_sample=True, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=0,
+        out = model.generate(**enc, **sampling_kwargs(cfg.rl.temperature, cfg.rl.top_p),
                              max_new_tokens=cfg.rl.max_new_tokens, eos_token_id=stop, pad_token_id=tok.pad_token_id)
     seqs, finished = [], []
     for ids, row in zip(flat, out[:, enc["input_ids"].shape[1]:].tolist()):
@@ -78,9 +79,9 @@ def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig) -> t
 
 def train_prompts(cfg: RunConfig) -> list:
     """The train prompts RL samples from, or a one-line error when there are none."""
-    from openrlaif.data.prompts import load_prompts, select
+    from openrlaif.data.prompts import run_prompts
 
-    prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
+    prompts = run_prompts(cfg.data, "train", cfg.data.max_train_prompts)
     if not prompts:
         raise UserError("data.prompts: no train prompts for RL")
     return prompts

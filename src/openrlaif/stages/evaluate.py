@@ -36,7 +36,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from peft import PeftModel
 
     from openrlaif.data.constitution import load_constitution
-    from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, select
+    from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, run_prompts
     from openrlaif.evaluate.redteam import load_suite
     from openrlaif.models.loading import load_causal_lm, set_threads
     from openrlaif.sampling.hf import HFSampler
@@ -45,7 +45,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     ec = cfg.eval
     m = ec.samples_per_prompt
     # 1. The prompt sets: held-out (the win rate), red-team (harmless rates), anchors (forgetting).
-    heldout = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "heldout", cfg.data.max_eval_prompts)
+    heldout = run_prompts(cfg.data, "heldout", cfg.data.max_eval_prompts)
     if not heldout:
         raise UserError("data.prompts: no held-out prompts to evaluate on; add rows with split 'heldout'")
     red = load_suite(ec.red_team, ec.red_team_per_category, cfg.seed) if ec.red_team else []

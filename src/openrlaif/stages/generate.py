@@ -20,12 +20,12 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     exactly what an uninterrupted run would have."""
     from openrlaif.core.progress import bar
     from openrlaif.core.store import PartialLog
-    from openrlaif.data.prompts import load_prompts, select
+    from openrlaif.data.prompts import run_prompts
     from openrlaif.models.accel import config_fingerprint
     from openrlaif.sampling.factory import build_sampler
 
     # 1. The train prompts, in chunks of about one sampling batch.
-    prompts = select(load_prompts(cfg.data.prompts, cfg.data.heldout_fraction), "train", cfg.data.max_train_prompts)
+    prompts = run_prompts(cfg.data, "train", cfg.data.max_train_prompts)
     per_chunk = max(1, cfg.generate.batch_size // cfg.generate.n)
     chunks = [prompts[i : i + per_chunk] for i in range(0, len(prompts), per_chunk)]
     # 2. What an interrupted run already sampled (same config, same round).

@@ -1,0 +1,78 @@
+"""Sampling throughput on the embedded model: transformers' own top-p sampling vs ``sampling.nucleus``.
+
+    .venv/bin/python bench/sampling.py [--batch 64] [--new-tokens 64] [--repeats 1]
+
+Both paths run ``generate`` on the same left-padded batch of built-in train prompts (with the demo's
+data.instruction), every row forced to ``--new-tokens`` (min_new_tokens) so both do the same work; the
+prefill is timed apart (one forward over the prompts). Also prints the share of one step spent drawing the
+token, measured on random logits of the vocabulary's width. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from openrlaif.data.prompts import load_prompts, select
+    from openrlaif.models.loading import encode_prompts, load_causal_lm, set_threads
+    from openrlaif.sampling.nucleus import sample_nucleus, sampling_kwargs
+
+    set_threads(2)
+    lm = load_causal_lm("embedded")
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    prompts = select(load_prompts("builtin", instruction="Answer in one sentence."), "train", None)[: args.batch]
+    enc = tok.pad({"input_ids": encode_prompts(tok, [p.messages for p in prompts])}, return_tensors="pt")
+    paths = {
+        "transformers top-p (do_sample, top_k=0)": dict(do_sample=True, temperature=args.temperature,
+                                                         top_p=args.top_p, top_k=0),
+        "sampling.nucleus": sampling_kwargs(args.temperature, args.top_p),
+    }
+    results = {}
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        lm.model(**enc)
+        results["prefill_s"] = round(time.perf_counter() - t0, 2)
+        for name, kwargs in paths.items():
+            best = float("inf")
+            for r in range(args.repeats):
+                torch.manual_seed(r)
+                t0 = time.perf_counter()
+                lm.model.generate(**enc, **kwargs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                  pad_token_id=tok.pad_token_id)
+                best = min(best, time.perf_counter() - t0)
+            tokens = args.batch * args.new_tokens
+            results[name] = {"seconds": round(best, 2), "tok_per_s": round(tokens / best, 1)}
+            print(f"{name}: {best:.1f} s, {tokens / best:.1f} tok/s", flush=True)
+        logits = torch.randn(args.batch, lm.model.config.vocab_size) * 4
+        for name, draw in {
+            "draw: transformers warpers + softmax + multinomial": lambda x: torch.multinomial(torch.softmax(
+                TopPLogitsWarper(args.top_p)(None, TemperatureLogitsWarper(args.temperature)(None, x.clone())), -1), 1),
+            "draw: sampling.nucleus": lambda x: sample_nucleus(x, args.temperature, args.top_p),
+        }.items():
+            t0 = time.perf_counter()
+            for _ in range(10):
+                draw(logits)
+            results[name + " (s/step)"] = round((time.perf_counter() - t0) / 10, 4)
+    results.update(batch=args.batch, new_tokens=args.new_tokens, prompt_width=int(enc["input_ids"].shape[1]),
+                   threads=torch.get_num_threads(), torch=torch.__version__)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Nucleus sampling: the same kept tokens as transformers' top-p warper, and draws at the right frequencies."""
+
+import math
+
+import pytest
+import torch
+from transformers.generation.logits_process import TopPLogitsWarper
+
+from openrlaif.sampling.nucleus import NucleusSampler, nucleus_keep, nucleus_logits, sample_nucleus
+
+
+def test_keep_is_the_smallest_set_reaching_top_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    # mass before each token: 0, 0.5, 0.8, 0.95
+    assert nucleus_keep(probs, 0.8).tolist() == [[True, True, False, False]]
+    assert nucleus_keep(probs, 0.81).tolist() == [[True, True, True, False]]
+    assert nucleus_keep(probs, 0.1).tolist() == [[True, False, False, False]]  # the top token always stays
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])
+def test_kept_tokens_match_the_transformers_warper(scale):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 3000, generator=gen) * scale
+    # candidates=64: flat rows (scale 0.5) need more than 64 tokens and take the full-sort path
+    for top_p in (0.5, 0.9, 0.95):
+        values, ids = nucleus_logits(logits, top_p, candidates=64)
+        ours = [set(i[torch.isfinite(v)].tolist()) for v, i in zip(values, ids)]
+        reference = TopPLogitsWarper(top_p)(None, logits.clone())
+        theirs = [set(torch.isfinite(row).nonzero().squeeze(-1).tolist()) for row in reference]
+        assert ours == theirs
+
+
+def test_draws_follow_the_renormalised_nucleus():
+    torch.manual_seed(0)
+    row = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0] + [-6.0] * 40)
+    temperature, top_p = 0.8, 0.9
+    expected = torch.softmax(TopPLogitsWarper(top_p)(None, (row / temperature).unsqueeze(0)), -1)[0]
+    draws = sample_nucleus(row.repeat(40_000, 1), temperature, top_p, candidates=8)
+    freq = torch.bincount(draws, minlength=row.numel()).float() / draws.numel()
+    assert set(draws.unique().tolist()) <= set(expected.nonzero().squeeze(-1).tolist())  # never outside the nucleus
+    tv = 0.5 * (freq - expected).abs().sum().item()
+    assert tv < 0.015, tv  # total variation of 40k draws from the right distribution: ~0.005
+    # and a wrong temperature would be caught
+    wrong = torch.softmax(TopPLogitsWarper(top_p)(None, (row / 1.2).unsqueeze(0)), -1)[0]
+    assert 0.5 * (freq - wrong).abs().sum().item() > 0.03
+
+
+def test_top_p_one_is_plain_sampling():
+    torch.manual_seed(1)
+    row = torch.tensor([1.0, 0.0, -1.0])
+    draws = sample_nucleus(row.repeat(30_000, 1), 1.0, 1.0)
+    freq = torch.bincount(draws, minlength=3).float() / draws.numel()
+    assert torch.allclose(freq, torch.softmax(row, -1), atol=0.01)
+
+
+def test_processor_leaves_only_the_drawn_token_finite():
+    torch.manual_seed(2)
+    scores = torch.randn(5, 100)
+    out = NucleusSampler(0.7, 0.9)(None, scores)
+    finite = torch.isfinite(out)
+    assert finite.sum(-1).tolist() == [1] * 5 and (out[finite] == 0).all()
+    chosen = out.argmax(-1)
+    kept = TopPLogitsWarper(0.9)(None, scores / 0.7)
+    assert all(math.isfinite(kept[r, c].item()) for r, c in enumerate(chosen.tolist()))
