@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from openrlaif.optimize.losses import dpo_loss, sequence_logprobs
+from openrlaif.optimize.losses import dpo_loss, sequence_logprobs, sft_loss
 
 
 def log_sigmoid(x: float) -> float:
@@ -122,3 +122,12 @@ def test_ipo_loss_hand_computed():
     assert r_c.item() == pytest.approx(0.125) and r_r.item() == pytest.approx(-0.125)
     # at the target gap the loss is zero (IPO does not push further)
     assert ipo_loss(t(0.0), t(-2.0), t(0.0), t(0.0), beta=0.25)[0].item() == pytest.approx(0.0)
+
+
+def test_sft_loss_is_the_mean_nll_per_trained_token():
+    # sequence 1: 3 trained tokens with log-probs summing to -1.5; sequence 2: 1 token, -2.5
+    # loss = (1.5 + 2.5) / 4 = 1.0 (a per-sequence mean would give (0.5 + 2.5) / 2 = 1.5)
+    loss = sft_loss(torch.tensor([-1.5, -2.5]), torch.tensor([3, 1]))
+    assert loss.item() == pytest.approx(1.0)
+    # no trained tokens: zero, not a division by zero
+    assert sft_loss(torch.tensor([0.0]), torch.tensor([0])).item() == 0.0

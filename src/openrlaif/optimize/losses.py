@@ -110,3 +110,10 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the categorical distribution of each position: logsumexp(z) - sum(softmax(z) * z)."""
     p = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def sft_loss(summed_logps: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
+    """Supervised fine-tuning loss: the mean negative log-likelihood per trained token of a batch, -sum of the
+    sequences' summed log-probs / their total trained tokens (every token counts once, however its sequence
+    is long: TRL's default)."""
+    return -summed_logps.sum() / token_counts.sum().clamp(min=1)
