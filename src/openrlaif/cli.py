@@ -84,7 +84,8 @@ def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | 
     from openrlaif.config import load_config
     from openrlaif.core.store import RunStore
     from openrlaif.models.accel import is_main_process
-    from openrlaif.pipeline import check_stage_inputs, open_run, run_stage
+    from openrlaif.config import with_starting_policy
+    from openrlaif.pipeline import check_stage_inputs, needs_sft, open_run, run_stage
     from openrlaif.report import write_report
     from openrlaif.rounds import round_config
 
@@ -95,7 +96,10 @@ def _stage(name: str, config: Optional[Path], out: Path, overrides: list[str] | 
     if k > cfg.pipeline.rounds:
         raise UserError(f"--round {k}: this run has pipeline.rounds={cfg.pipeline.rounds}; pass pipeline.rounds={k} "
                         f"or run `rlaif run -o {out} --rounds {k}`")
-    rcfg = round_config(cfg, k)
+    if name == "sft" and not needs_sft(cfg):
+        raise UserError("rlaif sft: needs an sft section with sft.data a chat file (e.g. sft.data=chat.jsonl); with "
+                        "train.algo=sft the round's `rlaif train` fine-tunes")
+    rcfg = round_config(cfg, k) if name == "sft" else with_starting_policy(round_config(cfg, k), store)
     check_stage_inputs(name, store, k, cfg=rcfg)
     if not is_main_process():  # a worker of `accelerate launch`: only rank 0 writes the run's books
         run_stage(name, rcfg, store, k)
@@ -112,6 +116,13 @@ StageForce = Annotated[bool, typer.Option("--force", help="Accept a config that 
                                           "(marks every stage of the run as not done).")]
 RoundOpt = Annotated[int, typer.Option("--round", "-k", min=1, help="Which round's stage to run (round k > 1 "
                                        "starts from round k-1's policy).")]
+
+
+@app.command()
+def sft(out: OutOpt, config: ConfigOpt = None, overrides: Overrides = None, force: StageForce = False):
+    """Stage 0: supervised fine-tuning on sft.data (chat rows, loss on the assistant's tokens); the merged model
+    goes to round_1/sft/model and is the run's starting policy from then on. Runs under `accelerate launch` too."""
+    _stage("sft", config, out, overrides, force, 1)
 
 
 @app.command()

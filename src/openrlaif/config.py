@@ -341,9 +341,10 @@ class FeedbackConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    algo: Literal["dpo", "ppo", "rloo"] = Field(
+    algo: Literal["dpo", "ppo", "rloo", "sft"] = Field(
         "dpo", description="'dpo' on the AI preference pairs; 'ppo' (critic, GAE, clipping; see the ppo section) or "
-        "'rloo' (leave-one-out baselines, no critic): RL on a reward, with the rl section's rollouts and reward."
+        "'rloo' (leave-one-out baselines, no critic): RL on a reward, with the rl section's rollouts and reward; "
+        "'sft': supervised fine-tuning on the sft section's rows (e.g. sft.data=revisions)."
     )
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the KL anchor).")
     loss: Literal["sigmoid", "ipo"] = Field(
@@ -383,6 +384,29 @@ class TrainConfig(_Strict):
         10, ge=0, description="Save the trainable weights, optimizer, scheduler, RNG and step every N optimizer steps "
         "(DPO) or updates (PPO/RLOO) to round_K/checkpoint (0 = never); a re-run of the stage resumes from it."
     )
+
+
+class SFTConfig(_Strict):
+    """Supervised fine-tuning on chat rows: `rlaif sft`, `train.algo: sft`, or (with this section set and another
+    train.algo) a stage that runs before round 1 and becomes the run's starting policy."""
+
+    data: str = Field(
+        ..., description="Chat rows: a JSONL or Parquet file or a datasets save_to_disk directory, in TRL's "
+        "conversational formats ('messages', or 'prompt' + 'completion'); or 'revisions': the round's "
+        "round_K/revisions.jsonl (label with feedback.method=revision, Constitutional AI's supervised phase)."
+    )
+    max_rows: int | None = Field(None, ge=1, description="Use at most this many rows (first N); null = all.")
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of rows held out for the eval loss (chosen by a stable hash of the "
+        "conversation; at least one row when the fraction is above 0 and there are 2+ rows)."
+    )
+    max_length: int = Field(512, ge=16, description="Tokens kept per conversation (cut at the end); a row with no "
+                            "assistant token left is an error.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate (LoRA; use ~1e-5 with full_finetune).")
+    epochs: int = Field(2, ge=1, description="Passes over the training rows.")
+    batch_size: int = Field(8, ge=1, description="Rows (packed rows with packing) per optimizer step.")
+    full_finetune: bool = Field(False, description="Train every weight instead of a LoRA adapter (train.lora_*).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warmup share of the steps.")
 
 
 class RewardConfig(_Strict):
@@ -626,6 +650,7 @@ class RunConfig(_Strict):
     label: LabelConfig = Field(default_factory=LabelConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    sft: SFTConfig | None = Field(None, description="Supervised fine-tuning (see SFTConfig); null = none.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
@@ -633,6 +658,21 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _sft_has_rows(self):
+        if self.train.algo == "sft" and self.sft is None:
+            raise ValueError("train.algo=sft needs an sft section with sft.data (a chat JSONL/Parquet file, a saved "
+                             "dataset, or 'revisions')")
+        if self.train.algo == "sft" and self.sft.data == "revisions" and self.feedback.method != "revision":
+            raise ValueError("sft.data=revisions trains on the label stage's critique -> revision rows: set "
+                             "feedback.method=revision in this round (see configs/constitutional.yaml)")
+        return self
+
+    @property
+    def sft_first(self) -> bool:
+        """Whether an `sft` stage runs before round 1 and its model becomes the run's starting policy."""
+        return self.sft is not None and self.sft.data != "revisions" and self.train.algo != "sft"
 
     @model_validator(mode="after")
     def _builtin_heads_fit_the_embedded_judge(self):
@@ -767,7 +807,18 @@ def load_run_config(out: str | Path) -> RunConfig:
     store = RunStore(out)
     if not store.config_path.is_file():
         raise UserError(f"{out} is not a run directory (no config.resolved.yaml); start one with `rlaif run -c CONFIG -o {out}`")
-    return config_from_dict(yaml.safe_load(store.config_path.read_text(encoding="utf-8")) or {}, str(store.config_path))
+    cfg = config_from_dict(yaml.safe_load(store.config_path.read_text(encoding="utf-8")) or {}, str(store.config_path))
+    return with_starting_policy(cfg, store)
+
+
+def with_starting_policy(cfg: RunConfig, store: RunStore) -> RunConfig:
+    """``cfg`` as every stage after the sft stage sees it: the fine-tuned model (round_1/sft/model) is the
+    starting policy; the judge stays the model it was (model.judge, or the original policy)."""
+    model_dir = store.path("sft", 1) / "model"
+    if not (model_dir / "config.json").is_file():
+        return cfg
+    model = cfg.model.model_copy(update={"policy": str(model_dir), "judge": cfg.model.judge or cfg.model.policy})
+    return cfg.model_copy(update={"model": model})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from openrlaif.core.store import RunStore, sha256_file
 
 # What each stage writes (relative to round_K/) and which config sections decide it.
 OUTPUTS = {
+    "sft": ("sft",),
     "generate": ("candidates.jsonl",),
     "label": ("preferences.jsonl", "judge_stats.json", "revisions.jsonl"),
     "reward": ("reward_model",),
@@ -25,6 +26,7 @@ OUTPUTS = {
     "eval": ("eval.json", "samples.jsonl", "redteam.jsonl"),
 }
 SECTIONS = {
+    "sft": ("model", "sft", "train"),
     "generate": ("model", "data", "generate"),
     "label": ("model", "data", "label", "feedback"),
     "reward": ("model", "reward", "pipeline"),
@@ -89,6 +91,10 @@ def stage_inputs(name: str, cfg: RunConfig, store: RunStore, k: int) -> dict[str
         if (store.root / rel).exists():
             inputs[rel] = store.stage_key(stage, j)
 
+    if name != "sft":
+        add("round_1/sft", "sft", 1)  # the run's starting policy, when an sft stage made it
+    if name == "train" and cfg.train.algo == "sft" and cfg.sft.data == "revisions":
+        add(f"round_{k}/revisions.jsonl", "label", k)
     if k > 1 and name in ("generate", "train", "eval"):
         add(f"round_{k - 1}/policy", "train", k - 1)  # the policy this round starts from / compares with
     if name == "label":

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from openrlaif import lineage
-from openrlaif.config import RunConfig, apply_overrides, config_from_dict, dump_config, load_config
+from openrlaif.config import RunConfig, apply_overrides, config_from_dict, dump_config, load_config, with_starting_policy
 from openrlaif.core.errors import UserError
 from openrlaif.core.faults import kill_point
 from openrlaif.core.store import ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
@@ -60,6 +60,10 @@ def validate_inputs(cfg: RunConfig) -> dict:
     from openrlaif.tracking import check_trackers
 
     check_trackers(cfg)
+    if cfg.sft is not None and cfg.sft.data != "revisions":  # chat rows: formats, roles, trainable tokens
+        from openrlaif.stages.sft import check as check_sft_rows
+
+        check_sft_rows(cfg)
     if cfg.eval.benchmarks:  # their files, rows, instruction ids and checker dependencies
         from openrlaif.evaluate.benchmarks import load_benchmark
 
@@ -173,6 +177,11 @@ STAGE_INPUTS = {
 
 def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | None = None) -> None:
     """Fail before anything is written when a stage's input from the previous stage is missing."""
+    if name == "train" and cfg is not None and cfg.train.algo == "sft":
+        if cfg.sft.data == "revisions" and not store.path("revisions.jsonl", k).is_file():
+            raise UserError(f"{store.path('revisions.jsonl', k)} not found; run `rlaif label -o {store.root}` with "
+                            "feedback.method=revision first")
+        return
     if name == "train" and cfg is not None and cfg.train.algo in RL_ALGOS:
         if cfg.rl.reward == "reward_model" and not (store.path("reward_model", k) / "ensemble.json").is_file():
             raise UserError(f"{store.path('reward_model', k)} not found; run `rlaif reward -o {store.root}` first")
@@ -181,6 +190,13 @@ def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | 
         needed, previous = STAGE_INPUTS[name]
         if not store.path(needed, k).is_file():
             raise UserError(f"{store.path(needed, k)} not found; run `rlaif {previous} -o {store.root}` first")
+
+
+def needs_sft(cfg: RunConfig) -> bool:
+    """Whether the run fine-tunes before round 1 (decided on round 1's config)."""
+    from openrlaif.rounds import round_config
+
+    return round_config(cfg, 1).sft_first
 
 
 def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
@@ -217,7 +233,10 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
 def stages_for(cfg: RunConfig) -> tuple[str, ...]:
     """The stages `rlaif run` chains. RL (ppo, rloo) samples its own data: on the judge's score (d-RLAIF) it
-    needs no preferences; on a reward model trained from the AI preferences it needs the whole chain."""
+    needs no preferences; on a reward model trained from the AI preferences it needs the whole chain. SFT as a
+    round's trainer needs candidates and their revisions (sft.data=revisions) or nothing (a chat file)."""
+    if cfg.train.algo == "sft":
+        return STAGES if cfg.sft.data == "revisions" else ("train", "eval")
     if cfg.train.algo in RL_ALGOS:
         if cfg.rl.reward == "reward_model":
             return ("generate", "label", "reward", "train", "eval")
@@ -248,6 +267,12 @@ def run(config: str | Path | RunConfig | None, out: str | Path, overrides: list[
         rcfg = round_config(cfg, k)
         if rcfg is not cfg:  # a round with overrides: its resolved config is kept beside its outputs
             atomic_write_text(store.path("config.resolved.yaml", k), dump_config(rcfg))
+        if k == 1 and needs_sft(cfg):  # supervised fine-tuning first: its model is the run's starting policy
+            if store.stage_done("sft", 1) and not force:
+                console.print("[dim]round 1 · sft: already done, skipped[/dim]")
+            else:
+                run_stage("sft", rcfg, store, 1)
+        rcfg = with_starting_policy(rcfg, store)
         for name in stages_for(rcfg):
             if store.stage_done(name, k) and not force:
                 console.print(f"[dim]round {k} · {name}: already done, skipped[/dim]")

@@ -87,12 +87,24 @@ def write_report(store: RunStore) -> str:
     return text
 
 
+def _sft_line(s: dict) -> str:
+    """What a supervised fine-tune did, in one paragraph (the held-out loss is the measure it is judged by)."""
+    held = (f"held-out loss (per assistant token, {s['heldout_rows']} rows) {_fmt(s['eval_loss_before'])} before -> "
+            f"**{_fmt(s['eval_loss_after'])}** after" if s.get("eval_loss_before") is not None else "no held-out rows")
+    return (f"{s['rows']} rows, {s['steps']} steps, {'every weight' if s.get('full_finetune') else 'LoRA'}, "
+            f"{s['tokens_per_s']} trained tokens/s; train loss {_fmt(s['first_loss'])} (first step) -> "
+            f"{_fmt(s['final_loss'])} (last epoch mean); {held}. Output: `{s['output']}`.")
+
+
 def _round_lines(store: RunStore, k: int) -> list[str]:
     """One round's sections: stages, generation, feedback, reward model, training, monitor, evaluation."""
     lines = ["## Stages", "", "| stage | status | wall time (s) | peak RSS (MB) |", "|---|---|---|---|"]
-    for name in STAGES:
+    for name in (("sft",) if store.stage_status("sft", k) else ()) + STAGES:
         st = store.stage_status(name, k)
         lines.append(f"| {name} | {st.get('status', 'not run')} | {st.get('wall_s', '')} | {st.get('peak_rss_mb', '')} |")
+    sft = store.stage_status("sft", k).get("summary", {})
+    if sft:
+        lines += ["", "## Supervised fine-tuning (before round 1: the run's starting policy)", "", _sft_line(sft)]
     gen = store.stage_status("generate", k).get("summary", {})
     if gen:
         lines += ["", "## Generation", "",
@@ -173,6 +185,8 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
                   f"KL to the start {tr['kl_last']} nats per response at the end (KL coefficient {tr['kl_coef_last']}); "
                   f"value explained variance {tr['explained_variance_last']}. Per-step approx_kl, clipfrac, entropy "
                   "and losses are in metrics.jsonl."]
+    elif tr.get("algo") == "sft":
+        lines += ["", "## Training (supervised fine-tuning + LoRA)", "", _sft_line(tr)]
     elif tr:
         lines += ["", "## Training (DPO + LoRA)", "",
                   f"{tr['pairs']} pairs, {tr['steps']} steps, {tr['pairs_per_s']} pairs/s; "

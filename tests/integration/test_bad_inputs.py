@@ -159,6 +159,31 @@ def case_benchmark_missing_file(tmp_path, model):
     return [f"eval.benchmarks=[{{name: human_prefs, file: {tmp_path / 'people.jsonl'}}}]"], ["people.jsonl"]
 
 
+def case_sft_rows_without_assistant_turn(tmp_path, model):
+    p = prompts_file(tmp_path, [json.dumps({"messages": [{"role": "user", "content": "Hi?"},
+                                                         {"role": "assistant", "content": "Hello."}]}),
+                                json.dumps({"messages": [{"role": "user", "content": "Only a question?"}]})], "sft.jsonl")
+    return [f"sft.data={p}"], [f"{p}:2:", "no assistant turn to learn from"]
+
+
+def case_sft_bad_role(tmp_path, model):
+    p = prompts_file(tmp_path, [json.dumps({"messages": [{"role": "user", "content": "Hi?"},
+                                                         {"role": "bot", "content": "Hello."}]})], "sft.jsonl")
+    return [f"sft.data={p}"], [f"{p}:1:", "messages[1].role is 'bot'; use one of system, user, assistant"]
+
+
+def case_sft_nothing_left_after_truncation(tmp_path, model):
+    long = "Dear friend, thank you for your kind letter and your thoughtful gift. " * 6
+    p = prompts_file(tmp_path, [json.dumps({"messages": [{"role": "user", "content": "Hi?"},
+                                                         {"role": "assistant", "content": "Hello."}]}),
+                                json.dumps({"prompt": long, "completion": "Thanks."})], "sft.jsonl")
+    return [f"sft.data={p}", "sft.max_length=32"], [f"{p}:2:", "no assistant token is left within sft.max_length=32"]
+
+
+def case_sft_algo_without_rows(tmp_path, model):
+    return ["train.algo=sft"], ["train.algo=sft needs an sft section"]
+
+
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 

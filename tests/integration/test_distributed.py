@@ -67,8 +67,10 @@ def copies(base, tmp_path, *names):
     return [tmp_path / name for name in names]
 
 
-def test_dpo_on_two_ddp_processes_matches_one_process(tmp_path, labelled_run):
-    cfg, base = labelled_run()
+@pytest.mark.parametrize("trainer", ["dpo", "sft"])
+def test_two_ddp_processes_match_one_process(tmp_path, trainer, request):
+    """DPO on 4 labelled pairs; SFT (train.algo=sft) on 12 chat rows of different lengths."""
+    cfg, base = request.getfixturevalue("labelled_run")() if trainer == "dpo" else request.getfixturevalue("sft_run")
     single, ddp = copies(base, tmp_path, "single", "ddp")
     run_stage("train", cfg, open_run(cfg, single))
     launch(2, "train", "-o", str(ddp), cwd=tmp_path)
@@ -76,8 +78,10 @@ def test_dpo_on_two_ddp_processes_matches_one_process(tmp_path, labelled_run):
     assert_same_training(single, ddp)
 
 
-def test_gradient_accumulation_matches_the_whole_batch(tmp_path, labelled_run):
-    cfg, base = labelled_run()
+@pytest.mark.parametrize("trainer", ["dpo", "sft"])
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path, trainer, request):
+    """SFT's micro-batches hold rows with different token counts: the per-token loss of the step is unchanged."""
+    cfg, base = request.getfixturevalue("labelled_run")() if trainer == "dpo" else request.getfixturevalue("sft_run")
     whole, accum = copies(base, tmp_path, "whole", "accum")
     run_stage("train", cfg, open_run(cfg, whole))
     accum_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"grad_accum_steps": 2})})
@@ -161,3 +165,16 @@ def test_dpo_under_bf16_mixed_precision(tmp_path, labelled_run):
     assert len(steps) == 3 and steps[-1]["loss"] < steps[0]["loss"]
     # In fp32 the first loss is exactly log 2 (the fresh adapter is the reference); bf16 rounding moves it.
     assert steps[0]["loss"] != pytest.approx(0.693147, abs=1e-6)
+
+
+@pytest.fixture
+def sft_run(tmp_path, tiny_model_dir):
+    """A tiny run whose train stage is SFT (train.algo=sft) on 12 chat rows of different lengths: 3 steps of 4."""
+    from test_sft import chat_file
+
+    data = chat_file(tmp_path / "chat.jsonl", 12)
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + [
+        "train.algo=sft", f"sft.data={data}", "sft.batch_size=4", "sft.epochs=1", "sft.eval_fraction=0",
+        "sft.learning_rate=0.01", "train.checkpoint_every=0"])
+    return cfg, open_run(cfg, tmp_path / "base")
+

@@ -7,6 +7,7 @@ RUN_DIR/
   judge_refits.jsonl      (rlaif fit-judge --from-audit: the random slice's agreement before/after a refit)
   tensorboard/  mlartifacts/  wandb/                (tracking, when enabled)   export/ (rlaif export)
   round_K/
+    sft/model  sft/summary.json                     sft (round 1, before generate): the run's starting policy
     candidates.jsonl (+ .partial while sampling)    generate: N candidates per train prompt
     preferences.jsonl  judge_stats.json             label: TRL-style pairs with p_chosen, principle, judge
     revisions.jsonl                                 label, feedback.method=revision: critique -> revision rows
@@ -37,7 +38,8 @@ from typing import Any
 from openrlaif.core.errors import UserError
 
 STAGES = ("generate", "label", "train", "eval")  # what `rlaif run` chains
-ALL_STAGES = ("generate", "label", "reward", "train", "eval")  # every stage, in data order (reward: `rlaif reward`)
+# every stage, in data order (reward: `rlaif reward`; sft: before round 1 when the sft section is set)
+ALL_STAGES = ("sft", "generate", "label", "reward", "train", "eval")
 
 
 def _fsync_dir(path: Path) -> None:

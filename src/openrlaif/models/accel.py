@@ -52,11 +52,37 @@ def make_accelerator(tc: TrainConfig):
     )
 
 
+def items_per_step(accelerator, tc: TrainConfig, batch_size: int, field: str, items: str) -> int:
+    """The fewest items an optimizer step can share out (micro-batches x processes); a ``batch_size`` below it is
+    a config error naming ``field``."""
+    per_step = tc.grad_accum_steps * accelerator.num_processes
+    if batch_size < per_step:
+        raise UserError(f"{field}: {batch_size} {items} cannot feed {tc.grad_accum_steps} micro-batch(es) on "
+                        f"{accelerator.num_processes} process(es); raise it to at least {per_step}")
+    return per_step
+
+
 def micro_batches(items: Sequence, n: int) -> list[list]:
     """Split one optimizer step's items into ``n`` near-equal, non-empty micro-batches (fewer if short)."""
     items = list(items)
     n = max(1, min(n, len(items)))
     return [items[j * len(items) // n:(j + 1) * len(items) // n] for j in range(n)]
+
+
+def epoch_steps(n_items: int, batch_size: int, epochs: int, rng, resume_step: int, min_items: int):
+    """(epoch, step, item indices) of every optimizer step still to take. Each epoch shuffles the items with
+    ``rng`` (drawn even for epochs a resumed run skips, so the orders match an uninterrupted run); steps are
+    numbered from 1 across epochs; those done before ``resume_step`` and tails smaller than ``min_items`` (too
+    small to share out over processes and micro-batches) are skipped."""
+    step = 0
+    for epoch in range(epochs):
+        order = list(range(n_items))
+        rng.shuffle(order)
+        for b in range(0, n_items, batch_size):
+            idx = order[b : b + batch_size]
+            step += 1
+            if step > resume_step and len(idx) >= min_items:
+                yield epoch, step, idx
 
 
 def accumulate(accelerator, model, chunks: list[list], loss_fn: Callable[[list], tuple]) -> list:

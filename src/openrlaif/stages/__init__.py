@@ -12,9 +12,9 @@ import importlib
 from collections.abc import Callable
 
 # stage name (as in the run directory's manifest) -> module under openrlaif.stages
-STAGE_MODULES = {"generate": "generate", "label": "label", "reward": "reward", "eval": "evaluate"}
+STAGE_MODULES = {"sft": "sft", "generate": "generate", "label": "label", "reward": "reward", "eval": "evaluate"}
 # train.algo -> module under openrlaif.stages; each is the `train` stage for that algorithm
-TRAINERS = {"dpo": "dpo", "ppo": "ppo", "rloo": "rloo"}
+TRAINERS = {"dpo": "dpo", "ppo": "ppo", "rloo": "rloo", "sft": "sft"}
 # trainers that sample their own rollouts and score them with a reward source (no preference pairs needed)
 RL_TRAINERS = ("ppo", "rloo")
 

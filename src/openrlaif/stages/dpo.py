@@ -14,7 +14,6 @@ import time
 import torch
 
 from openrlaif.config import RunConfig, TrainConfig
-from openrlaif.core.errors import UserError
 from openrlaif.core.faults import kill_point
 from openrlaif.core.store import RunStore, atomic_write_json
 from openrlaif.data.preferences import text_of, training_pairs
@@ -41,7 +40,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         Checkpointer,
         accumulate,
         config_fingerprint,
+        epoch_steps,
         gather_mean,
+        items_per_step,
         make_accelerator,
         micro_batches,
         shard,
@@ -53,10 +54,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 1. Preference pairs from the label stage, with any human verdicts from the audit desk applied.
     prefs, human = training_pairs(store, k, cfg=cfg)
     accelerator = make_accelerator(tc)
-    per_step = tc.grad_accum_steps * accelerator.num_processes
-    if tc.batch_size < per_step:
-        raise UserError(f"train.batch_size: {tc.batch_size} pairs cannot feed {tc.grad_accum_steps} micro-batch(es) on "
-                        f"{accelerator.num_processes} process(es); raise it to at least {per_step}")
+    per_step = items_per_step(accelerator, tc, tc.batch_size, "train.batch_size", "pairs")
     # 2. The starting policy with a LoRA adapter (fresh, or round k-1's to continue) and the reference.
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
@@ -99,7 +97,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     monitor = OveroptimizationMonitor(cfg, store, k, tok, None, progress.get("monitor"), last_step=total,
                                       implicit_beta=tc.beta)
     rng = random.Random(cfg.seed)
-    metrics, step, pairs_done = progress["metrics"], 0, progress["pairs_done"]
+    metrics, step, pairs_done = progress["metrics"], progress["step"], progress["pairs_done"]
 
     def pair_loss(chunk: list[int]):
         mine = shard(chunk, accelerator)
@@ -118,42 +116,33 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     t_start = time.perf_counter() - progress["seconds"]
     with bar("dpo", total, "steps") as pg:
         advance(pg, progress["step"], 0.0, "steps")
-        for epoch in range(tc.epochs):
-            order = list(range(len(prefs)))
-            rng.shuffle(order)  # drawn even for epochs a resumed run skips, so the orders match
-            for b in range(0, len(order), tc.batch_size):
-                idx = order[b : b + tc.batch_size]
-                step += 1
-                if step <= progress["step"] or len(idx) < per_step:
-                    continue  # done before the checkpoint; or a tail too small to share out
-                model.train()
-                lr = scheduler.get_last_lr()[0]
-                outs = accumulate(accelerator, policy, micro_batches(idx, tc.grad_accum_steps), pair_loss)
-                grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_vec, r_c, r_r = (torch.cat(parts) for parts in zip(*outs))
-                pairs_done += len(idx)
-                elapsed = time.perf_counter() - t_start
-                metrics.append({
-                    "stage": "train", "round": k, "step": step, "epoch": epoch,
-                    "loss": round(gather_mean(loss_vec.mean(), accelerator), 6),
-                    "reward_accuracy": round((r_c > r_r).float().mean().item(), 4),
-                    "reward_margin": round((r_c - r_r).mean().item(), 6),
-                    "chosen_reward": round(r_c.mean().item(), 6),
-                    "rejected_reward": round(r_r.mean().item(), 6),
-                    "grad_norm": round(float(grad_norm), 6),
-                    "lr": lr,
-                    "pairs_per_s": round(pairs_done / elapsed, 4),
-                })
-                monitor.check(step, model, accelerator.is_main_process)
-                checkpoint.maybe_save(step, pairs_done=pairs_done, metrics=metrics, seconds=elapsed,
-                                      monitor=monitor.state.to_dict())
-                kill_point("train.step")
-                advance(pg, 1, (step - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
-                if monitor.should_stop():
-                    break
+        for epoch, step, idx in epoch_steps(len(prefs), tc.batch_size, tc.epochs, rng, progress["step"], per_step):
+            model.train()
+            lr = scheduler.get_last_lr()[0]
+            outs = accumulate(accelerator, policy, micro_batches(idx, tc.grad_accum_steps), pair_loss)
+            grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_vec, r_c, r_r = (torch.cat(parts) for parts in zip(*outs))
+            pairs_done += len(idx)
+            elapsed = time.perf_counter() - t_start
+            metrics.append({
+                "stage": "train", "round": k, "step": step, "epoch": epoch,
+                "loss": round(gather_mean(loss_vec.mean(), accelerator), 6),
+                "reward_accuracy": round((r_c > r_r).float().mean().item(), 4),
+                "reward_margin": round((r_c - r_r).mean().item(), 6),
+                "chosen_reward": round(r_c.mean().item(), 6),
+                "rejected_reward": round(r_r.mean().item(), 6),
+                "grad_norm": round(float(grad_norm), 6),
+                "lr": lr,
+                "pairs_per_s": round(pairs_done / elapsed, 4),
+            })
+            monitor.check(step, model, accelerator.is_main_process)
+            checkpoint.maybe_save(step, pairs_done=pairs_done, metrics=metrics, seconds=elapsed,
+                                  monitor=monitor.state.to_dict())
+            kill_point("train.step")
+            advance(pg, 1, (step - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
             if monitor.should_stop():
                 break
     seconds = time.perf_counter() - t_start
