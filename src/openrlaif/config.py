@@ -664,6 +664,9 @@ class RunConfig(_Strict):
         if self.train.algo == "sft" and self.sft is None:
             raise ValueError("train.algo=sft needs an sft section with sft.data (a chat JSONL/Parquet file, a saved "
                              "dataset, or 'revisions')")
+        if self.train.algo == "sft" and self.sft.full_finetune:
+            raise ValueError("sft.full_finetune: a round's policy is a LoRA adapter; full fine-tuning is for the sft "
+                             "stage before round 1 (the sft section with train.algo dpo, ppo or rloo)")
         if self.train.algo == "sft" and self.sft.data == "revisions" and self.feedback.method != "revision":
             raise ValueError("sft.data=revisions trains on the label stage's critique -> revision rows: set "
                              "feedback.method=revision in this round (see configs/constitutional.yaml)")

@@ -89,8 +89,9 @@ def write_report(store: RunStore) -> str:
 
 def _sft_line(s: dict) -> str:
     """What a supervised fine-tune did, in one paragraph (the held-out loss is the measure it is judged by)."""
-    held = (f"held-out loss (per assistant token, {s['heldout_rows']} rows) {_fmt(s['eval_loss_before'])} before -> "
-            f"**{_fmt(s['eval_loss_after'])}** after" if s.get("eval_loss_before") is not None else "no held-out rows")
+    held = (f"held-out loss (per assistant token, {s['heldout_rows']} rows; graded by the rows' own replies, no "
+            f"judge) {_fmt(s['eval_loss_before'])} before -> **{_fmt(s['eval_loss_after'])}** after"
+            if s.get("eval_loss_before") is not None else "no held-out rows")
     return (f"{s['rows']} rows, {s['steps']} steps, {'every weight' if s.get('full_finetune') else 'LoRA'}, "
             f"{s['tokens_per_s']} trained tokens/s; train loss {_fmt(s['first_loss'])} (first step) -> "
             f"{_fmt(s['final_loss'])} (last epoch mean); {held}. Output: `{s['output']}`.")

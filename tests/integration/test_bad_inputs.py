@@ -184,6 +184,11 @@ def case_sft_algo_without_rows(tmp_path, model):
     return ["train.algo=sft"], ["train.algo=sft needs an sft section"]
 
 
+def case_sft_full_finetune_as_round_trainer(tmp_path, model):
+    p = prompts_file(tmp_path, [json.dumps({"prompt": "Hi?", "completion": "Hello."})], "sft.jsonl")
+    return [f"sft.data={p}", "train.algo=sft", "sft.full_finetune=true"], ["sft.full_finetune: a round's policy is a LoRA"]
+
+
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 

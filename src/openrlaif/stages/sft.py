@@ -52,13 +52,12 @@ def held_out(row: ChatRow, fraction: float) -> bool:
 
 def split_rows(rows: list[ChatRow], fraction: float) -> tuple[list[ChatRow], list[ChatRow]]:
     """(train, held-out); with a fraction above 0 and 2+ rows, at least one of each."""
-    held = [r for r in rows if held_out(r, fraction)] if fraction > 0 else []
-    if fraction > 0 and len(rows) >= 2 and not held:
-        held = [rows[-1]]
-    train = [r for r in rows if all(r is not h for h in held)]
-    if not train:
-        train, held = held[:-1], held[-1:]
-    return train, held
+    flags = [fraction > 0 and held_out(r, fraction) for r in rows]
+    if len(rows) >= 2 and fraction > 0 and not any(flags):
+        flags[-1] = True
+    if all(flags):  # never hold out everything
+        flags[0] = False
+    return [r for r, f in zip(rows, flags) if not f], [r for r, f in zip(rows, flags) if f]
 
 
 def encode_rows(tokenizer, rows: list[ChatRow], max_length: int) -> list[Encoded]:
@@ -116,10 +115,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.models.policy import add_lora, round_adapters, save_adapter
 
     sc, tc = cfg.sft, cfg.train
-    as_trainer = cfg.train.algo == "sft"
-    if as_trainer and sc.full_finetune:
-        raise UserError("sft.full_finetune: a round's policy is a LoRA adapter; full fine-tuning is for the sft stage "
-                        "before round 1 (the sft section with train.algo dpo, ppo or rloo)")
+    as_trainer = cfg.train.algo == "sft"  # (full fine-tuning as a round's trainer is refused by the config)
     # 1. Rows: read, split, encoded; every one checked before the model loads.
     train_seqs, held_seqs = check(cfg, store, k)
     accelerator = make_accelerator(tc)
