@@ -341,10 +341,13 @@ class FeedbackConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    algo: Literal["dpo", "ppo", "rloo", "sft"] = Field(
-        "dpo", description="'dpo' on the AI preference pairs; 'ppo' (critic, GAE, clipping; see the ppo section) or "
-        "'rloo' (leave-one-out baselines, no critic): RL on a reward, with the rl section's rollouts and reward; "
-        "'sft': supervised fine-tuning on the sft section's rows (e.g. sft.data=revisions)."
+    algo: Literal["dpo", "ppo", "rloo", "grpo", "online_dpo", "sft"] = Field(
+        "dpo", description="'dpo' on the AI preference pairs; 'ppo' (critic, GAE, clipping; see the ppo section), "
+        "'rloo' (leave-one-out baselines, no critic) or 'grpo' (group-normalised advantages, clipped surrogate, k3 "
+        "KL in the loss; see the grpo section): RL on a reward, with the rl section's rollouts and reward; "
+        "'online_dpo': every update samples rl.k answers per prompt from the current policy, the run's judge "
+        "ranks them (through the judge cache) and DPO (train.beta, train.loss) trains on the best-vs-worst pair "
+        "(Guo et al. 2024); 'sft': supervised fine-tuning on the sft section's rows (e.g. sft.data=revisions)."
     )
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature (strength of the KL anchor).")
     loss: Literal["sigmoid", "ipo"] = Field(
@@ -487,6 +490,23 @@ class PPOConfig(_Strict):
         "shared", description="'shared': a value head on the policy's last hidden state (one forward pass); "
         "'separate': a second copy of the starting model with its own LoRA and value head (2x compute and memory)."
     )
+
+
+class GRPOConfig(_Strict):
+    """train.algo=grpo: the update side of GRPO (rollouts, reward and rl.kl_coef come from the rl section)."""
+
+    variant: Literal["grpo", "dr_grpo"] = Field(
+        "grpo", description="'grpo': advantage = (score - group mean) / group std, each sequence's loss averaged "
+        "over its own tokens (Shao et al. 2024); 'dr_grpo': no std division and token losses summed over a "
+        "constant rl.max_new_tokens per sequence, which removes GRPO's length and difficulty biases (Liu et al. 2025)."
+    )
+    epochs: int = Field(2, ge=1, description="Passes over each update's rollouts (the first is on-policy; later "
+                        "passes are held near the sampling policy by the clipped ratio).")
+    minibatch_size: int | None = Field(
+        None, ge=1, description="Samples per optimizer step over all processes; null = the whole update's "
+        "rl.prompts_per_step * rl.k samples (one optimizer step per epoch)."
+    )
+    clip_range: float = Field(0.2, gt=0, description="Policy ratio clipping epsilon.")
 
 
 class MonitorConfig(_Strict):
@@ -654,6 +674,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
@@ -671,6 +692,29 @@ class RunConfig(_Strict):
             raise ValueError("sft.data=revisions trains on the label stage's critique -> revision rows: set "
                              "feedback.method=revision in this round (see configs/constitutional.yaml)")
         return self
+
+    @model_validator(mode="after")
+    def _groups_have_two_samples(self):
+        needs = {"rloo": "each sample's baseline is the mean of the others",
+                 "grpo": "advantages are relative to the group of each prompt's samples",
+                 "online_dpo": "each prompt's answers are compared in pairs"}
+        if self.train.algo in needs and self.rl.k < 2:
+            raise ValueError(f"rl.k: train.algo={self.train.algo} needs at least 2 samples per prompt "
+                             f"({needs[self.train.algo]}); set rl.k=2 or more")
+        if self.train.algo == "grpo" and self.grpo.minibatch_size is not None and (
+                (self.rl.prompts_per_step * self.rl.k) % self.grpo.minibatch_size):
+            raise ValueError(f"grpo.minibatch_size: {self.grpo.minibatch_size} does not divide an update's "
+                             f"{self.rl.prompts_per_step * self.rl.k} samples (rl.prompts_per_step * rl.k)")
+        if self.train.algo == "online_dpo" and FEEDBACK_METHODS[self.feedback.method].by_construction:
+            raise ValueError(f"train.algo=online_dpo needs a judge that compares answers; feedback.method="
+                             f"{self.feedback.method} makes pairs by construction (use contrastive, pairwise, ...)")
+        return self
+
+    @property
+    def trains_on_reward_model(self) -> bool:
+        """Whether RL's reward is this round's `reward` stage output (PPO/RLOO/GRPO with rl.reward=reward_model;
+        online DPO asks the judge instead)."""
+        return self.train.algo in ("ppo", "rloo", "grpo") and self.rl.reward == "reward_model"
 
     @property
     def sft_first(self) -> bool:

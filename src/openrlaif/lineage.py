@@ -30,7 +30,7 @@ SECTIONS = {
     "generate": ("model", "data", "generate"),
     "label": ("model", "data", "label", "feedback"),
     "reward": ("model", "reward", "pipeline"),
-    "train": ("model", "data", "train", "rl", "ppo", "monitor", "pipeline"),
+    "train": ("model", "data", "train", "rl", "ppo", "grpo", "monitor", "pipeline"),
     "eval": ("model", "data", "eval", "feedback"),
 }
 
@@ -103,7 +103,7 @@ def stage_inputs(name: str, cfg: RunConfig, store: RunStore, k: int) -> dict[str
         rounds = range(1, k + 1) if cfg.pipeline.train_data != "newest" else [k]
         for j in rounds:
             add(f"round_{j}/preferences.jsonl", "label", j)
-    if name == "train" and cfg.train.algo != "dpo" and cfg.rl.reward == "reward_model":
+    if name == "train" and cfg.trains_on_reward_model:
         add(f"round_{k}/reward_model", "reward", k)
     if name == "eval":
         add(f"round_{k}/policy", "train", k)
@@ -119,7 +119,8 @@ def record(name: str, cfg: RunConfig, store: RunStore, k: int, inputs_before: di
         path = store.path(rel, k)
         if path.exists():
             outputs[f"round_{k}/{rel}"] = sha256_path(path)
-    sections = {s: getattr(cfg, s).model_dump(mode="json") for s in SECTIONS.get(name, ())}
+    names = SECTIONS.get(name, ()) + (("feedback",) if name == "train" and cfg.train.algo == "online_dpo" else ())
+    sections = {s: getattr(cfg, s).model_dump(mode="json") for s in names}  # online DPO's judge labels its pairs
     models = {"policy": model_identity(cfg.model.policy)}
     if name in ("label", "eval", "train") and cfg.model.judge:
         models["judge"] = model_identity(cfg.model.judge)

@@ -183,7 +183,7 @@ def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | 
                             "feedback.method=revision first")
         return
     if name == "train" and cfg is not None and cfg.train.algo in RL_ALGOS:
-        if cfg.rl.reward == "reward_model" and not (store.path("reward_model", k) / "ensemble.json").is_file():
+        if cfg.trains_on_reward_model and not (store.path("reward_model", k) / "ensemble.json").is_file():
             raise UserError(f"{store.path('reward_model', k)} not found; run `rlaif reward -o {store.root}` first")
         return  # RL samples its own data
     if name in STAGE_INPUTS:
@@ -232,13 +232,13 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
 
 def stages_for(cfg: RunConfig) -> tuple[str, ...]:
-    """The stages `rlaif run` chains. RL (ppo, rloo) samples its own data: on the judge's score (d-RLAIF) it
+    """The stages `rlaif run` chains. RL (ppo, rloo, grpo, online_dpo) samples its own data: on the judge's score (d-RLAIF) it
     needs no preferences; on a reward model trained from the AI preferences it needs the whole chain. SFT as a
     round's trainer needs candidates and their revisions (sft.data=revisions) or nothing (a chat file)."""
     if cfg.train.algo == "sft":
         return STAGES if cfg.sft.data == "revisions" else ("train", "eval")
     if cfg.train.algo in RL_ALGOS:
-        if cfg.rl.reward == "reward_model":
+        if cfg.trains_on_reward_model:
             return ("generate", "label", "reward", "train", "eval")
         return ("train", "eval")
     return STAGES

@@ -186,6 +186,21 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
                   f"KL to the start {tr['kl_last']} nats per response at the end (KL coefficient {tr['kl_coef_last']}); "
                   f"value explained variance {tr['explained_variance_last']}. Per-step approx_kl, clipfrac, entropy "
                   "and losses are in metrics.jsonl."]
+    elif tr.get("algo") == "grpo":
+        name = "Dr.GRPO" if tr["variant"] == "dr_grpo" else "GRPO"
+        lines += ["", f"## Training ({name} + LoRA, RL on the reward)", "",
+                  f"{tr['steps']} updates, {tr['episodes']} sampled responses at {tr['episodes_per_s']} episodes/s; "
+                  f"mean reward {tr['reward_first']} (first quarter) -> {tr['reward_last']} (last quarter), "
+                  f"KL to the start {tr['kl_last']} nats per response at the end. Per-update clipfrac, loss and "
+                  "the per-token k3 KL are in metrics.jsonl."]
+    elif tr.get("algo") == "online_dpo":
+        cache = tr.get("judge_cache") or {}
+        lines += ["", f"## Training (online {'IPO' if tr['loss'] == 'ipo' else 'DPO'} + LoRA, judged every step)", "",
+                  f"{tr['steps']} updates on {tr['pairs']} pairs the policy sampled and `{tr['judge']}` judged as "
+                  f"it trained ({tr['comparisons']} comparisons"
+                  + (f"; judge cache {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses" if cache else "")
+                  + f"); loss {tr['loss_first']} (first quarter) -> {tr['loss_last']} (last quarter), mean "
+                  f"p_chosen {_fmt(tr['p_chosen_mean'])}, KL to the start {tr['kl_last']} nats per answer at the end."]
     elif tr.get("algo") == "sft":
         lines += ["", "## Training (supervised fine-tuning + LoRA)", "", _sft_line(tr)]
     elif tr:

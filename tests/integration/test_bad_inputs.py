@@ -189,6 +189,19 @@ def case_sft_full_finetune_as_round_trainer(tmp_path, model):
     return [f"sft.data={p}", "train.algo=sft", "sft.full_finetune=true"], ["sft.full_finetune: a round's policy is a LoRA"]
 
 
+def case_grpo_with_one_sample_per_prompt(tmp_path, model):
+    return ["train.algo=grpo", "rl.k=1"], ["rl.k: train.algo=grpo needs at least 2 samples per prompt"]
+
+
+def case_online_dpo_with_one_sample_per_prompt(tmp_path, model):
+    return ["train.algo=online_dpo", "rl.k=1"], ["rl.k: train.algo=online_dpo needs at least 2 samples per prompt"]
+
+
+def case_grpo_minibatch_that_does_not_divide(tmp_path, model):
+    return ["train.algo=grpo", "rl.k=4", "rl.prompts_per_step=2", "grpo.minibatch_size=3"], [
+        "grpo.minibatch_size: 3 does not divide an update's 8 samples"]
+
+
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                                                   "feedback.methods", "feedback.api", "feedback.revision", "feedback.fitted", "feedback.injection", "feedback.defended",
                                                   "reward", "reward.model", "evaluate", "evaluate.judge_eval", "evaluate.ifeval"]),
     ("wiring: factories, rollouts, the monitor", ["feedback.factory", "feedback.fit_heads", "sampling.factory", "optimize",
-                                                  "optimize.rollout", "optimize.monitor", "evaluate.redteam", "evaluate.benchmarks",
+                                                  "optimize.rollout", "optimize.monitor", "optimize.loop", "evaluate.redteam", "evaluate.benchmarks",
                                                   "audit", "audit.prepare"]),
     ("stages: leaves", ["stages.*"]),
     ("rounds, report, lineage, tracking, export", ["rounds", "report", "report_html", "lineage", "tracking", "export",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from openrlaif.stages.label import select_pairs
+from openrlaif.feedback.scoring import select_pairs
 
 # P(i beats j) for i < j. Mean win probabilities:
 #   0: (0.8 + 0.6) / 2 = 0.70

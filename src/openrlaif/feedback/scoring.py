@@ -135,3 +135,38 @@ def expected_rating(logps: list[list[float]] | dict[int, list[float]]) -> float 
     m = max(per_digit.values())
     weights = {d: math.exp(v - m) for d, v in per_digit.items()}
     return sum(d * w for d, w in weights.items()) / sum(weights.values())
+
+
+def select_pairs(n: int, p_better: dict[tuple[int, int], float], mode: str, min_margin: float = 0.0
+                 ) -> list[tuple[int, int, float]]:
+    """Choose (chosen, rejected, p_chosen) among ``n`` candidates from judged pair probabilities.
+
+    ``p_better[(i, j)]`` (i < j) is P(candidate i beats candidate j). Every pair is oriented so that
+    p_chosen >= 0.5. 'best_worst' keeps one pair per prompt: the candidate with the highest mean win
+    probability against the others vs the one with the lowest. Pairs with |p - 0.5| < min_margin
+    are dropped as too uncertain.
+    """
+
+    def p(i: int, j: int) -> float:
+        return p_better[(i, j)] if (i, j) in p_better else 1.0 - p_better[(j, i)]
+
+    def oriented(i: int, j: int) -> tuple[int, int, float]:
+        q = p(i, j)
+        return (i, j, q) if q >= 0.5 else (j, i, 1.0 - q)
+
+    judged = sorted({i for pair in p_better for i in pair})
+    if len(judged) < 2:
+        return []
+    if mode == "all":
+        pairs = [oriented(i, j) for i, j in sorted(p_better)]
+    elif mode == "best_worst":
+        neighbours = {i: [j for j in judged if j != i and (min(i, j), max(i, j)) in p_better] for i in judged}
+        wins = {i: sum(p(i, j) for j in neighbours[i]) / len(neighbours[i]) for i in judged}
+        best = max(judged, key=lambda i: (wins[i], -i))
+        worst = min(judged, key=lambda i: (wins[i], i))
+        if best == worst or (min(best, worst), max(best, worst)) not in p_better:
+            return []
+        pairs = [oriented(best, worst)]
+    else:
+        raise ValueError(f"unknown pair mode {mode!r}")
+    return [t for t in pairs if t[2] - 0.5 >= min_margin]

@@ -3,7 +3,7 @@ GAE, RLOO baselines and KL controllers. Tensors in, tensors out; each is unit-te
 hand-computed values. Shapes: (B, T) over response tokens, with ``mask`` 1 on real tokens.
 
 References: Ziegler et al. 2019 (per-token KL penalty, adaptive KL controller); Schulman et al. 2016
-(GAE); Ahmadian et al. 2024 (RLOO); Schulman's "Approximating KL divergence" note (k1, k3).
+(GAE); Ahmadian et al. 2024 (RLOO); Shao et al. 2024 and Liu et al. 2025 (GRPO, Dr.GRPO); Schulman's "Approximating KL divergence" note (k1, k3).
 """
 
 from __future__ import annotations
@@ -99,6 +99,20 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     if k < 2:
         raise ValueError("RLOO needs at least 2 samples per prompt")
     return rewards - (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's group-relative advantages: (P, k) rewards of k samples per prompt -> each minus its group's mean,
+    divided by the group's standard deviation (the sample std, n - 1) + ``eps`` (Shao et al. 2024).
+    ``scale=False`` is Dr.GRPO's unscaled variant (Liu et al. 2025): the std division favours groups whose
+    rewards barely differ, so it is dropped. A group whose samples all score the same gets advantage 0."""
+    k = rewards.shape[-1]
+    if k < 2:
+        raise ValueError("group advantages need at least 2 samples per prompt")
+    centered = rewards - rewards.mean(-1, keepdim=True)
+    if not scale:
+        return centered
+    return centered / (rewards.std(-1, keepdim=True) + eps)
 
 
 class FixedKLController:

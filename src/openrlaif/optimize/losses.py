@@ -71,23 +71,56 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_ma
     return (token_logp * mask).sum(-1)
 
 
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                      clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per token -> (loss, clipped), both (B, T).
+
+    ratio = exp(logp - old_logp); loss = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)); ``clipped`` is 1
+    where the clipped term is the larger (its gradient is then 0). ``advantages`` is (B, T), or (B, 1) for one
+    advantage per sequence."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).to(logp.dtype)
+
+
 def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                     clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate over response tokens -> (loss, clip fraction, approx KL old->new).
 
-    ratio = exp(logp - old_logp); loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)));
-    approx KL is mean(0.5 * (logp - old_logp)^2) (all means over the masked tokens).
+    loss = mean of ``clipped_surrogate`` over the masked tokens; approx KL is mean(0.5 * (logp - old_logp)^2).
     """
     from openrlaif.optimize.advantages import masked_mean
 
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).to(logp.dtype), mask)
-    approx_kl = masked_mean(0.5 * log_ratio ** 2, mask)
+    per_token, clipped = clipped_surrogate(logp, old_logp, advantages, clip)
+    loss = masked_mean(per_token, mask)
+    clipfrac = masked_mean(clipped, mask)
+    approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask)
     return loss, clipfrac.detach(), approx_kl.detach()
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
+              mask: torch.Tensor, clip: float, kl_coef: float, token_budget: int | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO's loss over response tokens (B, T) with one advantage per sequence (B,) -> (loss, stats).
+
+    Per token: the clipped surrogate + kl_coef * k3, where k3 = exp(ref - logp) - (ref - logp) - 1 estimates
+    KL(policy || reference) and is never negative (Shao et al. 2024 put the KL in the loss, not the reward).
+    Aggregation: with ``token_budget`` None (GRPO), each sequence's mean over its own tokens, then the mean over
+    sequences; with ``token_budget`` = L (Dr.GRPO), the sum over every token divided by B * L, a constant, so a
+    token's weight does not depend on its sequence's length (no length bias). stats: clipfrac and the mean k3
+    over the masked tokens (detached)."""
+    from openrlaif.optimize.advantages import kl_estimate, masked_mean
+
+    mask = mask.to(logp.dtype)
+    surrogate, clipped = clipped_surrogate(logp, old_logp, advantages.unsqueeze(-1), clip)
+    k3 = kl_estimate(logp, ref_logp, "k3")
+    per_token = (surrogate + kl_coef * k3) * mask
+    if token_budget is None:
+        loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    else:
+        loss = per_token.sum() / (logp.shape[0] * token_budget)
+    return loss, {"clipfrac": masked_mean(clipped, mask).detach(), "kl": masked_mean(k3, mask).detach()}
 
 
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

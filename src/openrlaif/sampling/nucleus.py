@@ -43,38 +43,53 @@ def nucleus_logits(logits: torch.Tensor, top_p: float, candidates: int = CANDIDA
     return values.masked_fill(~keep, float("-inf")), ids
 
 
-def sample_nucleus(logits: torch.Tensor, temperature: float, top_p: float, candidates: int = CANDIDATES) -> torch.Tensor:
+def draw(probs: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """(B, 1) indices drawn from each row of ``probs`` (B, K): with torch's global generator, or row i with
+    ``generators[i]`` (then a row's draws do not depend on which other rows share its batch)."""
+    if generators is None:
+        return torch.multinomial(probs, 1)
+    return torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
+
+
+def sample_nucleus(logits: torch.Tensor, temperature: float, top_p: float, candidates: int = CANDIDATES,
+                   generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """(B,) tokens drawn from softmax(logits / temperature) restricted to its top-p nucleus and renormalised
-    (top_p = 1: the whole distribution). Uses torch's global generator (torch.manual_seed reproduces it)."""
+    (top_p = 1: the whole distribution). Uses torch's global generator (torch.manual_seed reproduces it), or one
+    generator per row (``generators``)."""
     scaled = logits.float() / temperature
     if top_p >= 1.0:
-        return torch.multinomial(torch.softmax(scaled, -1), 1).squeeze(-1)
+        return draw(torch.softmax(scaled, -1), generators).squeeze(-1)
     values, ids = nucleus_logits(scaled, top_p, candidates)
-    pick = torch.multinomial(torch.softmax(values, -1), 1)
+    pick = draw(torch.softmax(values, -1), generators)
     return ids.gather(-1, pick).squeeze(-1)
 
 
 class NucleusSampler:
     """A ``generate`` logits processor that samples (temperature, top-p) and leaves only the drawn token finite;
-    pass it with ``do_sample=False`` (``sampling_kwargs``)."""
+    pass it with ``do_sample=False`` (``sampling_kwargs``). With ``row_seeds`` (one per row of the batch) each
+    row draws from its own generator: a row's sample is a function of its seed and its own logits, the same
+    whether it is generated alone, in another batch or on another process."""
 
-    def __init__(self, temperature: float, top_p: float, candidates: int = CANDIDATES):
+    def __init__(self, temperature: float, top_p: float, candidates: int = CANDIDATES,
+                 row_seeds: list[int] | None = None):
         self.temperature = temperature
         self.top_p = top_p
         self.candidates = candidates
+        self.generators = None if row_seeds is None else [torch.Generator().manual_seed(s) for s in row_seeds]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        tokens = sample_nucleus(scores, self.temperature, self.top_p, self.candidates)
+        tokens = sample_nucleus(scores, self.temperature, self.top_p, self.candidates, self.generators)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
 
 
-def sampling_kwargs(temperature: float, top_p: float) -> dict:
-    """``generate`` arguments that sample from the tempered top-p distribution (temperature 0: greedy)."""
+def sampling_kwargs(temperature: float, top_p: float, row_seeds: list[int] | None = None) -> dict:
+    """``generate`` arguments that sample from the tempered top-p distribution (temperature 0: greedy); with
+    ``row_seeds``, each row from its own generator (see ``NucleusSampler``)."""
     if temperature == 0:
         return {"do_sample": False}
     from transformers import LogitsProcessorList
 
     # greedy decoding applies none of generate's sampling warpers (temperature, top_k, top_p), whatever the
     # model's generation_config says: this processor is the whole draw
-    return {"do_sample": False, "logits_processor": LogitsProcessorList([NucleusSampler(temperature, top_p)])}
+    return {"do_sample": False, "logits_processor": LogitsProcessorList([NucleusSampler(temperature, top_p, row_seeds=row_seeds)])}

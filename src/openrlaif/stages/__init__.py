@@ -14,9 +14,10 @@ from collections.abc import Callable
 # stage name (as in the run directory's manifest) -> module under openrlaif.stages
 STAGE_MODULES = {"sft": "sft", "generate": "generate", "label": "label", "reward": "reward", "eval": "evaluate"}
 # train.algo -> module under openrlaif.stages; each is the `train` stage for that algorithm
-TRAINERS = {"dpo": "dpo", "ppo": "ppo", "rloo": "rloo", "sft": "sft"}
-# trainers that sample their own rollouts and score them with a reward source (no preference pairs needed)
-RL_TRAINERS = ("ppo", "rloo")
+TRAINERS = {"dpo": "dpo", "ppo": "ppo", "rloo": "rloo", "grpo": "grpo", "online_dpo": "online_dpo", "sft": "sft"}
+# trainers that sample their own rollouts and score them (a reward source, or online DPO's judge): no
+# candidates or preference pairs needed
+RL_TRAINERS = ("ppo", "rloo", "grpo", "online_dpo")
 
 
 def stage_run(name: str, algo: str = "dpo") -> Callable:

@@ -20,43 +20,8 @@ from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl
 from openrlaif.core.text import judge_directed
 from openrlaif.feedback.api import usage_json
 from openrlaif.feedback.factory import build_detector, build_judge, open_cache
-from openrlaif.feedback.scoring import position_stats
+from openrlaif.feedback.scoring import position_stats, select_pairs
 from openrlaif.feedback.types import Comparison
-
-
-def select_pairs(n: int, p_better: dict[tuple[int, int], float], mode: str, min_margin: float = 0.0
-                 ) -> list[tuple[int, int, float]]:
-    """Choose (chosen, rejected, p_chosen) among ``n`` candidates from judged pair probabilities.
-
-    ``p_better[(i, j)]`` (i < j) is P(candidate i beats candidate j). Every pair is oriented so that
-    p_chosen >= 0.5. 'best_worst' keeps one pair per prompt: the candidate with the highest mean win
-    probability against the others vs the one with the lowest. Pairs with |p - 0.5| < min_margin
-    are dropped as too uncertain.
-    """
-
-    def p(i: int, j: int) -> float:
-        return p_better[(i, j)] if (i, j) in p_better else 1.0 - p_better[(j, i)]
-
-    def oriented(i: int, j: int) -> tuple[int, int, float]:
-        q = p(i, j)
-        return (i, j, q) if q >= 0.5 else (j, i, 1.0 - q)
-
-    judged = sorted({i for pair in p_better for i in pair})
-    if len(judged) < 2:
-        return []
-    if mode == "all":
-        pairs = [oriented(i, j) for i, j in sorted(p_better)]
-    elif mode == "best_worst":
-        neighbours = {i: [j for j in judged if j != i and (min(i, j), max(i, j)) in p_better] for i in judged}
-        wins = {i: sum(p(i, j) for j in neighbours[i]) / len(neighbours[i]) for i in judged}
-        best = max(judged, key=lambda i: (wins[i], -i))
-        worst = min(judged, key=lambda i: (wins[i], i))
-        if best == worst or (min(best, worst), max(best, worst)) not in p_better:
-            return []
-        pairs = [oriented(best, worst)]
-    else:
-        raise ValueError(f"unknown pair mode {mode!r}")
-    return [t for t in pairs if t[2] - 0.5 >= min_margin]
 
 
 def comparison_seed(seed: int, k: int, prompt_id: str, i: int, j: int, per_prompt: bool = False) -> str:

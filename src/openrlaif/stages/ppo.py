@@ -20,7 +20,6 @@ from torch import nn
 
 from openrlaif.config import RunConfig
 from openrlaif.core.errors import UserError
-from openrlaif.core.faults import kill_point
 from openrlaif.core.store import RunStore, atomic_directory
 from openrlaif.models.loading import encode_prompts
 from openrlaif.models.policy import save_adapter
@@ -35,6 +34,7 @@ from openrlaif.optimize.advantages import (
     whiten,
 )
 from openrlaif.optimize.losses import entropy_from_logits, gathered_logprobs, ppo_policy_loss, ppo_value_loss
+from openrlaif.optimize.loop import after_update
 from openrlaif.optimize.monitor import OveroptimizationMonitor
 
 
@@ -196,12 +196,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             metrics.append(row)
             kl_ctl.update(row["kl"], n * accelerator.num_processes)
             # 7. Every monitor.every updates: proxy reward vs the held-out judge on fixed held-out answers.
-            monitor.check(step + 1, inner.policy, accelerator.is_main_process)
-            checkpoint.maybe_save(step + 1, kl_coef=kl_ctl.value, episodes=episodes, metrics=metrics,
-                                  seconds=elapsed, monitor=monitor.state.to_dict())
-            kill_point("train.step")
-            advance(pg, 1, (step + 1 - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
-            if monitor.should_stop():
+            if after_update(step + 1, inner.policy, monitor, checkpoint, accelerator, pg, progress, elapsed,
+                            kl_coef=kl_ctl.value, episodes=episodes, metrics=metrics):
                 break
     # 8. Save the policy adapter like DPO does (and the value head, for inspection).
     if accelerator.is_main_process:

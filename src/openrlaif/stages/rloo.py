@@ -16,37 +16,28 @@ import torch
 
 from openrlaif.config import RunConfig
 from openrlaif.core.errors import UserError
-from openrlaif.core.faults import kill_point
 from openrlaif.core.store import RunStore
-from openrlaif.models.loading import encode_prompts
 from openrlaif.models.logprobs import token_logprobs
-from openrlaif.models.policy import save_adapter
+from openrlaif.models.policy import reference_policy
 from openrlaif.optimize.advantages import kl_estimate, rloo_advantages, whiten
+from openrlaif.optimize.loop import after_update, finish, quarter_means
 from openrlaif.optimize.monitor import OveroptimizationMonitor
-from openrlaif.optimize.rollout import reward_source, rollout, train_prompts
+from openrlaif.optimize.rollout import reward_source, rl_parts, rollout
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """RLOO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator
-    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean
     from openrlaif.models.logprobs import SequenceLogprobs
-    from openrlaif.models.policy import add_lora, reference_policy, round_adapters
 
     rl, tc = cfg.rl, cfg.train
     # 1. Train prompts, the policy (a fresh LoRA adapter; adapter off = the reference) and the reward.
-    prompts = train_prompts(cfg)
     if rl.k < 2:
         raise UserError("rl.k: RLOO needs at least 2 samples per prompt (each one's baseline is the others' mean)")
-    set_threads(cfg.model.threads)
-    torch.manual_seed(cfg.seed)
-    accelerator = make_accelerator(tc)
-    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
-    tok = loaded.tokenizer
-    model = add_lora(loaded.model, tc, *round_adapters(cfg, store, k))
+    parts = rl_parts(cfg, store, k)
+    accelerator, tok, model, prompts = parts.accelerator, parts.tokenizer, parts.model, parts.prompts
     score = reward_source(cfg, store, k)
-    encoded_prompts = encode_prompts(tok, [p.messages for p in prompts])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(SequenceLogprobs(model, per_token=True, temperature=rl.temperature), optimizer)
@@ -60,7 +51,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         advance(pg, progress["step"], 0.0, "steps")
         for step in range(progress["step"], rl.steps):
             # 2. Rollouts: k samples for each of this process's share of the step's prompts, scored once.
-            ids, attn, resp, finished, raw = rollout(model, tok, prompts, encoded_prompts, step, score, cfg, accelerator)
+            ids, attn, resp, finished, raw = rollout(model, tok, prompts, parts.encoded_prompts, step, score, cfg, accelerator)
             # 3. Reward = score - KL penalty (- missing-EOS penalty); leave-one-out advantages per prompt.
             mask = resp[:, 1:].float()
             with torch.inference_mode(), reference_policy(model):
@@ -89,23 +80,13 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                             "finished_rate": round(sum(finished) / len(finished), 4), "kl_coef": rl.kl_coef,
                             "lr": tc.learning_rate, "episodes_per_s": round(episodes / elapsed, 4)})
             # 5. Every monitor.every updates: proxy reward vs the held-out judge on fixed held-out answers.
-            monitor.check(step + 1, model, accelerator.is_main_process)
-            checkpoint.maybe_save(step + 1, episodes=episodes, metrics=metrics, seconds=elapsed,
-                                  monitor=monitor.state.to_dict())
-            kill_point("train.step")
-            advance(pg, 1, (step + 1 - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
-            if monitor.should_stop():
+            if after_update(step + 1, model, monitor, checkpoint, accelerator, pg, progress, elapsed,
+                            episodes=episodes, metrics=metrics):
                 break
     # 6. Save the adapter like DPO does (or the monitor's best, with monitor.final_policy=best).
-    if accelerator.is_main_process:
-        save_adapter(model, tok, store.path("policy", k))
-        monitor.finish(accelerator.is_main_process)
-        store.append_metrics(metrics + monitor.rows())
-    accelerator.wait_for_everyone()
-    checkpoint.clear()
-    first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4):]
+    finish(model, tok, store, k, monitor, checkpoint, accelerator, metrics)
+    (reward_first, reward_last), (_, kl_last) = quarter_means(metrics, "reward_mean"), quarter_means(metrics, "kl")
     return {"algo": "rloo", "steps": len(metrics), "episodes": episodes, "resumed_from_step": progress["step"],
             "episodes_per_s": round(episodes / (time.perf_counter() - start), 4),
-            "reward_first": round(sum(m["reward_mean"] for m in first) / len(first), 4),
-            "reward_last": round(sum(m["reward_mean"] for m in last) / len(last), 4),
-            "kl_last": round(sum(m["kl"] for m in last) / len(last), 4), "monitor": monitor.state.summary()}
+            "reward_first": reward_first, "reward_last": reward_last, "kl_last": kl_last,
+            "monitor": monitor.state.summary()}
