@@ -205,3 +205,10 @@ def test_instruct_config_and_its_feedback_variants_pass_validation():
         assert cfg.data.prompts == "builtin:verifiable" and cfg.eval.benchmarks[0].file == "builtin"
         validate_inputs(cfg)
     assert cfg.feedback.members == ["fitted", "rule"] and cfg.feedback.rule.endswith(":verifiable_rule")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """Each example config validates as written (its trainer, sections and cross-field rules)."""
+    cfg = load_config(path)
+    assert cfg.name and cfg.train.algo in ("dpo", "ppo", "rloo", "grpo", "online_dpo", "sft")
