@@ -410,6 +410,11 @@ class SFTConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Rows (packed rows with packing) per optimizer step.")
     full_finetune: bool = Field(False, description="Train every weight instead of a LoRA adapter (train.lora_*).")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warmup share of the steps.")
+    packing: bool = Field(
+        False, description="Concatenate training rows into packs of up to sft.max_length tokens (best-fit "
+        "decreasing), each row attending only to itself (a block-diagonal causal mask, positions restarting per "
+        "row): less padding, the same per-token loss; sft.batch_size then counts packs."
+    )
 
 
 class RewardConfig(_Strict):

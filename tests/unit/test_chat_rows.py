@@ -65,3 +65,14 @@ def test_missing_empty_and_plain_directory(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(UserError, match="not a saved dataset"):
         load_chat_rows(tmp_path / "plain")
+
+
+def test_pack_groups_best_fit_decreasing():
+    from openrlaif.data.chat import pack_groups
+
+    # lengths 5, 3, 8, 2, 6 into packs of 10: 8 -> new; 6 -> new; 5 -> new; 3 -> fits the 6-pack (room 4)
+    # tightest: the 6-pack (room 4 < 5), 2 -> the 8-pack (room 2, tightest)
+    assert pack_groups([5, 3, 8, 2, 6], 10) == [[2, 3], [4, 1], [0]]
+    assert pack_groups([], 10) == []
+    assert pack_groups([12, 1], 10) == [[0], [1]]  # a row over the limit gets its own pack
+    assert pack_groups([4, 4, 4], 8) == [[0, 1], [2]]  # ties: the earlier row, the earlier pack

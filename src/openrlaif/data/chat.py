@@ -98,3 +98,22 @@ def checked_messages(value, name: str, where: str) -> list[dict[str, str]]:
             raise UserError(f"{where}: {name}[{i}].content must be a string, got {got}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
+
+
+def pack_groups(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Rows (by token count) grouped into packs of at most ``max_length`` tokens, best-fit decreasing: longest row
+    first, each into the pack it fills most tightly, a new pack when none has room. Deterministic (ties go to
+    the earlier row and the earlier pack); a row longer than ``max_length`` gets a pack of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    packs: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        fits = [p for p in range(len(packs)) if room[p] >= lengths[i]]
+        if fits:
+            best = min(fits, key=lambda p: (room[p], p))
+            packs[best].append(i)
+            room[best] -= lengths[i]
+        else:
+            packs.append([i])
+            room.append(max_length - lengths[i])
+    return packs

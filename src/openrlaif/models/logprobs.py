@@ -14,6 +14,43 @@ from openrlaif.optimize.losses import gathered_logprobs, sequence_logprobs
 class Encoded:
     input_ids: list[int]
     response_mask: list[int]
+    # packed rows (SFT's sft.packing): which row each token belongs to (0, 1, ...); None = one row
+    segment_ids: list[int] | None = None
+
+
+def pack_encoded(seqs: list[Encoded], groups: list[list[int]]) -> list[Encoded]:
+    """Each group of ``seqs`` (indices, e.g. from ``data.chat.pack_groups``) concatenated into one sequence that
+    remembers its rows' boundaries; ``collate_packed`` keeps the rows from attending to each other."""
+    packed = []
+    for group in groups:
+        ids, resp, seg = [], [], []
+        for n, i in enumerate(group):
+            ids += seqs[i].input_ids
+            resp += seqs[i].response_mask
+            seg += [n] * len(seqs[i].input_ids)
+        packed.append(Encoded(ids, resp, seg))
+    return packed
+
+
+def collate_packed(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded packed sequences -> (input_ids, 4-D attention mask, response_mask, position_ids).
+
+    The mask (B, 1, T, T) is causal within each packed row and False across rows and on padding; positions
+    restart at 0 for every row, so each row is computed exactly as if it were alone (the rows' log-probs
+    equal the unpacked ones: ``tests/integration/test_sft.py``)."""
+    ids, attn, resp = collate(seqs, pad_id)
+    width = ids.shape[1]
+    seg = torch.full((len(seqs), width), -1, dtype=torch.long)
+    pos = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        segment = torch.tensor(s.segment_ids if s.segment_ids is not None else [0] * len(s.input_ids))
+        seg[r, : len(segment)] = segment
+        starts = torch.cat([torch.ones(1, dtype=torch.bool), segment[1:] != segment[:-1]])
+        first = torch.cummax(torch.where(starts, torch.arange(len(segment)), 0), 0).values
+        pos[r, : len(segment)] = torch.arange(len(segment)) - first
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+    return ids, (causal & same)[:, None], resp, pos
 
 
 def encode_response(tokenizer, prompt_messages: list[dict], response: str, max_length: int) -> Encoded:
@@ -64,20 +101,23 @@ def collate(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, attn, resp
 
 
-def response_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+def response_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Summed log-probs of the response tokens, projecting only response positions onto the vocabulary.
 
     The decoder runs on the whole batch; the LM head (a 49k-wide matmul for SmolLM2) runs only on
     the hidden states that predict a response token, not on prompt or padding positions. Models
     whose head does more than a linear projection (e.g. logit soft-capping) take the full path.
+    Packed rows (``collate_packed``) pass their 4-D mask as ``attn`` and their ``position_ids``; a packed
+    sequence's log-prob is the sum over its rows.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     if decoder is None or head is None or getattr(base.config, "final_logit_softcapping", None):
-        logits = model(input_ids=ids, attention_mask=attn).logits
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits
         return sequence_logprobs(logits.float(), ids, resp)
-    hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
+    hidden = decoder(input_ids=ids, attention_mask=attn, position_ids=position_ids).last_hidden_state
     mask = resp[:, 1:].bool()  # position t predicts token t + 1
     token_logp = gathered_logprobs(head(hidden[:, :-1][mask]).float(), ids[:, 1:][mask])
     rows = mask.nonzero()[:, 0]
@@ -115,10 +155,11 @@ class SequenceLogprobs(torch.nn.Module):
         self.per_token = per_token
         self.temperature = temperature  # per-token only: RL's tempered policy (see token_logprobs)
 
-    def forward(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.per_token:
             return token_logprobs(self.model, ids, attn, resp, self.temperature)
-        return response_logprobs(self.model, ids, attn, resp)
+        return response_logprobs(self.model, ids, attn, resp, position_ids)
 
 
 def batch_logprobs(model, seqs: list[Encoded], pad_id: int) -> torch.Tensor:

@@ -10,7 +10,9 @@ One loop, two places in a run:
   supervised phase): the round's LoRA adapter (continuing round k-1's) is saved to ``round_K/policy`` like
   DPO's, so the next round samples from it.
 
-Held-out rows (``sft.eval_fraction``) give the eval loss before and after training.
+Held-out rows (``sft.eval_fraction``) give the eval loss before and after training. With ``sft.packing`` the
+training rows are packed into sequences of up to ``sft.max_length`` tokens whose rows do not attend to each
+other (``models.logprobs.collate_packed``): the same per-token loss over less padding.
 """
 
 from __future__ import annotations
@@ -111,13 +113,17 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.models.accel import (Checkpointer, accumulate, config_fingerprint, epoch_steps, gather_mean,
                                         items_per_step, make_accelerator, micro_batches, shard)
     from openrlaif.models.loading import load_causal_lm, set_threads
-    from openrlaif.models.logprobs import SequenceLogprobs, collate
+    from openrlaif.data.chat import pack_groups
+    from openrlaif.models.logprobs import SequenceLogprobs, collate, collate_packed, pack_encoded
     from openrlaif.models.policy import add_lora, round_adapters, save_adapter
 
     sc, tc = cfg.sft, cfg.train
     as_trainer = cfg.train.algo == "sft"  # (full fine-tuning as a round's trainer is refused by the config)
     # 1. Rows: read, split, encoded; every one checked before the model loads.
     train_seqs, held_seqs = check(cfg, store, k)
+    rows_trained = len(train_seqs)
+    if sc.packing:  # packs of rows that do not see each other (sft.batch_size counts packs)
+        train_seqs = pack_encoded(train_seqs, pack_groups([len(s.input_ids) for s in train_seqs], sc.max_length))
     accelerator = make_accelerator(tc)
     per_step = items_per_step(accelerator, tc, sc.batch_size, "sft.batch_size", "rows")
     # 2. The policy: LoRA (fresh, or round k-1's adapter to continue when this is a round's trainer) or every weight.
@@ -149,8 +155,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
     def chunk_loss(chunk: list[int], step_tokens: int, step_items: int):
         mine = shard(chunk, accelerator)
-        ids, attn, resp = (t.to(accelerator.device) for t in collate([train_seqs[i] for i in mine], pad_id))
-        logps = policy(ids, attn, resp).float().cpu()
+        batch = [train_seqs[i] for i in mine]
+        tensors = collate_packed(batch, pad_id) if sc.packing else collate(batch, pad_id)
+        logps = policy(*(t.to(accelerator.device) for t in tensors)).float().cpu()
         nll = -logps.sum()
         # accumulate() weights a chunk by its share of the step's rows and DDP averages over processes: undo both,
         # so the step's gradient is that of (sum of NLL over every trained token of the step) / (their count)
@@ -199,7 +206,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     checkpoint.clear()
     last = metrics[-max(1, steps_per_epoch):]
     return {
-        "algo": "sft", "rows": len(train_seqs), "heldout_rows": len(held_seqs), "steps": step,
+        "algo": "sft", "rows": rows_trained, "packs": len(train_seqs) if sc.packing else None,
+        "heldout_rows": len(held_seqs), "steps": step,
         "trained_tokens": sum(counts) * sc.epochs, "seconds_training": round(seconds, 2),
         "tokens_per_s": round(tokens_done / seconds, 2) if seconds else None,
         "first_loss": metrics[0]["loss"] if metrics else None,
