@@ -314,6 +314,12 @@ class FeedbackConfig(_Strict):
         "builtin", description="Labelled pairs for the gate: 'builtin' (72 pairs written for OpenRLAIF) or a JSONL file."
     )
     gate_limit: int | None = Field(None, ge=1, description="Use only the first N gate pairs; null = all.")
+    gate_cache: bool = Field(
+        True, description="Keep the gate's figures in the user cache (OPENRLAIF_CACHE/gates), keyed by the judge's "
+        "weights, method, template, heads, feedback settings, principles, the pairs' content and the seed: a later "
+        "run with the same judge reads them instead of scoring the pairs again (the report says so). API, rule "
+        "and reward-model judges are always measured."
+    )
     api: ApiConfig | None = Field(
         None,
         description="Judge over HTTP instead of a local model (pairwise, pointwise): an OpenAI-compatible "

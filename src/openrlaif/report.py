@@ -163,7 +163,9 @@ def _round_lines(store: RunStore, k: int) -> list[str]:
             verdict = "passed" if gate["passed"] else f"**FAILED** (action: {gate['action']})"
             lines += ["", f"Judge gate {verdict}: agreement {gate['agreement']:.1%} with the labels of {gate['n']} "
                       f"calibration pairs (`{gate['pairs']}`), threshold {gate['min_agreement']:.0%}; "
-                      f"ECE {gate['ece']:.3f}, Brier {gate['brier']:.3f}."]
+                      f"ECE {gate['ece']:.3f}, Brier {gate['brier']:.3f}."
+                      + (f" These figures were measured on {gate['cached']} for the same judge and pairs and read from "
+                         "the user cache (`feedback.gate_cache`)." if gate.get("cached") else "")]
     rw = store.stage_status("reward", k).get("summary", {})
     if rw:
         lines += ["", "## Reward model (Bradley-Terry)", "",

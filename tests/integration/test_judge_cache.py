@@ -113,3 +113,47 @@ def test_gate_off_records_nothing(tiny_config, tmp_path):
     pipeline.run_stage("generate", tiny_config, store)
     pipeline.run_stage("label", tiny_config, store)
     assert json.loads(store.path("judge_stats.json").read_text())["gate"] is None
+
+
+def test_the_gate_is_paid_once_per_judge(tiny_config, tmp_path, monkeypatch):
+    """A second run with the same judge and pairs reads the gate from the user cache (same figures, no judge call);
+    another pair set, another judge (new weights) or gate_cache=false measures again."""
+    import openrlaif.evaluate.judge_eval as judge_eval
+    from openrlaif.core.store import RunStore
+    from openrlaif.report import write_report
+
+    monkeypatch.setenv("OPENRLAIF_CACHE", str(tmp_path / "user-cache"))
+    calls = {"n": 0}
+    real = judge_eval.evaluate_judge
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(judge_eval, "evaluate_judge", counted)
+
+    def label(name, **feedback):
+        cfg = tiny_config.model_copy(deep=True)
+        cfg.feedback.method = "contrastive"
+        cfg.feedback.min_agreement = 0.01
+        cfg.feedback.gate_limit = 8
+        for key, value in feedback.items():
+            setattr(cfg.feedback, key, value)
+        store = pipeline.open_run(cfg, tmp_path / name)
+        pipeline.run_stage("generate", cfg, store)
+        pipeline.run_stage("label", cfg, store)
+        return json.loads(store.path("judge_stats.json").read_text())["gate"], store
+
+    first, _ = label("first")
+    assert calls["n"] == 1 and first["cached"] is None
+    second, store = label("second")
+    assert calls["n"] == 1 and second["cached"]  # read, not measured
+    assert {k: second[k] for k in ("n", "agreement", "ece", "brier")} == {k: first[k] for k in ("n", "agreement", "ece", "brier")}
+    write_report(RunStore(store.root))
+    assert "read from the user cache" in (store.root / "report.md").read_text()
+    other_pairs, _ = label("other-pairs", gate_limit=6)
+    assert calls["n"] == 2 and other_pairs["cached"] is None and other_pairs["n"] == 6
+    measured_again, _ = label("again", gate_cache=False)
+    assert calls["n"] == 3 and measured_again["cached"] is None
+    other_template, _ = label("other-temperature", temperature=0.5)  # a setting that changes verdicts
+    assert calls["n"] == 4 and other_template["cached"] is None

@@ -20,6 +20,7 @@ from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl
 from openrlaif.core.text import judge_directed
 from openrlaif.feedback.api import usage_json
 from openrlaif.feedback.factory import build_detector, build_judge, open_cache
+from openrlaif.feedback.gate_cache import GateCache, gate_key
 from openrlaif.feedback.scoring import position_stats, select_pairs
 from openrlaif.feedback.types import Comparison
 
@@ -77,19 +78,30 @@ def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
     if fb.min_agreement <= 0:
         return None
     pairs = load_labelled_pairs(fb.gate_pairs, fb.gate_limit)
-    description, judge.description = judge.description, "judge gate"
-    try:
-        metrics = evaluate_judge(judge, pairs, constitution, None, cfg.seed).metrics
-    finally:
-        judge.description = description
-    agreement = metrics["agreement"]
+    # The gate paid once: the same judge on the same pairs was measured before on this machine (user cache).
+    key = gate_key(judge, cfg, constitution, pairs) if fb.gate_cache else None
+    cached = GateCache().get(key) if key else None
+    if cached is not None:
+        measured = cached["measured"]
+        console.print(f"judge gate: figures measured on {cached['at']} for this judge and these {measured['n']} pairs "
+                      "(user cache; feedback.gate_cache=false measures again)")
+    else:
+        description, judge.description = judge.description, "judge gate"
+        try:
+            metrics = evaluate_judge(judge, pairs, constitution, None, cfg.seed).metrics
+        finally:
+            judge.description = description
+        measured = {"pairs": fb.gate_pairs, "n": metrics["n"], "agreement": round(metrics["agreement"], 4),
+                    "heads": metrics.get("heads"), "ece": round(metrics["ece"], 4), "brier": round(metrics["brier"], 4),
+                    "position_consistency": metrics["position_consistency"]}
+        if key:
+            GateCache().put(key, measured)
+    agreement = measured["agreement"]
     passed = agreement >= fb.min_agreement
-    heads = metrics.get("heads")
-    result = {"pairs": fb.gate_pairs, "n": metrics["n"], "agreement": round(agreement, 4), "heads": heads,
-              "ece": round(metrics["ece"], 4), "brier": round(metrics["brier"], 4),
-              "position_consistency": metrics["position_consistency"],
-              "min_agreement": fb.min_agreement, "passed": passed, "action": fb.gate_action}
-    message = (f"judge '{judge.name}' ({judge.method}) agrees with {agreement:.1%} of {metrics['n']} labelled "
+    heads = measured["heads"]
+    result = {**measured, "min_agreement": fb.min_agreement, "passed": passed, "action": fb.gate_action,
+              "cached": cached["at"] if cached is not None else None}
+    message = (f"judge '{judge.name}' ({judge.method}) agrees with {agreement:.1%} of {measured['n']} labelled "
                f"calibration pairs, below feedback.min_agreement={fb.min_agreement}")
     if not passed and fb.gate_action == "stop":
         raise UserError(f"{message}; use a stronger judge (model.judge) or method (feedback.method=contrastive), "
@@ -97,7 +109,7 @@ def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
     if not passed:
         console.print(f"[bold yellow]warning:[/bold yellow] {message}; labelling anyway (feedback.gate_action=warn)")
     else:
-        console.print(f"judge gate passed: agreement {agreement:.1%} on {metrics['n']} calibration pairs")
+        console.print(f"judge gate passed: agreement {agreement:.1%} on {measured['n']} calibration pairs")
     if heads:
         console.print(f"judge heads ({heads['directory']}): " + ", ".join(
             f"{key} {n} comparison(s)" for key, n in heads["comparisons"].items()))
