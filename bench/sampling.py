@@ -1,11 +1,13 @@
 """Sampling throughput on the embedded model: transformers' own top-p sampling vs ``sampling.nucleus``.
 
-    .venv/bin/python bench/sampling.py [--batch 64] [--new-tokens 64] [--repeats 1]
+    .venv/bin/python bench/sampling.py [--batch 64] [--n 4] [--new-tokens 64] [--repeats 1]
 
 Both paths run ``generate`` on the same left-padded batch of built-in train prompts (with the demo's
 data.instruction), every row forced to ``--new-tokens`` (min_new_tokens) so both do the same work; the
 prefill is timed apart (one forward over the prompts). Also prints the share of one step spent drawing the
-token, measured on random logits of the vocabulary's width. Results: docs/benchmarks.md.
+token, measured on random logits of the vocabulary's width. With ``--n`` > 1 the batch is batch/n prompts x n
+samples (a round's generate stage), and a third path computes each prompt's prefill once and shares its KV
+cache among its n samples (``sampling.hf.generate_n``). Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--n", type=int, default=1, help="samples per prompt (the batch holds batch/n prompts)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=0.95)
@@ -36,13 +39,18 @@ def main() -> None:
     lm = load_causal_lm("embedded")
     tok = lm.tokenizer
     tok.padding_side = "left"
-    prompts = select(load_prompts("builtin", instruction="Answer in one sentence."), "train", None)[: args.batch]
-    enc = tok.pad({"input_ids": encode_prompts(tok, [p.messages for p in prompts])}, return_tensors="pt")
+    from openrlaif.sampling.hf import generate_n
+
+    prompts = select(load_prompts("builtin", instruction="Answer in one sentence."), "train", None)[: args.batch // args.n]
+    unique = tok.pad({"input_ids": encode_prompts(tok, [p.messages for p in prompts])}, return_tensors="pt")
+    enc = {key: value.repeat_interleave(args.n, 0) for key, value in unique.items()}
     paths = {
         "transformers top-p (do_sample, top_k=0)": dict(do_sample=True, temperature=args.temperature,
                                                          top_p=args.top_p, top_k=0),
         "sampling.nucleus": sampling_kwargs(args.temperature, args.top_p),
     }
+    if args.n > 1:
+        paths["sampling.nucleus, one prefill per prompt (generate_n)"] = "shared"
     results = {}
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -53,8 +61,13 @@ def main() -> None:
             for r in range(args.repeats):
                 torch.manual_seed(r)
                 t0 = time.perf_counter()
-                lm.model.generate(**enc, **kwargs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                  pad_token_id=tok.pad_token_id)
+                if kwargs == "shared":
+                    generate_n(lm.model, unique["input_ids"], unique["attention_mask"], args.n,
+                               **sampling_kwargs(args.temperature, args.top_p), max_new_tokens=args.new_tokens,
+                               min_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
+                else:
+                    lm.model.generate(**enc, **kwargs, max_new_tokens=args.new_tokens,
+                                      min_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
                 best = min(best, time.perf_counter() - t0)
             tokens = args.batch * args.new_tokens
             results[name] = {"seconds": round(best, 2), "tok_per_s": round(tokens / best, 1)}
@@ -69,7 +82,7 @@ def main() -> None:
             for _ in range(10):
                 draw(logits)
             results[name + " (s/step)"] = round((time.perf_counter() - t0) / 10, 4)
-    results.update(batch=args.batch, new_tokens=args.new_tokens, prompt_width=int(enc["input_ids"].shape[1]),
+    results.update(batch=args.batch, n=args.n, new_tokens=args.new_tokens, prompt_width=int(enc["input_ids"].shape[1]),
                    threads=torch.get_num_threads(), torch=torch.__version__)
     print(json.dumps(results, indent=1))
 

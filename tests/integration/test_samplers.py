@@ -161,3 +161,37 @@ def test_vllm_backend_without_vllm_is_one_line(tiny_model_dir, tmp_path, monkeyp
     with pytest.raises(UserError, match="generate.backend=vllm: vLLM is not installed"):
         pipeline.run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_one_prefill_per_prompt_draws_what_plain_generate_draws(tiny_model_dir, lora):
+    """generate_n computes each prompt's prefill once and repeats its KV cache for the n samples; with the same
+    per-row seeds it draws exactly the tokens of plain ``generate`` on the prompt repeated n times (left padding,
+    prompts of different lengths; also through a peft LoRA wrapper)."""
+    from openrlaif.config import TrainConfig
+    from openrlaif.models.policy import add_lora
+    from openrlaif.sampling.hf import generate_n
+    from openrlaif.sampling.nucleus import sampling_kwargs
+
+    loaded = load_causal_lm(str(tiny_model_dir), "float32")
+    tok, model = loaded.tokenizer, loaded.model.eval()
+    if lora:
+        torch.manual_seed(0)
+        model = add_lora(model, TrainConfig(lora_target_modules=["q_proj", "v_proj"])).eval()
+        for name, param in model.named_parameters():  # a trained-looking adapter, so it changes the logits
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.5)
+    prompts = [chat_prompt(tok, [{"role": "user", "content": text}]) for text in
+               ("Hi?", "Tell me about the sea and the sky, please.", "Why is grass green?")]
+    tok.padding_side = "left"
+    enc = tok([p for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+    n, seeds = 3, list(range(1000, 1009))
+    kwargs = dict(max_new_tokens=10, pad_token_id=tok.pad_token_id, eos_token_id=[end_of_turn_id(tok)])
+    with torch.inference_mode():
+        plain = model.generate(input_ids=enc["input_ids"].repeat_interleave(n, 0),
+                               attention_mask=enc["attention_mask"].repeat_interleave(n, 0),
+                               **sampling_kwargs(1.0, 0.9, seeds), **kwargs)
+        shared = generate_n(model, enc["input_ids"], enc["attention_mask"], n, **sampling_kwargs(1.0, 0.9, seeds),
+                            **kwargs)
+    assert torch.equal(plain, shared)
+    assert len({tuple(r) for r in shared[:, enc["input_ids"].shape[1]:].tolist()}) > 3  # it did sample

@@ -73,13 +73,16 @@ def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig,
     """k sampled responses per prompt as Encoded sequences (prompt + response incl. its end-of-turn); with
     ``row_seeds`` (one per response, prompt-major) each response from its own generator."""
 
+    from openrlaif.sampling.hf import generate_n
+
     stop = stop_token_ids(tok)
     flat = [ids for ids in prompt_ids for _ in range(k)]
     tok.padding_side = "left"
-    enc = tok.pad({"input_ids": flat}, return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**enc, **sampling_kwargs(cfg.rl.temperature, cfg.rl.top_p, row_seeds),
-                             max_new_tokens=cfg.rl.max_new_tokens, eos_token_id=stop, pad_token_id=tok.pad_token_id)
+    enc = tok.pad({"input_ids": prompt_ids}, return_tensors="pt")
+    with torch.inference_mode():  # each prompt's prefill once, its KV cache shared by its k samples
+        out = generate_n(model, enc["input_ids"], enc["attention_mask"], k,
+                         **sampling_kwargs(cfg.rl.temperature, cfg.rl.top_p, row_seeds),
+                         max_new_tokens=cfg.rl.max_new_tokens, eos_token_id=stop, pad_token_id=tok.pad_token_id)
     seqs, finished = [], []
     for ids, row in zip(flat, out[:, enc["input_ids"].shape[1]:].tolist()):
         response, ended = cut_at_stop(row, stop, keep_stop=True)

@@ -11,6 +11,37 @@ from openrlaif.sampling.nucleus import sampling_kwargs
 from openrlaif.sampling.types import Conversation, SampleStats, SamplingParams
 
 
+def cache_argument(model) -> str:
+    """The keyword a model's forward takes its KV cache by: 'cache' (transformers 5.25+) or 'past_key_values'."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes it through
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def generate_n(model, input_ids, attention_mask, n: int, **kwargs):
+    """``generate`` with ``n`` continuations of each (left-padded) prompt row, prompt-major (row i * n + j), where
+    each prompt's prefill runs once: the KV cache of every prompt token but the last is computed for the unique
+    prompts and repeated n times (the cache is expanded, not the prompt), then ``generate`` goes on from the last
+    prompt token. The positions follow the padding as ``generate``'s own prefill does, so the logits are those
+    of the plain call (tests/integration/test_samplers.py draws the same tokens both ways)."""
+    import torch
+
+    ids, mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
+    if n == 1 or input_ids.shape[1] < 2:
+        return model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    from transformers import DynamicCache
+
+    name = cache_argument(model)
+    cache = DynamicCache(config=model.config)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
+              use_cache=True, **{name: cache})
+    cache.batch_repeat_interleave(n)
+    return model.generate(input_ids=ids, attention_mask=mask, **{name: cache}, **kwargs)
+
+
 class HFSampler:
     """Batched sampling with transformers ``generate`` (left padding, sorted by length).
 
@@ -35,38 +66,39 @@ class HFSampler:
         stop_ids = stop_token_ids(tok)
         encoded = encode_prompts(tok, prompts)
         lengths = [len(ids) for ids in encoded]
-        # Sequence j of prompt i sits at flat index i * n + j; decode longest prompts together.
-        flat = [(i, j) for i in range(len(prompts)) for j in range(n)]
-        order = sorted(range(len(flat)), key=lambda f: -lengths[flat[f][0]])
+        # Decode longest prompts together; a batch holds whole prompts (all n samples of each), so each prompt's
+        # prefill runs once and its KV cache is shared by its n samples (``generate_n``).
+        per_batch = max(1, params.batch_size // n)
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         outputs: list[list[str]] = [["" for _ in range(n)] for _ in prompts]
         finished: list[list[bool]] = [[False] * n for _ in prompts]
-        stats = SampleStats(sequences=len(flat))
+        stats = SampleStats(sequences=len(prompts) * n)
         torch.manual_seed(params.seed)
         tok.padding_side = "left"
         start = time.perf_counter()
-        own = bar(self.description, len(flat), "tok") if self.progress is None else nullcontext(self.progress)
+        own = bar(self.description, len(prompts) * n, "tok") if self.progress is None else nullcontext(self.progress)
         with own as progress, torch.inference_mode():
-            for b in range(0, len(order), params.batch_size):
-                chunk = [flat[f] for f in order[b : b + params.batch_size]]
-                enc = tok.pad({"input_ids": [encoded[i] for i, _ in chunk]}, return_tensors="pt")
+            for b in range(0, len(order), per_batch):
+                chunk = order[b : b + per_batch]
+                enc = tok.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
                 # temperature 0 = greedy decoding (benchmarks); otherwise nucleus sampling (sampling.nucleus: the
                 # distribution of transformers' top-p warper, drawn ~8x faster at batch 64)
-                out = self.model.generate(
-                    **enc,
+                out = generate_n(
+                    self.model, enc["input_ids"], enc["attention_mask"], n,
                     **sampling_kwargs(params.temperature, params.top_p),
                     max_new_tokens=params.max_new_tokens,
                     eos_token_id=stop_ids,
                     pad_token_id=tok.pad_token_id,
                 )
                 new = out[:, enc["input_ids"].shape[1] :]
-                for row, (i, j) in zip(new.tolist(), chunk):
+                for row, (i, j) in zip(new.tolist(), [(i, j) for i in chunk for j in range(n)]):
                     kept, ended = cut_at_stop(row, stop_ids)
                     outputs[i][j] = tok.decode(kept, skip_special_tokens=True).strip()
                     finished[i][j] = ended
                     stats.new_tokens += len(kept) + ended
                     stats.finished += ended
                 stats.seconds = time.perf_counter() - start
-                advance(progress, len(chunk), stats.tokens_per_s, "tok")
+                advance(progress, len(chunk) * n, stats.tokens_per_s, "tok")
         self.stats = stats
         self.finished = finished
         return outputs
