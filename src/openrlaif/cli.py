@@ -448,7 +448,8 @@ def export(
 @app.command()
 def audit(
     run_dir: Annotated[Path, typer.Argument(help="An existing run directory with AI labels (preferences.jsonl).")],
-    host: Annotated[str, typer.Option("--host", help="Interface to bind; keep 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; keep 127.0.0.1 unless you mean to expose it "
+                                      "(any other address needs --token-env).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 8765,
     random_share: Annotated[float, typer.Option("--random-share", min=0, max=1, help="Share of the queue drawn "
                                                 "uniformly at random: the unbiased human-AI agreement sample.")] = 0.2,
@@ -466,9 +467,12 @@ def audit(
     from openrlaif.audit.app import create_app
     from openrlaif.audit.prepare import prepare_queue
 
+    from openrlaif.core.http import require_secret_off_loopback
+
     token = os.environ.get(token_env, "") if token_env else secrets.token_urlsafe(24)
     if not token:
         raise UserError(f"--token-env: environment variable {token_env} is empty; export a token first")
+    require_secret_off_loopback(host, os.environ.get(token_env, "") if token_env else None, "--token-env")
     db, added = prepare_queue(run_dir, random_share=random_share, use_reward_model=use_reward_model)
     stats = db.stats()
     print(f"audit queue: {stats['queued']} labels ({sum(added.values())} new), {stats['reviewed']} reviewed; "
@@ -481,7 +485,8 @@ def audit(
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help="'embedded', a local HF model directory, or a cached Hub id.")] = "embedded",
     name: Annotated[Optional[str], typer.Option("--name", help="Model name clients send (default: --model).")] = None,
-    host: Annotated[str, typer.Option("--host", help="Interface to bind; keep 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; keep 127.0.0.1 unless you mean to expose it "
+                                      "(any other address needs --api-key-env).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 8000,
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Require the key in this environment "
                                                        "variable as a Bearer token.")] = None,
@@ -501,6 +506,9 @@ def serve(
         key = os.environ.get(api_key_env)
         if not key:
             raise UserError(f"--api-key-env: environment variable {api_key_env} is empty; export the key first")
+    from openrlaif.core.http import require_secret_off_loopback
+
+    require_secret_off_loopback(host, key, "--api-key-env")
     set_threads(threads)
     loaded = load_causal_lm(model, "float32", field="--model")
     faults = FaultPlan(rate=fault_rate) if fault_rate else None

@@ -218,3 +218,24 @@ def test_redoing_a_stage_marks_later_stages_stale(tiny_model_dir, tmp_path, monk
     pipeline.run(cfg, out)
     assert calls == ["train", "eval"]
     assert all(store.stage_done(s) for s in STAGES)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.org"])
+def test_servers_off_loopback_need_a_secret_from_the_environment(tmp_path, host):
+    """`rlaif serve` and `rlaif audit` bound beyond loopback without a key/token from the environment: one line,
+    exit 2, before any model loads; with the secret exported they get past the check (here to the next error)."""
+    assert_user_error(rlaif("serve", "--host", host, "--model", tmp_path / "absent"), f"--host {host}",
+                      "--api-key-env")
+    assert_user_error(rlaif("audit", tmp_path / "run", "--host", host), f"--host {host}", "--token-env")
+    env_key = dict(os.environ, SERVE_KEY="s3cret")
+    done = subprocess.run([sys.executable, "-m", "openrlaif.cli", "serve", "--host", host, "--api-key-env",
+                           "SERVE_KEY", "--model", str(tmp_path / "absent")], capture_output=True, text=True,
+                          timeout=120, env=env_key)
+    assert done.returncode == 2 and "--model" in done.stderr and "--host" not in done.stderr
+
+
+def test_loopback_names():
+    from openrlaif.core.http import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "localhost", "::1", "[::1]"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "my-host", ""))

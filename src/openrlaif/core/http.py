@@ -159,3 +159,27 @@ def run_coroutine(coro):
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine: 'localhost' or a loopback address (127.0.0.0/8,
+    ::1). Anything else — 0.0.0.0, ::, a LAN address, another host name — is reachable from the network."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def require_secret_off_loopback(host: str, secret: str | None, option: str) -> None:
+    """A server bound beyond loopback must check a secret the operator chose (from the environment); else a
+    one-line error naming ``option`` (the flag that supplies it) before anything loads."""
+    from openrlaif.core.errors import UserError
+
+    if not is_loopback(host) and not secret:
+        raise UserError(f"--host {host}: reachable from the network, so it needs a secret from the environment: "
+                        f"give {option} VAR (export VAR first), or bind --host 127.0.0.1")
