@@ -13,7 +13,8 @@ from openrlaif import lineage
 from openrlaif.config import RunConfig, apply_overrides, config_from_dict, dump_config, load_config, with_starting_policy
 from openrlaif.core.errors import UserError
 from openrlaif.core.faults import kill_point
-from openrlaif.core.store import ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text
+from openrlaif.core.store import (ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text,
+                                  writer_lock)
 from openrlaif.stages import RL_TRAINERS, stage_run
 
 RL_ALGOS = RL_TRAINERS
@@ -140,20 +141,20 @@ def open_run(cfg: RunConfig, out: str | Path, force: bool = False) -> RunStore:
             if old_inputs.get(name) not in (None, digest) and not force:
                 raise UserError(f"the {name} file ({getattr(cfg.data, name)}) changed since {store.root} was made; "
                                 "use a new -o directory, or --force to start this one over")
-    if force or not store.exists():
-        manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": {}}
-    else:
-        manifest = store.read_manifest()
-    manifest.update({
-        "name": cfg.name,
-        "config_sha256": sha256_text(resolved),
-        "seeds": {"seed": cfg.seed},
-        "inputs": hashes | {"policy": cfg.model.policy, "judge": cfg.model.judge or cfg.model.policy},
-        "versions": versions(),
-    })
-    store.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(store.config_path, resolved)
-    store.write_manifest(manifest)
+    with writer_lock(store.root):  # another process writing this directory: one line, nothing written
+        if force or not store.exists():
+            manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": {}}
+        else:
+            manifest = store.read_manifest()
+        manifest.update({
+            "name": cfg.name,
+            "config_sha256": sha256_text(resolved),
+            "seeds": {"seed": cfg.seed},
+            "inputs": hashes | {"policy": cfg.model.policy, "judge": cfg.model.judge or cfg.model.policy},
+            "versions": versions(),
+        })
+        atomic_write_text(store.config_path, resolved)
+        store.write_manifest(manifest)
     return store
 
 
@@ -206,6 +207,13 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
     if not is_main_process():  # a worker of `accelerate launch`: rank 0 keeps the books
         return stage_function(name)(cfg, store, k)
+    with writer_lock(store.root):  # one writer per run directory for the whole stage
+        return _run_stage_locked(name, cfg, store, k)
+
+
+def _run_stage_locked(name: str, cfg: RunConfig, store: RunStore, k: int) -> dict:
+    from openrlaif.core.progress import console
+
     console.rule(f"[bold]round {k} · {name}")
     # Later stages were computed from this stage's old outputs: they must run again.
     for later in ALL_STAGES[ALL_STAGES.index(name) + 1 :]:
@@ -261,35 +269,36 @@ def run(config: str | Path | RunConfig | None, out: str | Path, overrides: list[
         cfg = load_config(config, extra)
     check_round_overrides(cfg)
     store = open_run(cfg, out, force)
-    # 2. Round after round: its stages in order (a finished stage is not redone), then the stop rules.
-    records, reason = [], None
-    for k in range(1, cfg.pipeline.rounds + 1):
-        rcfg = round_config(cfg, k)
-        if rcfg is not cfg:  # a round with overrides: its resolved config is kept beside its outputs
-            atomic_write_text(store.path("config.resolved.yaml", k), dump_config(rcfg))
-        if k == 1 and needs_sft(cfg):  # supervised fine-tuning first: its model is the run's starting policy
-            if store.stage_done("sft", 1) and not force:
-                console.print("[dim]round 1 · sft: already done, skipped[/dim]")
-            else:
-                run_stage("sft", rcfg, store, 1)
-        rcfg = with_starting_policy(rcfg, store)
-        for name in stages_for(rcfg):
-            if store.stage_done(name, k) and not force:
-                console.print(f"[dim]round {k} · {name}: already done, skipped[/dim]")
-                continue
-            run_stage(name, rcfg, store, k)
-        ev = store.stage_status("eval", k).get("summary", {})
-        tr = store.stage_status("train", k).get("summary", {})
-        reason = stop_reason(rcfg, k, ev, tr, audit_stats(store)) if k < cfg.pipeline.rounds else None
-        records.append(round_record(store, k) | {"stop": reason})
-        store.update_manifest(rounds=records)
-        if reason:
-            console.print(f"[bold yellow]stopping after round {k}[/bold yellow]: {reason}")
-            break
-    # 3. The report a person reads; the dashboards' runs end.
-    write_report(store)
-    from openrlaif.tracking import close_all
+    with writer_lock(store.root):  # held across every stage of every round
+        # 2. Round after round: its stages in order (a finished stage is not redone), then the stop rules.
+        records, reason = [], None
+        for k in range(1, cfg.pipeline.rounds + 1):
+            rcfg = round_config(cfg, k)
+            if rcfg is not cfg:  # a round with overrides: its resolved config is kept beside its outputs
+                atomic_write_text(store.path("config.resolved.yaml", k), dump_config(rcfg))
+            if k == 1 and needs_sft(cfg):  # supervised fine-tuning first: its model is the run's starting policy
+                if store.stage_done("sft", 1) and not force:
+                    console.print("[dim]round 1 · sft: already done, skipped[/dim]")
+                else:
+                    run_stage("sft", rcfg, store, 1)
+            rcfg = with_starting_policy(rcfg, store)
+            for name in stages_for(rcfg):
+                if store.stage_done(name, k) and not force:
+                    console.print(f"[dim]round {k} · {name}: already done, skipped[/dim]")
+                    continue
+                run_stage(name, rcfg, store, k)
+            ev = store.stage_status("eval", k).get("summary", {})
+            tr = store.stage_status("train", k).get("summary", {})
+            reason = stop_reason(rcfg, k, ev, tr, audit_stats(store)) if k < cfg.pipeline.rounds else None
+            records.append(round_record(store, k) | {"stop": reason})
+            store.update_manifest(rounds=records)
+            if reason:
+                console.print(f"[bold yellow]stopping after round {k}[/bold yellow]: {reason}")
+                break
+        # 3. The report a person reads; the dashboards' runs end.
+        write_report(store)
+        from openrlaif.tracking import close_all
 
-    close_all()
+        close_all()
     return {"run_dir": str(store.root), "eval": store.stage_status("eval", len(records)).get("summary", {}),
             "rounds": records, "stopped": reason}

@@ -145,6 +145,84 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+LOCK_NAME = ".lock"
+_held_locks: dict[str, list] = {}  # run directory -> [open lock file descriptor, re-entry count] of this process
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def writer_lock(root: str | Path):
+    """One writer per run directory: an exclusive ``flock`` on ``RUN_DIR/.lock`` for as long as a command writes
+    (re-entrant within a process: `rlaif run` holds it across its stages). The file says who holds it (pid, host,
+    command, since). A second writer gets a one-line error naming the holder; a lock left by a process that died
+    (a SIGKILL, a lost node) is free again and taken over with a notice. Readers (`rlaif show`, `rlaif report`)
+    never take it."""
+    import fcntl
+    import socket
+    import sys
+
+    root = Path(root)
+    key = str(root.resolve())
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key][1] -= 1
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise UserError(f"{root} is being written by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+                        f"(`{holder.get('command', '?')}`, since {holder.get('since', '?')}); wait for it to end or "
+                        "stop it; `rlaif show` and `rlaif report` can read the run meanwhile") from None
+    previous = _lock_holder(fd)
+    if previous.get("pid") and previous.get("pid") != os.getpid():
+        from openrlaif.core.progress import console
+
+        here = previous.get("host") == socket.gethostname()
+        state = "no longer running" if here and not _alive(int(previous["pid"])) else "its lock was released"
+        console.print(f"[yellow]notice:[/yellow] took over the lock of {root} left by pid {previous['pid']} on "
+                      f"{previous.get('host', '?')} (`{previous.get('command', '?')}`, {state})")
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(["rlaif", *sys.argv[1:]])[:200],
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    _held_locks[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        _held_locks[key][1] -= 1
+        if _held_locks[key][1] == 0:
+            del _held_locks[key]
+            os.ftruncate(fd, 0)  # a clean release leaves no holder behind
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _lock_holder(fd: int) -> dict:
+    """Who wrote the lock file (empty when nobody did, or it is unreadable)."""
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        return json.loads(text) if text else {}
+    except (OSError, ValueError):
+        return {}
+
+
 class RunStore:
     """A run directory and its manifest. Stages read and write only through these paths."""
 
