@@ -531,12 +531,17 @@ def convert(force: Annotated[bool, typer.Option("--force", help="Delete the conv
 
 
 def main() -> None:
+    from openrlaif.core.preempt import EXIT_CODE, Preempted
+
     _quiet_libraries()
     try:
         app()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as err:
+        print(f"interrupted: {err}; run the same command again to resume from it", file=sys.stderr)
+        sys.exit(EXIT_CODE)
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

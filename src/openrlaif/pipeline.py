@@ -3,6 +3,8 @@ directory; the stages themselves are looked up in ``openrlaif.stages`` (one leaf
 
 from __future__ import annotations
 
+import contextlib
+
 import platform
 import resource
 import time
@@ -205,13 +207,19 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.core.progress import console
     from openrlaif.models.accel import is_main_process
 
+    from openrlaif.core.preempt import stop_on_signals
+
+    # training loops stop cleanly at SIGTERM/SIGINT (a checkpoint, then Preempted); other stages keep the default
+    graceful = stop_on_signals() if name in ("train", "sft") else contextlib.nullcontext()
     if not is_main_process():  # a worker of `accelerate launch`: rank 0 keeps the books
-        return stage_function(name)(cfg, store, k)
-    with writer_lock(store.root):  # one writer per run directory for the whole stage
+        with graceful:
+            return stage_function(name)(cfg, store, k)
+    with writer_lock(store.root), graceful:  # one writer per run directory for the whole stage
         return _run_stage_locked(name, cfg, store, k)
 
 
 def _run_stage_locked(name: str, cfg: RunConfig, store: RunStore, k: int) -> dict:
+    from openrlaif.core.preempt import Preempted
     from openrlaif.core.progress import console
 
     console.rule(f"[bold]round {k} · {name}")
@@ -224,6 +232,9 @@ def _run_stage_locked(name: str, cfg: RunConfig, store: RunStore, k: int) -> dic
     t0 = time.perf_counter()
     try:
         summary = stage_function(name)(cfg, store, k)
+    except Preempted as err:
+        store.mark_stage(name, "interrupted", k, error=str(err), resume_from_step=err.step)
+        raise
     except BaseException as err:
         store.mark_stage(name, "failed", k, error=f"{type(err).__name__}: {err}"[:500])
         raise

@@ -153,16 +153,17 @@ class Checkpointer:
         self.every = every
         self.accelerator = accelerator
         self.fingerprint = fingerprint  # the config that wrote it: a checkpoint of another config is not resumed
-        if every > 0:  # only what trains is saved: the frozen base weights are on disk already (GBs for big models)
-            accelerator.register_save_state_pre_hook(_trainable_weights_only)
-            accelerator.register_load_state_pre_hook(_check_trainable_weights)
+        # only what trains is saved: the frozen base weights are on disk already (GBs for big models); hooks are
+        # registered even with every=0, since a preemption writes a checkpoint whatever the period
+        accelerator.register_save_state_pre_hook(_trainable_weights_only)
+        accelerator.register_load_state_pre_hook(_check_trainable_weights)
 
     def resume(self) -> dict | None:
         """Load the latest checkpoint into the prepared objects; returns its progress, or None."""
         from openrlaif.core.progress import console
 
         path = self.directory / "progress.json"
-        if self.every <= 0 or not path.is_file():
+        if not path.is_file():
             return None
         progress = json.loads(path.read_text())
         if progress.get("fingerprint", "") != self.fingerprint:
@@ -192,6 +193,20 @@ class Checkpointer:
             os.replace(tmp, self.directory)
             shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+
+    def stop_if_preempted(self, step: int, saved: bool, **progress) -> None:
+        """After optimizer step ``step``: when a signal asked training to stop (on any process), write the
+        checkpoint (unless ``saved`` at this step already) and raise ``Preempted`` on every process together."""
+        import torch
+
+        from openrlaif.core.preempt import Preempted, requested
+
+        flag = torch.tensor([1.0 if requested() else 0.0], device=self.accelerator.device)
+        if float(self.accelerator.gather(flag).max()) == 0.0:
+            return
+        if not saved:
+            self.save(step=step, **progress)
+        raise Preempted(step, requested() or "a signal on another process")
 
     def clear(self) -> None:
         """The stage finished: its outputs are saved, the checkpoint is no longer needed."""

@@ -12,11 +12,13 @@ from openrlaif.core.store import RunStore
 def after_update(step: int, model, monitor, checkpoint, accelerator, bar, progress: dict, elapsed: float,
                  **state) -> bool:
     """Update ``step`` (1-based) is done: the over-optimisation monitor checks when due, the checkpoint saves when
-    due (with ``state``: what the trainer needs to resume), a crash test may kill the process here, the bar
-    moves. Returns True when the monitor asks training to stop."""
+    due (with ``state``: what the trainer needs to resume), a crash test may kill the process here, a SIGTERM or
+    SIGINT received meanwhile checkpoints and stops (``core.preempt``), the bar moves. Returns True when the
+    monitor asks training to stop."""
     monitor.check(step, model, accelerator.is_main_process)
-    checkpoint.maybe_save(step, seconds=elapsed, monitor=monitor.state.to_dict(), **state)
+    saved = checkpoint.maybe_save(step, seconds=elapsed, monitor=monitor.state.to_dict(), **state)
     kill_point("train.step")
+    checkpoint.stop_if_preempted(step, saved, seconds=elapsed, monitor=monitor.state.to_dict(), **state)
     advance(bar, 1, (step - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
     return monitor.should_stop()
 

@@ -139,9 +139,10 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 "pairs_per_s": round(pairs_done / elapsed, 4),
             })
             monitor.check(step, model, accelerator.is_main_process)
-            checkpoint.maybe_save(step, pairs_done=pairs_done, metrics=metrics, seconds=elapsed,
-                                  monitor=monitor.state.to_dict())
+            state = dict(pairs_done=pairs_done, metrics=metrics, seconds=elapsed, monitor=monitor.state.to_dict())
+            saved = checkpoint.maybe_save(step, **state)
             kill_point("train.step")
+            checkpoint.stop_if_preempted(step, saved, **state)  # SIGTERM/SIGINT: checkpoint here, then stop
             advance(pg, 1, (step - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
             if monitor.should_stop():
                 break

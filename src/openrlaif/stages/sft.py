@@ -185,8 +185,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                             "loss": round(gather_mean(nll / step_tokens, accelerator) * accelerator.num_processes, 6),
                             "grad_norm": round(float(grad_norm), 6), "lr": lr,
                             "tokens_per_s": round(tokens_done / elapsed, 2)})
-            checkpoint.maybe_save(step, tokens_done=tokens_done, metrics=metrics, seconds=elapsed)
+            saved = checkpoint.maybe_save(step, tokens_done=tokens_done, metrics=metrics, seconds=elapsed)
             kill_point("train.step")
+            checkpoint.stop_if_preempted(step, saved, tokens_done=tokens_done, metrics=metrics, seconds=elapsed)
             advance(pg, 1, (step - progress["step"]) / max(elapsed - progress["seconds"], 1e-9), "steps")
     seconds = time.perf_counter() - t_start
     # 5. The held-out loss after; save the adapter (a round's policy) or the merged model (the run's start).
