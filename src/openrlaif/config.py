@@ -838,12 +838,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         source = str(p)
         if not p.is_file():
             raise UserError(f"config file '{p}' not found; pass an existing YAML file with -c (see configs/)")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            raise UserError(f"{p}:{line} is not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+        from openrlaif.core.yamlio import load_yaml
+
+        loaded = load_yaml(p)  # duplicate keys and syntax errors: one line naming the file and line
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -67,6 +67,13 @@ def validate_inputs(cfg: RunConfig) -> dict:
         from openrlaif.stages.sft import check as check_sft_rows
 
         check_sft_rows(cfg)
+    if cfg.feedback.min_agreement > 0:  # the gate's labelled pairs, every row checked
+        from openrlaif.evaluate.judge_eval import load_labelled_pairs
+
+        try:
+            load_labelled_pairs(cfg.feedback.gate_pairs, cfg.feedback.gate_limit)
+        except UserError as err:
+            raise UserError(f"feedback.gate_pairs: {err}") from None
     if cfg.eval.benchmarks:  # their files, rows, instruction ids and checker dependencies
         from openrlaif.evaluate.benchmarks import load_benchmark
 

@@ -94,6 +94,42 @@ def case_bad_yaml(tmp_path, model):
     return ["-c", str(cfg)], [str(cfg), "not valid YAML"]
 
 
+def case_yaml_key_given_twice(tmp_path, model):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: twice\ngenerate:\n  n: 2\n  temperature: 0.7\n  n: 3\n")
+    return ["-c", str(cfg)], [f"{cfg}:5:", "key 'n' is given twice (lines 3 and 5)"]
+
+
+def case_yaml_unclosed_quote_names_its_line(tmp_path, model):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: 'unclosed\ngenerate:\n  n: 2\ntrain:\n  beta: 0.1\n")
+    return ["-c", str(cfg)], [f"{cfg}:1:", "quoted scalar", "gave up at line 6"]
+
+
+def case_constitution_key_given_twice(tmp_path, model):
+    c = tmp_path / "const.yaml"
+    c.write_text("principles:\n  - id: a\n    text: Be kind.\n    text: Be brief.\n")
+    return [f"data.constitution={c}"], [f"{c}:4:", "key 'text' is given twice (lines 3 and 4)"]
+
+
+def case_prompts_file_is_a_directory(tmp_path, model):
+    d = tmp_path / "prompts_dir"
+    d.mkdir()
+    return [f"data.prompts={d}"], [f"'{d}' is a directory"]
+
+
+def case_pretty_json_array_given_as_jsonl(tmp_path, model):
+    p = tmp_path / "prompts.jsonl"
+    p.write_text(json.dumps([json.loads(GOOD), json.loads(HELD)], indent=2) + "\n")
+    return [f"data.prompts={p}"], [f"{p}:1:", "looks like a JSON array", "one JSON object per line"]
+
+
+def case_gate_pairs_bad_file_before_any_work(tmp_path, model):
+    p = tmp_path / "gate.jsonl"
+    p.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello."}) + "\n")
+    return ["feedback.min_agreement=0.5", f"feedback.gate_pairs={p}"], ["feedback.gate_pairs:", f"{p}:1:"]
+
+
 def case_model_not_a_model(tmp_path, model):
     bad = tmp_path / "notamodel"
     bad.mkdir()

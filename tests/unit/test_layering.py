@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("models: loading, log-probs, policy adapters, accelerate", ["models", "models.*"]),
     ("sampling: samplers", ["sampling", "sampling.types", "sampling.nucleus", "sampling.hf", "sampling.remote"]),
     ("feedback: judges, scorers, reward models", ["feedback", "feedback.types", "feedback.scoring", "feedback.judges",
-                                                  "feedback.methods", "feedback.api", "feedback.revision", "feedback.fitted", "feedback.injection", "feedback.defended",
+                                                  "feedback.methods", "feedback.api", "feedback.revision", "feedback.fitted", "feedback.injection", "feedback.defended", "feedback.gate_cache",
                                                   "reward", "reward.model", "evaluate", "evaluate.judge_eval", "evaluate.ifeval"]),
     ("wiring: factories, rollouts, the monitor", ["feedback.factory", "feedback.fit_heads", "sampling.factory", "optimize",
                                                   "optimize.rollout", "optimize.monitor", "optimize.loop", "evaluate.redteam", "evaluate.benchmarks",

@@ -90,6 +90,8 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; bad lines are errors naming file:line."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give a JSONL file (one JSON object per line)")
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
@@ -102,9 +104,15 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
+                if lineno == 1 and line.lstrip().startswith("["):
+                    raise UserError(f"{path}:1: this looks like a JSON array (a .json file), not JSONL; write one "
+                                    f"JSON object per line (e.g. `jq -c '.[]' {path.name}`)") from None
                 raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove that line") from None
+            if isinstance(row, list) and lineno == 1:
+                raise UserError(f"{path}:1: a JSON array on one line; JSONL wants one JSON object per line "
+                                f"(e.g. `jq -c '.[]' {path.name}`)")
             if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+                raise UserError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
             yield lineno, row
 
 

@@ -6,7 +6,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from openrlaif.core.errors import UserError
 from openrlaif.data.prompts import BUILTIN, builtin_path
@@ -61,10 +60,9 @@ def load_constitution(spec: str) -> Constitution:
     path = builtin_path("constitution.yaml") if spec == BUILTIN else Path(spec).expanduser()
     if not path.is_file():
         raise UserError(f"data.constitution: file '{spec}' not found; give a YAML file with 'principles:' or 'builtin'")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    from openrlaif.core.yamlio import load_yaml
+
+    data = load_yaml(path)
     items = data.get("principles") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise UserError(f"{path}: needs a non-empty 'principles:' list of {{id, text, weight}}")

@@ -53,6 +53,9 @@ def load_prompts(spec: str, heldout_fraction: float = 0.25, instruction: str | N
     import json
 
     path = prompts_path(spec)
+    if path.is_dir():
+        raise UserError(f"data.prompts: '{spec}' is a directory; give a JSONL file with a 'prompt' per line, "
+                        f"or one of {', '.join(BUILTIN_PROMPTS)}")
     if not path.is_file():
         raise UserError(f"data.prompts: prompt file '{spec}' not found; give a JSONL file with a 'prompt' per line, "
                         f"or one of {', '.join(BUILTIN_PROMPTS)}")

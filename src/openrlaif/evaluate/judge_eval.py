@@ -66,6 +66,8 @@ def load_labelled_pairs(spec: str, limit: int | None = None) -> list[LabelledPai
 
     builtin = {BUILTIN_CALIBRATION: "calibration_pairs.jsonl", "builtin:injection": "injection_pairs.jsonl"}
     path = builtin_path(builtin[spec]) if spec in builtin else Path(spec).expanduser()
+    if path.is_dir():
+        raise UserError(f"--pairs: '{spec}' is a directory; give a JSONL file of labelled pairs or 'builtin'")
     if not path.is_file():
         raise UserError(f"--pairs: file '{spec}' not found; give a JSONL file of labelled pairs or 'builtin'")
     pairs = []
