@@ -108,3 +108,14 @@ def test_two_ddp_processes_match_one_process(tmp_path, tiny_model_dir):
     # Adam's first steps amplify float-order noise on near-zero gradients (as in test_distributed's DPO check)
     assert_same_online(single, ddp, atol=2e-4, rtol=1e-3)
     assert json.loads((ddp / "manifest.json").read_text())  # the run directory stays readable
+
+
+def test_the_monitor_reads_online_dpos_implicit_reward(tmp_path, tiny_model_dir):
+    """monitor.every: DPO's implicit reward on fixed held-out answers against the held-out judge, as for DPO."""
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + online_args("rl.steps=4", "monitor.every=2",
+                                                                        "monitor.prompts=2"))
+    store = open_run(cfg, tmp_path / "run")
+    summary = run_stage("train", cfg, store)
+    assert summary["monitor"]["checks"] == 2  # after updates 2 and 4
+    rows = [m for m in store.read_metrics() if m.get("stage") == "monitor" or "proxy" in m]
+    assert rows and all(r.get("step") in (2, 4) for r in rows if "step" in r)
