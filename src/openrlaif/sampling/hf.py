@@ -28,7 +28,8 @@ def generate_n(model, input_ids, attention_mask, n: int, **kwargs):
     import torch
 
     ids, mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
-    if n == 1 or input_ids.shape[1] < 2:
+    if n == 1 or input_ids.shape[1] < 2 or not isinstance(model, torch.nn.Module):
+        # nothing to share (one sample, a one-token prompt) or no KV cache to share (not a torch model)
         return model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     from transformers import DynamicCache
 
