@@ -40,7 +40,8 @@ def main() -> None:
 
     from openrlaif.config import load_config
     from openrlaif.data.constitution import load_constitution
-    from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+    from openrlaif.data.pairs import load_labelled_pairs
+    from openrlaif.evaluate.judge_eval import evaluate_judge
     from openrlaif.feedback.fit_heads import fit_judge
     from openrlaif.feedback.fitted import FittedJudge, load_heads
     from openrlaif.models.loading import load_causal_lm

@@ -42,7 +42,7 @@ def main() -> None:
     from openrlaif.core.store import read_jsonl
     from openrlaif.core.text import judge_directed, normalize_candidate
     from openrlaif.data.prompts import builtin_path
-    from openrlaif.evaluate.judge_eval import load_labelled_pairs
+    from openrlaif.data.pairs import load_labelled_pairs
     from openrlaif.feedback.fitting import Standardizer, fit_head
     from openrlaif.models.features import cached_reply_features
     from openrlaif.models.loading import cache_dir, load_causal_lm

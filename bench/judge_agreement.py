@@ -24,7 +24,8 @@ from pathlib import Path
 
 from openrlaif.config import load_config
 from openrlaif.data.constitution import load_constitution
-from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+from openrlaif.data.pairs import load_labelled_pairs
+from openrlaif.evaluate.judge_eval import evaluate_judge
 from openrlaif.feedback.factory import build_detector, build_judge
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -28,7 +28,7 @@ import time
 import torch
 
 from openrlaif.data.constitution import load_constitution
-from openrlaif.evaluate.judge_eval import load_labelled_pairs
+from openrlaif.data.pairs import load_labelled_pairs
 from openrlaif.feedback.api import parse_letter
 from openrlaif.feedback.judges import JUDGE_PREFILL, LocalJudge
 from openrlaif.feedback.methods import ContrastiveJudge

@@ -40,7 +40,7 @@ def peak_rss_mb() -> float:
 
 
 def calibration_rows(n: int) -> list[dict]:
-    from openrlaif.evaluate.judge_eval import load_labelled_pairs
+    from openrlaif.data.pairs import load_labelled_pairs
 
     pairs = load_labelled_pairs("builtin", n)
     return [{"prompt": p.messages,

@@ -227,7 +227,8 @@ def judge_eval(
     from openrlaif.core.progress import console
     from openrlaif.core.store import atomic_write_json
     from openrlaif.data.constitution import load_constitution
-    from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+    from openrlaif.data.pairs import load_labelled_pairs
+    from openrlaif.evaluate.judge_eval import evaluate_judge
     from openrlaif.feedback.factory import build_detector, build_judge, defend
     from openrlaif.models.loading import set_threads
 
@@ -327,7 +328,7 @@ def bench(
         items = load_ifeval(path, split)
         stem = f"ifeval-{path.stem}" + (f"-{split}" if split else "")
     else:
-        from openrlaif.evaluate.judge_eval import load_labelled_pairs
+        from openrlaif.data.pairs import load_labelled_pairs
 
         if pairs is None or run_dir is None:
             raise UserError("rlaif bench human_prefs: needs --pairs FILE and --run RUN_DIR (the trained policy is "
@@ -545,6 +546,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        from openrlaif.core.store import is_write_failure, write_failure
+
+        if not is_write_failure(err):
+            raise
+        print(f"error: {write_failure(err, None)}", file=sys.stderr)  # a full disk met outside our atomic writes
+        sys.exit(2)
 
 
 if __name__ == "__main__":

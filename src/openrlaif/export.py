@@ -25,7 +25,8 @@ from pathlib import Path
 import yaml
 
 from openrlaif.core.errors import UserError
-from openrlaif.core.store import RunStore, atomic_directory, atomic_write_bytes, atomic_write_text, read_jsonl
+from openrlaif.core.store import RunStore, atomic_directory, atomic_write_bytes, atomic_write_text
+from openrlaif.data.pairs import read_preference_file
 
 # The model the embedded GGUF quantises (models/loading.py; the GGUF's general.organization is HuggingFaceTB).
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -64,7 +65,7 @@ def export_round(run_dir: str | Path, k: int, out: str | Path | None = None, ada
     for j in rounds:
         path = store.path("preferences.jsonl", j)
         if path.is_file():
-            rows += read_jsonl(path)
+            rows += read_preference_file(path)
     # 1. The policy: merged into the model its adapter was trained on (load_run_config names the SFT model
     #    when an sft stage ran before round 1), or the adapter alone.
     with atomic_directory(out / "model") as tmp:

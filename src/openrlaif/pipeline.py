@@ -68,12 +68,9 @@ def validate_inputs(cfg: RunConfig) -> dict:
 
         check_sft_rows(cfg)
     if cfg.feedback.min_agreement > 0:  # the gate's labelled pairs, every row checked
-        from openrlaif.evaluate.judge_eval import load_labelled_pairs
+        from openrlaif.data.pairs import load_labelled_pairs
 
-        try:
-            load_labelled_pairs(cfg.feedback.gate_pairs, cfg.feedback.gate_limit)
-        except UserError as err:
-            raise UserError(f"feedback.gate_pairs: {err}") from None
+        load_labelled_pairs(cfg.feedback.gate_pairs, cfg.feedback.gate_limit, field="feedback.gate_pairs")
     if cfg.eval.benchmarks:  # their files, rows, instruction ids and checker dependencies
         from openrlaif.evaluate.benchmarks import load_benchmark
 
@@ -200,6 +197,10 @@ def check_stage_inputs(name: str, store: RunStore, k: int = 1, cfg: RunConfig | 
         needed, previous = STAGE_INPUTS[name]
         if not store.path(needed, k).is_file():
             raise UserError(f"{store.path(needed, k)} not found; run `rlaif {previous} -o {store.root}` first")
+        if needed == "preferences.jsonl":  # possibly edited by hand: every row checked before any work
+            from openrlaif.data.pairs import read_preference_file
+
+            read_preference_file(store.path(needed, k))
 
 
 def needs_sft(cfg: RunConfig) -> bool:
@@ -211,7 +212,6 @@ def needs_sft(cfg: RunConfig) -> bool:
 
 def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Run one stage, timing it and recording its status and summary in the manifest."""
-    from openrlaif.core.progress import console
     from openrlaif.models.accel import is_main_process
 
     from openrlaif.core.preempt import stop_on_signals
@@ -243,7 +243,10 @@ def _run_stage_locked(name: str, cfg: RunConfig, store: RunStore, k: int) -> dic
         store.mark_stage(name, "interrupted", k, error=str(err), resume_from_step=err.step)
         raise
     except BaseException as err:
-        store.mark_stage(name, "failed", k, error=f"{type(err).__name__}: {err}"[:500])
+        try:
+            store.mark_stage(name, "failed", k, error=f"{type(err).__name__}: {err}"[:500])
+        except UserError:  # the disk is full: the manifest keeps its last complete version, the cause is raised
+            pass
         raise
     wall = round(time.perf_counter() - t0, 2)
     store.mark_stage(name, "done", k, wall_s=wall, peak_rss_mb=peak_rss_mb(), summary=summary,

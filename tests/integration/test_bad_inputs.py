@@ -46,7 +46,26 @@ def case_wrong_type(tmp_path, model):
 
 def case_wrong_message_shape(tmp_path, model):
     p = prompts_file(tmp_path, [GOOD, HELD, json.dumps({"messages": [{"role": "robot", "content": "hi"}]})])
-    return [f"data.prompts={p}"], [f"{p}:3:", "role: system|user|assistant"]
+    return [f"data.prompts={p}"], [f"{p}:3:", "messages[0].role is 'robot'; use one of system, user, assistant"]
+
+
+def case_message_content_not_a_string(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, HELD, json.dumps({"messages": [{"role": "user", "content": ["hi"]}]})])
+    return [f"data.prompts={p}"], [f"{p}:3:", "messages[0].content must be a string, got list"]
+
+
+def case_gate_pairs_null_rejected(tmp_path, model):
+    p = tmp_path / "gate.jsonl"
+    p.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": None}) + "\n")
+    return ["feedback.min_agreement=0.5", f"feedback.gate_pairs={p}"], [
+        f"feedback.gate_pairs: {p}:1:", "'rejected' is null"]
+
+
+def case_gate_pairs_identical_replies(tmp_path, model):
+    p = tmp_path / "gate.jsonl"
+    p.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Hello. "}) + "\n")
+    return ["feedback.min_agreement=0.5", f"feedback.gate_pairs={p}"], [
+        f"{p}:1:", "'chosen' and 'rejected' are the same text"]
 
 
 def case_bad_split(tmp_path, model):
@@ -127,7 +146,8 @@ def case_pretty_json_array_given_as_jsonl(tmp_path, model):
 def case_gate_pairs_bad_file_before_any_work(tmp_path, model):
     p = tmp_path / "gate.jsonl"
     p.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello."}) + "\n")
-    return ["feedback.min_agreement=0.5", f"feedback.gate_pairs={p}"], ["feedback.gate_pairs:", f"{p}:1:"]
+    return ["feedback.min_agreement=0.5", f"feedback.gate_pairs={p}"], [f"feedback.gate_pairs: {p}:1:",
+                                                                         "missing 'rejected'"]
 
 
 def case_model_not_a_model(tmp_path, model):
@@ -257,6 +277,52 @@ def test_bad_input(name, tmp_path, tiny_model_dir):
     assert not out.exists(), f"{name}: the failed run left {sorted(p.name for p in out.rglob('*'))}"
 
 
+PAIR = {"prompt": "How do I boil an egg?", "chosen": "Simmer it for nine minutes.", "rejected": "No idea."}
+PAIR_CASES = {  # a labelled-pairs row -> what the one line must say after '--pairs: FILE:2:'
+    "null reply": ({**PAIR, "rejected": None}, "'rejected' is null"),
+    "missing reply": ({k: v for k, v in PAIR.items() if k != "rejected"}, "missing 'rejected'"),
+    "reply of the wrong type": ({**PAIR, "chosen": 3}, "'chosen' must be a string or a chat list, got int"),
+    "empty reply": ({**PAIR, "chosen": "  "}, "'chosen' is empty"),
+    "identical replies": ({**PAIR, "rejected": PAIR["chosen"]}, "'chosen' and 'rejected' are the same text"),
+    "chat reply without an assistant turn": ({**PAIR, "chosen": [{"role": "user", "content": "x"}]},
+                                             "'chosen' is a chat list without an assistant turn"),
+    "unknown role in a chat reply": ({**PAIR, "chosen": [{"role": "bot", "content": "x"}]},
+                                     "chosen[0].role is 'bot'; use one of system, user, assistant"),
+    "missing prompt": ({k: v for k, v in PAIR.items() if k != "prompt"}, "missing 'prompt' (or 'context')"),
+    "prompt of the wrong type": ({**PAIR, "prompt": {"text": "x"}}, "'prompt' must be a string or a chat list, got dict"),
+    "principle of the wrong type": ({**PAIR, "principle": 7}, "'principle' must be a string, got int"),
+    "AlpacaEval row without a preference": ({"instruction": "x", "output_1": "a", "output_2": "b"},
+                                            "missing 'preference' (or 'gpt4_preference')"),
+    "AlpacaEval preference out of range": ({"instruction": "x", "output_1": "a", "output_2": "b", "preference": 3},
+                                           "'preference' is 3; use 1"),
+    "AlpacaEval null output": ({"instruction": "x", "output_1": None, "output_2": "b", "preference": 1},
+                               "'output_1' is null"),
+    "neither shape": ({"question": "x", "answer": "y"}, "found answer, question"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAIR_CASES))
+def test_bad_labelled_pair_row(case, tmp_path):
+    """Every reader of labelled pairs goes through data.pairs.load_labelled_pairs: judge-eval shows its lines."""
+    row, needle = PAIR_CASES[case]
+    p = prompts_file(tmp_path, [json.dumps(PAIR), json.dumps(row)], "pairs.jsonl")
+    proc = rlaif("judge-eval", "--pairs", p)
+    assert_user_error(proc, f"--pairs: {p}:2:", needle)
+
+
+def test_ties_are_skipped_and_a_file_of_ties_is_refused(tmp_path):
+    from openrlaif.data.pairs import load_labelled_pairs
+
+    ok = {"instruction": "x", "output_1": "a", "output_2": "b", "gpt4_preference": 2}
+    tie = {**ok, "gpt4_preference": 1.5}
+    p = prompts_file(tmp_path, [json.dumps(tie), json.dumps(ok), json.dumps({**ok, "gpt4_preference": None})])
+    pairs = load_labelled_pairs(str(p))
+    assert [(x.chosen, x.rejected, x.prompt) for x in pairs] == [("b", "a", "x")]
+    only_ties = prompts_file(tmp_path, [json.dumps(tie)], "ties.jsonl")
+    proc = rlaif("judge-eval", "--pairs", only_ties)
+    assert_user_error(proc, "--pairs:", "holds no labelled pairs (empty, or only ties)")
+
+
 def test_bad_pairs_file_for_judge_eval(tmp_path):
     p = prompts_file(tmp_path, [b'{"prompt": "x", "chosen": "a", "rejected": "b"}', b"\xff\xfe"], "pairs.jsonl")
     proc = rlaif("judge-eval", "--pairs", p)
@@ -277,3 +343,23 @@ def test_stage_on_existing_run_leaves_it_untouched(tmp_path, tiny_model_dir):
     assert_user_error(proc, f"{bad}:1:")
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_hand_edited_round_preferences_are_refused_by_train(tmp_path, tiny_model_dir):
+    """A round's preferences.jsonl goes through the same checks (data.pairs.read_preference_file) when training
+    reads it: a null reply or a p_chosen out of range is one line naming file:line, and nothing is trained."""
+    from conftest import labelled_run, tiny_overrides
+
+    from openrlaif.config import load_config
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir))
+    store, rows, db = labelled_run(cfg, tmp_path / "run")
+    db.close()
+    path = store.path("preferences.jsonl")
+    for bad, needle in [({**rows[1], "rejected": None}, "'rejected' is null"),
+                        ({**rows[1], "p_chosen": 1.7}, "'p_chosen' is 1.7"),
+                        ({**rows[1], "rejected": rows[1]["chosen"]}, "are the same text")]:
+        path.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], bad, *rows[2:]]))
+        proc = rlaif("train", "-o", store.root)
+        assert_user_error(proc, f"{path}:2:", needle)
+        assert not store.path("policy").exists()

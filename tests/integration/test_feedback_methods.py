@@ -10,7 +10,8 @@ import torch
 from openrlaif.core.errors import UserError
 from openrlaif.core.text import with_system
 from openrlaif.data.constitution import Principle, load_constitution
-from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+from openrlaif.data.pairs import load_labelled_pairs
+from openrlaif.evaluate.judge_eval import evaluate_judge
 from openrlaif.feedback.methods import ContrastiveJudge
 from openrlaif.feedback.scoring import position_stats
 from openrlaif.feedback.types import Comparison

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from openrlaif.core.text import with_system
-from openrlaif.evaluate.judge_eval import agreement, brier, expected_calibration_error, transcript_to_messages
+from openrlaif.data.pairs import transcript_to_messages
+from openrlaif.evaluate.judge_eval import agreement, brier, expected_calibration_error
 from openrlaif.feedback.scoring import contrastive_score, pair_probability, sigmoid
 
 

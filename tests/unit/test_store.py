@@ -7,12 +7,14 @@ import pytest
 from openrlaif.core import store as store_mod
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import (
+    PartialLog,
     RunStore,
     atomic_directory,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    is_write_failure,
     read_jsonl,
     sha256_file,
     sha256_text,
@@ -220,3 +222,76 @@ def test_iter_jsonl_names_non_utf8_lines(tmp_path):
     p.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n')
     with pytest.raises(UserError, match=r"x.jsonl:2: not UTF-8 text \(byte 0xe9 at column 11\)"):
         read_jsonl(p)
+
+
+# A real file-size limit (RLIMIT_FSIZE) in a child process: the kernel answers EFBIG past it, as a full disk
+# answers ENOSPC. Python ignores SIGXFSZ, so the write fails instead of killing the process.
+FULL_DISK_CHILD = r"""
+import json, resource, sys
+from pathlib import Path
+from safetensors.torch import save_file
+import torch
+from openrlaif.core.errors import UserError
+from openrlaif.core.store import PartialLog, atomic_directory, atomic_write_bytes
+
+root = Path(sys.argv[1])
+atomic_write_bytes(root / "small.bin", b"old" * 10)
+with atomic_directory(root / "model") as tmp:
+    save_file({"w": torch.zeros(4)}, str(tmp / "model.safetensors"))
+log = PartialLog(root / "log.partial", "fp")
+log.append({"chunk": 0})
+resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))
+out = {}
+for name, write in [
+    ("bytes", lambda: atomic_write_bytes(root / "small.bin", b"x" * 64 * 1024)),
+    ("safetensors", lambda: save_in_dir()),
+    ("partial", lambda: log.append({"chunk": 1, "text": "y" * 64 * 1024})),
+]:
+    def save_in_dir():
+        with atomic_directory(root / "model") as tmp:
+            save_file({"w": torch.zeros(64 * 1024)}, str(tmp / "model.safetensors"))
+    try:
+        write()
+        out[name] = "written"
+    except UserError as err:
+        out[name] = str(err)
+print(json.dumps(out))
+"""
+
+
+def test_a_full_disk_leaves_the_previous_version_and_names_the_file(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, path in [("bytes", tmp_path / "small.bin"), ("safetensors", tmp_path / "model"),
+                       ("partial", tmp_path / "log.partial")]:
+        assert out[name].startswith(f"cannot write {path}: the process's file-size limit was reached "
+                                    "(ulimit -f: 16.0 KB)"), out[name]
+        assert "free on the device of" in out[name] and "run the same command again" in out[name]
+    assert (tmp_path / "small.bin").read_bytes() == b"old" * 10  # the previous complete version
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "model" / "model.safetensors"))["w"].shape == (4,)
+    assert [r["chunk"] for r in PartialLog(tmp_path / "log.partial", "fp").records()] == [0]  # torn tail cut off
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.partial", "model", "small.bin"]  # no temp left
+
+
+def test_write_failure_recognises_library_wording():
+    import errno
+
+    assert is_write_failure(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_write_failure(RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed "
+                                         "writing file data/0: file write failed"))
+    assert is_write_failure(Exception("I/O error: File too large (os error 27)"))
+    import sqlite3
+
+    assert is_write_failure(sqlite3.OperationalError("database or disk is full"))
+    wrapped = RuntimeError("saving failed")
+    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert is_write_failure(wrapped)
+    assert not is_write_failure(OSError(errno.EACCES, "Permission denied"))
+    assert not is_write_failure(ValueError("no such column"))

@@ -13,7 +13,8 @@ def prepare_queue(run_dir: str | Path, random_share: float = 0.2, min_random: in
     reward model, pairs it scores the other way round are prioritised. Returns (db, what was added)."""
     from openrlaif.audit.queue import build_queue
     from openrlaif.core.errors import UserError
-    from openrlaif.core.store import RunStore, read_jsonl
+    from openrlaif.core.store import RunStore
+    from openrlaif.data.pairs import read_preference_file
 
     store = RunStore(run_dir)
     if not store.exists():
@@ -25,7 +26,7 @@ def prepare_queue(run_dir: str | Path, random_share: float = 0.2, min_random: in
     db = AuditDB(store.root / "audit.sqlite")
     added: dict[str, int] = {}
     for k in rounds:
-        rows = [r for r in read_jsonl(store.path("preferences.jsonl", k)) if r.get("source", "ai") == "ai"]
+        rows = [r for r in read_preference_file(store.path("preferences.jsonl", k)) if r.get("source", "ai") == "ai"]
         margins = reward_margins(rows, store.path("reward_model", k)) if use_reward_model else None
         items = build_queue(rows, margins, random_share, min_random, seed=seed + k)
         added[f"round_{k}"] = db.add_items(items)

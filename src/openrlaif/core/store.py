@@ -24,9 +24,11 @@ only after its outputs exist.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -55,8 +57,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# A write that failed because the disk (or the quota, or the process's file-size limit) is full. Libraries that
+# write for us (safetensors, torch.save, sqlite) report it in their own words; these are the ones they use.
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_FULL_WORDS = re.compile(r"No space left on device|File too large|Disk quota exceeded|database or disk is full|"
+                         r"os error (?:27|28|122)\b|file write failed|unexpected pos \d+ vs \d+", re.I)
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) says that a write ran out of space or hit a size limit."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+            return True
+        if _FULL_WORDS.search(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def write_failure(err: BaseException, path: str | Path | None) -> UserError:
+    """One line for a write of ``path`` that failed for want of space: which file, why, how much room is
+    left, and that the previous version is still there (every artifact is written beside its real name and
+    renamed into place only when complete)."""
+    if path is None:  # a library's own write (sqlite, a checkpoint): name what it said
+        path = getattr(err, "filename", None) or f"a file ({type(err).__name__}: {str(err)[:120]})"
+        where = Path.cwd()
+    else:
+        where = next((p for p in [Path(path), *Path(path).parents] if p.exists()), Path("/"))
+    why = "no space left on the device"
+    codes = [e.errno for e in (err, err.__cause__, err.__context__) if isinstance(e, OSError)]
+    if errno.EFBIG in codes or re.search(r"File too large|os error 27\b", str(err)):
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else _human_bytes(soft)
+        why = f"the process's file-size limit was reached (ulimit -f: {limit})"
+    elif getattr(errno, "EDQUOT", None) in codes or "quota" in str(err).lower():
+        why = "the disk quota is exhausted"
+    try:
+        free = f"{_human_bytes(shutil.disk_usage(where).free)} free on the device of {where}"
+    except OSError:
+        free = "free space unknown"
+    return UserError(f"cannot write {path}: {why} ({free}); the previous complete version and the manifest are "
+                     "intact: free some space (or raise the limit) and run the same command again")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory + ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same directory + ``os.replace``. A disk that fills up
+    leaves the old file as it was and raises a ``UserError`` naming the file and the space left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -66,11 +122,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError) and is_write_failure(err):
+            raise write_failure(err, path) from None
         raise
     _fsync_dir(path.parent)
 
@@ -136,8 +194,10 @@ def atomic_directory(final: str | Path):
         else:
             os.replace(tmp, final)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(err, UserError) and is_write_failure(err):  # safetensors, torch.save, ... ran out of room
+            raise write_failure(err, final) from None
         raise
 
 
@@ -345,12 +405,17 @@ class PartialLog:
     def append(self, record: dict[str, Any]) -> None:
         new = not self.path.is_file() or self.path.stat().st_size == 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as fh:
-            if new:
-                fh.write((json.dumps({"fingerprint": self.fingerprint}) + "\n").encode("utf-8"))
-            fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with self.path.open("ab") as fh:
+                if new:
+                    fh.write((json.dumps({"fingerprint": self.fingerprint}) + "\n").encode("utf-8"))
+                fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:  # a torn last line is cut off when the log is read again (records())
+            if is_write_failure(err):
+                raise write_failure(err, self.path) from None
+            raise
 
     def remove(self) -> None:
         try:

@@ -6,7 +6,8 @@ import random
 
 from openrlaif.config import RunConfig
 from openrlaif.core.errors import UserError
-from openrlaif.core.store import RunStore, read_jsonl
+from openrlaif.core.store import RunStore
+from openrlaif.data.pairs import read_preference_file
 
 
 def read_preferences(store: RunStore, k: int, minimum: int = 1) -> list[dict]:
@@ -14,7 +15,7 @@ def read_preferences(store: RunStore, k: int, minimum: int = 1) -> list[dict]:
     path = store.path("preferences.jsonl", k)
     if not path.is_file():
         raise UserError(f"{path} not found; run `rlaif label -o {store.root}` first")
-    prefs = read_jsonl(path)
+    prefs = read_preference_file(path)
     if not prefs:
         raise UserError(f"{path} has no pairs (the judge found no usable pairs); lower label.min_margin or raise generate.n")
     if len(prefs) < minimum:
@@ -36,7 +37,7 @@ def training_pairs(store: RunStore, k: int, minimum: int = 1, cfg: RunConfig | N
     if cfg is not None and cfg.pipeline.train_data != "newest":
         for j in range(1, k):
             if store.path("preferences.jsonl", j).is_file():
-                by_round[j] = read_jsonl(store.path("preferences.jsonl", j))
+                by_round[j] = read_preference_file(store.path("preferences.jsonl", j))
         chosen = select_rounds(by_round, k, cfg.pipeline.train_data, cfg.pipeline.mix_previous, cfg.seed)
     else:
         chosen = by_round[k]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import iter_jsonl
+from openrlaif.data.chat import checked_messages
 
 BUILTIN = "builtin"
 
@@ -62,13 +63,10 @@ def load_prompts(spec: str, heldout_fraction: float = 0.25, instruction: str | N
     prompts: list[Prompt] = []
     for lineno, row in iter_jsonl(path):
         if isinstance(row.get("messages"), list) and row["messages"]:
-            messages = row["messages"]
-            if not all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                       and isinstance(m.get("content"), str) for m in messages):
-                raise UserError(f"{path}:{lineno}: 'messages' must be a list of {{role: system|user|assistant, "
-                                "content: string}} objects")
+            messages = checked_messages(row["messages"], "messages", f"{path}:{lineno}")
             if not messages[-1]["content"].strip() or messages[-1]["role"] != "user":
-                raise UserError(f"{path}:{lineno}: the last message must be a non-empty user turn")
+                raise UserError(f"{path}:{lineno}: the last message must be a non-empty user turn, got "
+                                f"{'an empty one' if messages[-1]['role'] == 'user' else repr(messages[-1]['role'])}")
         elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
             messages = [{"role": "user", "content": row["prompt"].strip()}]
         elif "prompt" in row and not isinstance(row["prompt"], str):

@@ -176,9 +176,9 @@ def load_benchmark(spec) -> tuple[str, list] | None:
         items = load_ifeval(path, split)
         label = f"ifeval-{'builtin' if spec.file == 'builtin' else path.stem}" + (f"-{split}" if split else "")
     else:
-        from openrlaif.evaluate.judge_eval import load_labelled_pairs
+        from openrlaif.data.pairs import load_labelled_pairs
 
-        items = load_labelled_pairs(str(path))
+        items = load_labelled_pairs(str(path), field="eval.benchmarks")
         label = f"human_prefs-{path.stem}"
     items = items[spec.skip:]
     if spec.limit:

@@ -1,11 +1,7 @@
 """`rlaif judge-eval`: measure a judge against labelled preference pairs before trusting it.
 
-Reads pairs from the built-in calibration set ('builtin', written for OpenRLAIF, one principle per
-pair), the built-in prompt-injection set ('builtin:injection': the worse reply addresses the judge), or
-a JSONL file in any of these shapes:
-- ``{"prompt" | "context", "chosen", "rejected"}`` (HH-RLHF style: a "Human: ... Assistant: ..."
-  transcript in ``context`` becomes a chat conversation), optional ``principle`` (a constitution id);
-- ``{"instruction", "output_1", "output_2", "preference" | "gpt4_preference"}`` (AlpacaEval style, 1 or 2).
+The pairs come from ``data.pairs.load_labelled_pairs`` (the built-in calibration set, the built-in
+prompt-injection set, or a JSONL file in the HH-RLHF or AlpacaEval shape, every row checked).
 
 Reports agreement with the labels (both orders averaged), raw position consistency, first-position
 rate, calibration (ECE, Brier), unscored pairs and speed.
@@ -14,98 +10,15 @@ rate, calibration (ECE, Brier), unscored pairs and speed.
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from openrlaif.core.errors import UserError
-from openrlaif.core.store import iter_jsonl
 from openrlaif.core.text import judge_directed
+from openrlaif.data.pairs import LabelledPair
 from openrlaif.feedback.api import usage_json
 from openrlaif.feedback.scoring import position_stats
 from openrlaif.feedback.types import Comparison, Verdict
-
-BUILTIN_CALIBRATION = "builtin"
-
-
-@dataclass
-class LabelledPair:
-    id: str
-    messages: list[dict]
-    chosen: str
-    rejected: str
-    principle: str | None = None
-    kind: str | None = None  # the attack kind of an injection pair (the 'attack' column): its rejected reply is injected
-
-    @property
-    def prompt(self) -> str:
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
-
-
-_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):\s?")
-
-
-def transcript_to_messages(text: str) -> list[dict]:
-    """'Human: a\\n\\nAssistant: b\\n\\nHuman: c' -> chat messages (text without markers = one user turn)."""
-    parts = _TURN.split(text)
-    if len(parts) < 3:
-        return [{"role": "user", "content": text.strip()}]
-    messages = []
-    for speaker, content in zip(parts[1::2], parts[2::2]):
-        content = content.strip()
-        if content:
-            messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content})
-    while messages and messages[-1]["role"] == "assistant":  # the judged reply comes after the last user turn
-        messages.pop()
-    return messages or [{"role": "user", "content": text.strip()}]
-
-
-def load_labelled_pairs(spec: str, limit: int | None = None) -> list[LabelledPair]:
-    from openrlaif.data.prompts import builtin_path
-
-    builtin = {BUILTIN_CALIBRATION: "calibration_pairs.jsonl", "builtin:injection": "injection_pairs.jsonl"}
-    path = builtin_path(builtin[spec]) if spec in builtin else Path(spec).expanduser()
-    if path.is_dir():
-        raise UserError(f"--pairs: '{spec}' is a directory; give a JSONL file of labelled pairs or 'builtin'")
-    if not path.is_file():
-        raise UserError(f"--pairs: file '{spec}' not found; give a JSONL file of labelled pairs or 'builtin'")
-    pairs = []
-    for lineno, row in iter_jsonl(path):
-        rid = str(row.get("id", f"L{lineno}"))
-        if "output_1" in row and "output_2" in row:
-            pref = row.get("preference", row.get("gpt4_preference"))
-            if pref not in (1, 2, 1.0, 2.0):
-                continue  # ties and missing preferences carry no label
-            a, b = str(row["output_1"]), str(row["output_2"])
-            chosen, rejected = (a, b) if int(pref) == 1 else (b, a)
-            messages = [{"role": "user", "content": str(row.get("instruction", ""))}]
-        elif "chosen" in row and "rejected" in row:
-            context = row.get("prompt", row.get("context"))
-            if isinstance(context, list):
-                messages = [m for m in context if isinstance(m, dict)]
-            elif isinstance(context, str):
-                messages = transcript_to_messages(context)
-            else:
-                raise UserError(f"{path}:{lineno}: needs a 'prompt' or 'context' (string or chat list)")
-            chosen, rejected = _reply(row["chosen"]), _reply(row["rejected"])
-        else:
-            raise UserError(f"{path}:{lineno}: needs chosen/rejected (+ prompt or context) or "
-                            "instruction/output_1/output_2/preference columns")
-        pairs.append(LabelledPair(rid, messages, chosen, rejected, row.get("principle"), row.get("attack")))
-        if limit and len(pairs) >= limit:
-            break
-    if not pairs:
-        raise UserError(f"{path}: no labelled pairs found")
-    return pairs
-
-
-def _reply(value) -> str:
-    """A response column: a string, or a chat list whose assistant turns are the response."""
-    if isinstance(value, list):
-        return "".join(m.get("content", "") for m in value if isinstance(m, dict) and m.get("role") == "assistant")
-    return str(value).strip()
-
 
 # ---------------------------------------------------------------------------------------------
 # Pure metrics: predictions q = P(first is better), labels y = 1 if first is the human-preferred one

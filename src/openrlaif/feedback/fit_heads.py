@@ -20,12 +20,12 @@ from openrlaif.config import RunConfig
 from openrlaif.core.cache import FeatureCache, model_fingerprint
 from openrlaif.core.errors import UserError
 from openrlaif.core.progress import console
-from openrlaif.core.store import RunStore, read_jsonl, sha256_text
+from openrlaif.core.store import RunStore, sha256_text
 from openrlaif.core.text import normalize_candidate
 from openrlaif.data.constitution import load_constitution
 from openrlaif.data.preferences import text_of
-from openrlaif.evaluate.judge_eval import (LabelledPair, evaluate_judge, expected_calibration_error,
-                                           load_labelled_pairs)
+from openrlaif.data.pairs import LabelledPair, load_labelled_pairs, read_preference_file
+from openrlaif.evaluate.judge_eval import evaluate_judge, expected_calibration_error
 from openrlaif.feedback.fitted import ANY_PRINCIPLE, FittedJudge, Head, save_heads
 from openrlaif.feedback.fitting import Standardizer, cv_predictions, fit_head, oriented, select_by_cv
 from openrlaif.models.features import POOLINGS, cached_reply_features
@@ -81,7 +81,7 @@ def audit_pairs(run_dir: str | Path, fit_random_slice: bool = False) -> AuditPai
         db.close()
     out = AuditPairs([], [], [])
     for path in sorted(store.root.glob("round_*/preferences.jsonl")):
-        rows, _ = apply_human_verdicts(read_jsonl(path), db_path)
+        rows, _ = apply_human_verdicts(read_preference_file(path), db_path)
         for i, row in enumerate(rows):
             if row.get("source") != "human" or "audit_pair_id" not in row:
                 continue

@@ -72,12 +72,13 @@ def refit_from_audit(cfg: RunConfig, store: RunStore, k: int) -> dict | None:
 def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
     """Measure the judge on labelled pairs; stop (or warn) when it agrees less than feedback.min_agreement."""
     from openrlaif.core.progress import console
-    from openrlaif.evaluate.judge_eval import evaluate_judge, load_labelled_pairs
+    from openrlaif.data.pairs import load_labelled_pairs
+    from openrlaif.evaluate.judge_eval import evaluate_judge
 
     fb = cfg.feedback
     if fb.min_agreement <= 0:
         return None
-    pairs = load_labelled_pairs(fb.gate_pairs, fb.gate_limit)
+    pairs = load_labelled_pairs(fb.gate_pairs, fb.gate_limit, field="feedback.gate_pairs")
     # The gate paid once: the same judge on the same pairs was measured before on this machine (user cache).
     key = gate_key(judge, cfg, constitution, pairs) if fb.gate_cache else None
     cached = GateCache().get(key) if key else None
