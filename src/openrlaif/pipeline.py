@@ -216,8 +216,9 @@ def run_stage(name: str, cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
     from openrlaif.core.preempt import stop_on_signals
 
-    # training loops stop cleanly at SIGTERM/SIGINT (a checkpoint, then Preempted); other stages keep the default
-    graceful = stop_on_signals() if name in ("train", "sft") else contextlib.nullcontext()
+    # SIGTERM/SIGINT stop cleanly (then Preempted): training after its optimizer step (with a checkpoint), sampling
+    # after its chunk, labelling after its judge batch; eval keeps the default
+    graceful = stop_on_signals() if name in ("sft", "generate", "label", "train") else contextlib.nullcontext()
     if not is_main_process():  # a worker of `accelerate launch`: rank 0 keeps the books
         with graceful:
             return stage_function(name)(cfg, store, k)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from openrlaif.core.faults import kill_point
+from openrlaif.core.preempt import batch_done
 
 
 def cache_key(*parts: Any) -> str:
@@ -149,12 +150,17 @@ def cached_compute(cache: JudgeCache | None, keys: list[str], compute, method: s
         else:
             missing.append(i)
 
+    batches = 0
+
     def on_batch(batch: dict[int, Any]) -> None:
+        nonlocal batches
         for i, v in batch.items():
             values[i] = v
         if cache is not None:
             cache.put_many({keys[i]: v for i, v in batch.items()}, method)
+            batches += 1
             kill_point("judge.batch")
+            batch_done(batches, f"its verdicts are kept in {cache.path}")  # SIGTERM during labelling
 
     if missing:
         compute(missing, on_batch)

@@ -272,6 +272,7 @@ class OpenAICompatibleJudge:
         """One reading per message list (cached); transport failures come back as {'error': ...} and are
         not cached, so a later run asks again."""
         from openrlaif.core.cache import cache_key
+        from openrlaif.core.preempt import batch_done
 
         self.check()
         bodies = [self.body(m) for m in message_lists]
@@ -288,6 +289,7 @@ class OpenAICompatibleJudge:
             out[i] = reading
             if self.cache is not None:
                 self.cache.put_many({keys[i]: reading}, self.method)
+                batch_done(j + 1, f"the replies read so far are kept in {self.cache.path}")  # SIGTERM while labelling
 
         if missing:
             run_coroutine(self._readings([bodies[i] for i in missing], on_done))

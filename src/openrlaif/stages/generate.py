@@ -18,6 +18,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     Prompts are sampled in chunks, each with its own seed; every finished chunk is appended (and synced) to
     ``candidates.jsonl.partial``, so a killed run continues after the last finished chunk and samples
     exactly what an uninterrupted run would have."""
+    from openrlaif.core.preempt import stop_here
     from openrlaif.core.progress import bar
     from openrlaif.core.store import PartialLog
     from openrlaif.data.prompts import run_prompts
@@ -49,6 +50,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 log.append({"chunk": c, "rows": rows, "stats": vars(stats)})
                 kill_point("generate.chunk")
                 totals = _add(totals, stats)
+                if c + 1 < len(chunks):  # SIGTERM/SIGINT: stop here, the finished chunks are kept
+                    stop_here(c + 1, "chunk", f"{c + 1} of {len(chunks)} chunks are kept in {log.path.name}")
     # 5. Write one row per prompt, then drop the partial log.
     rows = [row for record in log.records() for row in record["rows"]]
     atomic_write_jsonl(store.path("candidates.jsonl", k), rows)

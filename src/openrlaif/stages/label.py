@@ -119,6 +119,7 @@ def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Judge all candidate pairs and write preferences.jsonl + judge_stats.json."""
+    from openrlaif.core.preempt import stop_between_batches
     from openrlaif.data.constitution import load_constitution
     from openrlaif.models.loading import set_threads
 
@@ -170,7 +171,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         judge.cache.hits = judge.cache.misses = 0  # count the labelling itself below
     # 4. Judge every comparison (both orders for pairwise judges).
     start = time.perf_counter()
-    verdicts = judge.compare(items)
+    with stop_between_batches():  # SIGTERM/SIGINT: stop after the current batch (kept in the judge cache)
+        verdicts = judge.compare(items)
     seconds = time.perf_counter() - start
     # 5. Select pairs per prompt ('penalize': a judge-directed candidate loses to one that is not).
     per_prompt: dict[int, dict[tuple[int, int], float]] = {}
