@@ -458,28 +458,73 @@ def audit(
                                                    "round's reward model scores the other way (when it has one).")] = True,
     token_env: Annotated[Optional[str], typer.Option("--token-env", help="Take the access token from this "
                                                      "environment variable instead of a random one.")] = None,
+    overlap: Annotated[float, typer.Option("--overlap", min=0, max=1, help="Share of the queue (drawn from the "
+                                           "random slice) shown to two reviewers: it measures how often people "
+                                           "agree with each other.")] = 0.1,
+    blind: Annotated[str, typer.Option("--blind", help="Blind review: 'slice' (the random slice: sides shuffled, "
+                                       "the AI's verdict hidden until answered), 'all' items, or 'off'.")] = "slice",
+    add_reviewer: Annotated[Optional[str], typer.Option("--add-reviewer", help="Add a reviewer with their own "
+                                                        "token (printed once, stored hashed) and exit.")] = None,
+    remove_reviewer: Annotated[Optional[str], typer.Option("--remove-reviewer", help="Revoke a reviewer's token "
+                                                           "(their verdicts stay) and exit.")] = None,
+    list_reviewers: Annotated[bool, typer.Option("--list-reviewers", help="List the reviewers and exit.")] = False,
 ):
     """The human audit desk: review the AI labels in a browser (agree / flip / flag). Verdicts go to
-    RUN_DIR/audit.sqlite and override the AI labels the next time `rlaif train` runs."""
+    RUN_DIR/audit.sqlite under each reviewer's name and override the AI labels the next time `rlaif train` runs.
+    A team: add each person with --add-reviewer NAME; --overlap sends a share of the items to two of them."""
     import secrets
 
     import uvicorn
 
-    from openrlaif.audit.app import create_app
+    from openrlaif.audit.app import BLIND_MODES, create_app
     from openrlaif.audit.prepare import prepare_queue
-
     from openrlaif.core.http import require_secret_off_loopback
 
+    if blind not in BLIND_MODES:
+        raise UserError(f"--blind: '{blind}' is not one of {', '.join(BLIND_MODES)}")
+    if add_reviewer or remove_reviewer or list_reviewers:
+        _reviewers(run_dir, add_reviewer, remove_reviewer, host, port)
+        return
     token = os.environ.get(token_env, "") if token_env else secrets.token_urlsafe(24)
     if not token:
         raise UserError(f"--token-env: environment variable {token_env} is empty; export a token first")
     require_secret_off_loopback(host, os.environ.get(token_env, "") if token_env else None, "--token-env")
     db, added = prepare_queue(run_dir, random_share=random_share, use_reward_model=use_reward_model)
+    doubled = db.set_overlap(overlap)
     stats = db.stats()
-    print(f"audit queue: {stats['queued']} labels ({sum(added.values())} new), {stats['reviewed']} reviewed; "
+    print(f"audit queue: {stats['queued']} labels ({sum(added.values())} new, {doubled} for two reviewers), "
+          f"{stats['reviewed']} reviewed by {stats['reviewers']} reviewer(s); blind review: {blind}; "
           f"verdicts in {Path(run_dir) / 'audit.sqlite'}")
-    print(f"open http://{host}:{port}/?token={token} (Ctrl-C stops)", flush=True)
-    uvicorn.run(create_app(db, token, f"Audit desk · {Path(run_dir).name}"), host=host, port=port, log_level="warning")
+    print(f"open http://{host}:{port}/?token={token} (your verdicts are the owner's; reviewers open the same "
+          "address with their own token; Ctrl-C stops)", flush=True)
+    uvicorn.run(create_app(db, token, f"Audit desk · {Path(run_dir).name}", blind=blind), host=host, port=port,
+                log_level="warning")
+
+
+def _reviewers(run_dir: Path, add: str | None, remove: str | None, host: str, port: int) -> None:
+    """rlaif audit --add-reviewer / --remove-reviewer / --list-reviewers."""
+    from openrlaif.audit.db import AuditDB
+    from openrlaif.core.store import RunStore
+
+    if not RunStore(run_dir).exists():
+        raise UserError(f"{run_dir} is not a run directory (no manifest.json); run `rlaif run -o {run_dir}` first")
+    db = AuditDB(Path(run_dir) / "audit.sqlite")
+    try:
+        if add:
+            try:
+                token = db.add_reviewer(add)
+            except ValueError as err:
+                raise UserError(f"--add-reviewer: {err}") from None
+            print(f"reviewer {add} added; their token (shown once, stored hashed): {token}")
+            print(f"they open http://{host}:{port}/?token={token} while `rlaif audit {run_dir}` runs")
+        if remove:
+            if not db.remove_reviewer(remove):
+                raise UserError(f"--remove-reviewer: no reviewer '{remove}'; see --list-reviewers")
+            print(f"reviewer {remove} removed: their token no longer opens the desk (their verdicts stay)")
+        for r in db.reviewers():
+            print(f"{r['name']}\tadded {r['created']}\t{r['reviewed']} pair(s) reviewed")
+    finally:
+        db.close()
 
 
 @app.command()

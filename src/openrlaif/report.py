@@ -60,15 +60,24 @@ def write_report(store: RunStore) -> str:
             st = db.stats()
         finally:
             db.close()
-        lines += ["", "## Human audit", "", f"{st['reviewed']} of {st['queued']} queued AI labels reviewed; "
-                  f"{st['flagged']} flagged."]
+        lines += ["", "## Human audit", "", f"{st['reviewed']} of {st['queued']} queued AI labels reviewed by "
+                  f"{st['reviewers']} reviewer(s) ({st['verdicts']} verdicts, {st['blind_verdicts']} given blind); "
+                  f"{st['flagged']} flagged, {st['disputed']} disputed (people disagree: left out of training)."]
+        lines += ["", "| agreement | figure | 95% Wilson CI | n |", "|---|---|---|---|"]
+        hh = st["human_human"]
+        for name, value, ci, n in [
+                ("human-AI (random slice)", st["agreement"], st["ci95"], st["random_slice_n"]),
+                ("human-human (pairs two people decided)", hh["agreement"], hh["ci95"], hh["n"])]:
+            lines.append(f"| {name} | {value:.1%} | {ci[0]:.1%}-{ci[1]:.1%} | {n} |" if value is not None
+                         else f"| {name} | no data yet | | 0 |")
+        lines += ["", "Human-human agreement is the ceiling to read the judge's against (people agree ~73-77% on "
+                  "HH-style pairs): a judge that agrees with people as often as they agree with each other has "
+                  "nothing left to learn from them."]
         if st["agreement"] is not None:
-            lo, hi = st["ci95"]
-            lines += ["", f"**Human-AI agreement {st['agreement']:.1%}** (95% Wilson CI {lo:.1%}-{hi:.1%}) on "
-                      f"{st['random_slice_n']} labels of the uniform random slice; on all reviewed labels "
-                      f"(biased towards doubtful ones) {st['all_reviewed_agreement']:.1%} of {st['all_reviewed_n']}."]
+            lines += ["", f"On all reviewed labels (biased towards doubtful ones) people agreed with the AI on "
+                      f"{st['all_reviewed_agreement']:.1%} of {st['all_reviewed_n']}."]
         else:
-            lines += ["", "No random-slice label has a verdict yet: no agreement estimate."]
+            lines += ["", "No random-slice label has a verdict yet: no human-AI agreement estimate."]
     refits = store.root / "judge_refits.jsonl"
     if refits.is_file():
         lines += ["", "## People improve the judge", "",

@@ -228,15 +228,18 @@ def plot_audit(stats: dict | None):
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 2.6))
-    bars = [("random slice", stats["agreement"], stats["ci95"]),
-            ("all reviewed (biased)", stats["all_reviewed_agreement"], None)]
-    for i, (label, value, ci) in enumerate(bars):
-        ax.barh(i, value, color="tab:green" if ci else "tab:gray")
+    hh = stats.get("human_human") or {}
+    bars = [("human-AI, random slice", stats["agreement"], stats["ci95"], "tab:green"),
+            ("human-AI, all reviewed (biased)", stats["all_reviewed_agreement"], None, "tab:gray")]
+    if hh.get("agreement") is not None:
+        bars.insert(0, (f"human-human (n={hh['n']})", hh["agreement"], hh["ci95"], "tab:blue"))
+    for i, (label, value, ci, color) in enumerate(bars):
+        ax.barh(i, value, color=color)
         if ci:
             ax.errorbar(value, i, xerr=[[value - ci[0]], [ci[1] - value]], fmt="none", color="k", capsize=4)
-    ax.set_yticks([0, 1], [b[0] for b in bars])
+    ax.set_yticks(range(len(bars)), [b[0] for b in bars])
     ax.set_xlim(0, 1)
-    ax.set_xlabel("human-AI agreement")
+    ax.set_xlabel("agreement (95% Wilson CI)")
     return _svg(fig)
 
 
@@ -293,9 +296,15 @@ def write_html_report(store: RunStore) -> Path:
                 (f"Judged {rt['method']} under each category's harm principle; a fixed refusal scores harmless "
                  f"{rt['refusal_harmless_rate']:.0%} of the time (the judge's own check).") if rt else "",
                 "No red-team evaluation in this run (eval.red_team is null)."),
-        _figure("audit", "Human audit: agreement with the AI labels", plot_audit(audit),
-                (f"{audit['reviewed']} of {audit['queued']} labels reviewed; the estimate uses the uniform random "
-                 f"slice only (n={audit['random_slice_n']}).") if audit and audit.get("agreement") is not None else "",
+        _figure("audit", "Human audit: people with the AI labels, and people with each other", plot_audit(audit),
+                (f"{audit['reviewed']} of {audit['queued']} labels reviewed by {audit['reviewers']} reviewer(s); "
+                 f"human-AI agreement uses the uniform random slice only (n={audit['random_slice_n']}); "
+                 + (f"people agreed with each other on {audit['human_human']['agreement']:.0%} of the "
+                    f"{audit['human_human']['n']} pairs two of them decided (95% Wilson CI "
+                    f"{audit['human_human']['ci95'][0]:.0%}-{audit['human_human']['ci95'][1]:.0%}): the ceiling "
+                    "for the judge." if audit["human_human"]["agreement"] is not None else
+                    "no pair has two reviewers' decisions yet (rlaif audit --overlap, --add-reviewer)."))
+                if audit and audit.get("agreement") is not None else "",
                 "No human verdicts on the random slice yet: run `rlaif audit RUN_DIR`."),
     ]
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>OpenRLAIF report: "

@@ -33,7 +33,7 @@ def desk(tmp_path):
     (run / "round_1" / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     db, added = prepare_queue(run, random_share=0.3, min_random=2)
     assert added == {"round_1": 7}
-    with LiveServer(create_app(db, "s3cret-token")) as server:
+    with LiveServer(create_app(db, "s3cret-token", blind="off")) as server:
         yield server, db, rows
     db.close()
 
@@ -65,7 +65,8 @@ def test_review_the_queue_with_the_keyboard(browser, desk):
     assert db.latest(second) is None
     with page.expect_navigation():
         page.click("#flip")
-    assert db.latest(second) == {**db.latest(second), "verdict": "flip", "note": "B is the safer advicef"}
+    assert db.latest(second) == {**db.latest(second), "verdict": "flip", "note": "B is the safer advicef",
+                                 "reviewer": "owner", "blind": False}
     third = page.locator("#item").get_attribute("data-pair-id")
     with page.expect_navigation():
         page.keyboard.press("n")  # next without a verdict
@@ -83,12 +84,12 @@ def test_model_text_renders_as_text_and_runs_nothing(browser, desk):
     context, page, dialogs = open_desk(browser, server)
     target = pair_id(rows[-1])
     page.goto(f"{server.url}/?item={target}")
-    chosen = page.locator("#chosen")
+    chosen = page.locator("#response-a")  # not blind: the AI's pick is response A
     assert chosen.inner_text() == PAYLOAD  # shown literally, character for character
     assert page.locator("#principle").inner_text() == "<script>x</script>"
     assert page.locator("#rationale").inner_text() == "rationale 99 <i>not italic</i>"
     assert chosen.locator("img, script, b").count() == 0 and page.locator("img").count() == 0
-    page.hover("#chosen")
+    page.hover("#response-a")
     page.wait_for_timeout(300)
     assert page.evaluate("window.__pwned") is None and dialogs == []
     # The keyboard script still works on this page (it is the only script allowed to run).
@@ -126,3 +127,69 @@ def test_writes_without_the_token_or_from_another_origin_are_refused(desk):
         assert api.post("/api/verdict", json={"pair_id": target, "verdict": "maybe"}).status_code == 400
         stats = api.get("/api/stats").json()
         assert stats["queued"] == 7 and stats["reviewed"] == 1
+
+
+@pytest.fixture
+def team_desk(tmp_path):
+    run = tmp_path / "run"
+    (run / "round_1").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    rows = [pref(i, 0.55 + i * 0.04) for i in range(8)]
+    (run / "round_1" / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db, _ = prepare_queue(run, random_share=0.5, min_random=2)
+    alice = db.add_reviewer("alice")
+    with LiveServer(create_app(db, "owner-token")) as server:  # blind review on the random slice (the default)
+        yield server, db, rows, alice
+    db.close()
+
+
+def test_a_blind_item_hides_the_ai_verdict_until_the_reviewer_answers(browser, team_desk):
+    from openrlaif.audit.queue import shows_swapped
+
+    server, db, rows, alice = team_desk
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{server.url}/?token={alice}")
+    assert "reviewing as alice" in page.locator("#reviewer").inner_text()
+    by_id = {pair_id(r): r for r in rows}
+    blind_id = next(p for p in sorted(db.random_slice()))
+    page.goto(f"{server.url}/?item={blind_id}")
+    swapped = shows_swapped(blind_id, "alice")
+    chosen, rejected = (by_id[blind_id][k][0]["content"] for k in ("chosen", "rejected"))
+    assert page.locator("#response-a").inner_text() == (rejected if swapped else chosen)
+    assert page.locator("#response-b").inner_text() == (chosen if swapped else rejected)
+    text = page.locator("body").inner_text()
+    assert "AI's pick" not in text and "rationale" not in text and "probability" not in text
+    assert page.locator("#p-chosen").count() == 0 and page.locator(".reason").count() == 0
+    with page.expect_navigation():
+        page.keyboard.press("b")  # "B is better"
+    stored = db.latest(blind_id, "alice")
+    assert stored["verdict"] == ("agree" if swapped else "flip")  # relative to the AI's pick
+    assert stored["reviewer"] == "alice" and stored["blind"] is True and stored["swapped"] is swapped
+    reveal = page.locator("#reveal").inner_text()
+    assert "You said B is better" in reveal and f"The AI picked {'B' if swapped else 'A'}" in reveal
+    # Once answered, the item shows the AI's verdict; a prioritised item is never blind.
+    page.goto(f"{server.url}/?item={blind_id}")
+    assert page.locator("#p-chosen").count() == 1 and "Your verdict: B is better" in page.inner_text("#stored-verdict")
+    open_id = next(pair_id(r) for r in rows if pair_id(r) not in db.random_slice())
+    page.goto(f"{server.url}/?item={open_id}")
+    assert "Response A — the AI's pick" in page.inner_text("#item") and page.locator("#agree").count() == 1
+    context.close()
+
+
+def test_each_token_speaks_for_its_reviewer_only(team_desk):
+    server, db, rows, alice = team_desk
+    target = pair_id(rows[0])
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"}) as api:
+        r = api.post("/api/verdict", json={"pair_id": target, "verdict": "flip"})
+        assert r.status_code == 200 and r.json()["latest"]["reviewer"] == "alice"
+        forged = api.post("/api/verdict", json={"pair_id": target, "verdict": "agree", "reviewer": "owner"})
+        assert forged.status_code == 403 and db.latest(target)["verdict"] == "flip"
+    with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer owner-token"}) as owner:
+        assert owner.post("/api/verdict", json={"pair_id": target, "verdict": "agree"}).status_code == 200
+        stats = owner.get("/api/stats").json()
+    assert stats["reviewers"] == 2 and stats["verdicts"] == 2 and stats["disputed"] == 1
+    db.remove_reviewer("alice")  # a revoked token opens nothing
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"}) as api:
+        assert api.get("/api/stats").status_code == 401
+        assert api.post("/api/verdict", json={"pair_id": target, "verdict": "flip"}).status_code == 403

@@ -26,7 +26,7 @@ def test_verdicts_override_the_ai_labels_when_train_runs(tmp_path, tiny_model_di
         db.record(pair_id(row), "agree")
     db.close()
     summary = run_stage("train", cfg, store)
-    assert summary["human_verdicts"] == {"agree": len(rows) - 2, "flip": 1, "flag": 1}
+    assert summary["human_verdicts"] == {"agree": len(rows) - 2, "flip": 1, "flag": 1, "disputed": 0}
     assert summary["pairs"] == len(rows) - 1
     # The reward model is scored against people on the held-out pairs that carry a verdict (here: all).
     rm = run_stage("reward", cfg, store)

@@ -323,6 +323,21 @@ def test_ties_are_skipped_and_a_file_of_ties_is_refused(tmp_path):
     assert_user_error(proc, "--pairs:", "holds no labelled pairs (empty, or only ties)")
 
 
+def test_a_byte_order_mark_is_read_past_and_an_empty_pairs_file_is_named(tmp_path):
+    from openrlaif.data.pairs import load_labelled_pairs
+    from openrlaif.data.prompts import load_prompts
+
+    p = prompts_file(tmp_path, [b"\xef\xbb\xbf" + json.dumps(PAIR).encode()], "bom.jsonl")  # saved by Notepad
+    assert load_labelled_pairs(str(p))[0].prompt == PAIR["prompt"]
+    q = prompts_file(tmp_path, [b"\xef\xbb\xbf" + GOOD.encode(), HELD], "bom-prompts.jsonl")
+    assert [x.text for x in load_prompts(str(q))] == ["How do I boil an egg?", "Name a fruit."]
+    empty = prompts_file(tmp_path, [], "empty.jsonl")
+    assert_user_error(rlaif("judge-eval", "--pairs", empty), f"--pairs: {empty} holds no labelled pairs")
+    folder = tmp_path / "pairs_dir"
+    folder.mkdir()
+    assert_user_error(rlaif("judge-eval", "--pairs", folder), f"--pairs: '{folder}' is a directory")
+
+
 def test_bad_pairs_file_for_judge_eval(tmp_path):
     p = prompts_file(tmp_path, [b'{"prompt": "x", "chosen": "a", "rejected": "b"}', b"\xff\xfe"], "pairs.jsonl")
     proc = rlaif("judge-eval", "--pairs", p)

@@ -150,7 +150,8 @@ def _fake_stages(monkeypatch, calls):
             calls.append(name)
             path = store.path(outputs[name], k)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("{}\n")
+            path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 0.7}\n' if name == "label"
+                            else "{}\n")  # the pairs train checks before it starts
             return {}
         return run
 

@@ -21,9 +21,14 @@ def test_report_html_has_every_plot(tmp_path, tiny_model_dir, browser):
     run(cfg, out)
     # A reviewer agrees with or flips every label of the audit queue.
     db, _ = prepare_queue(out)
-    for i, item in enumerate(db.conn.execute("SELECT pair_id FROM items").fetchall()):
-        db.record(item[0], "agree" if i % 3 else "flip")
+    ids = [item[0] for item in db.conn.execute("SELECT pair_id FROM items ORDER BY position").fetchall()]
+    for i, pid in enumerate(ids):
+        db.record(pid, "agree" if i % 3 else "flip", reviewer="alice")
+    for i, pid in enumerate(ids[:4]):  # a second reviewer on four pairs: differs from alice on pair 0 only
+        db.record(pid, "agree" if i in (1, 2) else "flip" if i == 3 else "agree", reviewer="bob")
+    hh = db.stats()["human_human"]
     db.close()
+    assert hh["n"] == min(4, len(ids)) and len(ids) >= 4
     # Model text that looks like markup must stay text.
     samples = out / "round_1" / "samples.jsonl"
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -46,6 +51,10 @@ def test_report_html_has_every_plot(tmp_path, tiny_model_dir, browser):
     assert page.title().startswith("OpenRLAIF report") and page.locator("#samples img").count() == 0
     assert "<script>" in page.locator("#samples").inner_text()
     assert page.locator("#redteam-table tr").count() == 1 + 7 + 1
+    caption = page.locator("#fig-audit").inner_text()
+    assert (f"people agreed with each other on {hh['agreement']:.0%} of the {hh['n']} pairs two of them decided"
+            in caption), caption
+    assert "human-human (pairs two people decided)" in (out / "report.md").read_text()
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 50_000
     page.close()

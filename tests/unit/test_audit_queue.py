@@ -2,8 +2,9 @@
 
 import pytest
 
-from openrlaif.audit.db import AuditDB, apply_human_verdicts
-from openrlaif.audit.queue import agreement, build_queue, doubt, pair_id, wilson_interval
+from openrlaif.audit.db import AuditDB, apply_human_verdicts, token_digest
+from openrlaif.audit.queue import (agreement, build_queue, doubt, human_agreement, pair_id, reviews_needed,
+                                   shows_swapped, wilson_interval)
 
 
 def row(i, p, ab=None, ba=None):
@@ -66,11 +67,12 @@ def test_human_verdicts_override_the_ai_labels(tmp_path):
         db.record("no-such-pair", "agree")
     db.close()
     out, counts = apply_human_verdicts(rows, tmp_path / "audit.sqlite")
-    assert counts == {"agree": 1, "flip": 1, "flag": 1} and len(out) == 3
+    assert counts == {"agree": 1, "flip": 1, "flag": 1, "disputed": 0} and len(out) == 3
     assert out[0]["source"] == "human" and out[0]["p_chosen"] == 1.0 and out[0]["chosen"] == rows[0]["chosen"]
     assert out[1]["chosen"] == rows[1]["rejected"] and out[1]["rejected"] == rows[1]["chosen"]
     assert out[1]["ai_p_chosen"] == 0.6 and out[2] is rows[3]
-    assert apply_human_verdicts(rows, tmp_path / "missing.sqlite") == (rows, {"agree": 0, "flip": 0, "flag": 0})
+    assert apply_human_verdicts(rows, tmp_path / "missing.sqlite") == (rows, {"agree": 0, "flip": 0, "flag": 0,
+                                                                               "disputed": 0})
 
 
 def test_requeueing_keeps_places_and_verdicts(tmp_path):
@@ -83,3 +85,94 @@ def test_requeueing_keeps_places_and_verdicts(tmp_path):
     assert db.item(first["pair_id"])["verdict"]["verdict"] == "agree"
     assert db.next_item()["pair_id"] != first["pair_id"]
     assert db.stats()["queued"] == 4 and db.stats()["reviewed"] == 1
+
+
+def test_human_human_agreement_compares_the_first_two_deciders_by_name():
+    by_pair = {
+        "p1": {"bob": "agree", "alice": "agree"},  # same
+        "p2": {"alice": "agree", "bob": "flip", "carol": "agree"},  # alice vs bob: different (carol is third)
+        "p3": {"alice": "flag", "bob": "flip", "carol": "flip"},  # alice did not decide: bob vs carol, same
+        "p4": {"alice": "agree"},  # one reviewer: not counted
+        "p5": {"alice": "flag", "bob": "agree"},  # one decision: not counted
+    }
+    out = human_agreement(by_pair)
+    assert out["n"] == 3 and out["agreement"] == pytest.approx(2 / 3)
+    lo, hi = wilson_interval(2, 3)
+    assert out["ci95"] == [lo, hi]
+    assert human_agreement({}) == {"n": 0, "agreement": None, "ci95": None}
+
+
+def test_overlap_items_come_from_the_random_slice_at_the_asked_share():
+    pairs = [f"pair-{i}" for i in range(4000)]
+    in_slice = [i % 5 == 0 for i in range(4000)]  # a 20% slice
+    needed = [reviews_needed(p, s, overlap=0.1, slice_share=0.2) for p, s in zip(pairs, in_slice)]
+    assert all(n == 1 for n, s in zip(needed, in_slice) if not s)
+    assert sum(n == 2 for n in needed) / 4000 == pytest.approx(0.1, abs=0.015)  # half the slice, 10% of the queue
+    assert all(reviews_needed(p, True, overlap=0.5, slice_share=0.2) == 2 for p in pairs[:50])  # more than the slice
+    assert reviews_needed("x", True, overlap=0.0, slice_share=0.2) == 1
+    assert needed == [reviews_needed(p, s, 0.1, 0.2) for p, s in zip(pairs, in_slice)]  # deterministic
+
+
+def test_blind_sides_are_fixed_per_reviewer_and_balanced():
+    draws = [shows_swapped(f"pair-{i}", "alice") for i in range(2000)]
+    assert sum(draws) / 2000 == pytest.approx(0.5, abs=0.04)
+    assert draws == [shows_swapped(f"pair-{i}", "alice") for i in range(2000)]
+    assert draws != [shows_swapped(f"pair-{i}", "bob") for i in range(2000)]
+
+
+def test_a_team_reviews_each_item_once_or_twice_and_disagreement_is_disputed(tmp_path):
+    rows = [row(i, 0.6) for i in range(10)]
+    db = AuditDB(tmp_path / "audit.sqlite")
+    db.add_items(build_queue(rows, random_share=0.5, min_random=0, seed=3))
+    assert db.set_overlap(1.0) == 5  # every random-slice item goes to two people
+    token = db.add_reviewer("alice")
+    db.add_reviewer("bob")
+    stored = db.conn.execute("SELECT token_sha256 FROM reviewers WHERE name = 'alice'").fetchone()[0]
+    assert stored == token_digest(token) and token not in stored  # only the hash is kept
+    assert db.reviewer_for(token) == "alice" and db.reviewer_for("guess") is None
+    with pytest.raises(ValueError, match="exists already"):
+        db.add_reviewer("alice")
+    with pytest.raises(ValueError, match="reviewer name"):
+        db.add_reviewer("no spaces please")
+    # Alice works through the queue: she sees every item once.
+    seen = []
+    while (item := db.next_item(seen[-1] if seen else None, "alice")) is not None:
+        seen.append(item["pair_id"])
+        db.record(item["pair_id"], "agree", reviewer="alice")
+    assert len(seen) == 10
+    # Bob is shown only the five items that need a second reviewer.
+    doubled = {p for (p,) in db.conn.execute("SELECT pair_id FROM items WHERE reviews_needed = 2")}
+    bob = []
+    while (item := db.next_item(bob[-1] if bob else None, "bob")) is not None:
+        bob.append(item["pair_id"])
+        db.record(item["pair_id"], "flip" if len(bob) == 1 else "agree", reviewer="bob")
+    assert set(bob) == doubled
+    stats = db.stats()
+    assert stats["human_human"]["n"] == 5 and stats["human_human"]["agreement"] == pytest.approx(4 / 5)
+    assert stats["reviewers"] == 2 and stats["verdicts"] == 15 and stats["disputed"] == 1
+    assert db.latest_verdicts()[bob[0]] == "disputed" and db.latest(bob[0], "alice")["verdict"] == "agree"
+    assert db.remove_reviewer("bob") and db.reviewer_for(token) == "alice" and not db.remove_reviewer("bob")
+    db.close()
+    out, counts = apply_human_verdicts(rows, tmp_path / "audit.sqlite")
+    assert counts == {"agree": 9, "flip": 0, "flag": 0, "disputed": 1} and len(out) == 9
+
+
+def test_an_audit_database_from_before_reviewers_opens_and_keeps_its_verdicts(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "audit.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE items (pair_id TEXT PRIMARY KEY, position INTEGER NOT NULL, round INTEGER, row TEXT NOT NULL,
+                            priority REAL NOT NULL, reasons TEXT NOT NULL, random_slice INTEGER NOT NULL);
+        CREATE TABLE verdicts (id INTEGER PRIMARY KEY AUTOINCREMENT, pair_id TEXT NOT NULL, verdict TEXT NOT NULL,
+                               note TEXT NOT NULL DEFAULT '', reviewer TEXT NOT NULL DEFAULT '', created TEXT NOT NULL);
+        INSERT INTO items VALUES ('p1', 0, 1, '{"prompt": "q"}', 1.0, '[]', 1);
+        INSERT INTO verdicts (pair_id, verdict, created) VALUES ('p1', 'flip', '2026-01-01');
+    """)
+    old.commit()
+    old.close()
+    db = AuditDB(path)
+    assert db.item("p1")["reviews_needed"] == 1 and db.latest("p1")["verdict"] == "flip"
+    assert db.latest("p1")["blind"] is False and db.stats()["random_slice_n"] == 1
+    db.close()

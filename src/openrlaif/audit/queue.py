@@ -1,7 +1,9 @@
 """Which AI labels a person should look at first, and how far people agree with the judge.
 
-Pure functions: the queue order from the labels' own evidence of doubt, and the human-AI agreement
-with a Wilson interval. Agreement is estimated on the uniform random slice only: the prioritised
+Pure functions: the queue order from the labels' own evidence of doubt, the human-AI agreement
+with a Wilson interval, the human-human agreement on the items two people reviewed (the ceiling a judge's
+agreement with people should be read against), which items go to two reviewers, and, for blind review, the
+side a reviewer sees first. Agreement is estimated on the uniform random slice only: the prioritised
 items are chosen *because* the judge is likely wrong there, so their agreement is biased low.
 """
 
@@ -109,3 +111,41 @@ def agreement(verdicts: list[tuple[str, bool]]) -> dict:
             "all_reviewed_n": len(decided), "all_reviewed_agreement":
                 sum(v == "agree" for v, _ in decided) / len(decided) if decided else None,
             "flagged": sum(v == "flag" for v, _ in verdicts)}
+
+
+def human_agreement(by_pair: dict[str, dict[str, str]]) -> dict:
+    """People with people, from each pair's latest verdict per reviewer ({pair_id: {reviewer: verdict}}).
+
+    On every pair two or more people decided ('agree' or 'flip'; 'flag' is no decision), the first two
+    reviewers by name are compared: the share of pairs where they gave the same verdict, with its 95% Wilson
+    interval. Same verdict = same response judged better, since both verdicts are relative to the AI's pick."""
+    same = n = 0
+    for verdicts in by_pair.values():
+        decided = [verdicts[r] for r in sorted(verdicts) if verdicts[r] in ("agree", "flip")]
+        if len(decided) >= 2:
+            n += 1
+            same += decided[0] == decided[1]
+    lo, hi = wilson_interval(same, n)
+    return {"n": n, "agreement": same / n if n else None, "ci95": [lo, hi] if n else None}
+
+
+def unit_draw(*parts) -> float:
+    """A deterministic number in [0, 1) from ``parts`` (sha256): the same draw on every machine and every start."""
+    digest = hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def reviews_needed(pair: str, in_random_slice: bool, overlap: float, slice_share: float) -> int:
+    """2 for an item shown to two reviewers, else 1. The doubled items are drawn from the uniform random slice
+    (so human-human and human-AI agreement are measured on the same unbiased sample), each slice item with
+    probability overlap / slice_share: about ``overlap`` of the whole queue; all of the slice when the
+    overlap asked for is larger than the slice."""
+    if not in_random_slice or overlap <= 0 or slice_share <= 0:
+        return 1
+    return 2 if unit_draw("overlap", pair) < min(1.0, overlap / slice_share) else 1
+
+
+def shows_swapped(pair: str, reviewer: str) -> bool:
+    """Blind review: whether this reviewer sees the AI's pick on the right (as response B). Half the pairs
+    each, fixed per (pair, reviewer) so a reload shows the same page."""
+    return unit_draw("sides", pair, reviewer) < 0.5

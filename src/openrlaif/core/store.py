@@ -157,6 +157,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except UnicodeDecodeError as err:
                 raise UserError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
                                 "re-save the file as UTF-8 or remove that line") from None
+            if lineno == 1 and line.startswith("\ufeff"):  # a byte-order mark (Windows editors): not data
+                line = line[1:]
             if not line.strip():
                 continue
             try:

@@ -44,7 +44,7 @@ def training_pairs(store: RunStore, k: int, minimum: int = 1, cfg: RunConfig | N
     rows, counts = apply_human_verdicts(chosen, store.root / "audit.sqlite")
     if any(counts.values()):
         console.print(f"human verdicts from audit.sqlite: {counts['agree']} confirmed, {counts['flip']} flipped, "
-                      f"{counts['flag']} flagged pairs dropped")
+                      f"{counts['flag']} flagged and {counts['disputed']} disputed (reviewers disagree) pairs dropped")
     # Pairs whose chosen reply addresses the judge wait for a person (label.on_judge_directed=audit).
     def waits(row: dict) -> bool:
         return bool(row.get("held_for_review")) and row.get("source") != "human"

@@ -158,7 +158,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     last = metrics[-max(1, steps_per_epoch):]
     return {
         "pairs": len(prefs),
-        "human_verdicts": {v: human[v] for v in ("agree", "flip", "flag")},
+        "human_verdicts": {v: human[v] for v in ("agree", "flip", "flag", "disputed")},
         "held_for_review": human["held_for_review"],
         "steps": step,
         "seconds_training": round(seconds, 2),

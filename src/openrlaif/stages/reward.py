@@ -186,7 +186,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                                   "heldout_pairs": len(held_idx), "summaries": summaries})
     accs = [s["heldout"].get("accuracy") for s in summaries if s["heldout"].get("n")]
     human_accs = [s["heldout"]["human"]["accuracy"] for s in summaries if s["heldout"].get("human", {}).get("n")]
-    return {"members": rc.members, "pairs": len(prefs), "human_verdicts": {v: human[v] for v in ("agree", "flip", "flag")},
+    return {"members": rc.members, "pairs": len(prefs), "human_verdicts": {v: human[v] for v in ("agree", "flip", "flag", "disputed")},
             "held_for_review": human["held_for_review"], "train_pairs": len(train_idx),
             "heldout_pairs": len(held_idx),
             "heldout_accuracy": round(sum(accs) / len(accs), 4) if accs else None,

@@ -1,7 +1,9 @@
-// Keyboard shortcuts for the audit desk: a = agree, f = flip, g = flag, n = next. Ignored while typing a note.
+// Keyboard shortcuts for the audit desk: a = agree, f = flip, g = flag, n = next; on a blind item a = "A is better",
+// b = "B is better". Ignored while typing a note.
 (function () {
   "use strict";
-  var keys = { a: "agree", f: "flip", g: "flag" };
+  var blind = document.querySelector("#item[data-blind=yes]") !== null;
+  var keys = blind ? { a: "pick-a", b: "pick-b", g: "flag" } : { a: "agree", f: "flip", g: "flag" };
   document.addEventListener("keydown", function (event) {
     var target = event.target;
     if (event.ctrlKey || event.metaKey || event.altKey) return;
