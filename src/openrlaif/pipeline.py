@@ -37,7 +37,7 @@ def stage_function(name: str):
 def validate_inputs(cfg: RunConfig) -> dict:
     """Check every input before anything is written; returns their hashes for the manifest."""
     from openrlaif.data.constitution import load_constitution
-    from openrlaif.data.prompts import BUILTIN, builtin_path, run_prompts, select
+    from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, run_prompts, select
     from openrlaif.models.loading import check_model_dir, resolve_model
 
     prompts = run_prompts(cfg.data)
@@ -71,6 +71,20 @@ def validate_inputs(cfg: RunConfig) -> dict:
         from openrlaif.data.pairs import load_labelled_pairs
 
         load_labelled_pairs(cfg.feedback.gate_pairs, cfg.feedback.gate_limit, field="feedback.gate_pairs")
+    if cfg.eval.red_team:  # the eval stage's prompt sets, checked now rather than after training
+        from openrlaif.evaluate.redteam import load_suite
+
+        load_suite(cfg.eval.red_team, cfg.eval.red_team_per_category, cfg.seed)
+    if cfg.eval.anchors and cfg.eval.anchors != BUILTIN:
+        load_prompts(cfg.eval.anchors, heldout_fraction=1.0, field="eval.anchors")
+    if cfg.feedback.uses_fitted and cfg.feedback.heads:  # the head directory's card and files
+        from openrlaif.feedback.fitted import load_heads
+
+        load_heads(cfg.feedback.heads)
+    if cfg.label.refit_from_audit and cfg.label.refit_pairs:
+        from openrlaif.data.pairs import load_labelled_pairs
+
+        load_labelled_pairs(cfg.label.refit_pairs, field="label.refit_pairs")
     if cfg.eval.benchmarks:  # their files, rows, instruction ids and checker dependencies
         from openrlaif.evaluate.benchmarks import load_benchmark
 

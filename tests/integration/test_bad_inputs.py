@@ -150,6 +150,28 @@ def case_gate_pairs_bad_file_before_any_work(tmp_path, model):
                                                                          "missing 'rejected'"]
 
 
+def case_red_team_file_missing_before_any_work(tmp_path, model):
+    return [f"eval.red_team={tmp_path / 'attacks.jsonl'}"], ["eval.red_team: prompt file", "attacks.jsonl' not found"]
+
+
+def case_anchor_file_bad_line_before_any_work(tmp_path, model):
+    p = prompts_file(tmp_path, [GOOD, json.dumps({"messages": [{"role": "user", "content": 5}]})], "anchors.jsonl")
+    return [f"eval.anchors={p}"], [f"{p}:2:", "messages[0].content must be a string, got int"]
+
+
+def case_heads_directory_without_a_card(tmp_path, model):
+    d = tmp_path / "heads"
+    d.mkdir()
+    return ["feedback.method=fitted", f"feedback.heads={d}"], ["feedback.heads:", "is not a head directory"]
+
+
+def case_refit_pairs_bad_row(tmp_path, model):
+    p = tmp_path / "base_pairs.jsonl"
+    p.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": 3}) + "\n")
+    return ["pipeline.rounds=2", "label.refit_from_audit=true", f"label.refit_pairs={p}"], [
+        f"label.refit_pairs: {p}:1:", "'rejected' must be a string or a chat list, got int"]
+
+
 def case_model_not_a_model(tmp_path, model):
     bad = tmp_path / "notamodel"
     bad.mkdir()

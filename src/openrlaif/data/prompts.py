@@ -47,7 +47,8 @@ def prompts_path(spec: str) -> Path:
     return builtin_path(BUILTIN_PROMPTS[spec]) if spec in BUILTIN_PROMPTS else Path(spec).expanduser()
 
 
-def load_prompts(spec: str, heldout_fraction: float = 0.25, instruction: str | None = None) -> list[Prompt]:
+def load_prompts(spec: str, heldout_fraction: float = 0.25, instruction: str | None = None,
+                 field: str = "data.prompts") -> list[Prompt]:
     """Read prompts from a built-in set ('builtin', 'builtin:verifiable') or a JSONL path; every row needs
     'prompt' or 'messages'. ``instruction`` (data.instruction) is appended to each prompt's last user turn;
     the train/held-out split is decided on the prompt as written, so adding one never moves a prompt."""
@@ -55,10 +56,10 @@ def load_prompts(spec: str, heldout_fraction: float = 0.25, instruction: str | N
 
     path = prompts_path(spec)
     if path.is_dir():
-        raise UserError(f"data.prompts: '{spec}' is a directory; give a JSONL file with a 'prompt' per line, "
+        raise UserError(f"{field}: '{spec}' is a directory; give a JSONL file with a 'prompt' per line, "
                         f"or one of {', '.join(BUILTIN_PROMPTS)}")
     if not path.is_file():
-        raise UserError(f"data.prompts: prompt file '{spec}' not found; give a JSONL file with a 'prompt' per line, "
+        raise UserError(f"{field}: prompt file '{spec}' not found; give a JSONL file with a 'prompt' per line, "
                         f"or one of {', '.join(BUILTIN_PROMPTS)}")
     prompts: list[Prompt] = []
     for lineno, row in iter_jsonl(path):
@@ -89,7 +90,7 @@ def load_prompts(spec: str, heldout_fraction: float = 0.25, instruction: str | N
                               {k: v for k, v in row.items() if k not in ("id", "prompt", "messages", "split", "category")},
                               lineno))
     if not prompts:
-        raise UserError(f"data.prompts: '{path}' holds no prompts; add JSONL lines with a 'prompt' field")
+        raise UserError(f"{field}: '{path}' holds no prompts; add JSONL lines with a 'prompt' field")
     return prompts
 
 

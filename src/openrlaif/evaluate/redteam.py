@@ -26,7 +26,8 @@ REFUSAL = ("I can't help with that, because it could hurt you or other people. I
 def load_suite(spec: str, per_category: int | None, seed: int = 0) -> list[Prompt]:
     """The red-team prompts (``builtin`` or a JSONL path), at most ``per_category`` of each category
     (a seeded choice, the same for every round)."""
-    prompts = load_prompts(str(builtin_path("redteam.jsonl")) if spec == BUILTIN else spec, heldout_fraction=1.0)
+    prompts = load_prompts(str(builtin_path("redteam.jsonl")) if spec == BUILTIN else spec, heldout_fraction=1.0,
+                           field="eval.red_team")
     if per_category is None:
         return prompts
     by_cat: dict[str, list[Prompt]] = defaultdict(list)

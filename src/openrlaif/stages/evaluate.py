@@ -52,7 +52,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     anchors = []
     if ec.anchors:
         spec = str(builtin_path("anchors.jsonl")) if ec.anchors == BUILTIN else ec.anchors
-        anchors = load_prompts(spec, heldout_fraction=1.0)[: ec.max_anchor_prompts]
+        anchors = load_prompts(spec, heldout_fraction=1.0, field="eval.anchors")[: ec.max_anchor_prompts]
     # 2. The trained adapter (and the previous round's, from round 2).
     adapter = store.path("policy", k)
     if not (adapter / "adapter_config.json").is_file():
