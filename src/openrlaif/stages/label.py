@@ -82,6 +82,7 @@ def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
     # The gate paid once: the same judge on the same pairs was measured before on this machine (user cache).
     key = gate_key(judge, cfg, constitution, pairs) if fb.gate_cache else None
     cached = GateCache().get(key) if key else None
+    started = time.perf_counter()
     if cached is not None:
         measured = cached["measured"]
         console.print(f"judge gate: figures measured on {cached['at']} for this judge and these {measured['n']} pairs "
@@ -101,7 +102,7 @@ def judge_gate(cfg: RunConfig, judge, constitution) -> dict | None:
     passed = agreement >= fb.min_agreement
     heads = measured["heads"]
     result = {**measured, "min_agreement": fb.min_agreement, "passed": passed, "action": fb.gate_action,
-              "cached": cached["at"] if cached is not None else None}
+              "cached": cached["at"] if cached is not None else None, "wall_s": round(time.perf_counter() - started, 2)}
     message = (f"judge '{judge.name}' ({judge.method}) agrees with {agreement:.1%} of {measured['n']} labelled "
                f"calibration pairs, below feedback.min_agreement={fb.min_agreement}")
     if not passed and fb.gate_action == "stop":

@@ -1,0 +1,244 @@
+"""One RLAIF round by a peer built by hand from transformers + TRL + PEFT, and the same round by `rlaif run`,
+one after the other on this machine, each in its own process: wall time per stage, whole-process wall time,
+peak RSS, and the ratio per stage.
+
+    .venv/bin/python bench/round_vs_peer.py                        # peer, ours (gate measured), ours (gate cached)
+    .venv/bin/python bench/round_vs_peer.py --skip peer            # ours only
+    .venv/bin/python bench/round_vs_peer.py --only peer            # one side (used internally)
+
+The work is the same on both sides: ``--prompts`` train prompts x ``--n`` candidates of ``--new-tokens`` tokens
+(the prompts and sampling settings of configs/quick.yaml with the overrides below), one DPO epoch over one pair
+per prompt (batch 2, LoRA r16 alpha 32 on every linear layer, max length 384), and ``--eval-prompts`` held-out
+prompts answered by the start and the trained policy and compared by the judge.
+
+The peer is what a user would write with the libraries' defaults: ``model.generate`` with
+``num_return_sequences``; a one-token pairwise judge (the policy's own model asked "A or B", one order, the
+larger of the two letters' logits wins: its labels carry position bias, ours are order-free soft labels);
+TRL's ``DPOTrainer`` (reference log-probs per step, its default); eval by the same one-token judge.
+Ours is `rlaif run -c configs/quick.yaml` with ``--prompts 24 --n 2 ...`` turned into overrides, monitor,
+red team, anchors and benchmarks off (the peer has none); once with the judge gate measured (an empty gate
+cache) and once with the gate read from the cache the first run filled. Needs the `test` extra (trl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+STAGES = ("generate", "label", "train", "eval")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def our_overrides(args) -> list[str]:
+    return [f"data.max_train_prompts={args.prompts}", f"generate.n={args.n}", f"generate.max_new_tokens={args.new_tokens}",
+            f"data.max_eval_prompts={args.eval_prompts}", f"eval.max_new_tokens={args.new_tokens}", "train.epochs=1",
+            "train.batch_size=2", "train.max_length=384", "train.lora_r=16", "train.lora_alpha=32", "monitor.every=0",
+            "eval.red_team=null", "eval.anchors=null", "eval.benchmarks=[]", f"model.threads={args.threads}",
+            *args.overrides]
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+# --- the peer ------------------------------------------------------------------------------------------------
+
+JUDGE = ("Which response answers the request better?\n\nRequest:\n{prompt}\n\nResponse A:\n{a}\n\n"
+         "Response B:\n{b}\n\nAnswer with one letter, A or B.")
+
+
+def peer(args) -> dict:
+    t_process = time.perf_counter()
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from openrlaif.config import load_config
+    from openrlaif.data.prompts import run_prompts
+    from openrlaif.models.loading import resolve_model
+
+    cfg = load_config(ROOT / "configs" / "quick.yaml", our_overrides(args))  # the same prompts and settings
+    train_prompts = [p.messages for p in run_prompts(cfg.data, "train", cfg.data.max_train_prompts)]
+    heldout = [p.messages for p in run_prompts(cfg.data, "heldout", cfg.data.max_eval_prompts)]
+    path = resolve_model(cfg.model.policy)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    times = {}
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+
+    def sample(m, convs, n, batch, max_new_tokens):
+        out = []
+        for i in range(0, len(convs), max(1, batch // n)):
+            chunk = convs[i : i + max(1, batch // n)]
+            texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = m.generate(**enc, do_sample=True, temperature=cfg.generate.temperature, top_p=cfg.generate.top_p,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id)
+            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out += [texts[j : j + n] for j in range(0, len(texts), n)]
+        return out
+
+    def judge(m, convs, firsts, seconds, batch=8):
+        """P(first is better) from one forward per pair, one order: the larger letter logit wins."""
+        ids = [tok(" A", add_special_tokens=False).input_ids[-1], tok(" B", add_special_tokens=False).input_ids[-1]]
+        wins = []
+        for i in range(0, len(convs), batch):
+            texts = [tok.apply_chat_template([{"role": "user", "content": JUDGE.format(prompt=c[-1]["content"], a=a, b=b)}],
+                                             tokenize=False, add_generation_prompt=True) + "The better response is"
+                     for c, a, b in zip(convs[i : i + batch], firsts[i : i + batch], seconds[i : i + batch])]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                logits = m(**enc).logits[:, -1, ids]
+            wins += (logits[:, 0] > logits[:, 1]).tolist()
+        return wins
+
+    # 1. generate: n candidates per train prompt.
+    t0 = time.perf_counter()
+    candidates = sample(model, train_prompts, args.n, cfg.generate.batch_size, args.new_tokens)
+    times["generate"] = time.perf_counter() - t0
+    # 2. label: the first two candidates of each prompt, judged once.
+    t0 = time.perf_counter()
+    first_wins = judge(model, train_prompts, [c[0] for c in candidates], [c[1] for c in candidates])
+    rows = [{"prompt": conv, "chosen": [{"role": "assistant", "content": c[0] if w else c[1]}],
+             "rejected": [{"role": "assistant", "content": c[1] if w else c[0]}]}
+            for conv, c, w in zip(train_prompts, candidates, first_wins) if c[0].strip() != c[1].strip()]
+    times["label"] = time.perf_counter() - t0
+    # 3. train: TRL's DPOTrainer with a LoRA adapter, its defaults otherwise.
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = DPOConfig(output_dir=tmp, per_device_train_batch_size=2, learning_rate=cfg.train.learning_rate,
+                           num_train_epochs=1, max_length=384, beta=cfg.train.beta, use_cpu=True, report_to=[],
+                           save_strategy="no", logging_steps=1, disable_tqdm=True)
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                             peft_config=lora)
+        trainer.train()
+        trained = trainer.model
+    trained.eval()
+    times["train"] = time.perf_counter() - t0
+    # 4. eval: the start and the trained policy answer the held-out prompts; the judge compares them.
+    t0 = time.perf_counter()
+    torch.manual_seed(1)
+    new = [a[0] for a in sample(trained, heldout, 1, cfg.eval.batch_size, args.new_tokens)]
+    with trained.disable_adapter():
+        old = [a[0] for a in sample(trained, heldout, 1, cfg.eval.batch_size, args.new_tokens)]
+        wins = judge(trained, heldout, new, old)
+    times["eval"] = time.perf_counter() - t0
+    return {"what": "peer", "stages": {k: round(v, 1) for k, v in times.items()}, "pairs": len(rows),
+            "win_rate": round(sum(wins) / len(wins), 3), "wall_s": round(time.perf_counter() - t_process, 1)}
+
+
+# --- ours ----------------------------------------------------------------------------------------------------
+
+
+def ours(args, cache: str, label: str) -> dict:
+    """`rlaif run` in a subprocess (the whole-process wall time), stage times from its manifest."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [str(Path(sys.executable).with_name("rlaif")), "run", "-c", str(ROOT / "configs" / "quick.yaml"), "-o",
+               str(out), *our_overrides(args)]
+        env = {**os.environ, "OPENRLAIF_CACHE": cache}
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"rlaif run failed:\n{proc.stderr[-3000:]}")
+        manifest = json.loads((out / "manifest.json").read_text())
+        st = {s: manifest["stages"][f"round_1/{s}"] for s in STAGES}
+        judge_stats = json.loads((out / "round_1" / "judge_stats.json").read_text())
+        ev = json.loads((out / "round_1" / "eval.json").read_text())
+        return {"what": label, "stages": {s: st[s]["wall_s"] for s in STAGES}, "wall_s": round(wall, 1),
+                "peak_rss_mb": max(st[s].get("peak_rss_mb") or 0 for s in STAGES),
+                "pairs": st["train"]["summary"]["pairs"], "win_rate": round(ev["win_rate"], 3),
+                "gate_s": (judge_stats.get("gate") or {}).get("wall_s"),
+                "gate_cached": bool((judge_stats.get("gate") or {}).get("cached")),
+                "generate_tok_s": st["generate"]["summary"]["tokens_per_s"],
+                "eval_tok_s": ev.get("generation_tokens_per_s")}
+
+
+def isolated_cache() -> str:
+    """A user cache with the converted models of the real one and no gate figures: the first run measures."""
+    from openrlaif.models.loading import cache_dir
+
+    tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-cache-"))
+    real = cache_dir()
+    for name in ("models",):
+        if (real / name).exists():
+            (tmp / name).symlink_to(real / name)
+    return str(tmp)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=24)
+    ap.add_argument("--n", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--only", choices=["peer"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["peer", "ours"])
+    ap.add_argument("overrides", nargs="*", help="more overrides for our side (key=value)")
+    args = ap.parse_args()
+    if args.only == "peer":
+        row = peer(args)
+        row["peak_rss_mb"] = peak_rss_mb()
+        print("RESULT " + json.dumps(row), flush=True)
+        return
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; {time.strftime('%Y-%m-%d')}; "
+          f"{args.prompts} prompts x {args.n}, {args.new_tokens} new tokens, {args.eval_prompts} held-out prompts",
+          flush=True)
+    results = []
+    if "peer" not in args.skip:
+        cmd = [sys.executable, __file__, "--only", "peer", "--prompts", str(args.prompts), "--n", str(args.n),
+               "--new-tokens", str(args.new_tokens), "--eval-prompts", str(args.eval_prompts), "--threads",
+               str(args.threads), *args.overrides]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"the peer failed:\n{proc.stderr[-3000:]}")
+        row = json.loads(lines[-1][len("RESULT "):])
+        row["wall_s"] = round(time.perf_counter() - t0, 1)  # the whole process, imports included
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    if "ours" not in args.skip:
+        cache = isolated_cache()
+        for label in ("ours, gate measured", "ours, gate cached"):
+            results.append(ours(args, cache, label))
+            print(json.dumps(results[-1]), flush=True)
+    print("\n| stage | " + " | ".join(r["what"] for r in results) + " |")
+    print("|---|" + "---|" * len(results))
+    base = results[0] if results[0]["what"] == "peer" else None
+    for s in STAGES:
+        cells = []
+        for r in results:
+            ratio = f" ({base['stages'][s] / r['stages'][s]:.2f}x)" if base and r is not base and r["stages"][s] else ""
+            cells.append(f"{r['stages'][s]:.1f} s{ratio}")
+        print(f"| {s} | " + " | ".join(cells) + " |")
+    cells = []
+    for r in results:
+        ratio = f" ({base['wall_s'] / r['wall_s']:.2f}x)" if base and r is not base else ""
+        cells.append(f"**{r['wall_s']:.1f} s**{ratio}, {r.get('peak_rss_mb', '?')} MB")
+    print("| **wall, whole process** | " + " | ".join(cells) + " |")
+    print("| pairs trained / win rate (its own judge) | "
+          + " | ".join(f"{r['pairs']} / {r['win_rate']}" for r in results) + " |")
+
+
+if __name__ == "__main__":
+    main()
