@@ -2,7 +2,8 @@
 
 For each requested layer (0 = the embeddings, L = the last block's output) two poolings are offered:
 ``mean`` over every token of the templated conversation and reply, and ``last``, the final token (the
-reply's end of turn). Rows are batched by length; nothing is projected onto the vocabulary.
+reply's end of turn). Rows are batched by length; nothing is projected onto the vocabulary, and the forward
+stops at the deepest requested layer. A frozen model remembers the features of the sequences it read last.
 
 Shapes: the result maps 'layer{i}:{pooling}' to a float32 tensor (n_replies, hidden_size).
 """
@@ -32,11 +33,77 @@ def parse_feature_name(name: str) -> tuple[int, str]:
     return int(layer[len("layer"):]), pooling
 
 
+class _StopForward(Exception):
+    """Raised by a hook once the deepest requested layer's input is captured: the layers above it never run."""
+
+
+def decoder_layers(model):
+    """The model's list of decoder blocks (the ModuleList as long as config.num_hidden_layers), or None."""
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    return None
+
+
+def layer_states(model, ids: torch.Tensor, attn: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Hidden states (batch, time, hidden) at each of ``layers`` (0 = the embeddings, i = the input of block i, i.e.
+    the output of block i-1; L = the final, normed output). Below the last layer the forward stops at the deepest
+    requested one (``layers`` up to 15 of 30 cost half a forward), every layer up to it is returned, and nothing
+    is projected onto the vocabulary."""
+    n = model.config.num_hidden_layers
+    blocks = decoder_layers(model)
+    deepest = max(layers)
+    if deepest >= n or blocks is None:
+        hidden = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+        return {i: hidden[i] for i in range(len(hidden)) if i <= deepest}
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(index):
+        def capture(module, args, kwargs):
+            captured[index] = args[0] if args else kwargs["hidden_states"]
+            if index == deepest:
+                raise _StopForward
+
+        return capture
+
+    handles = [blocks[i].register_forward_pre_hook(hook(i), with_kwargs=True) for i in range(deepest + 1)]
+    try:
+        model(input_ids=ids, attention_mask=attn)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+MEMO_SIZE = 1024  # sequences whose features a model keeps in memory (about 75 KB each at 15 layers)
+
+
+def _memo(model) -> dict | None:
+    """A frozen judge's features of the sequences it read lately (on the model object), so that two readers of
+    the same replies (the injection probe and the fitted heads, in label and eval) run the model once. None for
+    a model that may change (an adapter, trainable weights)."""
+    if hasattr(model, "peft_config") or any(p.requires_grad for p in model.parameters()):
+        return None
+    memo = getattr(model, "_openrlaif_features", None)
+    if memo is None:
+        memo = {}
+        try:
+            model._openrlaif_features = memo
+        except AttributeError:
+            return None
+    return memo
+
+
 def reply_features(model, tokenizer, conversations: list[list[dict]], replies: list[str], *, layers: list[int],
                    poolings: tuple[str, ...] = POOLINGS, batch_size: int = 8, max_length: int = 384,
                    description: str = "features", encoded: list | None = None) -> dict[str, torch.Tensor]:
     """Pooled hidden states of each (conversation, reply) at ``layers``; see the module docstring.
-    ``encoded``: the ``encode_response`` sequences of these pairs when the caller already has them."""
+    ``encoded``: the ``encode_response`` sequences of these pairs when the caller already has them. The forward
+    stops at the deepest requested layer; a frozen model remembers both poolings of every layer it ran for its
+    last ``MEMO_SIZE`` sequences, and rows found there are not run again."""
     n_layers = model.config.num_hidden_layers
     bad = [i for i in layers if not 0 <= i <= n_layers]
     if bad:
@@ -44,22 +111,39 @@ def reply_features(model, tokenizer, conversations: list[list[dict]], replies: l
     seqs = encoded if encoded is not None else [encode_response(tokenizer, conv, reply, max_length)
                                                 for conv, reply in zip(conversations, replies)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = {feature_name(i, p): torch.zeros(len(seqs), model.config.hidden_size) for i in layers for p in poolings}
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
+    names = [feature_name(i, p) for i in layers for p in poolings]
+    out = {name: torch.zeros(len(seqs), model.config.hidden_size) for name in names}
+    memo = _memo(model)
+    keys = [tuple(s.input_ids) for s in seqs]
+    todo = []
+    for i, key in enumerate(keys):
+        known = memo.get(key) if memo is not None else None
+        if known is not None and all(name in known for name in names):
+            for name in names:
+                out[name][i] = known[name]
+        else:
+            todo.append(i)
+    order = sorted(todo, key=lambda i: -len(seqs[i].input_ids))
     start, tokens = time.perf_counter(), 0
-    with bar(description, len(seqs), "tok") as progress, torch.inference_mode():
+    with bar(description, len(order), "tok") as progress, torch.inference_mode():
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
             ids, attn, _ = collate([seqs[i] for i in idx], pad)
-            hidden = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+            hidden = layer_states(model, ids, attn, layers)
             lengths = attn.sum(1)
             mask = attn.unsqueeze(-1).float()
-            for layer in layers:
-                h = hidden[layer].float()
-                if "mean" in poolings:
-                    out[feature_name(layer, "mean")][idx] = (h * mask).sum(1) / lengths.unsqueeze(-1)
-                if "last" in poolings:
-                    out[feature_name(layer, "last")][idx] = h[torch.arange(len(idx)), lengths - 1]
+            pooled = {}
+            for layer, h in hidden.items():
+                h = h.float()
+                pooled[feature_name(layer, "mean")] = (h * mask).sum(1) / lengths.unsqueeze(-1)
+                pooled[feature_name(layer, "last")] = h[torch.arange(len(idx)), lengths - 1]
+            for name in names:
+                out[name][idx] = pooled[name]
+            if memo is not None:
+                for row, i in enumerate(idx):
+                    memo[keys[i]] = {name: v[row].clone() for name, v in pooled.items()}
+                while len(memo) > MEMO_SIZE:
+                    memo.pop(next(iter(memo)))
             tokens += int(lengths.sum())
             advance(progress, len(idx), tokens / max(time.perf_counter() - start, 1e-9), "tok")
     return out
