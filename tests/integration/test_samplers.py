@@ -195,3 +195,32 @@ def test_one_prefill_per_prompt_draws_what_plain_generate_draws(tiny_model_dir, 
                             **kwargs)
     assert torch.equal(plain, shared)
     assert len({tuple(r) for r in shared[:, enc["input_ids"].shape[1]:].tolist()}) > 3  # it did sample
+
+
+def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distribution(tmp_path, tiny_model_dir):
+    """model.sample_dtype=bfloat16: generate's sampler and eval's answer writer run a bf16 copy of the policy,
+    whose next-token distributions stay within a small KL of float32's; training and the judge keep float32."""
+    import copy
+
+    from conftest import tiny_overrides
+
+    from openrlaif.config import load_config
+    from openrlaif.models.loading import encode_prompts, load_causal_lm
+    from openrlaif.pipeline import open_run, run_stage
+    from openrlaif.sampling.factory import build_sampler
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["model.sample_dtype=bfloat16"])
+    store = open_run(cfg, tmp_path / "run")
+    assert next(build_sampler(cfg, store, 1).model.parameters()).dtype == torch.bfloat16
+    for stage in ("generate", "label", "train", "eval"):
+        run_stage(stage, cfg, store)
+    assert store.stage_done("eval")
+    # The distributions: float32 vs its bf16 copy on real prompts (next-token KL, every position).
+    lm = load_causal_lm(str(tiny_model_dir))
+    half = copy.deepcopy(lm.model).to(torch.bfloat16)
+    ids = torch.tensor([encode_prompts(lm.tokenizer, [[{"role": "user", "content": "Name three fruits."}]])[0]])
+    with torch.inference_mode():
+        p = torch.log_softmax(lm.model(input_ids=ids).logits.float(), -1)
+        q = torch.log_softmax(half(input_ids=ids).logits.float(), -1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    assert float(kl.mean()) < 0.01 and float(kl.max()) < 0.05

@@ -212,3 +212,17 @@ def test_every_shipped_config_loads(path):
     """Each example config validates as written (its trainer, sections and cross-field rules)."""
     cfg = load_config(path)
     assert cfg.name and cfg.train.algo in ("dpo", "ppo", "rloo", "grpo", "online_dpo", "sft")
+
+
+def test_sample_dtype_resolves_by_the_processor():
+    from openrlaif.config import load_config
+    from openrlaif.models import loading
+
+    info = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    assert loading.cpu_flags(info) == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16"}
+    assert loading.native_bf16({"avx2", "amx_bf16"}) and not loading.native_bf16({"avx2", "avx512f"})
+    cfg = load_config(None, [])
+    assert loading.sample_dtype(cfg.model) == "float32"  # 'same': model.dtype
+    assert loading.sample_dtype(load_config(None, ["model.sample_dtype=bfloat16"]).model) == "bfloat16"
+    auto = load_config(None, ["model.sample_dtype=auto"]).model
+    assert loading.sample_dtype(auto) == ("bfloat16" if loading.native_bf16() else "float32")

@@ -162,6 +162,39 @@ def load_causal_lm(spec: str, dtype: str = "float32", field: str = "model.policy
     return LoadedModel(model=model, tokenizer=load_tokenizer(path), path=str(path))
 
 
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first processor listed in a /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def native_bf16(flags: set[str] | None = None) -> bool:
+    """Whether this machine computes bfloat16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX-512
+    BF16 or AMX (``flags``: the CPU's flags, read from /proc/cpuinfo when None)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if flags is None:
+        try:
+            flags = cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def sample_dtype(model_cfg) -> str:
+    """The dtype the policy samples in (``model.sample_dtype`` resolved)."""
+    choice = model_cfg.sample_dtype
+    if choice == "same":
+        return model_cfg.dtype
+    if choice == "auto":
+        return "bfloat16" if native_bf16() else model_cfg.dtype
+    return choice
+
+
 def end_of_turn_id(tokenizer) -> int:
     """The token that ends an assistant turn in the chat template (e.g. <|im_end|>), else EOS."""
     for candidate in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):

@@ -74,15 +74,19 @@ def start_adapter(store: RunStore, k: int) -> Path | None:
 
 
 def load_round_policy(cfg: RunConfig, store: RunStore, k: int):
-    """The policy that samples round ``k``: the starting model with round k-1's adapter merged in."""
-    return load_merged(cfg, start_adapter(store, k))
+    """The policy that samples round ``k``: the starting model with round k-1's adapter merged in, in the dtype
+    it samples in (``model.sample_dtype``)."""
+    from openrlaif.models.loading import sample_dtype
+
+    return load_merged(cfg, start_adapter(store, k), sample_dtype(cfg.model))
 
 
-def load_merged(cfg: RunConfig, adapter: Path | None):
-    """The starting model with ``adapter`` (a peft LoRA directory) merged into its weights, or alone."""
+def load_merged(cfg: RunConfig, adapter: Path | None, dtype: str | None = None):
+    """The starting model with ``adapter`` (a peft LoRA directory) merged into its weights, or alone (in ``dtype``,
+    model.dtype when None)."""
     from openrlaif.models.loading import load_causal_lm
 
-    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    loaded = load_causal_lm(cfg.model.policy, dtype or cfg.model.dtype)
     if adapter is not None:
         from peft import PeftModel
 

@@ -38,7 +38,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.data.constitution import load_constitution
     from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, run_prompts
     from openrlaif.evaluate.redteam import load_suite
-    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.models.loading import load_causal_lm, sample_dtype, set_threads
     from openrlaif.sampling.hf import HFSampler
     from openrlaif.sampling.types import SamplingParams
 
@@ -71,18 +71,26 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     params = SamplingParams(ec.temperature, ec.top_p, ec.max_new_tokens, ec.batch_size, cfg.seed + 7 + 1000 * k)
     convs = [p.messages for p in heldout for _ in range(m)] + [p.messages for p in red + anchors]
     samplers = {}
+    writer = model  # model.sample_dtype: the answers may be written by a copy in another dtype
+    if sample_dtype(cfg.model) != cfg.model.dtype:
+        import copy
+
+        import torch
+
+        writer = copy.deepcopy(model).to(getattr(torch, sample_dtype(cfg.model)))
 
     def answers(name: str) -> list[str]:
-        samplers[name] = HFSampler(model, tok, f"eval: {name} policy")
+        samplers[name] = HFSampler(writer, tok, f"eval: {name} policy")
         return [c[0] for c in samplers[name].sample(convs, 1, params)]
 
-    with model.disable_adapter():
+    with writer.disable_adapter():
         start = answers("start")
     if previous is not None:
-        model.set_adapter("previous")
+        writer.set_adapter("previous")
         prev = answers("previous")
-    model.set_adapter("trained")
+    writer.set_adapter("trained")
     trained = answers("trained")
+    del writer
     n_main, n_red = len(heldout) * m, len(red)
     kl = kl_to_start(model, tok, convs[:n_main], trained[:n_main], ec.batch_size)
 
