@@ -179,10 +179,17 @@ def open_run(cfg: RunConfig, out: str | Path, force: bool = False) -> RunStore:
 
 
 def same_but_rounds(old_resolved: str, cfg: RunConfig) -> bool:
-    """Whether a run directory's config is ``cfg`` up to pipeline.rounds (a run may be extended by rounds)."""
+    """Whether a run directory's config is ``cfg`` up to pipeline.rounds (a run may be extended by rounds). The
+    stored config is read through RunConfig first, so a key added by a later version (absent from a run written
+    before it) counts as its default, and upgrading never makes an old run directory 'different'."""
     import yaml
+    from pydantic import ValidationError
 
     old = yaml.safe_load(old_resolved) or {}
+    try:
+        old = RunConfig.model_validate(old).model_dump(mode="json")
+    except ValidationError:
+        return False  # a key this version no longer has, or a value it no longer accepts
     new = cfg.model_dump(mode="json")
     old.setdefault("pipeline", {})["rounds"] = new["pipeline"]["rounds"]
     return old == new

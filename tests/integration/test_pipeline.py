@@ -135,6 +135,28 @@ def test_different_config_same_dir_is_refused(full_run, tiny_model_dir):
     assert (out / "config.resolved.yaml").read_text() == config_before
 
 
+def test_a_run_written_before_a_config_key_existed_is_the_same_run(tiny_model_dir, tmp_path):
+    """Upgrading adds config keys: a run directory whose config.resolved.yaml lacks one (it was written by an
+    older version) still reopens with that key's default, and a real change is still refused."""
+    import yaml
+
+    from openrlaif.pipeline import open_run
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir))
+    store = open_run(cfg, tmp_path / "run")
+    old = yaml.safe_load(store.config_path.read_text())
+    del old["model"]["sample_dtype"]  # as written before model.sample_dtype existed
+    old["eval"].pop("benchmarks")
+    store.config_path.write_text(yaml.safe_dump(old))
+    open_run(cfg, tmp_path / "run")
+    with pytest.raises(UserError, match="different config"):
+        open_run(load_config(None, tiny_overrides(tiny_model_dir) + ["model.sample_dtype=bfloat16"]), tmp_path / "run")
+    old["model"]["retired_key"] = 1  # a key this version does not know: not the same config
+    store.config_path.write_text(yaml.safe_dump(old))
+    with pytest.raises(UserError, match="different config"):
+        open_run(cfg, tmp_path / "run")
+
+
 def test_open_run_validates_before_writing(tiny_model_dir, tmp_path):
     bad = load_config(None, tiny_overrides(tiny_model_dir) + [f"data.prompts={tmp_path / 'missing.jsonl'}"])
     with pytest.raises(UserError, match="not found"):
