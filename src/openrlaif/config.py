@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore
@@ -393,9 +393,17 @@ class TrainConfig(_Strict):
     grad_accum_steps: int = Field(
         1, ge=1, description="Micro-batches whose gradients add up before one optimizer step (accelerate's accumulation)."
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="accelerate mixed precision; 'no' (fp32) is fastest on CPUs, bf16/fp16 are for GPUs."
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+        "no", description="accelerate mixed precision: 'no' (fp32); 'bf16'/'fp16' run the forward and backward under "
+        "autocast (reference and old log-probs too, so the fresh adapter is the reference); 'auto' = bf16 where the "
+        "processor computes it natively (AVX-512 BF16 or AMX, a CUDA GPU with bf16), else 'no'. On the 2-core "
+        "reference machine (AVX-512 BF16) bf16 took 12 DPO steps from 28.0 to 20.5 s; CPUs without it are slower in bf16."
     )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_false(cls, value):
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
     checkpoint_every: int = Field(
         10, ge=0, description="Save the trainable weights, optimizer, scheduler, RNG and step every N optimizer steps "
         "(DPO) or updates (PPO/RLOO) to round_K/checkpoint (0 = never); a re-run of the stage resumes from it."

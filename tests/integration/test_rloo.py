@@ -80,3 +80,14 @@ def run_metrics(root):
     from openrlaif.core.store import RunStore
 
     return RunStore(root).read_metrics()
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_the_fresh_adapter_is_the_reference_in_every_precision(tmp_path, tiny_model_dir, precision):
+    """Step 1's KL to the reference is zero (the adapter starts as the reference) also under bf16 autocast: the
+    reference log-probs are computed in the policy forward's precision, not in float32 beside a bf16 policy."""
+    cfg = rl_config(tiny_model_dir, "rl.steps=1", f"train.mixed_precision={precision}")  # a bare no is read as 'no'
+    store = open_run(cfg, tmp_path / "run")
+    run_stage("train", cfg, store)
+    (first,) = reward_curve(store)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6), first

@@ -34,6 +34,15 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def resolved_mixed_precision(choice: str) -> str:
+    """train.mixed_precision with 'auto' decided: bf16 where this machine computes it natively, else 'no'."""
+    if choice != "auto":
+        return choice
+    from openrlaif.models.loading import native_bf16
+
+    return "bf16" if native_bf16() else "no"
+
+
 def make_accelerator(tc: TrainConfig):
     """Gradient accumulation is ours (``accumulate``), so the accelerator steps on every optimizer call."""
     from accelerate import Accelerator
@@ -46,7 +55,7 @@ def make_accelerator(tc: TrainConfig):
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=resolved_mixed_precision(tc.mixed_precision),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         step_scheduler_with_optimizer=True,
     )

@@ -70,7 +70,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     ref_c, ref_r = torch.zeros(len(prefs)), torch.zeros(len(prefs))
 
     def reference(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode(), reference_policy(model):
+        # under the policy forward's own autocast (train.mixed_precision): the reference and the policy agree at step 0
+        with torch.inference_mode(), accelerator.autocast(), reference_policy(model):
             both = batch_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
         return both[: len(idx)].clone(), both[len(idx) :].clone()
 

@@ -62,7 +62,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             scores = raw - rl.missing_eos_penalty * unfinished
             adv = group_advantages(scores.view(-1, rl.k), scale=gc.variant == "grpo").view(-1).to(ids.device)
             mask = resp[:, 1:].float()
-            with torch.inference_mode():
+            with torch.inference_mode(), accelerator.autocast():  # the policy forward's precision: ratio 1 at epoch 0
                 old_logp = token_logprobs(model, ids, attn, resp, rl.temperature)
                 with reference_policy(model):
                     ref_logp = token_logprobs(model, ids, attn, resp, rl.temperature)

@@ -107,7 +107,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                              "rationale": v.rationale, "source": "ai", "round": k, "step": step + 1})
             # 5. Reference and current log-probs of every answer (the KL to the reference is logged for all).
             ids, attn, resp = (t.to(accelerator.device) for t in collate(seqs, tok.pad_token_id))
-            with torch.inference_mode():
+            with torch.inference_mode(), accelerator.autocast():  # the policy forward's precision
                 with reference_policy(model):
                     ref = response_logprobs(model, ids, attn, resp).float().cpu()
                 now = response_logprobs(model, ids, attn, resp).float().cpu()

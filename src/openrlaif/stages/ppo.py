@@ -143,7 +143,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 scores = whiten(scores, torch.ones_like(scores), shift_mean=False)
             with torch.no_grad():
                 old_logp, old_values, _ = model(ids, attn, resp, with_entropy=False)
-            ref_logp = reference_logprobs(inner, ids, attn, resp)
+            with accelerator.autocast():  # the prepared policy's precision (train.mixed_precision)
+                ref_logp = reference_logprobs(inner, ids, attn, resp)
             kl = kl_estimate(old_logp, ref_logp, rl.kl_estimator) * mask
             rewards = token_rewards(scores, kl, mask, kl_ctl.value)
             # 4. GAE against the critic's values, advantages whitened over the batch's tokens.

@@ -54,7 +54,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             ids, attn, resp, finished, raw = rollout(model, tok, prompts, parts.encoded_prompts, step, score, cfg, accelerator)
             # 3. Reward = score - KL penalty (- missing-EOS penalty); leave-one-out advantages per prompt.
             mask = resp[:, 1:].float()
-            with torch.inference_mode(), reference_policy(model):
+            with torch.inference_mode(), accelerator.autocast(), reference_policy(model):
                 ref_logp = token_logprobs(model, ids, attn, resp, rl.temperature)
             model.train()
             logp = policy(ids, attn, resp)
