@@ -10,7 +10,6 @@ from openrlaif.config import FEEDBACK_METHODS, RunConfig
 from openrlaif.core.cache import model_fingerprint
 from openrlaif.core.errors import UserError
 from openrlaif.feedback.judges import LocalJudge
-from openrlaif.models.loading import load_causal_lm
 
 
 def open_cache(cfg: RunConfig, run_dir: Path | None):
@@ -145,11 +144,8 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
                             "prompt log-probs); use pairwise or pointwise with an API judge, or remove feedback.api")
         api = api_judge(cfg, cache, description)
     else:
-        loaded = load_causal_lm(spec, cfg.model.dtype, field="model.judge" if cfg.model.judge else "model.policy")
+        loaded = judge_model(cfg, spec)
         if cfg.model.judge_quantize == "int8":
-            from openrlaif.models.loading import quantize_int8
-
-            loaded.model = quantize_int8(loaded.model)
             spec = f"{spec}@int8"  # a different judge: its own cache entries and its own name in the labels
     context = JudgeContext(cfg, loaded, spec, cache, description, rule=rule, reward=reward)
 
@@ -163,6 +159,32 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
     if fb.method == "ensemble":
         return EnsembleJudge([make(m) for m in methods], aggregate=fb.aggregate, name=name), name
     return make(fb.method), name
+
+
+_JUDGE_MODELS: dict[tuple, object] = {}  # this process's frozen judge models, loaded once
+
+
+def judge_model(cfg: RunConfig, spec: str):
+    """The local judge model (frozen), loaded once per process: label, eval, the red team and online DPO of one
+    `rlaif run` share it (and its memory of the replies it read). Keyed by the model directory, the dtype, the
+    quantisation and the weight files' modification times (a rewritten directory is loaded again)."""
+    from openrlaif.models.loading import load_causal_lm, resolve_model
+
+    field = "model.judge" if cfg.model.judge else "model.policy"
+    path = resolve_model(spec, field)
+    stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in Path(path).glob("*.safetensors")))
+    key = (str(path), cfg.model.dtype, cfg.model.judge_quantize, stamp)
+    if key not in _JUDGE_MODELS:
+        loaded = load_causal_lm(spec, cfg.model.dtype, field=field)
+        if cfg.model.judge_quantize == "int8":
+            from openrlaif.models.loading import quantize_int8
+
+            loaded.model = quantize_int8(loaded.model)
+        for param in loaded.model.parameters():
+            param.requires_grad_(False)
+        _JUDGE_MODELS.clear()  # one judge model at a time: a run that changes judges does not keep the old one
+        _JUDGE_MODELS[key] = loaded
+    return _JUDGE_MODELS[key]
 
 
 def api_judge(cfg: RunConfig, cache, description: str):
