@@ -326,3 +326,29 @@ def test_truncated_prompt_keeps_the_system_turn(tiny_model_dir):
     # Without a system turn the tail is kept as before.
     plain = encode_response(tok, [long_user], "A reply.", 96)
     assert len(plain.input_ids) <= 96 and "the final question?" in tok.decode(plain.input_ids)
+
+
+def test_peoples_pairs_share_their_conversation_and_score_as_run_whole(tiny_model_dir):
+    """The human_prefs yardstick runs a pair's conversation once for both replies (the KV cache of the shared
+    prefix), with a LoRA adapter on and off: the summed reply log-probs equal the whole-sequence path's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from openrlaif.data.pairs import LabelledPair
+    from openrlaif.evaluate.benchmarks import pair_logprobs
+    from openrlaif.models.loading import load_causal_lm
+    from openrlaif.models.logprobs import batched_response_logprobs, encode_response
+
+    lm = load_causal_lm(str(tiny_model_dir))
+    model = get_peft_model(lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))  # a non-zero adapter
+    model.eval()
+    pairs = [LabelledPair(str(i), [{"role": "user", "content": f"Question {i}: " + "why? " * i}], f"Because {i}.",
+                          "No." * (i + 1)) for i in range(5)]
+    seqs = [encode_response(lm.tokenizer, p.messages, r, 256) for p in pairs for r in (p.chosen, p.rejected)]
+    pad = lm.tokenizer.pad_token_id
+    for adapter_on in (True, False):
+        with (torch.no_grad() if adapter_on else model.disable_adapter()):
+            shared = pair_logprobs(model, seqs, pad, 4, "shared")
+            whole, _ = batched_response_logprobs(model, seqs, pad, 4, "whole")
+        assert shared == pytest.approx(whole, abs=1e-4)

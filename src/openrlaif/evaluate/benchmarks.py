@@ -106,13 +106,13 @@ def human_prefs_benchmark(model, tokenizer, pairs, batch_size: int = 8, max_leng
     [log pi_t(rejected) - log pi_s(rejected)]; accuracy = share of margins > 0 (0 counts half) with a bootstrap
     CI. The start policy scores exactly 0.5 (every margin is 0), so any gain is what training moved."""
     from openrlaif.evaluate.winrate import bootstrap_ci, margin_outcomes
-    from openrlaif.models.logprobs import batched_response_logprobs, encode_response
+    from openrlaif.models.logprobs import encode_response
 
     seqs = [encode_response(tokenizer, p.messages, reply, max_length) for p in pairs for reply in (p.chosen, p.rejected)]
     pad = tokenizer.pad_token_id
-    trained, _ = batched_response_logprobs(model, seqs, pad, batch_size, "bench: trained log-probs")
+    trained = pair_logprobs(model, seqs, pad, batch_size, "bench: trained log-probs")
     with model.disable_adapter():
-        start, _ = batched_response_logprobs(model, seqs, pad, batch_size, "bench: start log-probs")
+        start = pair_logprobs(model, seqs, pad, batch_size, "bench: start log-probs")
     reward = [t - s for t, s in zip(trained, start)]
     margins = [reward[2 * i] - reward[2 * i + 1] for i in range(len(pairs))]
     outcomes = margin_outcomes(margins)
@@ -123,6 +123,39 @@ def human_prefs_benchmark(model, tokenizer, pairs, batch_size: int = 8, max_leng
               "ties": sum(m == 0 for m in margins)}
     rows = [{"id": p.id, "margin": round(m, 6), "agrees": o} for p, m, o in zip(pairs, margins, outcomes)]
     return result, rows
+
+
+PREFIX_BATCH = 8  # sequences per batch on the shared-prefix path (each prefix keeps its KV cache while in use)
+
+
+def pair_logprobs(model, seqs: list, pad: int, batch_size: int, description: str) -> list[float]:
+    """Summed reply log-probs of every sequence. A pair's two replies follow the same conversation (people's pairs
+    are a context and two answers): where the model allows it the conversation runs once and both replies run on
+    its KV cache (``models.logprobs.split_response_logprobs``), else every sequence runs whole."""
+    import time
+
+    import torch
+
+    from openrlaif.core.progress import advance, bar
+    from openrlaif.models.logprobs import Split, batched_response_logprobs, split_response_logprobs, supports_prefix_reuse
+
+    if not supports_prefix_reuse(model) or not all(s.response_mask[0] == 0 and 1 in s.response_mask for s in seqs):
+        return batched_response_logprobs(model, seqs, pad, batch_size, description)[0]
+    splits, masks = [], []
+    for s in seqs:
+        n = s.response_mask.index(1)
+        splits.append(Split(tuple(s.input_ids[:n]), s.input_ids[n:]))
+        masks.append(s.response_mask[n:])
+    with bar(description, len(seqs), "seq") as progress, torch.inference_mode():
+        start, done = time.perf_counter(), 0
+
+        def tick(batch: dict) -> None:
+            nonlocal done
+            done += len(batch)
+            advance(progress, len(batch), done / max(time.perf_counter() - start, 1e-9), "seq")
+
+        out = split_response_logprobs(model, splits, masks, min(batch_size, PREFIX_BATCH), pad, on_batch=tick)
+    return [out[i] for i in range(len(seqs))]
 
 
 def result_table(name: str, result: dict):

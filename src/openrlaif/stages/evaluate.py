@@ -71,13 +71,13 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     params = SamplingParams(ec.temperature, ec.top_p, ec.max_new_tokens, ec.batch_size, cfg.seed + 7 + 1000 * k)
     convs = [p.messages for p in heldout for _ in range(m)] + [p.messages for p in red + anchors]
     samplers = {}
-    writer = model  # model.sample_dtype: the answers may be written by a copy in another dtype
-    if sample_dtype(cfg.model) != cfg.model.dtype:
-        import copy
-
-        import torch
-
-        writer = copy.deepcopy(model).to(getattr(torch, sample_dtype(cfg.model)))
+    writer = model  # model.sample_dtype: the answers may be written by the policy loaded in another dtype
+    if sample_dtype(cfg.model) != cfg.model.dtype:  # loaded, not copied: a copy of the float32 weights costs ~2x RSS
+        writer = PeftModel.from_pretrained(load_causal_lm(cfg.model.policy, sample_dtype(cfg.model)).model,
+                                           str(adapter), adapter_name="trained")
+        if previous is not None:
+            writer.load_adapter(str(previous), adapter_name="previous")
+        writer.eval()
 
     def answers(name: str) -> list[str]:
         samplers[name] = HFSampler(writer, tok, f"eval: {name} policy")
