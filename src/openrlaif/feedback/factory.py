@@ -180,8 +180,7 @@ def judge_model(cfg: RunConfig, spec: str):
             from openrlaif.models.loading import quantize_int8
 
             loaded.model = quantize_int8(loaded.model)
-        for param in loaded.model.parameters():
-            param.requires_grad_(False)
+        loaded.model._openrlaif_frozen = True  # never trained: models.features may remember what it read
         _JUDGE_MODELS.clear()  # one judge model at a time: a run that changes judges does not keep the old one
         _JUDGE_MODELS[key] = loaded
     return _JUDGE_MODELS[key]

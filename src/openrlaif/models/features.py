@@ -84,8 +84,9 @@ MEMO_SIZE = 1024  # sequences whose features a model keeps in memory (about 75 K
 def _memo(model) -> dict | None:
     """A frozen judge's features of the sequences it read lately (on the model object), so that two readers of
     the same replies (the injection probe and the fitted heads, in label and eval) run the model once. None for
-    a model that may change (an adapter, trainable weights)."""
-    if hasattr(model, "peft_config") or any(p.requires_grad for p in model.parameters()):
+    a model that may change (an adapter, trainable weights not marked frozen by the judge loader)."""
+    frozen = getattr(model, "_openrlaif_frozen", False) or not any(p.requires_grad for p in model.parameters())
+    if hasattr(model, "peft_config") or not frozen:
         return None
     memo = getattr(model, "_openrlaif_features", None)
     if memo is None:
