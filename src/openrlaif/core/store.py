@@ -76,11 +76,12 @@ def is_write_failure(err: BaseException) -> bool:
 
 
 def _human_bytes(n: float) -> str:
+    unit = "B"
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    return f"{n} B"
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def write_failure(err: BaseException, path: str | Path | None) -> UserError:

@@ -129,33 +129,11 @@ PREFIX_BATCH = 8  # sequences per batch on the shared-prefix path (each prefix k
 
 
 def pair_logprobs(model, seqs: list, pad: int, batch_size: int, description: str) -> list[float]:
-    """Summed reply log-probs of every sequence. A pair's two replies follow the same conversation (people's pairs
-    are a context and two answers): where the model allows it the conversation runs once and both replies run on
-    its KV cache (``models.logprobs.split_response_logprobs``), else every sequence runs whole."""
-    import time
+    """Summed reply log-probs of people's pairs: a pair's two replies follow the same conversation, which runs
+    once (``models.logprobs.shared_prefix_logprobs``), at most ``PREFIX_BATCH`` sequences a batch."""
+    from openrlaif.models.logprobs import shared_prefix_logprobs
 
-    import torch
-
-    from openrlaif.core.progress import advance, bar
-    from openrlaif.models.logprobs import Split, batched_response_logprobs, split_response_logprobs, supports_prefix_reuse
-
-    if not supports_prefix_reuse(model) or not all(s.response_mask[0] == 0 and 1 in s.response_mask for s in seqs):
-        return batched_response_logprobs(model, seqs, pad, batch_size, description)[0]
-    splits, masks = [], []
-    for s in seqs:
-        n = s.response_mask.index(1)
-        splits.append(Split(tuple(s.input_ids[:n]), s.input_ids[n:]))
-        masks.append(s.response_mask[n:])
-    with bar(description, len(seqs), "seq") as progress, torch.inference_mode():
-        start, done = time.perf_counter(), 0
-
-        def tick(batch: dict) -> None:
-            nonlocal done
-            done += len(batch)
-            advance(progress, len(batch), done / max(time.perf_counter() - start, 1e-9), "seq")
-
-        out = split_response_logprobs(model, splits, masks, min(batch_size, PREFIX_BATCH), pad, on_batch=tick)
-    return [out[i] for i in range(len(seqs))]
+    return shared_prefix_logprobs(model, seqs, pad, min(batch_size, PREFIX_BATCH), description)
 
 
 def result_table(name: str, result: dict):

@@ -168,6 +168,7 @@ def judge_model(cfg: RunConfig, spec: str):
     """The local judge model (frozen), loaded once per process: label, eval, the red team and online DPO of one
     `rlaif run` share it (and its memory of the replies it read). Keyed by the model directory, the dtype, the
     quantisation and the weight files' modification times (a rewritten directory is loaded again)."""
+    from openrlaif.models.features import mark_frozen
     from openrlaif.models.loading import load_causal_lm, resolve_model
 
     field = "model.judge" if cfg.model.judge else "model.policy"
@@ -180,7 +181,7 @@ def judge_model(cfg: RunConfig, spec: str):
             from openrlaif.models.loading import quantize_int8
 
             loaded.model = quantize_int8(loaded.model)
-        loaded.model._openrlaif_frozen = True  # never trained: models.features may remember what it read
+        mark_frozen(loaded.model)  # never trained: models.features may remember what it read
         _JUDGE_MODELS.clear()  # one judge model at a time: a run that changes judges does not keep the old one
         _JUDGE_MODELS[key] = loaded
     return _JUDGE_MODELS[key]

@@ -45,18 +45,7 @@ class ContrastiveJudge:
 
     def scores(self, units: list[tuple[list[dict], str, Principle]]) -> list[float]:
         """Contrastive score of each (conversation, response, principle)."""
-        import time
-
-        import torch
-
-        from openrlaif.core.progress import advance, bar
-        from openrlaif.models.logprobs import (
-            Split,
-            batched_response_logprobs,
-            encode_response,
-            split_response_logprobs,
-            supports_prefix_reuse,
-        )
+        from openrlaif.models.logprobs import encode_response, shared_prefix_logprobs
 
         seqs = []
         for messages, response, principle in units:
@@ -67,28 +56,10 @@ class ContrastiveJudge:
                 if self.cache is not None else [""] * len(seqs))
 
         def compute(missing: list[int], on_batch) -> None:
-            todo = [seqs[i] for i in missing]
-            if self.reuse_prefix and supports_prefix_reuse(self.model) and all(s.response_mask[0] == 0 for s in todo):
-                # The system prompt + conversation is shared by every candidate of a prompt: run it once.
-                splits, masks = [], []
-                for s in todo:
-                    n = s.response_mask.index(1)
-                    splits.append(Split(tuple(s.input_ids[:n]), s.input_ids[n:]))
-                    masks.append(s.response_mask[n:])
-                with bar(self.description, len(todo), "seq") as progress, torch.inference_mode():
-                    start, done = time.perf_counter(), 0
-
-                    def store(batch: dict) -> None:
-                        nonlocal done
-                        on_batch({missing[j]: v for j, v in batch.items()})
-                        done += len(batch)
-                        advance(progress, len(batch), done / max(time.perf_counter() - start, 1e-9), "seq")
-
-                    split_response_logprobs(self.model, splits, masks, self.batch_size, self.tokenizer.pad_token_id,
-                                            on_batch=store)
-                return
-            batched_response_logprobs(self.model, todo, self.tokenizer.pad_token_id, self.batch_size, self.description,
-                                      on_batch=lambda done: on_batch({missing[j]: v for j, v in done.items()}))
+            # the system prompt + conversation is shared by every candidate of a prompt: run once
+            shared_prefix_logprobs(self.model, [seqs[i] for i in missing], self.tokenizer.pad_token_id, self.batch_size,
+                                   self.description, on_batch=lambda done: on_batch({missing[j]: v for j, v in done.items()}),
+                                   reuse_prefix=self.reuse_prefix)
 
         logps = cached_compute(self.cache, keys, compute, self.method)
         counts = [sum(s.response_mask) for s in seqs]

@@ -81,10 +81,16 @@ def layer_states(model, ids: torch.Tensor, attn: torch.Tensor, layers: list[int]
 MEMO_SIZE = 1024  # sequences whose features a model keeps in memory (about 75 KB each at 15 layers)
 
 
+def mark_frozen(model) -> None:
+    """Declare that ``model``'s weights never change from here on (a judge), whatever their requires_grad says:
+    its reply features may then be remembered."""
+    model._openrlaif_frozen = True
+
+
 def _memo(model) -> dict | None:
     """A frozen judge's features of the sequences it read lately (on the model object), so that two readers of
     the same replies (the injection probe and the fitted heads, in label and eval) run the model once. None for
-    a model that may change (an adapter, trainable weights not marked frozen by the judge loader)."""
+    a model that may change (an adapter, trainable weights not declared frozen with ``mark_frozen``)."""
     frozen = getattr(model, "_openrlaif_frozen", False) or not any(p.requires_grad for p in model.parameters())
     if hasattr(model, "peft_config") or not frozen:
         return None
@@ -135,6 +141,8 @@ def reply_features(model, tokenizer, conversations: list[list[dict]], replies: l
             mask = attn.unsqueeze(-1).float()
             pooled = {}
             for layer, h in hidden.items():
+                if memo is None and layer not in layers:  # every layer is pooled only to be remembered
+                    continue
                 h = h.float()
                 pooled[feature_name(layer, "mean")] = (h * mask).sum(1) / lengths.unsqueeze(-1)
                 pooled[feature_name(layer, "last")] = h[torch.arange(len(idx)), lengths - 1]

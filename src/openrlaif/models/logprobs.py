@@ -361,3 +361,36 @@ def split_response_logprobs(model, splits: list[Split], masks: list[list[int]], 
 
     results = ((i, summed(i, hidden)) for i, hidden in prefix_hidden_states(model, splits, batch_size, pad_id))
     return _in_batches(results, batch_size, on_batch)
+
+
+def shared_prefix_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: int, description: str = "score",
+                           on_batch=None, reuse_prefix: bool = True) -> list[float]:
+    """Summed response log-probs of ``seqs`` (in their order) without gradients. Sequences whose tokens before the
+    response are the same (a prompt's candidates under one system prompt; a people's pair's two replies) run that
+    prefix once and their responses on its KV cache (``split_response_logprobs``); where the model does not allow
+    it, or ``reuse_prefix`` is off, every sequence runs whole (``batched_response_logprobs``). ``on_batch({index:
+    log-prob})`` after every batch; a progress bar either way."""
+    import time
+
+    from openrlaif.core.progress import advance, bar
+
+    if not (reuse_prefix and supports_prefix_reuse(model)
+            and all(s.response_mask[0] == 0 and 1 in s.response_mask for s in seqs)):
+        return batched_response_logprobs(model, seqs, pad_id, batch_size, description, on_batch=on_batch)[0]
+    splits, masks = [], []
+    for s in seqs:
+        n = s.response_mask.index(1)
+        splits.append(Split(tuple(s.input_ids[:n]), s.input_ids[n:]))
+        masks.append(s.response_mask[n:])
+    with bar(description, len(seqs), "seq") as progress, torch.inference_mode():
+        start, done = time.perf_counter(), 0
+
+        def tick(batch: dict) -> None:
+            nonlocal done
+            if on_batch is not None:
+                on_batch(batch)
+            done += len(batch)
+            advance(progress, len(batch), done / max(time.perf_counter() - start, 1e-9), "seq")
+
+        out = split_response_logprobs(model, splits, masks, batch_size, pad_id, on_batch=tick)
+    return [out[i] for i in range(len(seqs))]
