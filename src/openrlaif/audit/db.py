@@ -208,13 +208,8 @@ class AuditDB:
         return out
 
     def latest_verdicts(self) -> dict[str, str]:
-        """pair_id -> the verdict of every reviewed pair: the one its reviewers share ('flag' only when nobody
-        decided), or 'disputed' when people gave different decisions."""
-        out = {}
-        for pair, verdicts in self.verdicts_by_reviewer().items():
-            decided = {v for v in verdicts.values() if v != "flag"}
-            out[pair] = "flag" if not decided else decided.pop() if len(decided) == 1 else "disputed"
-        return out
+        """pair_id -> the verdict of every reviewed pair (``settled``)."""
+        return settled(self.verdicts_by_reviewer())
 
     def random_slice(self) -> set[str]:
         """pair_ids of the uniform random slice (the items that measure agreement without bias)."""
@@ -226,7 +221,7 @@ class AuditDB:
         items = self._all("SELECT pair_id, random_slice, reviews_needed FROM items")
         in_slice = {p: bool(r) for p, r, _ in items}
         by_pair = self.verdicts_by_reviewer()
-        settled = self.latest_verdicts()
+        verdicts = settled(by_pair)
         each = [(v, in_slice.get(p, False)) for p, verdicts in by_pair.items() for v in verdicts.values()]
         blind = self._all("SELECT COUNT(*) FROM verdicts v JOIN (SELECT MAX(id) AS id FROM verdicts "
                           "GROUP BY pair_id, reviewer) last ON v.id = last.id WHERE v.blind = 1")[0][0]
@@ -234,8 +229,18 @@ class AuditDB:
                 "overlap_items": sum(n >= 2 for _, _, n in items), "reviewers": len({r for v in by_pair.values()
                                                                                       for r in v}),
                 "verdicts": len(each), "blind_verdicts": blind,
-                "disputed": sum(v == "disputed" for v in settled.values()),
+                "disputed": sum(v == "disputed" for v in verdicts.values()),
                 **agreement(each), "human_human": human_agreement(by_pair)}
+
+
+def settled(by_pair: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Each pair's verdict from its reviewers' latest ones: the one they share ('flag' only when nobody decided),
+    or 'disputed' when people gave different decisions."""
+    out = {}
+    for pair, verdicts in by_pair.items():
+        decided = {v for v in verdicts.values() if v != "flag"}
+        out[pair] = "flag" if not decided else decided.pop() if len(decided) == 1 else "disputed"
+    return out
 
 
 def apply_human_verdicts(rows: list[dict], path: str | Path) -> tuple[list[dict], dict]:
