@@ -209,12 +209,29 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
     from openrlaif.pipeline import open_run, run_stage
     from openrlaif.sampling.factory import build_sampler
 
-    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["model.sample_dtype=bfloat16"])
+    bench = '[{"name": "ifeval", "file": "builtin", "limit": 3, "max_new_tokens": 8}]'
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["model.sample_dtype=bfloat16", f"eval.benchmarks={bench}"])
     store = open_run(cfg, tmp_path / "run")
     assert next(build_sampler(cfg, store, 1).model.parameters()).dtype == torch.bfloat16
     for stage in ("generate", "label", "train", "eval"):
         run_stage(stage, cfg, store)
     assert store.stage_done("eval")
+    # IFEval's answers come from the same bf16 writers as the held-out answers: each policy's merged copy, greedy.
+    import json
+
+    from openrlaif.evaluate.benchmarks import answer, load_benchmark, run_settings
+    from openrlaif.models.policy import load_merged
+
+    ev = json.loads(store.path("eval.json", 1).read_text())
+    ife = ev["benchmarks"]["ifeval-builtin-heldout"]
+    assert ife["generation"]["dtype"] == "bfloat16" and ife["start"]["prompts"] == 3
+    rows = [json.loads(line) for line in store.path("bench/ifeval-builtin-heldout_rows.jsonl", 1).open()]
+    spec = cfg.eval.benchmarks[0]
+    _, items = load_benchmark(spec)
+    for who, adapter in (("start", None), ("trained", store.path("policy", 1))):
+        merged = load_merged(cfg, adapter, "bfloat16")
+        again = answer(merged.model, merged.tokenizer, items, run_settings(spec, cfg.eval.batch_size, cfg.seed), who)
+        assert [r[who] for r in rows] == again.answers
     # The distributions: float32 vs its bf16 copy on real prompts (next-token KL, every position).
     lm = load_causal_lm(str(tiny_model_dir))
     half = copy.deepcopy(lm.model).to(torch.bfloat16)

@@ -21,6 +21,7 @@ class GenerationSettings:
     greedy: bool = True  # IFEval is reported with greedy decoding
     temperature: float = 0.7  # only when not greedy
     seed: int = 0
+    dtype: str = "float32"  # the weights' dtype while writing (the run's model.sample_dtype in `rlaif run`)
 
 
 @dataclass
@@ -90,11 +91,18 @@ def ifeval_benchmark(model, tokenizer, items: list[IFEvalItem], settings: Genera
         answers["trained"] = answer(model, tokenizer, items, settings, "bench: trained policy")
     else:
         answers["policy"] = answer(model, tokenizer, items, settings, "bench: policy")
+    return ifeval_result(items, answers, settings, tokenizer)
+
+
+def ifeval_result(items: list[IFEvalItem], answers: dict[str, PolicyAnswers], settings: GenerationSettings,
+                  tokenizer) -> tuple[dict, list[dict]]:
+    """Each policy's answers checked (``answers``: "policy", or "start" and "trained"), the accuracies, and for
+    start and trained the paired difference; (result, answer rows)."""
     checked, result = {}, {"graded_by": "IFEval's checkers (lm-eval's copy); no model",
                            "generation": settings_json(settings, tokenizer)}
     for who, a in answers.items():
         checked[who], result[who] = score(items, a)
-    if with_adapter:
+    if "start" in answers and "trained" in answers:
         result["difference"] = difference(checked["trained"], checked["start"], seed=settings.seed)
     return result, answer_rows(items, answers, checked)
 
@@ -201,11 +209,22 @@ def load_benchmark(spec) -> tuple[str, list] | None:
     return label, items
 
 
-def run_benchmark(spec, items: list, model, tokenizer, batch_size: int, seed: int) -> tuple[dict, list[dict]]:
-    """One eval.benchmarks entry on a PEFT model: start (adapter disabled) vs trained (the active adapter)."""
+def run_settings(spec, batch_size: int, seed: int, dtype: str = "float32") -> GenerationSettings:
+    """How an ifeval entry of eval.benchmarks is answered in `rlaif run` (greedy, its max_new_tokens)."""
+    return GenerationSettings(spec.max_new_tokens, batch_size, seed=seed, dtype=dtype)
+
+
+def run_benchmark(spec, items: list, model, tokenizer, batch_size: int, seed: int,
+                  answers: dict[str, PolicyAnswers] | None = None, dtype: str = "float32") -> tuple[dict, list[dict]]:
+    """One eval.benchmarks entry: start vs trained. IFEval checks ``answers`` when the eval stage wrote them
+    beside its held-out answers (each policy's own copy in ``dtype``), else writes them with ``model`` (a PEFT
+    model: adapter disabled, then the active adapter); people's pairs are scored by ``model``'s log-probs."""
     if spec.name == "ifeval":
-        settings = GenerationSettings(spec.max_new_tokens, batch_size, seed=seed)
-        result, rows = ifeval_benchmark(model, tokenizer, items, settings, with_adapter=True)
+        settings = run_settings(spec, batch_size, seed, dtype)
+        if answers is None:
+            result, rows = ifeval_benchmark(model, tokenizer, items, settings, with_adapter=True)
+        else:
+            result, rows = ifeval_result(items, answers, settings, tokenizer)
     else:
         result, rows = human_prefs_benchmark(model, tokenizer, items, batch_size, seed=seed)
     return {"benchmark": spec.name, "file": spec.file, "split": getattr(spec, "split", None), "skip": spec.skip,

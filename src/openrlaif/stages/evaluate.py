@@ -67,18 +67,27 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         model.load_adapter(str(previous), adapter_name="previous")
     model.eval()
     tok = base.tokenizer
-    # 3. Answers: m per held-out prompt, one per red-team and anchor prompt, from each policy, same seed.
+    # 3. Answers: m per held-out prompt, one per red-team and anchor prompt, from each policy, same seed; the
+    #    IFEval yardsticks of eval.benchmarks are answered by the same writer (start and trained only).
+    from openrlaif.evaluate.benchmarks import answer, load_benchmark, run_benchmark, run_settings
+
     params = SamplingParams(ec.temperature, ec.top_p, ec.max_new_tokens, ec.batch_size, cfg.seed + 7 + 1000 * k)
     convs = [p.messages for p in heldout for _ in range(m)] + [p.messages for p in red + anchors]
+    yardsticks = [(spec, *loaded) for spec in (ec.benchmarks or []) if (loaded := load_benchmark(spec)) is not None]
+    writing = sample_dtype(cfg.model)
+    bench_answers: dict[str, dict] = {label: {} for spec, label, _ in yardsticks if spec.name == "ifeval"}
     samplers = {}
 
     def answers(name: str, writer) -> list[str]:
         samplers[name] = HFSampler(writer, tok, f"eval: {name} policy")
         out = [c[0] for c in samplers[name].sample(convs, 1, params)]
         samplers[name].model = None  # keep the statistics, not the model
+        for spec, label, items in yardsticks:
+            if spec.name == "ifeval" and name != "previous":
+                bench_answers[label][name] = answer(writer, tok, items, run_settings(spec, ec.batch_size, cfg.seed,
+                                                                                     writing), f"bench: {name} policy")
         return out
 
-    writing = sample_dtype(cfg.model)
     if writing == cfg.model.dtype:
         with model.disable_adapter():
             start = answers("start", model)
@@ -107,16 +116,10 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         lengths["previous"] = n_tokens(prev[:n_main])
     # 3b. Yardsticks the judge never sees (eval.benchmarks): start vs trained, graded by checkers or people.
     benchmarks = {}
-    if ec.benchmarks:
-        from openrlaif.evaluate.benchmarks import load_benchmark, run_benchmark
-
-        for spec in ec.benchmarks:
-            loaded = load_benchmark(spec)
-            if loaded is None:
-                continue
-            label, items = loaded
-            benchmarks[label], rows = run_benchmark(spec, items, model, tok, ec.batch_size, cfg.seed)
-            atomic_write_jsonl(store.path(f"bench/{label}_rows.jsonl", k), rows)
+    for spec, label, items in yardsticks:
+        benchmarks[label], rows = run_benchmark(spec, items, model, tok, ec.batch_size, cfg.seed,
+                                                bench_answers.get(label), writing)
+        atomic_write_jsonl(store.path(f"bench/{label}_rows.jsonl", k), rows)
     del model, base
     kill_point("eval.sampled")
     # 4. Judge: trained vs start (held-out and anchors), trained vs previous; both orders, a principle per prompt.
