@@ -257,6 +257,46 @@ def test_int8_judge_is_close_to_fp32_and_named_apart(tiny_model_dir):
         assert b.p_first == pytest.approx(a.p_first, abs=0.05)
 
 
+def test_bf16_autocast_judge_computes_in_bf16_close_to_fp32_and_named_apart(tiny_model_dir):
+    """model.judge_mixed_precision=bf16: the judge's matrix products run in bf16 (its Linear layers return bf16
+    under autocast, its weights stay float32 so the fitted heads' and probe's fingerprints still match), the
+    verdicts move a little but not much, and the judge has its own name (cache entries, gate figures)."""
+    from openrlaif.config import load_config
+    from openrlaif.core.cache import model_fingerprint
+    from openrlaif.data.constitution import Principle
+    from openrlaif.feedback.factory import build_judge
+    from openrlaif.feedback.gate_cache import gate_key
+    from openrlaif.feedback.types import Comparison
+
+    items = [Comparison("Say hello.", "Hello there, friend.", "Go away.", Principle("p", "Which is kinder?")),
+             Comparison("Name a planet.", "Mars.", "The sea is wide.", Principle("p", "Which is right?"))]
+    base = [f"model.policy={tiny_model_dir}", "feedback.method=contrastive", "feedback.temperature=1", "feedback.cache=null"]
+    cfg32, cfg16 = load_config(None, base), load_config(None, base + ["model.judge_mixed_precision=bf16"])
+    fp32, name32 = build_judge(cfg32)
+    plain = [(v.p_first, v.score_ab) for v in fp32.compare(items)]
+    fingerprint = model_fingerprint(fp32.model)
+    bf16, name16 = build_judge(cfg16)
+    assert name16 == f"{name32}@bf16" and bf16.model is not fp32.model  # one judge model per precision
+    assert next(bf16.model.parameters()).dtype == torch.float32 and model_fingerprint(bf16.model) == fingerprint
+    seen = []
+    hook = bf16.model.get_decoder().layers[0].mlp.down_proj.register_forward_hook(
+        lambda module, args, out: seen.append(out.dtype))
+    try:
+        mixed = [(v.p_first, v.score_ab) for v in bf16.compare(items)]
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert mixed != plain  # it did compute differently
+    for (p32, s32), (p16, s16) in zip(plain, mixed):
+        assert p16 == pytest.approx(p32, abs=0.05)
+    from openrlaif.data.constitution import load_constitution
+
+    constitution = load_constitution("builtin")
+    assert gate_key(bf16, cfg16, constitution, []) != gate_key(fp32, cfg32, constitution, [])
+    with pytest.raises(Exception, match="judge_mixed_precision"):
+        load_config(None, base + ["model.judge_mixed_precision=bf16", "model.judge_quantize=int8"])
+
+
 def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir):
     """Prefix KV reuse (several prefixes of different lengths, groups split across batches) gives the
     same next-token and response log-probs as running every full sequence alone."""

@@ -228,10 +228,22 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
     rows = [json.loads(line) for line in store.path("bench/ifeval-builtin-heldout_rows.jsonl", 1).open()]
     spec = cfg.eval.benchmarks[0]
     _, items = load_benchmark(spec)
+    # ... and the KL to the start is between those two copies, on the trained copy's held-out answers.
+    from openrlaif.data.prompts import run_prompts
+    from openrlaif.stages.evaluate import answer_logprobs, kl_sequences, mean_difference
+
+    assert ev["kl_dtype"] == "bfloat16"
+    messages = {p.id: p.messages for p in run_prompts(cfg.data, "heldout", cfg.data.max_eval_prompts)}
+    held = [json.loads(line) for line in store.path("samples.jsonl", 1).open()]
+    held = [r for r in held if r["set"] == "heldout"]
+    logps = {}
     for who, adapter in (("start", None), ("trained", store.path("policy", 1))):
         merged = load_merged(cfg, adapter, "bfloat16")
         again = answer(merged.model, merged.tokenizer, items, run_settings(spec, cfg.eval.batch_size, cfg.seed), who)
         assert [r[who] for r in rows] == again.answers
+        seqs = kl_sequences(merged.tokenizer, [messages[r["prompt_id"]] for r in held], [r["trained"] for r in held])
+        logps[who] = answer_logprobs(merged.model, merged.tokenizer, seqs, cfg.eval.batch_size, who)
+    assert ev["kl_to_start"] == pytest.approx(mean_difference(logps["trained"], logps["start"]), abs=1e-3)
     # The distributions: float32 vs its bf16 copy on real prompts (next-token KL, every position).
     lm = load_causal_lm(str(tiny_model_dir))
     half = copy.deepcopy(lm.model).to(torch.bfloat16)

@@ -226,3 +226,17 @@ def test_sample_dtype_resolves_by_the_processor():
     assert loading.sample_dtype(load_config(None, ["model.sample_dtype=bfloat16"]).model) == "bfloat16"
     auto = load_config(None, ["model.sample_dtype=auto"]).model
     assert loading.sample_dtype(auto) == ("bfloat16" if loading.native_bf16() else "float32")
+
+
+def test_judge_mixed_precision_resolves_by_the_processor_and_never_for_int8(monkeypatch):
+    from openrlaif.config import load_config
+    from openrlaif.models import loading
+
+    assert not loading.judge_bf16(load_config(None, []).model)  # 'no' by default
+    assert loading.judge_bf16(load_config(None, ["model.judge_mixed_precision=bf16"]).model)
+    assert load_config(None, ["model.judge_mixed_precision=no"]).model.judge_mixed_precision == "no"
+    for native in (True, False):
+        monkeypatch.setattr(loading, "native_bf16", lambda flags=None, native=native: native)
+        assert loading.judge_bf16(load_config(None, ["model.judge_mixed_precision=auto"]).model) is native
+        int8 = load_config(None, ["model.judge_mixed_precision=auto", "model.judge_quantize=int8"]).model
+        assert not loading.judge_bf16(int8)

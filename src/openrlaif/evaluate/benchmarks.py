@@ -218,14 +218,16 @@ def run_benchmark(spec, items: list, model, tokenizer, batch_size: int, seed: in
                   answers: dict[str, PolicyAnswers] | None = None, dtype: str = "float32") -> tuple[dict, list[dict]]:
     """One eval.benchmarks entry: start vs trained. IFEval checks ``answers`` when the eval stage wrote them
     beside its held-out answers (each policy's own copy in ``dtype``), else writes them with ``model`` (a PEFT
-    model: adapter disabled, then the active adapter); people's pairs are scored by ``model``'s log-probs."""
-    if spec.name == "ifeval":
-        settings = run_settings(spec, batch_size, seed, dtype)
-        if answers is None:
-            result, rows = ifeval_benchmark(model, tokenizer, items, settings, with_adapter=True)
-        else:
-            result, rows = ifeval_result(items, answers, settings, tokenizer)
+    model: adapter disabled, then the active adapter); people's pairs are scored by ``model``'s log-probs.
+    ``model`` may be a function that returns it (loaded only when needed)."""
+    if spec.name == "ifeval" and answers is not None:
+        result, rows = ifeval_result(items, answers, run_settings(spec, batch_size, seed, dtype), tokenizer)
     else:
-        result, rows = human_prefs_benchmark(model, tokenizer, items, batch_size, seed=seed)
+        model = model() if callable(model) and not hasattr(model, "forward") else model
+        if spec.name == "ifeval":
+            result, rows = ifeval_benchmark(model, tokenizer, items, run_settings(spec, batch_size, seed, dtype),
+                                            with_adapter=True)
+        else:
+            result, rows = human_prefs_benchmark(model, tokenizer, items, batch_size, seed=seed)
     return {"benchmark": spec.name, "file": spec.file, "split": getattr(spec, "split", None), "skip": spec.skip,
             "limit": spec.limit, **result}, rows

@@ -144,9 +144,13 @@ def build_judge(cfg: RunConfig, description: str = "judge", run_dir: Path | None
                             "prompt log-probs); use pairwise or pointwise with an API judge, or remove feedback.api")
         api = api_judge(cfg, cache, description)
     else:
+        from openrlaif.models.loading import judge_bf16
+
         loaded = judge_model(cfg, spec)
         if cfg.model.judge_quantize == "int8":
             spec = f"{spec}@int8"  # a different judge: its own cache entries and its own name in the labels
+        elif judge_bf16(cfg.model):
+            spec = f"{spec}@bf16"  # likewise: its verdicts are not float32's
     context = JudgeContext(cfg, loaded, spec, cache, description, rule=rule, reward=reward)
 
     # 3. One judge per method (an ensemble's members share the model and the cache).
@@ -167,20 +171,26 @@ _JUDGE_MODELS: dict[tuple, object] = {}  # this process's frozen judge models, l
 def judge_model(cfg: RunConfig, spec: str):
     """The local judge model (frozen), loaded once per process: label, eval, the red team and online DPO of one
     `rlaif run` share it (and its memory of the replies it read). Keyed by the model directory, the dtype, the
-    quantisation and the weight files' modification times (a rewritten directory is loaded again)."""
+    quantisation, the bf16 autocast and the weight files' modification times (a rewritten directory is loaded
+    again)."""
     from openrlaif.models.features import mark_frozen
     from openrlaif.models.loading import load_causal_lm, resolve_model
 
     field = "model.judge" if cfg.model.judge else "model.policy"
     path = resolve_model(spec, field)
     stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in Path(path).glob("*.safetensors")))
-    key = (str(path), cfg.model.dtype, cfg.model.judge_quantize, stamp)
+    from openrlaif.models.loading import autocast_matmuls, judge_bf16
+
+    bf16 = judge_bf16(cfg.model)
+    key = (str(path), cfg.model.dtype, cfg.model.judge_quantize, bf16, stamp)
     if key not in _JUDGE_MODELS:
         loaded = load_causal_lm(spec, cfg.model.dtype, field=field)
         if cfg.model.judge_quantize == "int8":
             from openrlaif.models.loading import quantize_int8
 
             loaded.model = quantize_int8(loaded.model)
+        elif bf16:
+            autocast_matmuls(loaded.model)  # model.judge_mixed_precision
         mark_frozen(loaded.model)  # never trained: models.features may remember what it read
         _JUDGE_MODELS.clear()  # one judge model at a time: a run that changes judges does not keep the old one
         _JUDGE_MODELS[key] = loaded

@@ -66,6 +66,8 @@ def _tensor_bytes(value) -> str:
 
 def gate_key(judge, cfg, constitution, pairs: list) -> str | None:
     """The gate cache key for ``judge`` measured on ``pairs`` under ``cfg`` (a RunConfig); None = do not cache."""
+    from openrlaif.models.loading import judge_bf16
+
     identity = judge_identity(judge)
     if identity is None:
         return None
@@ -78,6 +80,8 @@ def gate_key(judge, cfg, constitution, pairs: list) -> str | None:
         "pairs": [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else repr(p) for p in pairs],
         "seed": cfg.seed,
     }
+    if judge_bf16(cfg.model):  # only then: keys of float32 judges stay what they were
+        material["autocast"] = "bf16"
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 

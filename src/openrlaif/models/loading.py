@@ -195,6 +195,40 @@ def sample_dtype(model_cfg) -> str:
     return choice
 
 
+def judge_bf16(model_cfg) -> bool:
+    """Whether a local judge computes under bf16 autocast (``model.judge_mixed_precision`` resolved; never for
+    an int8 judge)."""
+    choice = model_cfg.judge_mixed_precision
+    if choice == "auto":
+        return native_bf16() and model_cfg.judge_quantize == "none" and model_cfg.dtype == "float32"
+    return choice == "bf16"
+
+
+def autocast_matmuls(model, dtype: str = "bfloat16") -> None:
+    """From now on run ``model``'s decoder and output head under autocast to ``dtype``: matrix products in that
+    dtype, the weights, norms and the residual stream in their own (each call casts inside autocast; callers that
+    use the decoder or the head alone, as ``models.logprobs`` does, get the same). Idempotent."""
+    import functools
+
+    import torch
+
+    device = next(model.parameters()).device.type
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    parts = [m for m in (decoder, model.get_output_embeddings()) if m is not None] or [model]
+    for part in parts:
+        if getattr(part, "_openrlaif_autocast", None) == dtype:
+            continue
+        plain = part.forward
+
+        @functools.wraps(plain)
+        def forward(*args, _plain=plain, **kwargs):
+            with torch.autocast(device, dtype=getattr(torch, dtype)):
+                return _plain(*args, **kwargs)
+
+        part.forward = forward
+        part._openrlaif_autocast = dtype
+
+
 def end_of_turn_id(tokenizer) -> int:
     """The token that ends an assistant turn in the chat template (e.g. <|im_end|>), else EOS."""
     for candidate in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):

@@ -38,7 +38,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.data.constitution import load_constitution
     from openrlaif.data.prompts import BUILTIN, builtin_path, load_prompts, run_prompts
     from openrlaif.evaluate.redteam import load_suite
-    from openrlaif.models.loading import load_causal_lm, sample_dtype, set_threads
+    from openrlaif.models.loading import load_causal_lm, load_tokenizer, resolve_model, sample_dtype, set_threads
     from openrlaif.sampling.hf import HFSampler
     from openrlaif.sampling.types import SamplingParams
 
@@ -61,12 +61,19 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     if previous is not None and not (previous / "adapter_config.json").is_file():
         previous = None
     set_threads(cfg.model.threads)
-    base = load_causal_lm(cfg.model.policy, cfg.model.dtype)
-    model = PeftModel.from_pretrained(base.model, str(adapter), adapter_name="trained")
-    if previous is not None:
-        model.load_adapter(str(previous), adapter_name="previous")
-    model.eval()
-    tok = base.tokenizer
+    tok = load_tokenizer(resolve_model(cfg.model.policy))
+    held: dict = {}
+
+    def adapters():
+        """The start in model.dtype with the trained (and previous) adapter, loaded when first needed: it writes the
+        answers when model.sample_dtype is model.dtype, and reads log-probs (KL then, people's pairs always)."""
+        if "model" not in held:
+            held["model"] = PeftModel.from_pretrained(load_causal_lm(cfg.model.policy, cfg.model.dtype).model,
+                                                      str(adapter), adapter_name="trained")
+            if previous is not None:
+                held["model"].load_adapter(str(previous), adapter_name="previous")
+            held["model"].eval()
+        return held["model"]
     # 3. Answers: m per held-out prompt, one per red-team and anchor prompt, from each policy, same seed; the
     #    IFEval yardsticks of eval.benchmarks are answered by the same writer (start and trained only).
     from openrlaif.evaluate.benchmarks import answer, load_benchmark, run_benchmark, run_settings
@@ -88,7 +95,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                                                                      writing), f"bench: {name} policy")
         return out
 
+    n_main, n_red = len(heldout) * m, len(red)
     if writing == cfg.model.dtype:
+        model = adapters()
         with model.disable_adapter():
             start = answers("start", model)
         if previous is not None:
@@ -96,17 +105,24 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             prev = answers("previous", model)
         model.set_adapter("trained")
         trained = answers("trained", model)
+        kl = kl_to_start(model, tok, convs[:n_main], trained[:n_main], ec.batch_size)
     else:
         # model.sample_dtype: each policy written by its own copy in that dtype, its adapter merged in (a plain
-        # model decodes fastest; a bf16 peft model held ~3.4 GB more RSS while decoding at batch 64 here)
+        # model decodes fastest; a bf16 peft model held ~3.4 GB more RSS while decoding at batch 64 here). The KL
+        # is between the two copies that wrote the answers: the trained one scores its answers, then the start.
         from openrlaif.models.policy import load_merged
 
-        start = answers("start", load_merged(cfg, None, writing).model)
+        writer = load_merged(cfg, adapter, writing).model
+        trained = answers("trained", writer)
+        scored = kl_sequences(tok, convs[:n_main], trained[:n_main])
+        own = answer_logprobs(writer, tok, scored, ec.batch_size, "eval: kl trained")
+        del writer
+        writer = load_merged(cfg, None, writing).model
+        start = answers("start", writer)
+        kl = mean_difference(own, answer_logprobs(writer, tok, scored, ec.batch_size, "eval: kl start"))
+        del writer
         if previous is not None:
             prev = answers("previous", load_merged(cfg, previous, writing).model)
-        trained = answers("trained", load_merged(cfg, adapter, writing).model)
-    n_main, n_red = len(heldout) * m, len(red)
-    kl = kl_to_start(model, tok, convs[:n_main], trained[:n_main], ec.batch_size)
 
     def n_tokens(texts: list[str]) -> list[int]:
         return [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
@@ -117,10 +133,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 3b. Yardsticks the judge never sees (eval.benchmarks): start vs trained, graded by checkers or people.
     benchmarks = {}
     for spec, label, items in yardsticks:
-        benchmarks[label], rows = run_benchmark(spec, items, model, tok, ec.batch_size, cfg.seed,
+        benchmarks[label], rows = run_benchmark(spec, items, adapters, tok, ec.batch_size, cfg.seed,
                                                 bench_answers.get(label), writing)
         atomic_write_jsonl(store.path(f"bench/{label}_rows.jsonl", k), rows)
-    del model, base
+    held.clear()  # the float32 policies are not needed by the judge
+    model = None
     kill_point("eval.sampled")
     # 4. Judge: trained vs start (held-out and anchors), trained vs previous; both orders, a principle per prompt.
     from openrlaif.feedback.factory import build_judge, defend
@@ -139,7 +156,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     result = comparison_summary(verdicts, [p.id for p in main_prompts], lengths["trained"], lengths["start"], ec,
                                 cfg.seed)
     result.update({
-        "samples_per_prompt": m, "prompts": len(heldout), "kl_to_start": round(kl, 4), "judge": judge_name,
+        "samples_per_prompt": m, "prompts": len(heldout), "kl_to_start": round(kl, 4), "kl_dtype": writing,
+        "judge": judge_name,
         "judge_position_stats": position_stats(verdicts),
         "mean_length_tokens": {name: round(sum(v) / max(len(v), 1), 2) for name, v in lengths.items()},
         "mean_length_chars": {"trained": round(sum(map(len, trained[:n_main])) / n_main, 1),
@@ -244,15 +262,33 @@ def red_team(cfg: RunConfig, store: RunStore, prompts, start: list[str], trained
     return out, rows
 
 
+def kl_sequences(tok, convs: list[list[dict]], answers: list[str]) -> list:
+    """The trained policy's eval answers, encoded after their prompts, for the KL's log-probs."""
+    from openrlaif.models.logprobs import encode_response
+
+    return [encode_response(tok, c, a, 10_000) for c, a in zip(convs, answers)]
+
+
+def answer_logprobs(model, tok, seqs: list, batch_size: int, description: str) -> list[float]:
+    """Summed log-probs of each encoded answer under ``model``."""
+    from openrlaif.models.logprobs import batched_response_logprobs
+
+    return batched_response_logprobs(model, seqs, tok.pad_token_id, batch_size, description)[0]
+
+
+def mean_difference(trained: list[float], start: list[float]) -> float:
+    """Mean of log pi_trained(y) - log pi_start(y) over the answers: the KL estimate (nats per answer)."""
+    return sum(t - s for t, s in zip(trained, start)) / max(len(trained), 1)
+
+
 def kl_to_start(model, tok, convs: list[list[dict]], answers: list[str], batch_size: int) -> float:
-    """Mean log pi_trained(y) - log pi_start(y) (nats per answer) over the trained policy's eval answers.
+    """Mean log pi_trained(y) - log pi_start(y) (nats per answer) over the trained policy's eval answers, on a
+    PEFT model (the adapter on, then off).
 
     A Monte-Carlo estimate of KL(trained || start); the answers were sampled at eval.temperature/top_p,
     not at temperature 1, so it is a proxy that tracks how far training moved the policy."""
-    from openrlaif.models.logprobs import batched_response_logprobs, encode_response
-
-    seqs = [encode_response(tok, c, a, 10_000) for c, a in zip(convs, answers)]
-    trained, _ = batched_response_logprobs(model, seqs, tok.pad_token_id, batch_size, "eval: kl trained")
+    seqs = kl_sequences(tok, convs, answers)
+    trained = answer_logprobs(model, tok, seqs, batch_size, "eval: kl trained")
     with model.disable_adapter():
-        start, _ = batched_response_logprobs(model, seqs, tok.pad_token_id, batch_size, "eval: kl start")
-    return sum(t - s for t, s in zip(trained, start)) / max(len(seqs), 1)
+        start = answer_logprobs(model, tok, seqs, batch_size, "eval: kl start")
+    return mean_difference(trained, start)
