@@ -1,7 +1,7 @@
 """Lower precision on the embedded model: how far bf16 and int8 move the policy's distribution from float32, how
 much faster they are, and what frozen bf16 weights cost while sampling.
 
-    .venv/bin/python bench/precision.py [--threads 2]
+    .venv/bin/python bench/precision.py [--threads 2] [--only judge]
 
 Distribution: next-token log-probs at every position of 8 built-in prompts, each followed by the same short
 reply (72 positions with the chat template), float32 against each variant: mean and max KL(fp32 || variant) in
@@ -9,7 +9,10 @@ nats per token, and the share of positions whose most likely token is the same. 
 8 x 72 tokens, and one decoding-like step of 48 rows x 1 token (no cache). int8 = torch.ao dynamic quantisation,
 per-channel weights, the LM head left in float32. Sampling: 64 built-in prompts, batch 64, 16 new tokens, a
 bf16 model whose weights require grad (as loaded) and the same frozen (as peft's merge leaves them): wall time
-and peak RSS of each, each in its own process. Results: docs/benchmarks.md.
+and peak RSS of each, each in its own process. Judge: the contrastive judge's scores of the 48 replies of the
+first 24 built-in calibration pairs (a principle drawn per reply), float32 against bf16 autocast on the float32
+weights (``model.judge_mixed_precision``) and against bf16 weights: seconds, the mean and largest score change,
+and on how many pairs the preferred reply stays the same. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -101,17 +104,55 @@ def sampling(threads: int, frozen: bool) -> dict:
             "peak_rss_gb": round(peak[0] / 2**30, 2)}
 
 
+def judge(threads: int) -> dict:
+    import random
+
+    import torch
+
+    from openrlaif.data.constitution import load_constitution
+    from openrlaif.data.pairs import load_labelled_pairs
+    from openrlaif.feedback.methods import ContrastiveJudge
+    from openrlaif.models.loading import autocast_matmuls, load_causal_lm, set_threads
+
+    warnings.filterwarnings("ignore")
+    set_threads(threads)
+    lm = load_causal_lm("embedded")
+    pairs = load_labelled_pairs("builtin")[:24]
+    constitution, rng = load_constitution("builtin"), random.Random(0)
+    units = [(p.messages, reply, constitution.sample(rng)) for p in pairs for reply in (p.chosen, p.rejected)]
+
+    def scores(model) -> tuple[torch.Tensor, float]:
+        t0 = time.perf_counter()
+        out = ContrastiveJudge(model, lm.tokenizer, batch_size=8, normalize="mean").scores(units)
+        return torch.tensor(out), round(time.perf_counter() - t0, 2)
+
+    reference, seconds = scores(lm.model)
+    row = {"what": "judge", "replies": len(units), "float32_s": seconds, "score_sd": round(float(reference.std()), 4)}
+    half = copy.deepcopy(lm.model).to(torch.bfloat16)
+    autocast_matmuls(lm.model)
+    for name, model in (("autocast", lm.model), ("bf16_weights", half)):
+        got, seconds = scores(model)
+        change = (got - reference).abs()
+        same = sum(bool((got[2 * i] > got[2 * i + 1]) == (reference[2 * i] > reference[2 * i + 1])) for i in range(len(pairs)))
+        row[name] = {"seconds": seconds, "mean_change": round(float(change.mean()), 4),
+                     "max_change": round(float(change.max()), 4), "same_preference": f"{same}/{len(pairs)}"}
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--only", choices=["distribution", "sampling-frozen", "sampling-grad"])
+    ap.add_argument("--only", choices=["distribution", "sampling-frozen", "sampling-grad", "judge"])
     args = ap.parse_args()
     if args.only:
-        row = distribution(args.threads) if args.only == "distribution" else sampling(args.threads,
-                                                                                       args.only == "sampling-frozen")
+        if args.only == "judge":
+            row = judge(args.threads)
+        else:
+            row = distribution(args.threads) if args.only == "distribution" else sampling(args.threads,
+                                                                                           args.only == "sampling-frozen")
         print("RESULT " + json.dumps(row), flush=True)
         return
-    for only in ("distribution", "sampling-grad", "sampling-frozen"):
+    for only in ("distribution", "sampling-grad", "sampling-frozen", "judge"):
         proc = subprocess.run([sys.executable, __file__, "--only", only, "--threads", str(args.threads)],
                               capture_output=True, text=True)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
