@@ -7,7 +7,10 @@ data.instruction), every row forced to ``--new-tokens`` (min_new_tokens) so both
 prefill is timed apart (one forward over the prompts). Also prints the share of one step spent drawing the
 token, measured on random logits of the vocabulary's width. With ``--n`` > 1 the batch is batch/n prompts x n
 samples (a round's generate stage), and a third path computes each prompt's prefill once and shares its KV
-cache among its n samples (``sampling.hf.generate_n``). Results: docs/benchmarks.md.
+cache among its n samples (``sampling.hf.generate_n``). ``--dtype bfloat16`` runs a bf16 copy (what
+``model.sample_dtype: auto`` writes with). ``--compile`` adds the nucleus path on a static KV cache with the model's
+forward under ``torch.compile`` (inductor): the first call, compilation included, and the best later call.
+Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--compile", action="store_true", help="also: static KV cache + torch.compile")
     args = ap.parse_args()
 
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
@@ -36,7 +41,7 @@ def main() -> None:
     from openrlaif.sampling.nucleus import sample_nucleus, sampling_kwargs
 
     set_threads(2)
-    lm = load_causal_lm("embedded")
+    lm = load_causal_lm("embedded", args.dtype)
     tok = lm.tokenizer
     tok.padding_side = "left"
     from openrlaif.sampling.hf import generate_n
@@ -72,6 +77,22 @@ def main() -> None:
             tokens = args.batch * args.new_tokens
             results[name] = {"seconds": round(best, 2), "tok_per_s": round(tokens / best, 1)}
             print(f"{name}: {best:.1f} s, {tokens / best:.1f} tok/s", flush=True)
+        if args.compile:
+            plain = lm.model.forward
+            lm.model.forward = torch.compile(plain)
+            name, times = "sampling.nucleus, static KV cache + torch.compile", []
+            for r in range(1 + max(args.repeats, 1)):
+                torch.manual_seed(r)
+                t0 = time.perf_counter()
+                lm.model.generate(**enc, **sampling_kwargs(args.temperature, args.top_p), max_new_tokens=args.new_tokens,
+                                  min_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id,
+                                  cache_implementation="static")
+                times.append(time.perf_counter() - t0)
+                print(f"{name}, call {r + 1}: {times[-1]:.1f} s", flush=True)
+            tokens = args.batch * args.new_tokens
+            results[name] = {"first_call_s": round(times[0], 1), "seconds": round(min(times[1:]), 2),
+                             "tok_per_s": round(tokens / min(times[1:]), 1)}
+            lm.model.forward = plain
         logits = torch.randn(args.batch, lm.model.config.vocab_size) * 4
         for name, draw in {
             "draw: transformers warpers + softmax + multinomial": lambda x: torch.multinomial(torch.softmax(
@@ -83,7 +104,7 @@ def main() -> None:
                 draw(logits)
             results[name + " (s/step)"] = round((time.perf_counter() - t0) / 10, 4)
     results.update(batch=args.batch, n=args.n, new_tokens=args.new_tokens, prompt_width=int(enc["input_ids"].shape[1]),
-                   threads=torch.get_num_threads(), torch=torch.__version__)
+                   threads=torch.get_num_threads(), torch=torch.__version__, dtype=args.dtype)
     print(json.dumps(results, indent=1))
 
 

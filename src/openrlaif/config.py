@@ -640,6 +640,12 @@ class EvalConfig(_Strict):
         "each with a paired 95% CI of the difference (eval.json 'benchmarks', the report's headline), e.g. "
         "[{name: ifeval, file: builtin}, {name: human_prefs, file: hh.jsonl}]."
     )
+    reuse_start: bool = Field(
+        True, description="People's pairs (human_prefs yardsticks): keep the start policy's float32 log-probs of "
+        "each reply in the user cache (<cache>/yardsticks.sqlite), keyed by the start weights' fingerprint and the "
+        "exact tokens, and read them back in later runs from the same start (they cannot change; half of the "
+        "yardstick's work, ~50 s of the demo's eval here). false = compute them every run."
+    )
 
 
 class WandbConfig(_Strict):

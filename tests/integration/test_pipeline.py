@@ -288,3 +288,47 @@ def test_bench_human_prefs_ranks_peoples_pairs_by_the_implicit_reward(full_run, 
     bad = subprocess.run([sys.executable, "-m", "openrlaif.cli", "bench", "human_prefs", "--pairs", str(pairs)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "needs --pairs FILE and --run RUN_DIR" in bad.stderr
+
+
+def test_start_logprobs_of_peoples_pairs_are_paid_once(full_run, tmp_path):
+    """eval.reuse_start: the start policy's log-probs of people's replies go to a user-level store keyed by the
+    start weights' fingerprint and the tokens; a later run from the same start reads them back (same margins as
+    computing them), a different start computes its own."""
+    import torch
+    from peft import PeftModel
+
+    from openrlaif.core.cache import JudgeCache, model_fingerprint
+    from openrlaif.data.pairs import load_labelled_pairs
+    from openrlaif.evaluate.benchmarks import StartMemo, human_prefs_benchmark
+    from openrlaif.models.loading import load_causal_lm
+
+    cfg, out, _ = full_run
+    people = tmp_path / "people.jsonl"
+    people.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"A kind answer {i}.",
+                                          "rejected": "Go away."}) + "\n" for i in range(4)))
+    pairs = load_labelled_pairs(str(people))
+    store = JudgeCache(tmp_path / "yardsticks.sqlite")
+
+    def policies(nudge: float = 0.0):
+        lm = load_causal_lm(cfg.model.policy)
+        if nudge:
+            with torch.no_grad():
+                next(lm.model.parameters()).add_(nudge)  # another start: the fingerprint samples this tensor
+        fingerprint = model_fingerprint(lm.model, "start")
+        return PeftModel.from_pretrained(lm.model, str(out / "round_1" / "policy")), lm.tokenizer, fingerprint
+
+    model, tok, fingerprint = policies()
+    first, rows1 = human_prefs_benchmark(model, tok, pairs, 2, memo=StartMemo(store, fingerprint))
+    assert first["start_logprobs"] == "0 of 8 read from the user cache" and len(store) == 8
+    plain, rows0 = human_prefs_benchmark(model, tok, pairs, 2)
+    assert plain["start_logprobs"] == "computed"
+    model, tok, again = policies()
+    assert again == fingerprint
+    second, rows2 = human_prefs_benchmark(model, tok, pairs, 2, memo=StartMemo(store, again))
+    assert second["start_logprobs"] == "8 of 8 read from the user cache"
+    assert [r["margin"] for r in rows2] == [r["margin"] for r in rows1] == [r["margin"] for r in rows0]
+    model, tok, other = policies(0.05)
+    assert other != fingerprint
+    third, rows3 = human_prefs_benchmark(model, tok, pairs, 2, memo=StartMemo(store, other))
+    assert third["start_logprobs"] == "0 of 8 read from the user cache" and len(store) == 16
+    assert [r["margin"] for r in rows3] != [r["margin"] for r in rows1]

@@ -107,20 +107,49 @@ def ifeval_result(items: list[IFEvalItem], answers: dict[str, PolicyAnswers], se
     return result, answer_rows(items, answers, checked)
 
 
+@dataclass
+class StartMemo:
+    """Where the start policy's log-probs of people's replies are kept between runs: a key-value store
+    (``core.cache.JudgeCache``) and the start weights' fingerprint (``core.cache.model_fingerprint`` of the
+    model before any adapter was added)."""
+
+    store: object
+    fingerprint: str
+
+
+def start_logprobs(model, seqs: list, pad: int, batch_size: int, memo: StartMemo | None) -> tuple[list[float], int]:
+    """The start policy's (``model`` with its adapter disabled) summed reply log-probs of ``seqs``, read from
+    ``memo`` where an earlier run stored them; (log-probs, how many were read back)."""
+    from openrlaif.core.cache import cache_key, cached_compute
+
+    def compute(missing: list[int], on_batch) -> None:
+        with model.disable_adapter():
+            values = pair_logprobs(model, [seqs[i] for i in missing], pad, batch_size, "bench: start log-probs")
+        on_batch(dict(zip(missing, values)))
+
+    if memo is None:
+        with model.disable_adapter():
+            return pair_logprobs(model, seqs, pad, batch_size, "bench: start log-probs"), 0
+    keys = [cache_key(memo.fingerprint, "start-response-logprob", s.input_ids, s.response_mask) for s in seqs]
+    hits = memo.store.hits
+    values = cached_compute(memo.store, keys, compute, "start-logprob")
+    return values, memo.store.hits - hits
+
+
 def human_prefs_benchmark(model, tokenizer, pairs, batch_size: int = 8, max_length: int = 1024,
-                          n_boot: int = 2000, seed: int = 0) -> tuple[dict, list[dict]]:
+                          n_boot: int = 2000, seed: int = 0, memo: StartMemo | None = None) -> tuple[dict, list[dict]]:
     """Does the trained policy's implicit reward, log pi_trained/pi_start (DPO's reward up to beta), rank
     people's preferred reply above the other? Per pair: margin = [log pi_t(chosen) - log pi_s(chosen)] -
     [log pi_t(rejected) - log pi_s(rejected)]; accuracy = share of margins > 0 (0 counts half) with a bootstrap
-    CI. The start policy scores exactly 0.5 (every margin is 0), so any gain is what training moved."""
+    CI. The start policy scores exactly 0.5 (every margin is 0), so any gain is what training moved. With
+    ``memo`` the start's log-probs come from (and go to) the user cache."""
     from openrlaif.evaluate.winrate import bootstrap_ci, margin_outcomes
     from openrlaif.models.logprobs import encode_response
 
     seqs = [encode_response(tokenizer, p.messages, reply, max_length) for p in pairs for reply in (p.chosen, p.rejected)]
     pad = tokenizer.pad_token_id
     trained = pair_logprobs(model, seqs, pad, batch_size, "bench: trained log-probs")
-    with model.disable_adapter():
-        start = pair_logprobs(model, seqs, pad, batch_size, "bench: start log-probs")
+    start, reused = start_logprobs(model, seqs, pad, batch_size, memo)
     reward = [t - s for t, s in zip(trained, start)]
     margins = [reward[2 * i] - reward[2 * i + 1] for i in range(len(pairs))]
     outcomes = margin_outcomes(margins)
@@ -128,7 +157,8 @@ def human_prefs_benchmark(model, tokenizer, pairs, batch_size: int = 8, max_leng
     result = {"graded_by": "people's labels (the pairs file); the policy's implicit reward ranks, no judge",
               "n": len(pairs), "accuracy": round(sum(outcomes) / len(outcomes), 4), "ci95": [round(lo, 4), round(hi, 4)],
               "start_accuracy": 0.5, "mean_margin": round(sum(margins) / len(margins), 4),
-              "ties": sum(m == 0 for m in margins)}
+              "ties": sum(m == 0 for m in margins),
+              "start_logprobs": f"{reused} of {len(seqs)} read from the user cache" if memo is not None else "computed"}
     rows = [{"id": p.id, "margin": round(m, 6), "agrees": o} for p, m, o in zip(pairs, margins, outcomes)]
     return result, rows
 
@@ -215,11 +245,13 @@ def run_settings(spec, batch_size: int, seed: int, dtype: str = "float32") -> Ge
 
 
 def run_benchmark(spec, items: list, model, tokenizer, batch_size: int, seed: int,
-                  answers: dict[str, PolicyAnswers] | None = None, dtype: str = "float32") -> tuple[dict, list[dict]]:
+                  answers: dict[str, PolicyAnswers] | None = None, dtype: str = "float32",
+                  memo=None) -> tuple[dict, list[dict]]:
     """One eval.benchmarks entry: start vs trained. IFEval checks ``answers`` when the eval stage wrote them
     beside its held-out answers (each policy's own copy in ``dtype``), else writes them with ``model`` (a PEFT
     model: adapter disabled, then the active adapter); people's pairs are scored by ``model``'s log-probs.
-    ``model`` may be a function that returns it (loaded only when needed)."""
+    ``model`` may be a function that returns it (loaded only when needed); ``memo``: a function that returns the
+    ``StartMemo`` for people's pairs (or None)."""
     if spec.name == "ifeval" and answers is not None:
         result, rows = ifeval_result(items, answers, run_settings(spec, batch_size, seed, dtype), tokenizer)
     else:
@@ -228,6 +260,7 @@ def run_benchmark(spec, items: list, model, tokenizer, batch_size: int, seed: in
             result, rows = ifeval_benchmark(model, tokenizer, items, run_settings(spec, batch_size, seed, dtype),
                                             with_adapter=True)
         else:
-            result, rows = human_prefs_benchmark(model, tokenizer, items, batch_size, seed=seed)
+            result, rows = human_prefs_benchmark(model, tokenizer, items, batch_size, seed=seed,
+                                                 memo=memo() if memo is not None else None)
     return {"benchmark": spec.name, "file": spec.file, "split": getattr(spec, "split", None), "skip": spec.skip,
             "limit": spec.limit, **result}, rows

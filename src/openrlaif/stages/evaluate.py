@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 
 from openrlaif.config import RunConfig
+from openrlaif.core.cache import model_fingerprint
 from openrlaif.core.errors import UserError
 from openrlaif.core.faults import kill_point
 from openrlaif.core.store import RunStore, atomic_write_json, atomic_write_jsonl
@@ -68,12 +69,24 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         """The start in model.dtype with the trained (and previous) adapter, loaded when first needed: it writes the
         answers when model.sample_dtype is model.dtype, and reads log-probs (KL then, people's pairs always)."""
         if "model" not in held:
-            held["model"] = PeftModel.from_pretrained(load_causal_lm(cfg.model.policy, cfg.model.dtype).model,
-                                                      str(adapter), adapter_name="trained")
+            start_model = load_causal_lm(cfg.model.policy, cfg.model.dtype).model
+            held["start"] = model_fingerprint(start_model, "start")  # the weights alone, before an adapter joins
+            held["model"] = PeftModel.from_pretrained(start_model, str(adapter), adapter_name="trained")
             if previous is not None:
                 held["model"].load_adapter(str(previous), adapter_name="previous")
             held["model"].eval()
         return held["model"]
+
+    def start_memo():
+        """eval.reuse_start: the user cache of the start's log-probs on people's pairs (None when off)."""
+        if not ec.reuse_start:
+            return None
+        from openrlaif.core.cache import JudgeCache
+        from openrlaif.evaluate.benchmarks import StartMemo
+        from openrlaif.models.loading import cache_dir
+
+        adapters()
+        return StartMemo(JudgeCache(cache_dir() / "yardsticks.sqlite"), held["start"])
     # 3. Answers: m per held-out prompt, one per red-team and anchor prompt, from each policy, same seed; the
     #    IFEval yardsticks of eval.benchmarks are answered by the same writer (start and trained only).
     from openrlaif.evaluate.benchmarks import answer, load_benchmark, run_benchmark, run_settings
@@ -134,7 +147,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     benchmarks = {}
     for spec, label, items in yardsticks:
         benchmarks[label], rows = run_benchmark(spec, items, adapters, tok, ec.batch_size, cfg.seed,
-                                                bench_answers.get(label), writing)
+                                                bench_answers.get(label), writing, start_memo)
         atomic_write_jsonl(store.path(f"bench/{label}_rows.jsonl", k), rows)
     held.clear()  # the float32 policies are not needed by the judge
     model = None
