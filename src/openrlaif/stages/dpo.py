@@ -17,7 +17,7 @@ from openrlaif.config import RunConfig, TrainConfig
 from openrlaif.core.faults import kill_point
 from openrlaif.core.store import RunStore, atomic_write_json
 from openrlaif.data.preferences import text_of, training_pairs
-from openrlaif.models.logprobs import batch_logprobs, batched_response_logprobs, encode_response
+from openrlaif.models.logprobs import batch_logprobs, encode_response
 from openrlaif.models.policy import add_lora, reference_policy, round_adapters, save_adapter
 from openrlaif.optimize.losses import dpo_loss, ipo_loss
 
@@ -76,11 +76,12 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         return both[: len(idx)].clone(), both[len(idx) :].clone()
 
     if tc.precompute_ref_logps:
-        # all chosen and rejected replies together, batched by length (little padding), not in training batches
-        with torch.inference_mode(), accelerator.autocast(), reference_policy(model):
-            both, _ = batched_response_logprobs(model, chosen + rejected, pad_id, max(tc.batch_size * 2, 16),
-                                                "reference logps")
-        ref_c[:], ref_r[:] = torch.tensor(both[: len(prefs)]), torch.tensor(both[len(prefs):])
+        with bar("reference logps", len(prefs), "pairs") as pg:
+            t0 = time.perf_counter()
+            for b in range(0, len(prefs), tc.batch_size):
+                idx = list(range(b, min(b + tc.batch_size, len(prefs))))
+                ref_c[idx], ref_r[idx] = reference(idx)
+                advance(pg, len(idx), (b + len(idx)) / (time.perf_counter() - t0), "pairs")
     # 4. Optimise the adapter: the policy forward goes through accelerate's wrapper.
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
