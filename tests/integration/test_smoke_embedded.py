@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -43,10 +44,14 @@ def test_quick_config_end_to_end(tmp_path, request):
     for stage in ("generate", "label", "train", "eval"):
         assert manifest["stages"][f"round_1/{stage}"]["status"] == "done", stage
     assert (out / "report.md").is_file()
+    # the fresh adapter is exactly the reference: DPO's first loss is log 2 under quick.yaml's mixed precision
+    # (bf16 autocast on processors with native bf16; the reference pass must round as the training pass does)
+    assert manifest["stages"]["round_1/train"]["summary"]["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert ev["red_team"]["overall"]["n"] == 7 and ev["anchors"]["n"] + ev["anchors"]["unscored"] == 4
     # the yardstick no model graded: 8 held-out verifiable prompts, IFEval's checkers, start vs trained
     ife = ev["benchmarks"]["ifeval-builtin-heldout"]
     assert ife["start"]["prompts"] == ife["trained"]["prompts"] == 8 and ife["generation"]["decoding"] == "greedy"
+    assert ife["generation"]["dtype"] == ev["kl_dtype"]  # the same writers as the held-out answers
     assert "IFEval's checkers" in (out / "report.md").read_text()
 
     # The demo's report.html in Chromium, after a reviewer has judged every label of the audit queue.
