@@ -297,7 +297,7 @@ def test_bf16_autocast_judge_computes_in_bf16_close_to_fp32_and_named_apart(tiny
         load_config(None, base + ["model.judge_mixed_precision=bf16", "model.judge_quantize=int8"])
 
 
-def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir):
+def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir, monkeypatch):
     """Prefix KV reuse (several prefixes of different lengths, groups split across batches) gives the
     same next-token and response log-probs as running every full sequence alone."""
     from openrlaif.feedback.judges import last_position_logits
@@ -320,6 +320,12 @@ def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir):
             p = len(s.prefix)
             expected = sum(lp[p + t - 1, s.suffix[t]].item() for t in range(len(s.suffix)) if masks[i][t])
             assert resp[i] == pytest.approx(expected, abs=1e-4)
+        # the vocabulary projection split into pieces that cut across sequences gives the same sums
+        import openrlaif.models.logprobs as logprobs
+
+        monkeypatch.setattr(logprobs, "HEAD_ROWS", 3)
+        pieces = split_response_logprobs(m, splits, masks, 4, 0)
+        assert all(pieces[i] == pytest.approx(resp[i], abs=1e-5) for i in range(len(splits)))
 
 
 def test_pairwise_judge_with_and_without_prefix_reuse_agree(tiny_model_dir):

@@ -347,6 +347,9 @@ def split_next_token_logprobs(model, splits: list[Split], batch_size: int, pad_i
     return _in_batches(results, batch_size, on_batch)
 
 
+HEAD_ROWS = 512  # positions projected onto the vocabulary together on the shared-prefix path
+
+
 def split_response_logprobs(model, splits: list[Split], masks: list[list[int]], batch_size: int, pad_id: int,
                             on_batch=None) -> dict[int, float]:
     """Summed log-probs of the suffix tokens whose ``masks[i]`` entry is 1 (prefix reused)."""
@@ -361,7 +364,10 @@ def split_response_logprobs(model, splits: list[Split], masks: list[list[int]], 
             rows.append(hidden[:-1][mask])
             targets.append(torch.tensor(splits[i].suffix)[mask])
             owners.append(int(mask.sum()))
-        logps = gathered_logprobs(head(torch.cat(rows)).float(), torch.cat(targets)) if sum(owners) else torch.zeros(0)
+        hidden, wanted = torch.cat(rows), torch.cat(targets)
+        # at most HEAD_ROWS positions' logits at a time (~100 MB in float32 on a 49k vocabulary)
+        logps = torch.cat([gathered_logprobs(head(hidden[a : a + HEAD_ROWS]).float(), wanted[a : a + HEAD_ROWS])
+                           for a in range(0, len(hidden), HEAD_ROWS)] or [torch.zeros(0)])
         for (i, _), part in zip(items, logps.split(owners)):
             yield i, float(part.sum())
 
