@@ -41,19 +41,21 @@ def test_interrupted_label_rejudges_nothing(tiny_config, tmp_path, monkeypatch, 
     store = pipeline.open_run(cfg, tmp_path / "run")
     pipeline.run_stage("generate", cfg, store)
 
-    # 1. Interrupt the judge after two batches (the LM head runs once per sequence).
+    # 1. Interrupt the judge after two batches (the LM head runs once per sequence for the pairwise judge's next
+    #    token, once per batch for the contrastive judge's reply positions).
     import openrlaif.models.logprobs as lp
 
     target = (lp, "decoder_and_head")
     real = getattr(*target)
     calls = {"n": 0}
+    allowed = 4 if method == "pairwise" else 2
 
     def flaky(model):
         decoder, head = real(model)
 
         def counted(hidden):
             calls["n"] += 1
-            if calls["n"] > 4:
+            if calls["n"] > allowed:
                 raise KeyboardInterrupt
             return head(hidden)
 
