@@ -111,11 +111,15 @@ def accumulate(accelerator, model, chunks: list[list], loss_fn: Callable[[list],
     return outputs
 
 
+def shards(items: list, world: int) -> list[list]:
+    """Every process's share of a global batch: contiguous slices, as even as possible, rank order."""
+    n = len(items)
+    return [items[rank * n // world:(rank + 1) * n // world] for rank in range(world)]
+
+
 def shard(items: list, accelerator) -> list:
-    """This process's share of a global batch (contiguous slices, as even as possible)."""
-    n, world, rank = len(items), accelerator.num_processes, accelerator.process_index
-    start, stop = rank * n // world, (rank + 1) * n // world
-    return items[start:stop]
+    """This process's share of a global batch (``shards``)."""
+    return shards(items, accelerator.num_processes)[accelerator.process_index]
 
 
 def gather_mean(value: torch.Tensor | float, accelerator) -> float:

@@ -17,7 +17,7 @@ from openrlaif.config import RunConfig, TrainConfig
 from openrlaif.core.faults import kill_point
 from openrlaif.core.store import RunStore, atomic_write_json
 from openrlaif.data.preferences import text_of, training_pairs
-from openrlaif.models.logprobs import batch_logprobs, encode_response
+from openrlaif.models.logprobs import Encoded, SequenceLogprobs, collate, collate_forks, encode_response
 from openrlaif.models.policy import add_lora, reference_policy, round_adapters, save_adapter
 from openrlaif.optimize.losses import dpo_loss, ipo_loss
 
@@ -27,6 +27,21 @@ def smoothing_for(pref: dict, tc: TrainConfig) -> float:
     if tc.soft_labels and pref.get("p_chosen") is not None:
         return min(max(1.0 - float(pref["p_chosen"]), 0.0), 0.5)
     return tc.label_smoothing
+
+
+def pair_logprobs(module, chosen: list[Encoded], rejected: list[Encoded], pad_id: int, fork: bool,
+                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of the chosen and the rejected replies of some pairs under ``module`` (a
+    ``SequenceLogprobs``, wrapped or not). ``fork``: each pair in one row, its prompt once (``collate_forks``);
+    else the 2 x pairs sequences right-padded, chosen ones first."""
+    n = len(chosen)
+    if fork:
+        logps = module(collate_forks([[c, r] for c, r in zip(chosen, rejected)], pad_id).to(device))
+        logps = logps.float().cpu()
+        return logps[0::2], logps[1::2]
+    ids, attn, resp = (t.to(device) for t in collate(chosen + rejected, pad_id))
+    logps = module(ids, attn, resp).float().cpu()
+    return logps[:n], logps[n:]
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
@@ -46,9 +61,10 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         make_accelerator,
         micro_batches,
         shard,
+        shards,
     )
     from openrlaif.models.loading import load_causal_lm, set_threads
-    from openrlaif.models.logprobs import SequenceLogprobs, collate
+    from openrlaif.models.logprobs import forks_supported
 
     tc = cfg.train
     # 1. Preference pairs from the label stage, with any human verdicts from the audit desk applied.
@@ -65,6 +81,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     chosen = [encode_response(tok, p["prompt"], text_of(p["chosen"]), tc.max_length) for p in prefs]
     rejected = [encode_response(tok, p["prompt"], text_of(p["rejected"]), tc.max_length) for p in prefs]
     smoothing = torch.tensor([smoothing_for(p, tc) for p in prefs])
+    fork = tc.fork_pairs and forks_supported(model)  # a pair's prompt runs once
     # 3. Reference log-probs, once (or per step when train.precompute_ref_logps is false).
     model.eval()
     ref_c, ref_r = torch.zeros(len(prefs)), torch.zeros(len(prefs))
@@ -72,16 +89,22 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     def reference(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         # under the policy forward's own autocast (train.mixed_precision): the reference and the policy agree at step 0
         with torch.inference_mode(), accelerator.autocast(), reference_policy(model):
-            both = batch_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
-        return both[: len(idx)].clone(), both[len(idx) :].clone()
+            c, r = pair_logprobs(SequenceLogprobs(model), [chosen[i] for i in idx], [rejected[i] for i in idx],
+                                 pad_id, fork)
+        return c.clone(), r.clone()
 
     if tc.precompute_ref_logps:
+        # in the very batches (micro-batches, process shares) of the first epoch's steps: the same shapes give the
+        # same rounding, so under bf16 autocast too the fresh adapter's first step sees exactly its reference
+        first_epoch = [part for _, _, idx in epoch_steps(len(prefs), tc.batch_size, 1, random.Random(cfg.seed), 0, 1)
+                       for chunk in micro_batches(idx, tc.grad_accum_steps)
+                       for part in shards(chunk, accelerator.num_processes) if part]
         with bar("reference logps", len(prefs), "pairs") as pg:
-            t0 = time.perf_counter()
-            for b in range(0, len(prefs), tc.batch_size):
-                idx = list(range(b, min(b + tc.batch_size, len(prefs))))
+            t0, done = time.perf_counter(), 0
+            for idx in first_epoch:
                 ref_c[idx], ref_r[idx] = reference(idx)
-                advance(pg, len(idx), (b + len(idx)) / (time.perf_counter() - t0), "pairs")
+                done += len(idx)
+                advance(pg, len(idx), done / (time.perf_counter() - t0), "pairs")
     # 4. Optimise the adapter: the policy forward goes through accelerate's wrapper.
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
@@ -104,10 +127,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         mine = shard(chunk, accelerator)
         if not tc.precompute_ref_logps:
             ref_c[mine], ref_r[mine] = reference(mine)
-        ids, attn, resp = (t.to(accelerator.device) for t in collate([chosen[i] for i in mine] +
-                                                                      [rejected[i] for i in mine], pad_id))
-        logps = policy(ids, attn, resp).float().cpu()
-        pc, pr = logps[: len(mine)], logps[len(mine) :]
+        pc, pr = pair_logprobs(policy, [chosen[i] for i in mine], [rejected[i] for i in mine], pad_id, fork,
+                               accelerator.device)
         if tc.loss == "ipo":
             loss_vec, r_c, r_r = ipo_loss(pc, pr, ref_c[mine], ref_r[mine], tc.beta)
         else:
