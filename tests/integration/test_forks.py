@@ -85,3 +85,33 @@ def test_forked_gradients_equal_separate_ones(tiny_model_dir):
         (logps[0] - logps[1] + 0.5 * logps[2] - logps[3]).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def train_losses(tmp_path, tiny_model_dir, name: str, *extra: str) -> list[float]:
+    """The train stage's per-step losses (and the label stage before it for DPO), in float32 on the tiny model."""
+    from conftest import tiny_overrides
+    from openrlaif.config import load_config
+    from openrlaif.pipeline import open_run, run_stage
+
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + list(extra))
+    store = open_run(cfg, tmp_path / name)
+    if cfg.train.algo == "dpo":
+        run_stage("generate", cfg, store)
+        run_stage("label", cfg, store)
+    run_stage("train", cfg, store)
+    return [m["loss"] for m in store.read_metrics() if m.get("stage") == "train" and "loss" in m]
+
+
+@pytest.mark.parametrize("algo", [
+    ("dpo", "data.max_train_prompts=6", "train.batch_size=3", "train.epochs=2"),
+    ("online_dpo", "feedback.method=rule", "feedback.rule=test_online_dpo:more_e", "rl.steps=3", "rl.k=3",
+     "rl.prompts_per_step=2", "rl.max_new_tokens=8"),
+], ids=["dpo", "online_dpo"])
+def test_forked_pairs_take_the_same_steps(tmp_path, tiny_model_dir, algo):
+    """train.fork_pairs on and off: the same losses step after step (float32), so the same adapter."""
+    name, *extra = algo
+    on = train_losses(tmp_path, tiny_model_dir, "on", f"train.algo={name}", *extra)
+    off = train_losses(tmp_path, tiny_model_dir, "off", f"train.algo={name}", "train.fork_pairs=false", *extra)
+    assert len(on) == len(off) >= 3
+    assert on == pytest.approx(off, abs=2e-5)
+    assert len(set(on)) > 1  # the steps moved the policy: the comparison is not of constants

@@ -145,6 +145,21 @@ def forked_response_logprobs(model, batch: ForkBatch) -> torch.Tensor:
     return torch.zeros(batch.sequences, dtype=token_logp.dtype).index_add(0, batch.owner, token_logp)
 
 
+def pair_logprobs(module, chosen: list[Encoded], rejected: list[Encoded], pad_id: int, fork: bool,
+                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of the chosen and the rejected replies of some pairs under ``module`` (a
+    ``SequenceLogprobs``, wrapped or not). ``fork``: each pair in one row, its prompt once (``collate_forks``);
+    else the 2 x pairs sequences right-padded, chosen ones first."""
+    n = len(chosen)
+    if fork:
+        logps = module(collate_forks([[c, r] for c, r in zip(chosen, rejected)], pad_id).to(device))
+        logps = logps.float().cpu()
+        return logps[0::2], logps[1::2]
+    ids, attn, resp = (t.to(device) for t in collate(chosen + rejected, pad_id))
+    logps = module(ids, attn, resp).float().cpu()
+    return logps[:n], logps[n:]
+
+
 def forks_supported(model) -> bool:
     """Whether the model takes a 4-D attention mask (eager or SDPA attention; flash-attention kernels do not)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -17,7 +17,7 @@ from openrlaif.config import RunConfig, TrainConfig
 from openrlaif.core.faults import kill_point
 from openrlaif.core.store import RunStore, atomic_write_json
 from openrlaif.data.preferences import text_of, training_pairs
-from openrlaif.models.logprobs import Encoded, SequenceLogprobs, collate, collate_forks, encode_response
+from openrlaif.models.logprobs import SequenceLogprobs, encode_response, pair_logprobs
 from openrlaif.models.policy import add_lora, reference_policy, round_adapters, save_adapter
 from openrlaif.optimize.losses import dpo_loss, ipo_loss
 
@@ -27,21 +27,6 @@ def smoothing_for(pref: dict, tc: TrainConfig) -> float:
     if tc.soft_labels and pref.get("p_chosen") is not None:
         return min(max(1.0 - float(pref["p_chosen"]), 0.0), 0.5)
     return tc.label_smoothing
-
-
-def pair_logprobs(module, chosen: list[Encoded], rejected: list[Encoded], pad_id: int, fork: bool,
-                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs of the chosen and the rejected replies of some pairs under ``module`` (a
-    ``SequenceLogprobs``, wrapped or not). ``fork``: each pair in one row, its prompt once (``collate_forks``);
-    else the 2 x pairs sequences right-padded, chosen ones first."""
-    n = len(chosen)
-    if fork:
-        logps = module(collate_forks([[c, r] for c, r in zip(chosen, rejected)], pad_id).to(device))
-        logps = logps.float().cpu()
-        return logps[0::2], logps[1::2]
-    ids, attn, resp = (t.to(device) for t in collate(chosen + rejected, pad_id))
-    logps = module(ids, attn, resp).float().cpu()
-    return logps[:n], logps[n:]
 
 
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:

@@ -24,7 +24,7 @@ from openrlaif.config import RunConfig
 from openrlaif.core.store import RunStore, atomic_write_jsonl
 from openrlaif.feedback.scoring import select_pairs
 from openrlaif.feedback.types import Comparison
-from openrlaif.models.logprobs import collate, response_logprobs
+from openrlaif.models.logprobs import collate, collate_forks, forked_response_logprobs, pair_logprobs, response_logprobs
 from openrlaif.models.policy import reference_policy
 from openrlaif.optimize.losses import dpo_loss, ipo_loss
 from openrlaif.optimize.loop import after_update, finish, quarter_means
@@ -45,7 +45,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.data.constitution import load_constitution
     from openrlaif.feedback.factory import build_judge, defend
     from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean
-    from openrlaif.models.logprobs import SequenceLogprobs
+    from openrlaif.models.logprobs import SequenceLogprobs, forks_supported
 
     rl, tc = cfg.rl, cfg.train
     # 1. Train prompts, the policy (adapter off = the reference), the judge (defended: a reply that addresses
@@ -58,6 +58,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(SequenceLogprobs(model), optimizer)
+    fork = tc.fork_pairs and forks_supported(model)  # a prompt's answers share one copy of it
     checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator, config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "episodes": 0, "pairs": 0, "comparisons": 0, "metrics": [],
                                        "rows": [], "seconds": 0.0}
@@ -106,25 +107,37 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                              "principle": v.principle, "judge": f"{judge_name}:{raw_judge.method}",
                              "rationale": v.rationale, "source": "ai", "round": k, "step": step + 1})
             # 5. Reference and current log-probs of every answer (the KL to the reference is logged for all).
-            ids, attn, resp = (t.to(accelerator.device) for t in collate(seqs, tok.pad_token_id))
+            #    With train.fork_pairs a prompt's k answers run in one row after one copy of the prompt.
+            resp = collate(seqs, tok.pad_token_id)[2]
+            if fork:
+                forks = collate_forks([seqs[g * rl.k:(g + 1) * rl.k] for g in range(len(seqs) // rl.k)],
+                                      tok.pad_token_id).to(accelerator.device)
+
+                def logps_of_all():
+                    return forked_response_logprobs(model, forks).float().cpu()
+            else:
+                ids, attn, resp_d = (t.to(accelerator.device) for t in collate(seqs, tok.pad_token_id))
+
+                def logps_of_all():
+                    return response_logprobs(model, ids, attn, resp_d).float().cpu()
             with torch.inference_mode(), accelerator.autocast():  # the policy forward's precision
                 with reference_policy(model):
-                    ref = response_logprobs(model, ids, attn, resp).float().cpu()
-                now = response_logprobs(model, ids, attn, resp).float().cpu()
+                    ref = logps_of_all()
+                now = logps_of_all()
             kl = now - ref  # k1 estimate of KL(policy || reference) per answer: log-ratio of a sample
             # 6. One DPO/IPO step on this process's pairs (a process without a pair still joins the gradient sync).
             model.train()
             c_idx = [c for c, _, _ in pairs] or [0]
             r_idx = [r for _, r, _ in pairs] or [0]
-            logps = policy(*(t[c_idx + r_idx] for t in (ids, attn, resp))).float().cpu()
-            pc, pr = logps[:len(c_idx)], logps[len(c_idx):]
+            pc, pr = pair_logprobs(policy, [seqs[c] for c in c_idx], [seqs[r] for r in r_idx], tok.pad_token_id, fork,
+                                   accelerator.device)
             p_chosen = torch.tensor([p for _, _, p in pairs] or [0.5])
             if tc.loss == "ipo":
                 loss_vec, r_c, r_r = ipo_loss(pc, pr, ref[c_idx], ref[r_idx], tc.beta)
             else:
                 loss_vec, r_c, r_r = dpo_loss(pc, pr, ref[c_idx], ref[r_idx], tc.beta,
                                               label_smoothing(p_chosen, tc.soft_labels, tc.label_smoothing))
-            loss = loss_vec.mean() if pairs else 0.0 * logps.sum()
+            loss = loss_vec.mean() if pairs else 0.0 * (pc.sum() + pr.sum())
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
             optimizer.step()
