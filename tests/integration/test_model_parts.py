@@ -398,3 +398,27 @@ def test_peoples_pairs_share_their_conversation_and_score_as_run_whole(tiny_mode
             shared = pair_logprobs(model, seqs, pad, 4, "shared")
             whole, _ = batched_response_logprobs(model, seqs, pad, 4, "whole")
         assert shared == pytest.approx(whole, abs=1e-4)
+
+
+def test_row_seeded_samplers_side_by_side(tiny_model_dir):
+    """Row seeds: a prompt's answer does not depend on its batch; two copies of one policy sampling side by side
+    (one thread each) write exactly what each writes alone, so two policies answer with shared random numbers."""
+    from openrlaif.sampling.hf import sample_side_by_side
+
+    prompts = [[{"role": "user", "content": f"tell me {w}"}] for w in ("a story", "why", "more about the sea", "hi")]
+    params = SamplingParams(1.5, 0.95, 12, 8, seed=3)
+    copies = [load_causal_lm(str(tiny_model_dir)) for _ in range(2)]
+    alone = HFSampler(copies[0].model, copies[0].tokenizer, row_seeds=True).sample(prompts, 2, params)
+    small_batches = HFSampler(copies[0].model, copies[0].tokenizer, row_seeds=True).sample(
+        prompts, 2, SamplingParams(1.5, 0.95, 12, 2, seed=3))
+    assert small_batches == alone
+    samplers = [HFSampler(c.model, c.tokenizer, row_seeds=True) for c in copies]
+    both = sample_side_by_side(samplers, prompts, 2, params, "side by side")
+    assert both[0] == both[1] == alone
+    assert len({a for row in alone for a in row}) > 4  # hot sampling: the rows really drew different answers
+    assert all(s.stats.new_tokens > 0 and s.progress is None for s in samplers)
+    other_seed = HFSampler(copies[0].model, copies[0].tokenizer, row_seeds=True).sample(
+        prompts, 2, SamplingParams(1.5, 0.95, 12, 8, seed=4))
+    assert other_seed != alone
+    with pytest.raises(ValueError, match="row_seeds"):
+        sample_side_by_side([HFSampler(c.model, c.tokenizer) for c in copies], prompts, 1, params, "x")

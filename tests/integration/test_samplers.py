@@ -208,9 +208,11 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
     from openrlaif.models.loading import encode_prompts, load_causal_lm
     from openrlaif.pipeline import open_run, run_stage
     from openrlaif.sampling.factory import build_sampler
+    from openrlaif.sampling.hf import HFSampler
 
     bench = '[{"name": "ifeval", "file": "builtin", "limit": 3, "max_new_tokens": 8}]'
-    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["model.sample_dtype=bfloat16", f"eval.benchmarks={bench}"])
+    cfg = load_config(None, tiny_overrides(tiny_model_dir) + ["model.sample_dtype=bfloat16", f"eval.benchmarks={bench}",
+                                                              "eval.red_team=null", "eval.anchors=null"])
     store = open_run(cfg, tmp_path / "run")
     assert next(build_sampler(cfg, store, 1).model.parameters()).dtype == torch.bfloat16
     for stage in ("generate", "label", "train", "eval"):
@@ -243,6 +245,13 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
         assert [r[who] for r in rows] == again.answers
         seqs = kl_sequences(merged.tokenizer, [messages[r["prompt_id"]] for r in held], [r["trained"] for r in held])
         logps[who] = answer_logprobs(merged.model, merged.tokenizer, seqs, cfg.eval.batch_size, who)
+        # the two copies answered side by side (one thread each), with row seeds: what each writes alone (the same
+        # prompts, so the same bf16 batches)
+        params = SamplingParams(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                                cfg.seed + 7 + 1000)
+        alone = HFSampler(merged.model, merged.tokenizer, row_seeds=True).sample(
+            [messages[r["prompt_id"]] for r in held], 1, params)
+        assert [a[0] for a in alone] == [r[who] for r in held]
     assert ev["kl_to_start"] == pytest.approx(mean_difference(logps["trained"], logps["start"]), abs=1e-3)
     # The distributions: float32 vs its bf16 copy on real prompts (next-token KL, every position).
     lm = load_causal_lm(str(tiny_model_dir))

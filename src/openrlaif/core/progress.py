@@ -9,6 +9,7 @@ Both show done/total, the rate, elapsed time and an ETA::
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rich.console import Console
@@ -38,6 +39,7 @@ class LogProgress:
         self.description, self.total, self.unit = description, total, unit
         self.done, self.rate = 0, 0.0
         self.start = self.last = time.perf_counter()
+        self.lock = threading.Lock()  # samplers side by side advance one bar from two threads
 
     def __enter__(self) -> "LogProgress":
         return self
@@ -47,12 +49,13 @@ class LogProgress:
             self.line()
 
     def advance(self, n: int, rate: float) -> None:
-        self.done += n
-        self.rate = rate
-        now = time.perf_counter()
-        if now - self.last >= LOG_EVERY_S or self.done >= self.total:
-            self.last = now
-            self.line()
+        with self.lock:
+            self.done += n
+            self.rate = rate
+            now = time.perf_counter()
+            if now - self.last >= LOG_EVERY_S or self.done >= self.total:
+                self.last = now
+                self.line()
 
     def line(self) -> None:
         elapsed = time.perf_counter() - self.start

@@ -3,7 +3,6 @@ and the reward source that scores them (a judge or a reward model)."""
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore
 from openrlaif.models.loading import cut_at_stop, stop_token_ids
 from openrlaif.models.logprobs import Encoded, collate
-from openrlaif.sampling.nucleus import sampling_kwargs
+from openrlaif.sampling.nucleus import row_seed, sampling_kwargs
 
 
 def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None = None, tag: str = "rl"):
@@ -64,8 +63,7 @@ def reward_source(cfg: RunConfig, store: RunStore, k: int = 1, spec: str | None 
 def rollout_seed(seed: int, step: int, prompt_index: int, sample: int) -> int:
     """The sampling seed of one rollout row: a function of (run seed, update, prompt, sample) alone, so a row is
     drawn the same whichever process or batch samples it, and a resumed run redraws the same rows."""
-    digest = hashlib.sha256(f"{seed}:{step}:{prompt_index}:{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return row_seed(seed, step, prompt_index, sample)
 
 
 def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig,

@@ -7,7 +7,7 @@ import time
 from contextlib import nullcontext
 
 from openrlaif.models.loading import cut_at_stop, encode_prompts, stop_token_ids
-from openrlaif.sampling.nucleus import sampling_kwargs
+from openrlaif.sampling.nucleus import row_seed, sampling_kwargs
 from openrlaif.sampling.types import Conversation, SampleStats, SamplingParams
 
 
@@ -50,10 +50,13 @@ class HFSampler:
     sample ended with the end-of-turn token rather than hitting ``max_new_tokens``) are set.
     """
 
-    def __init__(self, model, tokenizer, description: str = "generate"):
+    def __init__(self, model, tokenizer, description: str = "generate", row_seeds: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.description = description
+        # each row (prompt i, sample j) from its own generator seeded by (params.seed, i, j): its draws do not
+        # depend on the batch or thread it runs in, and two policies answering with one seed share random numbers
+        self.row_seeds = row_seeds
         self.stats = SampleStats()
         self.finished: list[list[bool]] = []
         self.progress = None  # an open progress bar to advance instead of opening one per call
@@ -86,7 +89,9 @@ class HFSampler:
                 # distribution of transformers' top-p warper, drawn ~8x faster at batch 64)
                 out = generate_n(
                     self.model, enc["input_ids"], enc["attention_mask"], n,
-                    **sampling_kwargs(params.temperature, params.top_p),
+                    **sampling_kwargs(params.temperature, params.top_p,
+                                      [row_seed(params.seed, i, j) for i in chunk for j in range(n)]
+                                      if self.row_seeds else None),
                     max_new_tokens=params.max_new_tokens,
                     eos_token_id=stop_ids,
                     pad_token_id=tok.pad_token_id,
@@ -103,6 +108,42 @@ class HFSampler:
         self.stats = stats
         self.finished = finished
         return outputs
+
+
+def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], n: int, params: SamplingParams,
+                        description: str) -> list[list[list[str]]]:
+    """Each sampler answers the same prompts in its own thread at once, the process's intra-op threads shared out
+    between them (at least one each), under one progress bar. A batch of ~16-20 rows decodes at a size where a
+    second intra-op thread adds little (per-step latency, Python between the kernels): on 2 cores the start and
+    the trained policy's 16 eval answers of 64 tokens took 9.8 s one after the other and 7.0 s side by side.
+    The samplers need their own models and tokenizers, and ``row_seeds`` (the global generator is shared)."""
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from openrlaif.core.progress import bar
+
+    if any(not s.row_seeds for s in samplers):
+        raise ValueError("samplers side by side need row_seeds: the global generator would interleave their draws")
+    threads = max(1, torch.get_num_threads() // len(samplers))
+
+    def run(sampler: HFSampler) -> list[list[str]]:
+        torch.set_num_threads(threads)  # this thread's intra-op threads (OpenMP: per calling thread)
+        return sampler.sample(prompts, n, params)
+
+    for s in samplers[1:]:
+        if s.tokenizer is samplers[0].tokenizer:
+            s.tokenizer = copy.deepcopy(s.tokenizer)  # padding side and batch encoding are per-object state
+    with bar(description, len(prompts) * n * len(samplers), "tok") as progress:
+        for s in samplers:
+            s.progress = progress
+        try:
+            with ThreadPoolExecutor(len(samplers)) as pool:
+                return [f.result() for f in [pool.submit(run, s) for s in samplers]]
+        finally:
+            for s in samplers:
+                s.progress = None
 
 
 def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, *, batch_size: int = 16,

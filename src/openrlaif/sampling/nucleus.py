@@ -83,6 +83,17 @@ class NucleusSampler:
         return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
 
 
+def row_seed(seed: int, *where) -> int:
+    """The sampling seed of one row, a function of the run's ``seed`` and where the row is (e.g. prompt index,
+    sample index) alone: a row draws the same whichever batch, thread or process samples it, and two policies
+    answering a prompt with the same seed draw the same random numbers (their answers differ only where the
+    policies do)."""
+    import hashlib
+
+    digest = hashlib.sha256(":".join(str(x) for x in (seed, *where)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def sampling_kwargs(temperature: float, top_p: float, row_seeds: list[int] | None = None) -> dict:
     """``generate`` arguments that sample from the tempered top-p distribution (temperature 0: greedy); with
     ``row_seeds``, each row from its own generator (see ``NucleusSampler``)."""
