@@ -417,6 +417,12 @@ def test_row_seeded_samplers_side_by_side(tiny_model_dir):
     assert both[0] == both[1] == alone
     assert len({a for row in alone for a in row}) > 4  # hot sampling: the rows really drew different answers
     assert all(s.stats.new_tokens > 0 and s.progress is None for s in samplers)
+    threads = torch.get_num_threads()
+    try:  # one intra-op thread for two samplers: they run one after the other, with the same answers
+        torch.set_num_threads(1)
+        assert sample_side_by_side(samplers, prompts, 2, params, "one thread") == [alone, alone]
+    finally:
+        torch.set_num_threads(threads)
     other_seed = HFSampler(copies[0].model, copies[0].tokenizer, row_seeds=True).sample(
         prompts, 2, SamplingParams(1.5, 0.95, 12, 8, seed=4))
     assert other_seed != alone

@@ -113,7 +113,7 @@ class HFSampler:
 def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], n: int, params: SamplingParams,
                         description: str) -> list[list[list[str]]]:
     """Each sampler answers the same prompts in its own thread at once, the process's intra-op threads shared out
-    between them (at least one each), under one progress bar. A batch of ~16-20 rows decodes at a size where a
+    between them (one after the other when there are fewer threads than samplers), under one progress bar. A batch of ~16-20 rows decodes at a size where a
     second intra-op thread adds little (per-step latency, Python between the kernels): on 2 cores the start and
     the trained policy's 16 eval answers of 64 tokens took 9.8 s one after the other and 7.0 s side by side.
     The samplers need their own models and tokenizers, and ``row_seeds`` (the global generator is shared)."""
@@ -126,7 +126,7 @@ def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], 
 
     if any(not s.row_seeds for s in samplers):
         raise ValueError("samplers side by side need row_seeds: the global generator would interleave their draws")
-    threads = max(1, torch.get_num_threads() // len(samplers))
+    threads = torch.get_num_threads() // len(samplers)  # 0: fewer threads than samplers, one after the other
 
     def run(sampler: HFSampler) -> list[list[str]]:
         torch.set_num_threads(threads)  # this thread's intra-op threads (OpenMP: per calling thread)
@@ -139,6 +139,8 @@ def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], 
         for s in samplers:
             s.progress = progress
         try:
+            if threads == 0:
+                return [s.sample(prompts, n, params) for s in samplers]
             with ThreadPoolExecutor(len(samplers)) as pool:
                 return [f.result() for f in [pool.submit(run, s) for s in samplers]]
         finally:
