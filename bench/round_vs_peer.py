@@ -5,6 +5,7 @@ peak RSS, and the ratio per stage.
     .venv/bin/python bench/round_vs_peer.py                        # peer, ours (gate measured), ours (gate cached)
     .venv/bin/python bench/round_vs_peer.py --skip peer            # ours only
     .venv/bin/python bench/round_vs_peer.py --only peer            # one side (used internally)
+    .venv/bin/python bench/round_vs_peer.py --repeat 3             # interleaved, medians and per-repetition ratios
 
 The work is the same on both sides: ``--prompts`` train prompts x ``--n`` candidates of ``--new-tokens`` tokens
 (the prompts and sampling settings of configs/quick.yaml with the overrides below), one DPO epoch over one pair
@@ -184,25 +185,8 @@ def isolated_cache() -> str:
     return str(tmp)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", type=int, default=24)
-    ap.add_argument("--n", type=int, default=2)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--eval-prompts", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--only", choices=["peer"])
-    ap.add_argument("--skip", nargs="*", default=[], choices=["peer", "ours"])
-    ap.add_argument("overrides", nargs="*", help="more overrides for our side (key=value)")
-    args = ap.parse_args()
-    if args.only == "peer":
-        row = peer(args)
-        row["peak_rss_mb"] = peak_rss_mb()
-        print("RESULT " + json.dumps(row), flush=True)
-        return
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; {time.strftime('%Y-%m-%d')}; "
-          f"{args.prompts} prompts x {args.n}, {args.new_tokens} new tokens, {args.eval_prompts} held-out prompts",
-          flush=True)
+def one_invocation(args) -> list[dict]:
+    """The peer, then ours with the gate measured (an empty gate cache) and cached, each in its own process."""
     results = []
     if "peer" not in args.skip:
         cmd = [sys.executable, __file__, "--only", "peer", "--prompts", str(args.prompts), "--n", str(args.n),
@@ -222,9 +206,58 @@ def main() -> None:
         for label in ("ours, gate measured", "ours, gate cached"):
             results.append(ours(args, cache, label))
             print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def median_row(rows: list[dict]) -> dict:
+    """One column of the table from several repetitions: the median of each stage and of the wall time, the
+    largest peak RSS."""
+    import statistics
+
+    out = dict(rows[0])
+    out["what"] = f"{rows[0]['what']} (median of {len(rows)})"
+    out["stages"] = {s: statistics.median(r["stages"][s] for r in rows) for s in STAGES}
+    out["wall_s"] = round(statistics.median(r["wall_s"] for r in rows), 1)
+    out["peak_rss_mb"] = max(r.get("peak_rss_mb") or 0 for r in rows)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=24)
+    ap.add_argument("--n", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--only", choices=["peer"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["peer", "ours"])
+    ap.add_argument("--repeat", type=int, default=1, help="invocations one after the other (peer, ours measured, "
+                    "ours cached each time): the table shows medians, and the ratio of every repetition is printed "
+                    "(the machine's speed drifts ~15%% between invocations)")
+    ap.add_argument("overrides", nargs="*", help="more overrides for our side (key=value)")
+    args = ap.parse_args()
+    if args.only == "peer":
+        row = peer(args)
+        row["peak_rss_mb"] = peak_rss_mb()
+        print("RESULT " + json.dumps(row), flush=True)
+        return
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; {time.strftime('%Y-%m-%d')}; "
+          f"{args.prompts} prompts x {args.n}, {args.new_tokens} new tokens, {args.eval_prompts} held-out prompts",
+          flush=True)
+    reps = []
+    for rep in range(args.repeat):
+        if args.repeat > 1:
+            print(f"repetition {rep + 1} of {args.repeat}", flush=True)
+        reps.append(one_invocation(args))
+    results = reps[0] if len(reps) == 1 else [median_row([r[j] for r in reps]) for j in range(len(reps[0]))]
+    if len(reps) > 1 and reps[0][0]["what"] == "peer":
+        for j in range(1, len(reps[0])):
+            ratios = [r[0]["wall_s"] / r[j]["wall_s"] for r in reps]
+            print(f"{reps[0][j]['what']}: whole-process ratio per repetition "
+                  + ", ".join(f"{x:.2f}x" for x in ratios), flush=True)
     print("\n| stage | " + " | ".join(r["what"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
-    base = results[0] if results[0]["what"] == "peer" else None
+    base = results[0] if results[0]["what"].startswith("peer") else None
     for s in STAGES:
         cells = []
         for r in results:
