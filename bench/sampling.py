@@ -4,8 +4,9 @@
 
 Both paths run ``generate`` on the same left-padded batch of built-in train prompts (with the demo's
 data.instruction), every row forced to ``--new-tokens`` (min_new_tokens) so both do the same work; the
-prefill is timed apart (one forward over the prompts). Also prints the share of one step spent drawing the
-token, measured on random logits of the vocabulary's width. With ``--n`` > 1 the batch is batch/n prompts x n
+prefill is timed apart (one forward over the prompts). Also prints the time of one step's draw, on the model's
+own logits of every step of one call (staged partial sorts vs one partial sort of 1024, row seeds as eval draws)
+and on random logits of the vocabulary's width. With ``--n`` > 1 the batch is batch/n prompts x n
 samples (a round's generate stage), and a third path computes each prompt's prefill once and shares its KV
 cache among its n samples (``sampling.hf.generate_n``). ``--dtype bfloat16`` runs a bf16 copy (what
 ``model.sample_dtype: auto`` writes with). ``--compile`` adds the nucleus path on a static KV cache with the model's
@@ -93,6 +94,31 @@ def main() -> None:
             results[name] = {"first_call_s": round(times[0], 1), "seconds": round(min(times[1:]), 2),
                              "tok_per_s": round(tokens / min(times[1:]), 1)}
             lm.model.forward = plain
+        # the draw on this model's own logits at every step of one call: the staged partial sorts (top 64, then
+        # 1024 for the rows that need it, then the whole row) against one partial sort of 1024
+        from transformers import LogitsProcessorList
+
+        from openrlaif.sampling.nucleus import NucleusSampler
+
+        steps, sampler = [], NucleusSampler(args.temperature, args.top_p)
+
+        def record(ids, scores):
+            steps.append(scores.clone())
+            return sampler(ids, scores)
+
+        lm.model.generate(**enc, do_sample=False, logits_processor=LogitsProcessorList([record]),
+                          max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
+        for name, candidates in {"draw on the model's logits: sampling.nucleus (top 64, then 1024, then all)": (64, 1024),
+                                 "draw on the model's logits: one partial sort of 1024, then all": (1024,)}.items():
+            best = float("inf")
+            for _ in range(3):
+                gens = [torch.Generator().manual_seed(i) for i in range(args.batch)]  # row seeds, as eval draws
+                t0 = time.perf_counter()
+                for x in steps:
+                    sample_nucleus(x, args.temperature, args.top_p, candidates, gens)
+                best = min(best, (time.perf_counter() - t0) / len(steps))
+            results[name + " (s/step)"] = round(best, 4)
+            print(f"{name}: {best * 1e3:.1f} ms/step", flush=True)
         logits = torch.randn(args.batch, lm.model.config.vocab_size) * 4
         for name, draw in {
             "draw: transformers warpers + softmax + multinomial": lambda x: torch.multinomial(torch.softmax(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from openrlaif.sampling.nucleus import NucleusSampler, nucleus_keep, nucleus_logits, sample_nucleus
+from openrlaif.sampling.nucleus import NucleusSampler, nucleus_groups, nucleus_keep, nucleus_logits, sample_nucleus
 
 
 def test_keep_is_the_smallest_set_reaching_top_p():
@@ -28,6 +28,43 @@ def test_kept_tokens_match_the_transformers_warper(scale):
         reference = TopPLogitsWarper(top_p)(None, logits.clone())
         theirs = [set(torch.isfinite(row).nonzero().squeeze(-1).tolist()) for row in reference]
         assert ours == theirs
+
+
+def mixed_rows() -> torch.Tensor:
+    """Rows whose top-p=0.9 nucleus is small (peaked), middling and wide (flat): 3 of each, interleaved."""
+    gen = torch.Generator().manual_seed(3)
+    return torch.cat([torch.randn(3, 500, generator=gen) * s for s in (12.0, 3.0, 0.2)])[torch.tensor([0, 3, 6, 1, 4, 7, 2, 5, 8])]
+
+
+def test_staged_partial_sorts_keep_the_warpers_tokens_row_by_row():
+    logits = mixed_rows()
+    groups = nucleus_groups(logits, 0.9, candidates=(8, 64))
+    widths = {w: sorted(r.tolist()) for r, v, _ in groups for w in [v.shape[-1]]}
+    assert set(widths) == {8, 64, 500}  # peaked rows stop at 8, middling at 64, flat ones are sorted whole
+    assert sorted(r for rows in widths.values() for r in rows) == list(range(9))  # each row exactly once
+    reference = TopPLogitsWarper(0.9)(None, logits.clone())
+    for rows, values, ids in groups:
+        for r, v, i in zip(rows.tolist(), values, ids):
+            assert set(i[torch.isfinite(v)].tolist()) == set(torch.isfinite(reference[r]).nonzero().squeeze(-1).tolist())
+    # the padded (B, K) view keeps the same tokens
+    values, ids = nucleus_logits(logits, 0.9, candidates=(8, 64))
+    assert values.shape == (9, 500)
+    for r in range(9):
+        assert set(ids[r][torch.isfinite(values[r])].tolist()) == set(torch.isfinite(reference[r]).nonzero().squeeze(-1).tolist())
+
+
+def test_a_row_draws_the_same_token_alone_or_in_any_batch():
+    logits = mixed_rows()
+    seeds = list(range(100, 109))
+    together = sample_nucleus(logits, 0.8, 0.9, (8, 64), [torch.Generator().manual_seed(s) for s in seeds])
+    alone = [sample_nucleus(logits[r : r + 1], 0.8, 0.9, (8, 64), [torch.Generator().manual_seed(seeds[r])]).item()
+             for r in range(9)]
+    assert together.tolist() == alone
+    # and a wide row's draw does not change the narrow rows' (their groups draw apart)
+    swapped = logits.clone()
+    swapped[8] = logits[0] * 0.01
+    again = sample_nucleus(swapped, 0.8, 0.9, (8, 64), [torch.Generator().manual_seed(s) for s in seeds])
+    assert again[:8].tolist() == together[:8].tolist()
 
 
 def test_draws_follow_the_renormalised_nucleus():

@@ -3,10 +3,10 @@
 transformers' top-p warper sorts the whole vocabulary of every row at every step, then ``generate`` draws
 from a softmax over all of it: at batch 64 on SmolLM2's 49k vocabulary that costs ~0.4 s a step on this
 project's 2-core CPU, as much as the model's own forward pass (docs/benchmarks.md). The nucleus almost
-always lies among the few hundred most likely tokens, so this module takes the top ``candidates`` logits
-(a partial sort), normalises them against the log-sum-exp of the full row, keeps the same tokens the
-warper keeps, and draws among those. A row whose nucleus might reach past the candidates falls back to the
-full sort, so the distribution is the warper's in every case.
+always lies among the few dozen most likely tokens, so this module takes the top 64 logits of each row (a
+partial sort), normalises them against the log-sum-exp of the full row, keeps the same tokens the warper
+keeps, and draws among those. A row whose nucleus might reach past them takes the top 1024, then the full
+sort, so the distribution is the warper's in every case.
 
 ``NucleusSampler`` plugs this into ``generate`` as its only logits processor with greedy decoding: the
 processor draws the token and leaves it the only finite score, so greedy's argmax picks it. ``generate``
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-CANDIDATES = 1024  # logits taken by the partial sort; rows whose nucleus may extend past them are sorted whole
+CANDIDATES = (64, 1024)  # partial sorts tried in turn (per row); rows whose nucleus may extend past the last are sorted whole
 
 
 def nucleus_keep(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -29,18 +29,57 @@ def nucleus_keep(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return before < top_p
 
 
-def nucleus_logits(logits: torch.Tensor, top_p: float, candidates: int = CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
+def candidate_widths(candidates: int | tuple[int, ...], vocab: int) -> list[int]:
+    """The partial-sort widths to try, ascending, ending with the whole vocabulary."""
+    wanted = (candidates,) if isinstance(candidates, int) else tuple(candidates)
+    return sorted({min(int(c), vocab) for c in wanted} | {vocab})
+
+
+def nucleus_groups(logits: torch.Tensor, top_p: float, candidates: int | tuple[int, ...] = CANDIDATES
+                   ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The nucleus of each row of ``logits`` (B, V), in groups of rows by the partial sort that held it:
+    ``(rows, values, ids)`` with ``rows`` (R,) row indices, ``values`` (R, K) the K largest logits of those rows
+    with -inf outside the nucleus, ``ids`` (R, K) their token ids. Every row first takes the narrowest width of
+    ``candidates``; a row whose last candidate is kept (its nucleus may go on) takes the next width, and past
+    the widest the whole vocabulary, sorted. Which group a row lands in depends on its own logits only (the
+    nucleus of a 135M model at temperature 0.8 is under 64 tokens for ~93% of rows: docs/benchmarks.md)."""
+    vocab = logits.shape[-1]
+    lse = torch.logsumexp(logits, -1, keepdim=True)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    groups = []
+    for width in candidate_widths(candidates, vocab):
+        sub = logits if len(rows) == logits.shape[0] else logits[rows]
+        if width < vocab:
+            values, ids = sub.topk(width, dim=-1)
+            keep = nucleus_keep((values - lse[rows]).exp(), top_p)
+            more = keep[:, -1]
+        else:
+            values, ids = sub.sort(dim=-1, descending=True)
+            keep = nucleus_keep(torch.softmax(values, -1), top_p)
+            more = torch.zeros(len(rows), dtype=torch.bool, device=logits.device)
+        held = ~more
+        if bool(held.all()):
+            groups.append((rows, values.masked_fill(~keep, float("-inf")), ids))
+            break
+        if bool(held.any()):
+            groups.append((rows[held], values[held].masked_fill(~keep[held], float("-inf")), ids[held]))
+        rows = rows[more]
+    return groups
+
+
+def nucleus_logits(logits: torch.Tensor, top_p: float, candidates: int | tuple[int, ...] = CANDIDATES
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, token ids) of the nucleus of each row of ``logits`` (B, V), as a (B, K) pair: the kept tokens'
-    logits and -inf elsewhere. K is ``candidates`` unless a row's nucleus reaches past them (then the whole
-    vocabulary, sorted)."""
-    k = min(candidates, logits.shape[-1])
-    values, ids = logits.topk(k, dim=-1)
-    probs = (values - torch.logsumexp(logits, -1, keepdim=True)).exp()
-    keep = nucleus_keep(probs, top_p)
-    if k < logits.shape[-1] and bool(keep[:, -1].any()):  # the last candidate is kept: the nucleus may go on
-        values, ids = logits.sort(dim=-1, descending=True)
-        keep = nucleus_keep(torch.softmax(values, -1), top_p)
-    return values.masked_fill(~keep, float("-inf")), ids
+    logits and -inf elsewhere, K the widest width any row needed (``nucleus_groups``; narrower rows padded
+    with -inf and token 0)."""
+    groups = nucleus_groups(logits, top_p, candidates)
+    width = max(v.shape[-1] for _, v, _ in groups)
+    values = torch.full((logits.shape[0], width), float("-inf"), dtype=logits.dtype, device=logits.device)
+    ids = torch.zeros((logits.shape[0], width), dtype=torch.long, device=logits.device)
+    for rows, v, i in groups:
+        values[rows, : v.shape[-1]] = v
+        ids[rows, : i.shape[-1]] = i
+    return values, ids
 
 
 def draw(probs: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.Tensor:
@@ -51,7 +90,8 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator] | None = None) -
     return torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
 
 
-def sample_nucleus(logits: torch.Tensor, temperature: float, top_p: float, candidates: int = CANDIDATES,
+def sample_nucleus(logits: torch.Tensor, temperature: float, top_p: float,
+                   candidates: int | tuple[int, ...] = CANDIDATES,
                    generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """(B,) tokens drawn from softmax(logits / temperature) restricted to its top-p nucleus and renormalised
     (top_p = 1: the whole distribution). Uses torch's global generator (torch.manual_seed reproduces it), or one
@@ -59,9 +99,12 @@ def sample_nucleus(logits: torch.Tensor, temperature: float, top_p: float, candi
     scaled = logits.float() / temperature
     if top_p >= 1.0:
         return draw(torch.softmax(scaled, -1), generators).squeeze(-1)
-    values, ids = nucleus_logits(scaled, top_p, candidates)
-    pick = draw(torch.softmax(values, -1), generators)
-    return ids.gather(-1, pick).squeeze(-1)
+    tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    for rows, values, ids in nucleus_groups(scaled, top_p, candidates):
+        # each group draws from its own width: a row's draw depends on its logits and generator alone
+        gens = None if generators is None else [generators[r] for r in rows.tolist()]
+        tokens[rows] = ids.gather(-1, draw(torch.softmax(values, -1), gens)).squeeze(-1)
+    return tokens
 
 
 class NucleusSampler:
@@ -70,7 +113,7 @@ class NucleusSampler:
     row draws from its own generator: a row's sample is a function of its seed and its own logits, the same
     whether it is generated alone, in another batch or on another process."""
 
-    def __init__(self, temperature: float, top_p: float, candidates: int = CANDIDATES,
+    def __init__(self, temperature: float, top_p: float, candidates: int | tuple[int, ...] = CANDIDATES,
                  row_seeds: list[int] | None = None):
         self.temperature = temperature
         self.top_p = top_p
