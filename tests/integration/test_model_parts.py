@@ -428,3 +428,66 @@ def test_row_seeded_samplers_side_by_side(tiny_model_dir):
     assert other_seed != alone
     with pytest.raises(ValueError, match="row_seeds"):
         sample_side_by_side([HFSampler(c.model, c.tokenizer) for c in copies], prompts, 1, params, "x")
+
+
+def test_frozen_weights_cast_once_give_the_same_numbers(tiny_model_dir):
+    """cast_frozen_once: under bf16 autocast a frozen linear layer reuses one bf16 copy of its weight, and the
+    outputs, losses and LoRA gradients are bit-identical to plain autocast; a weight changed in place is cast anew."""
+    import copy
+
+    from openrlaif.models.loading import autocast_matmuls, cast_frozen_once
+    from openrlaif.models.policy import add_lora
+
+    ids = torch.randint(5, 200, (3, 17))
+    attn = torch.ones_like(ids)
+    attn[0, :4] = 0
+    # a judge: frozen, read under inference mode
+    plain = load_causal_lm(str(tiny_model_dir)).model.eval()
+    judge = copy.deepcopy(plain)
+    autocast_matmuls(judge)  # gives its linear layers their casts
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = plain(input_ids=ids, attention_mask=attn).logits
+    with torch.inference_mode():
+        got = judge(input_ids=ids, attention_mask=attn).logits
+        layer = judge.get_decoder().layers[0].mlp.up_proj
+        kept = layer._openrlaif_cast[1]
+        assert kept is not None and kept.dtype == torch.bfloat16
+        judge(input_ids=ids, attention_mask=attn)
+        assert layer._openrlaif_cast[1] is kept  # reused, not cast again
+    assert torch.equal(got, want)
+    bare = copy.deepcopy(plain)
+    cast_frozen_once(bare)
+    with torch.inference_mode():  # outside autocast: float32 as before
+        assert torch.equal(bare(input_ids=ids).logits, plain(input_ids=ids).logits)
+        assert bare.lm_head._openrlaif_cast[1] is None  # nothing cast
+
+    # a LoRA policy: frozen base, trainable adapter; a training step either way is the same step
+    torch.manual_seed(0)
+    a = add_lora(load_causal_lm(str(tiny_model_dir)).model, TrainConfig(lora_r=4, lora_alpha=8))
+    torch.manual_seed(0)
+    b = add_lora(load_causal_lm(str(tiny_model_dir)).model, TrainConfig(lora_r=4, lora_alpha=8))
+    assert cast_frozen_once(b) > 0
+    for m in (a, b):
+        with torch.no_grad():  # a non-zero adapter, so its gradients and outputs mean something
+            for n, p in m.named_parameters():
+                if "lora_B" in n:
+                    p.fill_(0.01)
+    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (a, b)]
+    for step in range(2):
+        losses = []
+        for m, opt in zip((a, b), opts):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = m(input_ids=ids, attention_mask=attn).logits.float().logsumexp(-1).mean()
+            loss.backward()
+            losses.append(loss.detach())
+            opt.step()
+        assert torch.equal(losses[0], losses[1])
+        grads = [[p.grad for n, p in m.named_parameters() if p.requires_grad] for m in (a, b)]
+        assert all(torch.equal(x, y) for x, y in zip(*grads)) and any(x.abs().sum() > 0 for x in grads[0])
+    # a base weight changed in place (e.g. merged into) is cast anew
+    for m in (a, b):
+        with torch.no_grad():
+            m.get_base_model().model.layers[0].mlp.up_proj.base_layer.weight.mul_(1.5)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)

@@ -61,6 +61,18 @@ def make_accelerator(tc: TrainConfig):
     )
 
 
+def cast_frozen_once_for(accelerator, model) -> None:
+    """Under bf16 autocast in one process, ``model``'s frozen weights (a LoRA policy's base, its reference pass)
+    cast to bf16 once instead of at every forward (``models.loading.cast_frozen_once``; the same numbers).
+    Sharded engines (DeepSpeed, FSDP) and multi-process runs manage their own parameters and are left alone."""
+    from accelerate.utils import DistributedType
+
+    from openrlaif.models.loading import cast_frozen_once
+
+    if accelerator.mixed_precision == "bf16" and accelerator.distributed_type == DistributedType.NO:
+        cast_frozen_once(model, "bfloat16")
+
+
 def items_per_step(accelerator, tc: TrainConfig, batch_size: int, field: str, items: str) -> int:
     """The fewest items an optimizer step can share out (micro-batches x processes); a ``batch_size`` below it is
     a config error naming ``field``."""

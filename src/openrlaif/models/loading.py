@@ -206,8 +206,9 @@ def judge_bf16(model_cfg) -> bool:
 
 def autocast_matmuls(model, dtype: str = "bfloat16") -> None:
     """From now on run ``model``'s decoder and output head under autocast to ``dtype``: matrix products in that
-    dtype, the weights, norms and the residual stream in their own (each call casts inside autocast; callers that
-    use the decoder or the head alone, as ``models.logprobs`` does, get the same). Idempotent."""
+    dtype, the weights, norms and the residual stream in their own (callers that use the decoder or the head
+    alone, as ``models.logprobs`` does, get the same). Meant for a frozen judge: its linear layers keep their
+    autocast copies (``cast_frozen_once``) instead of casting at every call. Idempotent."""
     import functools
 
     import torch
@@ -227,6 +228,53 @@ def autocast_matmuls(model, dtype: str = "bfloat16") -> None:
 
         part.forward = forward
         part._openrlaif_autocast = dtype
+    cast_frozen_once(model, dtype)
+
+
+def cast_frozen_once(model, dtype: str = "bfloat16") -> int:
+    """Under autocast torch casts a weight afresh at every call unless it is a leaf that takes a gradient (its cast
+    cache keeps only those): a frozen judge or a LoRA policy's frozen base pays ~50 ms of casts per decoder
+    forward of the 135M model here (docs/benchmarks.md). This gives every ``nn.Linear`` of ``model`` its weight
+    in ``dtype`` once, used whenever the layer runs under autocast to that dtype and no gradient flows to the
+    weight: the very numbers autocast would cast (bit-identical outputs), cast again when the weight changes in
+    place (an optimizer step, a merge) or is replaced. The parameters themselves are untouched (state dicts,
+    fingerprints and merges see float32); the copies cost 2 bytes per weight. Returns the number of layers that
+    have one; idempotent."""
+    import torch
+
+    cls = cast_once_linear()
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = cls
+            module._openrlaif_cast = (getattr(torch, dtype), None, None, None)
+        count += isinstance(module, cls)
+    return count
+
+
+def cast_once_linear():
+    """``CastOnceLinear``: an ``nn.Linear`` that keeps the autocast copy of its weight (``cast_frozen_once``); made
+    on first use so that importing this module does not import torch."""
+    global CastOnceLinear
+    if "CastOnceLinear" in globals():
+        return CastOnceLinear
+    import torch
+
+    def forward(self, x):
+        w = self.weight
+        device = w.device.type
+        target, cast, ptr, version = self._openrlaif_cast
+        if (w.dtype != torch.float32 or not torch.is_autocast_enabled(device)
+                or torch.get_autocast_dtype(device) != target or (w.requires_grad and torch.is_grad_enabled())):
+            return torch.nn.functional.linear(x, w, self.bias)
+        if cast is None or ptr != w.data_ptr() or version != w._version:
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor: usable where gradients flow to x
+                cast = w.detach().to(target)
+            self._openrlaif_cast = (target, cast, w.data_ptr(), w._version)
+        return torch.nn.functional.linear(x, cast, self.bias)
+
+    CastOnceLinear = type("CastOnceLinear", (torch.nn.Linear,), {"forward": forward, "__module__": __name__})
+    return CastOnceLinear
 
 
 def end_of_turn_id(tokenizer) -> int:
@@ -285,3 +333,9 @@ def quantize_int8(model):
         quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     quantized.eval()
     return quantized
+
+
+def __getattr__(name: str):
+    if name == "CastOnceLinear":  # unpickling a model saved whole after cast_frozen_once
+        return cast_once_linear()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,6 +39,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.models.accel import (
         Checkpointer,
         accumulate,
+        cast_frozen_once_for,
         config_fingerprint,
         epoch_steps,
         gather_mean,
@@ -62,6 +63,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
     tok = loaded.tokenizer
     model = add_lora(loaded.model, tc, *round_adapters(cfg, store, k))
+    cast_frozen_once_for(accelerator, model)  # the frozen base cast to bf16 once, not per forward (reference too)
     pad_id = tok.pad_token_id
     chosen = [encode_response(tok, p["prompt"], text_of(p["chosen"]), tc.max_length) for p in prefs]
     rejected = [encode_response(tok, p["prompt"], text_of(p["rejected"]), tc.max_length) for p in prefs]
