@@ -491,3 +491,23 @@ def test_frozen_weights_cast_once_give_the_same_numbers(tiny_model_dir):
             m.get_base_model().model.layers[0].mlp.up_proj.base_layer.weight.mul_(1.5)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "no"])
+def test_training_stages_prepare_with_the_frozen_casts(tiny_model_dir, precision):
+    """models.accel.prepare (every training stage's accelerator.prepare): under bf16 the LoRA policy's frozen
+    linear layers get their one cast, in float32 they stay plain."""
+    from openrlaif.models.accel import make_accelerator, prepare
+    from openrlaif.models.loading import cast_once_linear
+    from openrlaif.models.logprobs import SequenceLogprobs
+    from openrlaif.models.policy import add_lora
+
+    tc = TrainConfig(lora_r=4, lora_alpha=8, mixed_precision=precision)
+    accelerator = make_accelerator(tc)
+    model = add_lora(load_causal_lm(str(tiny_model_dir)).model, tc)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    policy, optimizer = prepare(accelerator, model, SequenceLogprobs(model), optimizer)
+    cast = [m for m in model.modules() if isinstance(m, cast_once_linear())]
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert (len(cast) == len(linear) > 0) if precision == "bf16" else not cast
+    assert accelerator.unwrap_model(policy).model is model

@@ -73,6 +73,14 @@ def cast_frozen_once_for(accelerator, model) -> None:
         cast_frozen_once(model, "bfloat16")
 
 
+def prepare(accelerator, model, *objects):
+    """``accelerator.prepare(*objects)`` for a training stage whose trainable model is (or wraps) ``model``, after
+    ``model``'s frozen weights got their one bf16 cast (``cast_frozen_once_for``): every stage prepares through
+    here, so none can forget it. Returns what ``accelerator.prepare`` returns."""
+    cast_frozen_once_for(accelerator, model)
+    return accelerator.prepare(*objects)
+
+
 def items_per_step(accelerator, tc: TrainConfig, batch_size: int, field: str, items: str) -> int:
     """The fewest items an optimizer step can share out (micro-batches x processes); a ``batch_size`` below it is
     a config error naming ``field``."""

@@ -46,6 +46,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         items_per_step,
         make_accelerator,
         micro_batches,
+        prepare,
         shard,
         shards,
     )
@@ -63,7 +64,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
     tok = loaded.tokenizer
     model = add_lora(loaded.model, tc, *round_adapters(cfg, store, k))
-    cast_frozen_once_for(accelerator, model)  # the frozen base cast to bf16 once, not per forward (reference too)
+    cast_frozen_once_for(accelerator, model)  # before the reference pass, which runs ahead of `prepare` (it casts too)
     pad_id = tok.pad_token_id
     chosen = [encode_response(tok, p["prompt"], text_of(p["chosen"]), tc.max_length) for p in prefs]
     rejected = [encode_response(tok, p["prompt"], text_of(p["rejected"]), tc.max_length) for p in prefs]
@@ -98,7 +99,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     steps_per_epoch = math.ceil(len(prefs) / tc.batch_size)
     total = steps_per_epoch * tc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total), total)
-    policy, optimizer, scheduler = accelerator.prepare(SequenceLogprobs(model), optimizer, scheduler)
+    policy, optimizer, scheduler = prepare(accelerator, model, SequenceLogprobs(model), optimizer, scheduler)
     checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator,
                               config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "pairs_done": 0, "metrics": [], "seconds": 0.0}

@@ -29,8 +29,7 @@ from openrlaif.optimize.rollout import reward_source, rl_parts, rollout
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """GRPO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.accel import (Checkpointer, cast_frozen_once_for, config_fingerprint, gather_mean,
-                                        items_per_step)
+    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, items_per_step, prepare
     from openrlaif.models.logprobs import SequenceLogprobs
 
     rl, gc, tc = cfg.rl, cfg.grpo, cfg.train
@@ -44,9 +43,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     score = reward_source(cfg, store, k)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
-    cast_frozen_once_for(accelerator, model)  # frozen weights cast to bf16 once, not per forward
-    policy, optimizer = accelerator.prepare(SequenceLogprobs(model, per_token=True, temperature=rl.temperature),
-                                            optimizer)
+    policy, optimizer = prepare(accelerator, model,
+                                SequenceLogprobs(model, per_token=True, temperature=rl.temperature), optimizer)
     checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator, config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "episodes": 0, "metrics": [], "seconds": 0.0}
     monitor = OveroptimizationMonitor(cfg, store, k, tok, score, progress.get("monitor"))

@@ -86,8 +86,7 @@ def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConf
     from transformers import get_linear_schedule_with_warmup
 
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.accel import (accumulate, cast_frozen_once_for, gather_mean, make_accelerator, micro_batches,
-                                        shard)
+    from openrlaif.models.accel import accumulate, gather_mean, make_accelerator, micro_batches, prepare, shard
     from openrlaif.models.logprobs import collate
     from openrlaif.reward.model import RewardScores
 
@@ -96,8 +95,7 @@ def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConf
     optimizer = torch.optim.AdamW(params, lr=rc.learning_rate, weight_decay=0.0)
     total = math.ceil(len(chosen) / rc.batch_size) * rc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
-    cast_frozen_once_for(accelerator, model)  # frozen weights cast to bf16 once, not per forward
-    scorer, optimizer, scheduler = accelerator.prepare(RewardScores(model), optimizer, scheduler)
+    scorer, optimizer, scheduler = prepare(accelerator, model, RewardScores(model), optimizer, scheduler)
     per_step = tc.grad_accum_steps * accelerator.num_processes
 
     def pair_loss(chunk: list[int]):

@@ -110,8 +110,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from transformers import get_linear_schedule_with_warmup
 
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.accel import (Checkpointer, accumulate, cast_frozen_once_for, config_fingerprint, epoch_steps,
-                                        gather_mean, items_per_step, make_accelerator, micro_batches, shard)
+    from openrlaif.models.accel import (Checkpointer, accumulate, config_fingerprint, epoch_steps, gather_mean,
+                                        items_per_step, make_accelerator, micro_batches, prepare, shard)
     from openrlaif.models.loading import load_causal_lm, set_threads
     from openrlaif.data.chat import pack_groups
     from openrlaif.models.logprobs import SequenceLogprobs, collate, collate_packed, pack_encoded
@@ -145,8 +145,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     steps_per_epoch = math.ceil(len(train_seqs) / sc.batch_size)
     total = steps_per_epoch * sc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(sc.warmup_ratio * total), total)
-    cast_frozen_once_for(accelerator, model)  # frozen weights cast to bf16 once, not per forward
-    policy, optimizer, scheduler = accelerator.prepare(SequenceLogprobs(model), optimizer, scheduler)
+    policy, optimizer, scheduler = prepare(accelerator, model, SequenceLogprobs(model), optimizer, scheduler)
     where = store.path("sft_checkpoint" if not as_trainer else "checkpoint", k)
     checkpoint = Checkpointer(where, tc.checkpoint_every, accelerator, config_fingerprint(cfg))
     progress = checkpoint.resume() or {"step": 0, "tokens_done": 0, "metrics": [], "seconds": 0.0}
