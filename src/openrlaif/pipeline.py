@@ -146,6 +146,27 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def release_memory() -> bool:
+    """Hand the memory a finished stage freed back to the system: torch's CPU tensors come from malloc, and glibc
+    keeps freed heap pages mapped, so one `rlaif run` held every earlier stage's high-water mark into eval (the
+    demo: 3.5 GB for eval alone, 5.4 GB after the other stages). True where glibc's ``malloc_trim`` ran."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        trim = None
+    if trim is None:  # not glibc (musl, macOS): nothing to ask
+        return False
+    trim(0)
+    return True
+
+
 def open_run(cfg: RunConfig, out: str | Path, force: bool = False) -> RunStore:
     """Create or reopen a run directory for ``cfg``; refuses a directory made with another config."""
     store = RunStore(out)
@@ -271,6 +292,7 @@ def _run_stage_locked(name: str, cfg: RunConfig, store: RunStore, k: int) -> dic
             pass
         raise
     wall = round(time.perf_counter() - t0, 2)
+    release_memory()  # the next stage starts from what this one keeps, not from its high-water mark
     store.mark_stage(name, "done", k, wall_s=wall, peak_rss_mb=peak_rss_mb(), summary=summary,
                      artifacts=lineage.record(name, cfg, store, k, inputs))
     store.append_metrics([{"stage": name, "round": k, "event": "done", "wall_s": wall, **summary}])

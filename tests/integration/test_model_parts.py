@@ -326,6 +326,10 @@ def test_shared_prefix_forward_equals_full_sequences(tiny_model_dir, monkeypatch
         monkeypatch.setattr(logprobs, "HEAD_ROWS", 3)
         pieces = split_response_logprobs(m, splits, masks, 4, 0)
         assert all(pieces[i] == pytest.approx(resp[i], abs=1e-5) for i in range(len(splits)))
+        # prefixes' caches kept a few tokens at a time (each prefix its own chunk): the same sums
+        monkeypatch.setattr(logprobs, "PREFIX_CHUNK_TOKENS", 4)
+        chunked = split_response_logprobs(m, splits, masks, 4, 0)
+        assert all(chunked[i] == pytest.approx(resp[i], abs=1e-5) for i in range(len(splits)))
 
 
 def test_pairwise_judge_with_and_without_prefix_reuse_agree(tiny_model_dir):

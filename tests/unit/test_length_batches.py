@@ -29,3 +29,15 @@ def test_every_index_once_and_each_batch_within_limits():
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 4096
     assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)
     assert length_batches([], 4, 100) == []
+
+
+def test_prefix_chunks_bound_count_and_tokens():
+    from openrlaif.models.logprobs import prefix_chunks
+
+    p = [(1,) * n for n in (2, 3, 3, 5, 9, 4)]
+    # tokens: 2+3+3=8 <= 8, +5 over -> new chunk; 5 alone (+9 over); 9 over the budget alone; 4
+    assert [[len(x) for x in c] for c in prefix_chunks(p, 10, 8)] == [[2, 3, 3], [5], [9], [4]]
+    # at most 2 prefixes a chunk, whatever the tokens
+    assert [[len(x) for x in c] for c in prefix_chunks(p, 2, 100)] == [[2, 3], [3, 5], [9, 4]]
+    assert prefix_chunks([], 4, 10) == []
+    assert sum(prefix_chunks(p, 3, 7), []) == p  # every prefix once, in order
