@@ -149,19 +149,13 @@ def peak_rss_mb() -> float:
 def release_memory() -> bool:
     """Hand the memory a finished stage freed back to the system: torch's CPU tensors come from malloc, and glibc
     keeps freed heap pages mapped, so one `rlaif run` held every earlier stage's high-water mark into eval (the
-    demo: 3.5 GB for eval alone, 5.4 GB after the other stages). True where glibc's ``malloc_trim`` ran."""
+    demo: 3.5 GB for eval alone, 5.6 GB after the other stages). True where glibc's ``malloc_trim`` ran."""
     import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-    except OSError:
-        trim = None
-    if trim is None:  # not glibc (musl, macOS): nothing to ask
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols: libc's, when it is glibc
+    if trim is None:  # musl, macOS: nothing to ask
         return False
     trim(0)
     return True

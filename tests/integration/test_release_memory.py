@@ -8,7 +8,6 @@ import sys
 import pytest
 
 CHILD = r"""
-import sys
 from openrlaif.pipeline import release_memory
 
 def rss_mb():

@@ -31,13 +31,13 @@ def test_every_index_once_and_each_batch_within_limits():
     assert length_batches([], 4, 100) == []
 
 
-def test_prefix_chunks_bound_count_and_tokens():
-    from openrlaif.models.logprobs import prefix_chunks
 
+def test_prefix_chunks_bound_count_and_tokens():
+    """The shared-prefix path's chunks (length_batches on prefixes sorted by length): count and padded tokens."""
     p = [(1,) * n for n in (2, 3, 3, 5, 9, 4)]
-    # tokens: 2+3+3=8 <= 8, +5 over -> new chunk; 5 alone (+9 over); 9 over the budget alone; 4
-    assert [[len(x) for x in c] for c in prefix_chunks(p, 10, 8)] == [[2, 3, 3], [5], [9], [4]]
+    lengths = sorted(len(x) for x in p)  # the path sorts its prefixes: 2, 3, 3, 4, 5, 9
+    # padded tokens: 3 x 3 = 9 > 8 -> [2, 3]; [3, 4] (2 x 4 = 8); [5] (2 x 9 > 8); 9 over the budget alone
+    assert [[lengths[i] for i in c] for c in length_batches(lengths, 10, 8)] == [[2, 3], [3, 4], [5], [9]]
     # at most 2 prefixes a chunk, whatever the tokens
-    assert [[len(x) for x in c] for c in prefix_chunks(p, 2, 100)] == [[2, 3], [3, 5], [9, 4]]
-    assert prefix_chunks([], 4, 10) == []
-    assert sum(prefix_chunks(p, 3, 7), []) == p  # every prefix once, in order
+    assert [[lengths[i] for i in c] for c in length_batches(lengths, 2, 100)] == [[2, 3], [3, 4], [5, 9]]
+    assert sum(length_batches(lengths, 3, 7), []) == list(range(len(p)))  # every prefix once, in order

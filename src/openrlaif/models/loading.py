@@ -234,10 +234,10 @@ def autocast_matmuls(model, dtype: str = "bfloat16") -> None:
 def cast_frozen_once(model, dtype: str = "bfloat16") -> int:
     """Under autocast torch casts a weight afresh at every call unless it is a leaf that takes a gradient (its cast
     cache keeps only those): a frozen judge or a LoRA policy's frozen base paid 0-50 ms of casts per decoder
-    forward of the 135M model here, with the machine's load (docs/benchmarks.md, bench/cast_once.py). This gives every ``nn.Linear`` of ``model`` its weight
-    in ``dtype`` once, used whenever the layer runs under autocast to that dtype and no gradient flows to the
-    weight: the very numbers autocast would cast (bit-identical outputs), cast again when the weight changes in
-    place (an optimizer step, a merge) or is replaced. The parameters themselves are untouched (state dicts,
+    forward of the 135M model here, with the machine's load (docs/benchmarks.md, bench/cast_once.py). This gives
+    every ``nn.Linear`` of ``model`` its weight in ``dtype`` once, used whenever the layer runs under autocast to
+    that dtype and no gradient flows to the weight: the very numbers autocast would cast (bit-identical outputs),
+    cast again when the weight changes in place (an optimizer step, a merge) or is replaced. The parameters themselves are untouched (state dicts,
     fingerprints and merges see float32); the copies cost 2 bytes per weight. Returns the number of layers that
     have one; idempotent."""
     import torch

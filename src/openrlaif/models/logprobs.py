@@ -366,26 +366,11 @@ def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-# Prefix tokens whose key/value caches are kept at once on the shared-prefix path: the caches of a chunk of
-# prefixes stay alive while its suffixes run. ~46 KB a token for the 135M model in float32 (30 layers x keys and
-# values x 3 heads x 64), so ~0.38 GB; people's long conversations (eval's human_prefs yardstick) took the demo's
-# eval stage from 4.3 to 5.4 GB RSS when a chunk was 64 of them whatever their length.
+# Prefix tokens (rows x the longest, as padded in their batches) whose key/value caches are kept at once on the
+# shared-prefix path while a chunk's suffixes run: ~46 KB a token for the 135M model in float32 (30 layers x keys and
+# values x 3 heads x 64), so ~0.38 GB. Before, a chunk was 64 prefixes whatever their length (people's long
+# conversations in eval's human_prefs yardstick; docs/benchmarks.md, session 31).
 PREFIX_CHUNK_TOKENS = 8192
-
-
-def prefix_chunks(prefixes: list, max_count: int, max_tokens: int) -> list[list]:
-    """Consecutive runs of ``prefixes`` (token sequences, in order) of at most ``max_count`` prefixes and at most
-    ``max_tokens`` tokens in all; a prefix longer than ``max_tokens`` is a chunk of its own."""
-    chunks: list[list] = []
-    tokens = 0
-    for p in prefixes:
-        if chunks and len(chunks[-1]) < max_count and tokens + len(p) <= max_tokens:
-            chunks[-1].append(p)
-            tokens += len(p)
-        else:
-            chunks.append([p])
-            tokens = len(p)
-    return chunks
 
 
 def prefix_hidden_states(model, splits: list[Split], batch_size: int, pad_id: int):
@@ -394,8 +379,8 @@ def prefix_hidden_states(model, splits: list[Split], batch_size: int, pad_id: in
 
     Distinct prefixes are run once (left-padded batches), then suffixes run in batches of
     ``batch_size`` on top of their prefix's cache (left-padded to a common prefix length, masked).
-    Work goes in chunks (``prefix_chunks``) so that at most ``8 * batch_size`` prefixes' caches, and at most
-    ``PREFIX_CHUNK_TOKENS`` of their tokens, are alive at once.
+    Work goes in chunks (``length_batches``) so that at most ``8 * batch_size`` prefixes' caches, and at most
+    ``PREFIX_CHUNK_TOKENS`` padded tokens of them, are alive at once.
     """
     from transformers import DynamicCache
 
@@ -408,7 +393,8 @@ def prefix_hidden_states(model, splits: list[Split], batch_size: int, pad_id: in
             raise ValueError("every suffix needs at least one token")
         groups.setdefault(s.prefix, []).append(i)
     prefixes = sorted(groups, key=len)
-    for chunk_prefixes in prefix_chunks(prefixes, 8 * batch_size, PREFIX_CHUNK_TOKENS):
+    for chunk in length_batches([len(p) for p in prefixes], 8 * batch_size, PREFIX_CHUNK_TOKENS):
+        chunk_prefixes = [prefixes[i] for i in chunk]
         # 1. Each distinct prefix once: its per-layer keys/values and its last hidden state.
         kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         last: dict[tuple[int, ...], torch.Tensor] = {}
