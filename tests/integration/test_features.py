@@ -59,3 +59,50 @@ def test_a_frozen_model_reads_a_reply_once_for_every_layer(tiny_model_dir, monke
     assert getattr(fresh.model, "_openrlaif_features", None) is None
     for name, value in direct.items():
         torch.testing.assert_close(shallow[name], value, rtol=0, atol=1e-5)
+
+
+def test_replies_to_one_conversation_share_its_forward(tiny_model_dir, monkeypatch):
+    """Replies to the same conversation run in one row, the conversation once (``collate_forks``): the same
+    features as each reply run alone, fewer tokens through the model; a conversation with more replies than a
+    batch holds is cut into pieces, and a lone reply takes the plain padded path."""
+    import openrlaif.models.features as features
+
+    lm = load_causal_lm(str(tiny_model_dir))
+    n = lm.model.config.num_hidden_layers
+    ask = [{"role": "user", "content": "How do I keep basil alive?"}]
+    other = [{"role": "user", "content": "Name a river."}]
+    convs = [ask] * 5 + [other] * 2 + [[{"role": "user", "content": "Alone here."}]]
+    replies = ["Water it often.", "Sun.", "No idea at all, sorry.", "Repot it in spring.", "Ignore it " * 4,
+               "The Nile.", "Danube", "Yes."]
+    widths = []
+    real = features.layer_states
+
+    def counted(model, ids, attn, layers, position_ids=None):
+        widths.append((tuple(ids.shape), attn.dim()))
+        return real(model, ids, attn, layers, position_ids)
+
+    monkeypatch.setattr(features, "layer_states", counted)
+    kw = dict(layers=[1, n - 1, n], poolings=("mean", "last"), batch_size=4)
+    forked = reply_features(lm.model, lm.tokenizer, convs, replies, **kw)
+    # basil's 5 replies: a piece of 4 (one row) and a lone one; the river's 2 in one row (4 + 2 > batch_size: a
+    # batch of its own); basil's fifth and "Alone here." padded side by side
+    assert [shape[0] for shape, dim in widths if dim == 4] == [1, 1]
+    assert [shape[0] for shape, dim in widths if dim == 2] == [2]
+    monkeypatch.setattr(features, "forks_supported", lambda model: False)
+    apart = reply_features(load_causal_lm(str(tiny_model_dir)).model, lm.tokenizer, convs, replies, **kw)
+    assert set(forked) == set(apart)
+    for name in forked:
+        torch.testing.assert_close(forked[name], apart[name], rtol=0, atol=1e-5)
+
+
+def test_feature_batches_group_by_conversation():
+    from openrlaif.models.features import feature_batches
+    from openrlaif.models.logprobs import Encoded
+
+    def seq(prompt, reply):
+        return Encoded(prompt + reply, [0] * len(prompt) + [1] * len(reply))
+
+    seqs = [seq([1, 2], [3]), seq([1, 2], [4, 5]), seq([9], [3]), seq([1, 2], [6]), seq([7, 7, 7], [8])]
+    assert feature_batches(seqs, [0, 1, 2, 3, 4], 8, True) == [([0, 1, 3], True), ([4, 2], False)]
+    assert feature_batches(seqs, [0, 1, 2, 3, 4], 2, True) == [([0, 1], True), ([4, 3], False), ([2], False)]
+    assert feature_batches(seqs, [0, 1, 2, 3, 4], 2, False) == [([1, 4], False), ([0, 3], False), ([2], False)]

@@ -2,8 +2,10 @@
 
 For each requested layer (0 = the embeddings, L = the last block's output) two poolings are offered:
 ``mean`` over every token of the templated conversation and reply, and ``last``, the final token (the
-reply's end of turn). Rows are batched by length; nothing is projected onto the vocabulary, and the forward
-stops at the deepest requested layer. A frozen model remembers the features of the sequences it read last.
+reply's end of turn). Replies to one conversation run in one row, the conversation once (``collate_forks``;
+``bench/reply_features.py``: the 72 calibration pairs' 144 replies at layer 15 of the embedded judge, 5.28 ->
+4.07 s here); lone replies are batched by length. Nothing is projected onto the vocabulary, and the forward stops at the deepest requested layer. A frozen
+model remembers the features of the sequences it read last.
 
 Shapes: the result maps 'layer{i}:{pooling}' to a float32 tensor (n_replies, hidden_size).
 """
@@ -16,7 +18,7 @@ import torch
 
 from openrlaif.core.cache import cache_key
 from openrlaif.core.progress import advance, bar
-from openrlaif.models.logprobs import collate, encode_response
+from openrlaif.models.logprobs import collate, collate_forks, encode_response, forks_supported
 
 POOLINGS = ("mean", "last")
 
@@ -46,16 +48,18 @@ def decoder_layers(model):
     return None
 
 
-def layer_states(model, ids: torch.Tensor, attn: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+def layer_states(model, ids: torch.Tensor, attn: torch.Tensor, layers: list[int],
+                 position_ids: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
     """Hidden states (batch, time, hidden) at each of ``layers`` (0 = the embeddings, i = the input of block i, i.e.
     the output of block i-1; L = the final, normed output). Below the last layer the forward stops at the deepest
     requested one (``layers`` up to 15 of 30 cost half a forward), every layer up to it is returned, and nothing
-    is projected onto the vocabulary."""
+    is projected onto the vocabulary. ``attn`` may be a 4-D mask with its ``position_ids`` (``collate_forks``)."""
     n = model.config.num_hidden_layers
     blocks = decoder_layers(model)
     deepest = max(layers)
     if deepest >= n or blocks is None:
-        hidden = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+        hidden = model(input_ids=ids, attention_mask=attn, position_ids=position_ids,
+                       output_hidden_states=True).hidden_states
         return {i: hidden[i] for i in range(len(hidden)) if i <= deepest}
     captured: dict[int, torch.Tensor] = {}
 
@@ -69,7 +73,7 @@ def layer_states(model, ids: torch.Tensor, attn: torch.Tensor, layers: list[int]
 
     handles = [blocks[i].register_forward_pre_hook(hook(i), with_kwargs=True) for i in range(deepest + 1)]
     try:
-        model(input_ids=ids, attention_mask=attn)
+        model(input_ids=ids, attention_mask=attn, position_ids=position_ids)
     except _StopForward:
         pass
     finally:
@@ -104,6 +108,45 @@ def _memo(model) -> dict | None:
     return memo
 
 
+def prompt_key(seq) -> tuple[int, ...]:
+    """The tokens before a sequence's response (the templated conversation): replies to one conversation share it."""
+    first = seq.response_mask.index(1) if 1 in seq.response_mask else len(seq.input_ids)
+    return tuple(seq.input_ids[:first])
+
+
+def split_by_prompt(seqs: list, idx: list[int]) -> list[list]:
+    """The sequences ``idx`` (grouped by ``feature_batches``: a conversation's replies side by side) as the groups
+    ``collate_forks`` takes."""
+    groups: list[list] = []
+    for j, i in enumerate(idx):
+        if j and prompt_key(seqs[i]) == prompt_key(seqs[idx[j - 1]]):
+            groups[-1].append(seqs[i])
+        else:
+            groups.append([seqs[i]])
+    return groups
+
+
+def feature_batches(seqs: list, todo: list[int], batch_size: int, fork: bool) -> list[tuple[list[int], bool]]:
+    """Batches of at most ``batch_size`` sequences, each (indices, forked). With ``fork``, replies to the same
+    conversation go together into forked batches (their conversation runs once; a group of more than
+    ``batch_size`` is cut into pieces); lone replies, and all of them without ``fork``, go into plain right-padded
+    batches. Longest first, so the first batch shows the worst memory at once."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in todo:
+        groups.setdefault(prompt_key(seqs[i]) if fork else (i,), []).append(i)
+    pieces = [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+    shared = sorted((p for p in pieces if len(p) > 1), key=lambda p: -sum(len(seqs[i].input_ids) for i in p))
+    alone = sorted((p[0] for p in pieces if len(p) == 1), key=lambda i: -len(seqs[i].input_ids))
+    batches: list[tuple[list[int], bool]] = []
+    for piece in shared:
+        if batches and len(batches[-1][0]) + len(piece) <= batch_size:
+            batches[-1][0].extend(piece)
+        else:
+            batches.append((list(piece), True))
+    batches += [(alone[b : b + batch_size], False) for b in range(0, len(alone), batch_size)]
+    return batches
+
+
 def reply_features(model, tokenizer, conversations: list[list[dict]], replies: list[str], *, layers: list[int],
                    poolings: tuple[str, ...] = POOLINGS, batch_size: int = 8, max_length: int = 384,
                    description: str = "features", encoded: list | None = None) -> dict[str, torch.Tensor]:
@@ -130,22 +173,31 @@ def reply_features(model, tokenizer, conversations: list[list[dict]], replies: l
                 out[name][i] = known[name]
         else:
             todo.append(i)
-    order = sorted(todo, key=lambda i: -len(seqs[i].input_ids))
     start, tokens = time.perf_counter(), 0
-    with bar(description, len(order), "tok") as progress, torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            ids, attn, _ = collate([seqs[i] for i in idx], pad)
-            hidden = layer_states(model, ids, attn, layers)
-            lengths = attn.sum(1)
-            mask = attn.unsqueeze(-1).float()
+    with bar(description, len(todo), "tok") as progress, torch.inference_mode():
+        for idx, forked in feature_batches(seqs, todo, batch_size, forks_supported(model)):
+            if forked:  # replies to one conversation in one row, the conversation once (collate_forks)
+                batch = collate_forks(split_by_prompt(seqs, idx), pad)
+                hidden = layer_states(model, batch.input_ids, batch.mask, layers, batch.position_ids)
+                lengths = torch.bincount(batch.token_owner, minlength=len(idx))
+            else:
+                ids, attn, _ = collate([seqs[i] for i in idx], pad)
+                hidden = layer_states(model, ids, attn, layers)
+                lengths = attn.sum(1)
             pooled = {}
             for layer, h in hidden.items():
                 if memo is None and layer not in layers:  # every layer is pooled only to be remembered
                     continue
                 h = h.float()
-                pooled[feature_name(layer, "mean")] = (h * mask).sum(1) / lengths.unsqueeze(-1)
-                pooled[feature_name(layer, "last")] = h[torch.arange(len(idx)), lengths - 1]
+                if forked:
+                    flat = h.reshape(-1, h.shape[-1])
+                    sums = torch.zeros(len(idx), h.shape[-1]).index_add(0, batch.token_owner, flat[batch.tokens])
+                    pooled[feature_name(layer, "mean")] = sums / lengths.unsqueeze(-1)
+                    pooled[feature_name(layer, "last")] = flat[batch.last]
+                else:
+                    mask = attn.unsqueeze(-1).float()
+                    pooled[feature_name(layer, "mean")] = (h * mask).sum(1) / lengths.unsqueeze(-1)
+                    pooled[feature_name(layer, "last")] = h[torch.arange(len(idx)), lengths - 1]
             for name in names:
                 out[name][idx] = pooled[name]
             if memo is not None:

@@ -60,7 +60,9 @@ class ForkBatch:
     the shared tokens and its own branch's earlier tokens, never another branch; ``position_ids`` restart every
     branch where the shared part ends, so each sequence is computed as if alone. The response log-probs are read
     at ``source`` (flat row * T + position of the hidden state that predicts the token) for ``target`` tokens and
-    summed per sequence (``owner``: its index in the order the groups' sequences were given)."""
+    summed per sequence (``owner``: its index in the order the groups' sequences were given). Every token of
+    every sequence, shared ones included, is at ``tokens`` (flat, in the sequence's order) for ``token_owner``,
+    and its last token at ``last``: what pooling a sequence's hidden states needs (``models.features``)."""
 
     input_ids: torch.Tensor
     mask: torch.Tensor
@@ -69,10 +71,14 @@ class ForkBatch:
     target: torch.Tensor
     owner: torch.Tensor
     sequences: int
+    tokens: torch.Tensor
+    token_owner: torch.Tensor
+    last: torch.Tensor
 
     def to(self, device) -> "ForkBatch":
         return ForkBatch(*(t.to(device) for t in (self.input_ids, self.mask, self.position_ids, self.source,
-                                                  self.target, self.owner)), self.sequences)
+                                                  self.target, self.owner)), self.sequences,
+                         *(t.to(device) for t in (self.tokens, self.token_owner, self.last)))
 
 
 def shared_length(seqs: list[Encoded]) -> int:
@@ -91,7 +97,7 @@ def collate_forks(groups: list[list[Encoded]], pad_id: int) -> ForkBatch:
     """One row per group of sequences (a DPO pair's chosen and rejected: the same prompt): their common leading
     tokens once, then every sequence's rest, right-padded to the longest row (see ``ForkBatch``). A pair of
     ~42 prompt + ~64 reply tokens runs 170 tokens instead of 212."""
-    rows, source, target, owner = [], [], [], []
+    rows, source, target, owner, tokens, token_owner, last = [], [], [], [], [], [], []
     seq = 0
     for g, group in enumerate(groups):
         n = shared_length(group)
@@ -111,6 +117,9 @@ def collate_forks(groups: list[list[Encoded]], pad_id: int) -> ForkBatch:
                     source.append((g, layout(p - 1)))
                     target.append(s.input_ids[p])
                     owner.append(seq)
+            tokens += [(g, layout(p)) for p in range(len(s.input_ids))]
+            token_owner += [seq] * len(s.input_ids)
+            last.append((g, layout(len(s.input_ids) - 1)))
             seq += 1
         rows.append((ids, branch, pos))
     width = max(len(r[0]) for r in rows)
@@ -125,9 +134,12 @@ def collate_forks(groups: list[list[Encoded]], pad_id: int) -> ForkBatch:
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
     mask = causal & (q != -2) & ((k == -1) | (k == q))
     mask |= torch.eye(width, dtype=torch.bool) & (q == -2)  # padding sees itself: no empty softmax row
-    flat = torch.tensor([r * width + t for r, t in source], dtype=torch.long)
-    return ForkBatch(ids_t, mask[:, None], pos_t, flat, torch.tensor(target, dtype=torch.long),
-                     torch.tensor(owner, dtype=torch.long), seq)
+    def flat(places: list[tuple[int, int]]) -> torch.Tensor:
+        return torch.tensor([r * width + t for r, t in places], dtype=torch.long)
+
+    return ForkBatch(ids_t, mask[:, None], pos_t, flat(source), torch.tensor(target, dtype=torch.long),
+                     torch.tensor(owner, dtype=torch.long), seq, flat(tokens),
+                     torch.tensor(token_owner, dtype=torch.long), flat(last))
 
 
 def forked_response_logprobs(model, batch: ForkBatch) -> torch.Tensor:
