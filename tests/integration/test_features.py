@@ -94,15 +94,3 @@ def test_replies_to_one_conversation_share_its_forward(tiny_model_dir, monkeypat
     for name in forked:
         torch.testing.assert_close(forked[name], apart[name], rtol=0, atol=1e-5)
 
-
-def test_feature_batches_group_by_conversation():
-    from openrlaif.models.features import feature_batches
-    from openrlaif.models.logprobs import Encoded
-
-    def seq(prompt, reply):
-        return Encoded(prompt + reply, [0] * len(prompt) + [1] * len(reply))
-
-    seqs = [seq([1, 2], [3]), seq([1, 2], [4, 5]), seq([9], [3]), seq([1, 2], [6]), seq([7, 7, 7], [8])]
-    assert feature_batches(seqs, [0, 1, 2, 3, 4], 8, True) == [([0, 1, 3], True), ([4, 2], False)]
-    assert feature_batches(seqs, [0, 1, 2, 3, 4], 2, True) == [([0, 1], True), ([4, 3], False), ([2], False)]
-    assert feature_batches(seqs, [0, 1, 2, 3, 4], 2, False) == [([1, 4], False), ([0, 3], False), ([2], False)]

@@ -404,6 +404,51 @@ def test_peoples_pairs_share_their_conversation_and_score_as_run_whole(tiny_mode
         assert shared == pytest.approx(whole, abs=1e-4)
 
 
+@pytest.mark.parametrize("attention_cost", [0.0, 0.05, None])
+def test_shared_prefix_logprobs_forked_cached_or_mixed_equal_whole(tiny_model_dir, monkeypatch, attention_cost):
+    """Replies that share a prompt run in one forked row, or on the prompt's KV cache when a row would cost more
+    (``FORK_ATTENTION_COST``: 0 forks every group, 0.05 the short replies but not the long ones; None: a model
+    that takes no 4-D mask, all on the cache); every way gives the whole-sequence log-probs, in the caller's
+    order."""
+    import torch
+
+    import openrlaif.models.logprobs as lp
+
+    lm = load_causal_lm(str(tiny_model_dir))
+    tok, pad = lm.tokenizer, lm.tokenizer.pad_token_id
+    convs = [[{"role": "user", "content": f"Question {i}: " + "why? " * (3 * i)}] for i in range(4)]
+    replies = ["Yes.", "No, never.", "Because " + "it is so " * 12, "Maybe " * 15]
+    seqs = [lp.encode_response(tok, c, r, 256) for c in convs for r in replies] + \
+        [lp.encode_response(tok, [{"role": "user", "content": "Alone."}], "Fine.", 256)]
+    calls = {"forked": 0, "cached": 0}
+    forked, cached = lp.forked_response_logprobs, lp.split_response_logprobs
+
+    def count_forked(*a, **k):
+        calls["forked"] += 1
+        return forked(*a, **k)
+
+    def count_cached(model, splits, *a, **k):
+        calls["cached"] += len(splits)
+        return cached(model, splits, *a, **k)
+
+    monkeypatch.setattr(lp, "forked_response_logprobs", count_forked)
+    monkeypatch.setattr(lp, "split_response_logprobs", count_cached)
+    if attention_cost is None:
+        monkeypatch.setattr(lp, "forks_supported", lambda model: False)
+    else:
+        monkeypatch.setattr(lp, "FORK_ATTENTION_COST", attention_cost)
+    with torch.inference_mode():
+        shared = lp.shared_prefix_logprobs(lm.model, seqs, pad, 4, "shared")
+        whole, _ = lp.batched_response_logprobs(lm.model, seqs, pad, 4, "whole")
+    assert shared == pytest.approx(whole, rel=1e-6, abs=1e-4)  # float32 sums of up to ~450 nats
+    if attention_cost == 0.0:
+        assert calls["forked"] >= 4 and calls["cached"] == 1  # only "Alone." is on the cache path
+    elif attention_cost is None:
+        assert calls == {"forked": 0, "cached": len(seqs)}
+    else:
+        assert calls["forked"] >= 1 and 1 < calls["cached"] < len(seqs)
+
+
 def test_row_seeded_samplers_side_by_side(tiny_model_dir):
     """Row seeds: a prompt's answer does not depend on its batch; two copies of one policy sampling side by side
     (one thread each) write exactly what each writes alone, so two policies answer with shared random numbers."""

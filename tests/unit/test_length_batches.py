@@ -1,5 +1,7 @@
 """Scoring batches: shortest first, at most batch_size rows, padded size within the token budget."""
 
+import pytest
+
 from openrlaif.models.logprobs import length_batches
 
 
@@ -41,3 +43,36 @@ def test_prefix_chunks_bound_count_and_tokens():
     # at most 2 prefixes a chunk, whatever the tokens
     assert [[lengths[i] for i in c] for c in length_batches(lengths, 2, 100)] == [[2, 3], [3, 4], [5, 9]]
     assert sum(length_batches(lengths, 3, 7), []) == list(range(len(p)))  # every prefix once, in order
+
+
+def test_fork_batches_by_hand():
+    """Replies to one prompt share a forked row; lone sequences go to plain batches (``length_batches``, widest
+    batch first); without forks every sequence is plain."""
+    from openrlaif.models.logprobs import Encoded, fork_batches
+
+    def seq(prompt, reply):
+        return Encoded(prompt + reply, [0] * len(prompt) + [1] * len(reply))
+
+    seqs = [seq([1, 2], [3]), seq([1, 2], [4, 5]), seq([9], [3]), seq([1, 2], [6]), seq([7, 7, 7], [8])]
+    # prompt [1, 2]: 0 and 3 (3 tokens) then 1 (4) join one row; 2 and 4 are alone
+    assert fork_batches(seqs, [0, 1, 2, 3, 4], 8, True) == [([0, 3, 1], True), ([2, 4], False)]
+    # two sequences a batch: the row takes 0 and 3, and 1 is left alone with 2 and 4 (lengths 4, 2, 4)
+    assert fork_batches(seqs, [0, 1, 2, 3, 4], 2, True) == [([0, 3], True), ([4], False), ([2, 1], False)]
+    assert fork_batches(seqs, [0, 1, 2, 3, 4], 2, False) == [([4], False), ([3, 1], False), ([2, 0], False)]
+    # a batch's padded tokens: rows [1, 2 | 3 | 6 | 4, 5] (width 6) and [8 | 3 | 1, 2] (width 4) pad to 2 x 6
+    more = seqs + [seq([8], [1, 2]), seq([8], [3])]
+    assert fork_batches(more, [0, 1, 3, 5, 6], 8, True, max_tokens=11) == [([0, 3, 1], True), ([6, 5], True)]
+    assert fork_batches(more, [0, 1, 3, 5, 6], 8, True, max_tokens=12) == [([0, 3, 1, 6, 5], True)]
+
+
+def test_long_replies_behind_a_short_prompt_stay_apart():
+    """A row's attention grows with its width squared (``row_cost``): two 600-token replies behind a 2-token prompt
+    cost more in one row (1202 + 1.3e-3 * 1202^2 = 3080) than apart (2 x (602 + 1.3e-3 * 602^2) = 2146); two 1-token
+    replies behind a 600-token prompt cost less (602 + 471 = 1073 vs 2 x (601 + 470) = 2141)."""
+    from openrlaif.models.logprobs import Encoded, fork_pieces, row_cost
+
+    assert row_cost(1202) == pytest.approx(1202 + 1.3e-3 * 1202**2)
+    long_replies = [Encoded([1, 2] + [5 + i] * 600, [0, 0] + [1] * 600) for i in range(2)]
+    assert fork_pieces(long_replies, [0, 1], 8) == [[0], [1]]
+    long_prompt = [Encoded([1] * 600 + [5 + i], [0] * 600 + [1]) for i in range(2)]
+    assert fork_pieces(long_prompt, [0, 1], 8) == [[0, 1]]

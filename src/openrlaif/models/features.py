@@ -18,7 +18,7 @@ import torch
 
 from openrlaif.core.cache import cache_key
 from openrlaif.core.progress import advance, bar
-from openrlaif.models.logprobs import collate, collate_forks, encode_response, forks_supported
+from openrlaif.models.logprobs import collate, collate_forks, encode_response, fork_batches, fork_groups, forks_supported
 
 POOLINGS = ("mean", "last")
 
@@ -108,45 +108,6 @@ def _memo(model) -> dict | None:
     return memo
 
 
-def prompt_key(seq) -> tuple[int, ...]:
-    """The tokens before a sequence's response (the templated conversation): replies to one conversation share it."""
-    first = seq.response_mask.index(1) if 1 in seq.response_mask else len(seq.input_ids)
-    return tuple(seq.input_ids[:first])
-
-
-def split_by_prompt(seqs: list, idx: list[int]) -> list[list]:
-    """The sequences ``idx`` (grouped by ``feature_batches``: a conversation's replies side by side) as the groups
-    ``collate_forks`` takes."""
-    groups: list[list] = []
-    for j, i in enumerate(idx):
-        if j and prompt_key(seqs[i]) == prompt_key(seqs[idx[j - 1]]):
-            groups[-1].append(seqs[i])
-        else:
-            groups.append([seqs[i]])
-    return groups
-
-
-def feature_batches(seqs: list, todo: list[int], batch_size: int, fork: bool) -> list[tuple[list[int], bool]]:
-    """Batches of at most ``batch_size`` sequences, each (indices, forked). With ``fork``, replies to the same
-    conversation go together into forked batches (their conversation runs once; a group of more than
-    ``batch_size`` is cut into pieces); lone replies, and all of them without ``fork``, go into plain right-padded
-    batches. Longest first, so the first batch shows the worst memory at once."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i in todo:
-        groups.setdefault(prompt_key(seqs[i]) if fork else (i,), []).append(i)
-    pieces = [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
-    shared = sorted((p for p in pieces if len(p) > 1), key=lambda p: -sum(len(seqs[i].input_ids) for i in p))
-    alone = sorted((p[0] for p in pieces if len(p) == 1), key=lambda i: -len(seqs[i].input_ids))
-    batches: list[tuple[list[int], bool]] = []
-    for piece in shared:
-        if batches and len(batches[-1][0]) + len(piece) <= batch_size:
-            batches[-1][0].extend(piece)
-        else:
-            batches.append((list(piece), True))
-    batches += [(alone[b : b + batch_size], False) for b in range(0, len(alone), batch_size)]
-    return batches
-
-
 def reply_features(model, tokenizer, conversations: list[list[dict]], replies: list[str], *, layers: list[int],
                    poolings: tuple[str, ...] = POOLINGS, batch_size: int = 8, max_length: int = 384,
                    description: str = "features", encoded: list | None = None) -> dict[str, torch.Tensor]:
@@ -175,9 +136,9 @@ def reply_features(model, tokenizer, conversations: list[list[dict]], replies: l
             todo.append(i)
     start, tokens = time.perf_counter(), 0
     with bar(description, len(todo), "tok") as progress, torch.inference_mode():
-        for idx, forked in feature_batches(seqs, todo, batch_size, forks_supported(model)):
+        for idx, forked in fork_batches(seqs, todo, batch_size, forks_supported(model)):
             if forked:  # replies to one conversation in one row, the conversation once (collate_forks)
-                batch = collate_forks(split_by_prompt(seqs, idx), pad)
+                batch = collate_forks(fork_groups(seqs, idx), pad)
                 hidden = layer_states(model, batch.input_ids, batch.mask, layers, batch.position_ids)
                 lengths = torch.bincount(batch.token_owner, minlength=len(idx))
             else:

@@ -152,9 +152,91 @@ def forked_response_logprobs(model, batch: ForkBatch) -> torch.Tensor:
     else:
         hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.mask,
                          position_ids=batch.position_ids).last_hidden_state
-        picked = head(hidden.reshape(-1, hidden.shape[-1])[batch.source]).float()
+        rows = hidden.reshape(-1, hidden.shape[-1])[batch.source]
+        # at most HEAD_ROWS positions' logits at a time (~100 MB in float32 on a 49k vocabulary)
+        token_logp = torch.cat([gathered_logprobs(head(rows[a : a + HEAD_ROWS]).float(), batch.target[a : a + HEAD_ROWS])
+                                for a in range(0, len(rows), HEAD_ROWS)] or [rows.new_zeros(0).float()])
+        return torch.zeros(batch.sequences, dtype=token_logp.dtype).index_add(0, batch.owner, token_logp)
     token_logp = gathered_logprobs(picked, batch.target)
     return torch.zeros(batch.sequences, dtype=token_logp.dtype).index_add(0, batch.owner, token_logp)
+
+
+# A row of ``collate_forks`` costs its width W in the matrix products and W^2 in attention, which this CPU runs
+# far less efficiently: with the embedded model here a token pair of attention cost ~1.3e-3 of a token's linear
+# layers (SDPA ~75 GFLOP/s vs the products' ~400 at bf16, 2 cores). A reply joins its conversation's row only while
+# that costs less than running it apart; long replies behind a short prompt stay apart.
+FORK_ATTENTION_COST = 1.3e-3
+
+
+def row_cost(width: int) -> float:
+    """Relative cost of one forward row of ``width`` tokens (linear layers + attention)."""
+    return width + FORK_ATTENTION_COST * width * width
+
+
+def prompt_key(seq: Encoded) -> tuple[int, ...]:
+    """The tokens before a sequence's response (the templated conversation): replies to one conversation share it."""
+    first = seq.response_mask.index(1) if 1 in seq.response_mask else len(seq.input_ids)
+    return tuple(seq.input_ids[:first])
+
+
+def fork_groups(seqs: list[Encoded], idx: list[int]) -> list[list[Encoded]]:
+    """The sequences ``idx`` of a forked batch (``fork_batches``: a conversation's replies side by side) as the
+    groups ``collate_forks`` takes."""
+    groups: list[list[Encoded]] = []
+    for j, i in enumerate(idx):
+        if j and prompt_key(seqs[i]) == prompt_key(seqs[idx[j - 1]]):
+            groups[-1].append(seqs[i])
+        else:
+            groups.append([seqs[i]])
+    return groups
+
+
+def fork_pieces(seqs: list[Encoded], members: list[int], batch_size: int) -> list[list[int]]:
+    """A conversation's replies (``members``, same ``prompt_key``) cut into rows: a reply joins the current row while
+    the row's extra cost (``row_cost``) is below its cost run alone, and a row holds at most ``batch_size``."""
+    pieces: list[list[int]] = []
+    width = 0
+    for i in sorted(members, key=lambda i: len(seqs[i].input_ids)):
+        n = len(seqs[i].input_ids)
+        if pieces and len(pieces[-1]) < batch_size:
+            own = n - len(prompt_key(seqs[i]))  # collate_forks shares at least the prompt
+            if row_cost(width + own) - row_cost(width) < row_cost(n):
+                pieces[-1].append(i)
+                width += own
+                continue
+        pieces.append([i])
+        width = n
+    return pieces
+
+
+def fork_batches(seqs: list[Encoded], todo: list[int], batch_size: int, fork: bool,
+                 max_tokens: int | None = None) -> list[tuple[list[int], bool]]:
+    """Batches of ``todo`` (indices of ``seqs``), each (indices, forked), at most ``batch_size`` sequences and
+    ``max_tokens`` padded tokens (default ``MAX_BATCH_TOKENS``) a batch. With ``fork``, replies to one conversation
+    share a row where that pays (``fork_pieces``) and such rows make forked batches (``collate_forks``); the rest go
+    into plain right-padded batches (``length_batches``). Widest first, so the first batch shows the worst memory."""
+    max_tokens = max_tokens or MAX_BATCH_TOKENS
+    groups: dict[tuple, list[int]] = {}
+    for i in todo:
+        groups.setdefault(prompt_key(seqs[i]) if fork else (i,), []).append(i)
+    pieces = [p for g in groups.values() for p in (fork_pieces(seqs, g, batch_size) if len(g) > 1 else [g])]
+
+    def width(piece: list[int]) -> int:
+        n = shared_length([seqs[i] for i in piece])
+        return n + sum(len(seqs[i].input_ids) - n for i in piece)
+
+    batches: list[tuple[list[int], bool]] = []
+    rows, widest = 0, 0
+    for piece in sorted((p for p in pieces if len(p) > 1), key=lambda p: -width(p)):
+        if (batches and len(batches[-1][0]) + len(piece) <= batch_size and (rows + 1) * widest <= max_tokens):
+            batches[-1][0].extend(piece)
+            rows += 1
+        else:
+            batches.append((list(piece), True))
+            rows, widest = 1, width(piece)
+    alone = [p[0] for p in pieces if len(p) == 1]
+    plain = length_batches([len(seqs[i].input_ids) for i in alone], batch_size, max_tokens)
+    return batches + [([alone[j] for j in b], False) for b in reversed(plain)]
 
 
 def pair_logprobs(module, chosen: list[Encoded], rejected: list[Encoded], pad_id: int, fork: bool,
@@ -522,8 +604,10 @@ def shared_prefix_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: 
                            on_batch=None, reuse_prefix: bool = True) -> list[float]:
     """Summed response log-probs of ``seqs`` (in their order) without gradients. Sequences whose tokens before the
     response are the same (a prompt's candidates under one system prompt; a people's pair's two replies) run that
-    prefix once and their responses on its KV cache (``split_response_logprobs``); where the model does not allow
-    it, or ``reuse_prefix`` is off, every sequence runs whole (``batched_response_logprobs``). ``on_batch({index:
+    prefix once: in one row with their responses after it (``collate_forks``, where ``fork_batches`` finds that
+    it pays; 13-15% faster than the cache below here: bench/prefix_logprobs.py), else their responses on its KV cache
+    (``split_response_logprobs``); where the model allows neither, or ``reuse_prefix`` is off, every sequence runs
+    whole (``batched_response_logprobs``). ``on_batch({index:
     log-prob})`` after every batch; a progress bar either way."""
     import time
 
@@ -532,11 +616,6 @@ def shared_prefix_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: 
     if not (reuse_prefix and supports_prefix_reuse(model)
             and all(s.response_mask[0] == 0 and 1 in s.response_mask for s in seqs)):
         return batched_response_logprobs(model, seqs, pad_id, batch_size, description, on_batch=on_batch)[0]
-    splits, masks = [], []
-    for s in seqs:
-        n = s.response_mask.index(1)
-        splits.append(Split(tuple(s.input_ids[:n]), s.input_ids[n:]))
-        masks.append(s.response_mask[n:])
     with bar(description, len(seqs), "seq") as progress, torch.inference_mode():
         start, done = time.perf_counter(), 0
 
@@ -547,5 +626,23 @@ def shared_prefix_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: 
             done += len(batch)
             advance(progress, len(batch), done / max(time.perf_counter() - start, 1e-9), "seq")
 
-        out = split_response_logprobs(model, splits, masks, batch_size, pad_id, on_batch=tick)
+        out: dict[int, float] = {}
+        rest = list(range(len(seqs)))
+        if forks_supported(model):  # a prompt's replies in one row where that pays (fork_batches)
+            batches = fork_batches(seqs, rest, batch_size, True)
+            for idx, _ in (b for b in batches if b[1]):
+                values = forked_response_logprobs(model, collate_forks(fork_groups(seqs, idx), pad_id)).tolist()
+                out.update(zip(idx, values))
+                tick(dict(zip(idx, values)))
+            rest = [i for idx, forked in batches if not forked for i in idx]
+        # the rest on their prefix's key/value cache (a prefix shared by replies that do not fork well is still
+        # run once; where the model cannot take a 4-D mask, every sequence goes this way)
+        splits, masks = [], []
+        for i in rest:
+            n = seqs[i].response_mask.index(1)
+            splits.append(Split(tuple(seqs[i].input_ids[:n]), seqs[i].input_ids[n:]))
+            masks.append(seqs[i].response_mask[n:])
+        found = split_response_logprobs(model, splits, masks, batch_size, pad_id,
+                                        on_batch=lambda batch: tick({rest[j]: v for j, v in batch.items()}))
+        out.update((rest[j], v) for j, v in found.items())
     return [out[i] for i in range(len(seqs))]
