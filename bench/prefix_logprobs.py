@@ -84,8 +84,10 @@ def main() -> None:
         principle = constitution.sample(random.Random(i))
         for system in (principle.positive_prompt, principle.negative_prompt):
             conv = with_system([{"role": "user", "content": row["prompt"]}], system)
-            seqs += [encode_response(judge.tokenizer, conv, normalize_candidate(r), 384) for r in (row["chosen"], row["rejected"])]
-    compare("contrastive judge on calibration pairs", judge.model.eval(), seqs, judge.tokenizer.pad_token_id, args.repeats)
+            seqs += [encode_response(judge.tokenizer, conv, normalize_candidate(r), 384)
+                     for r in (row["chosen"], row["rejected"])]
+    compare("contrastive judge on calibration pairs", judge.model.eval(), seqs, judge.tokenizer.pad_token_id,
+            args.repeats)
     del judge
     if args.hh:
         if not HH.is_file():

@@ -4,8 +4,8 @@ For each requested layer (0 = the embeddings, L = the last block's output) two p
 ``mean`` over every token of the templated conversation and reply, and ``last``, the final token (the
 reply's end of turn). Replies to one conversation run in one row, the conversation once (``collate_forks``;
 ``bench/reply_features.py``: the 72 calibration pairs' 144 replies at layer 15 of the embedded judge, 5.28 ->
-4.07 s here); lone replies are batched by length. Nothing is projected onto the vocabulary, and the forward stops at the deepest requested layer. A frozen
-model remembers the features of the sequences it read last.
+4.07 s here); lone replies are batched by length. Nothing is projected onto the vocabulary, and the forward
+stops at the deepest requested layer. A frozen model remembers the features of the sequences it read last.
 
 Shapes: the result maps 'layer{i}:{pooling}' to a float32 tensor (n_replies, hidden_size).
 """
@@ -18,7 +18,14 @@ import torch
 
 from openrlaif.core.cache import cache_key
 from openrlaif.core.progress import advance, bar
-from openrlaif.models.logprobs import collate, collate_forks, encode_response, fork_batches, fork_groups, forks_supported
+from openrlaif.models.logprobs import (
+    collate,
+    collate_forks,
+    encode_response,
+    fork_batches,
+    fork_groups,
+    forks_supported,
+)
 
 POOLINGS = ("mean", "last")
 

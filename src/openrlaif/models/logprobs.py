@@ -134,6 +134,7 @@ def collate_forks(groups: list[list[Encoded]], pad_id: int) -> ForkBatch:
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
     mask = causal & (q != -2) & ((k == -1) | (k == q))
     mask |= torch.eye(width, dtype=torch.bool) & (q == -2)  # padding sees itself: no empty softmax row
+
     def flat(places: list[tuple[int, int]]) -> torch.Tensor:
         return torch.tensor([r * width + t for r, t in places], dtype=torch.long)
 
@@ -144,20 +145,19 @@ def collate_forks(groups: list[list[Encoded]], pad_id: int) -> ForkBatch:
 
 def forked_response_logprobs(model, batch: ForkBatch) -> torch.Tensor:
     """Summed response log-probs of the sequences of a ``ForkBatch`` (in the order they were given), the LM head
-    on the response positions only (the whole logits where the head cannot be applied apart)."""
+    on the response positions only, at most ``HEAD_ROWS`` of them at a time (the whole logits where the head cannot
+    be applied apart)."""
     decoder, head = decoder_and_head(model)
     if decoder is None:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.mask, position_ids=batch.position_ids).logits
-        picked = logits.reshape(-1, logits.shape[-1])[batch.source].float()
+        token_logp = gathered_logprobs(logits.reshape(-1, logits.shape[-1])[batch.source].float(), batch.target)
     else:
         hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.mask,
                          position_ids=batch.position_ids).last_hidden_state
         rows = hidden.reshape(-1, hidden.shape[-1])[batch.source]
-        # at most HEAD_ROWS positions' logits at a time (~100 MB in float32 on a 49k vocabulary)
-        token_logp = torch.cat([gathered_logprobs(head(rows[a : a + HEAD_ROWS]).float(), batch.target[a : a + HEAD_ROWS])
+        token_logp = torch.cat([gathered_logprobs(head(rows[a : a + HEAD_ROWS]).float(),
+                                                  batch.target[a : a + HEAD_ROWS])
                                 for a in range(0, len(rows), HEAD_ROWS)] or [rows.new_zeros(0).float()])
-        return torch.zeros(batch.sequences, dtype=token_logp.dtype).index_add(0, batch.owner, token_logp)
-    token_logp = gathered_logprobs(picked, batch.target)
     return torch.zeros(batch.sequences, dtype=token_logp.dtype).index_add(0, batch.owner, token_logp)
 
 
@@ -563,7 +563,7 @@ def split_next_token_logprobs(model, splits: list[Split], batch_size: int, pad_i
     return _in_batches(results, batch_size, on_batch)
 
 
-HEAD_ROWS = 512  # positions projected onto the vocabulary together on the shared-prefix path
+HEAD_ROWS = 512  # positions projected onto the vocabulary together on the shared-prefix and forked paths
 
 
 def split_response_logprobs(model, splits: list[Split], masks: list[list[int]], batch_size: int, pad_id: int,
@@ -605,10 +605,10 @@ def shared_prefix_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: 
     """Summed response log-probs of ``seqs`` (in their order) without gradients. Sequences whose tokens before the
     response are the same (a prompt's candidates under one system prompt; a people's pair's two replies) run that
     prefix once: in one row with their responses after it (``collate_forks``, where ``fork_batches`` finds that
-    it pays; 13-15% faster than the cache below here: bench/prefix_logprobs.py), else their responses on its KV cache
-    (``split_response_logprobs``); where the model allows neither, or ``reuse_prefix`` is off, every sequence runs
-    whole (``batched_response_logprobs``). ``on_batch({index:
-    log-prob})`` after every batch; a progress bar either way."""
+    it pays; 13-15% faster than the cache here: bench/prefix_logprobs.py), else their responses on its KV cache
+    (``split_response_logprobs``); where the model allows neither, or ``reuse_prefix`` is off, every sequence
+    runs whole (``batched_response_logprobs``). ``on_batch({index: log-prob})`` after every batch; a progress bar
+    either way."""
     import time
 
     from openrlaif.core.progress import advance, bar
@@ -630,10 +630,11 @@ def shared_prefix_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: 
         rest = list(range(len(seqs)))
         if forks_supported(model):  # a prompt's replies in one row where that pays (fork_batches)
             batches = fork_batches(seqs, rest, batch_size, True)
-            for idx, _ in (b for b in batches if b[1]):
-                values = forked_response_logprobs(model, collate_forks(fork_groups(seqs, idx), pad_id)).tolist()
-                out.update(zip(idx, values))
-                tick(dict(zip(idx, values)))
+            for idx, forked in batches:
+                if forked:
+                    values = forked_response_logprobs(model, collate_forks(fork_groups(seqs, idx), pad_id)).tolist()
+                    out.update(zip(idx, values))
+                    tick(dict(zip(idx, values)))
             rest = [i for idx, forked in batches if not forked for i in idx]
         # the rest on their prefix's key/value cache (a prefix shared by replies that do not fork well is still
         # run once; where the model cannot take a 4-D mask, every sequence goes this way)
