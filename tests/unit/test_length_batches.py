@@ -55,14 +55,25 @@ def test_fork_batches_by_hand():
 
     seqs = [seq([1, 2], [3]), seq([1, 2], [4, 5]), seq([9], [3]), seq([1, 2], [6]), seq([7, 7, 7], [8])]
     # prompt [1, 2]: 0 and 3 (3 tokens) then 1 (4) join one row; 2 and 4 are alone
-    assert fork_batches(seqs, [0, 1, 2, 3, 4], 8, True) == [([0, 3, 1], True), ([2, 4], False)]
+    assert fork_batches(seqs, [0, 1, 2, 3, 4], 8, True) == [([[0, 3, 1]], True), ([[2], [4]], False)]
     # two sequences a batch: the row takes 0 and 3, and 1 is left alone with 2 and 4 (lengths 4, 2, 4)
-    assert fork_batches(seqs, [0, 1, 2, 3, 4], 2, True) == [([0, 3], True), ([4], False), ([2, 1], False)]
-    assert fork_batches(seqs, [0, 1, 2, 3, 4], 2, False) == [([4], False), ([3, 1], False), ([2, 0], False)]
+    assert fork_batches(seqs, [0, 1, 2, 3, 4], 2, True) == [([[0, 3]], True), ([[4]], False), ([[2], [1]], False)]
+    assert fork_batches(seqs, [0, 1, 2, 3, 4], 2, False) == [([[4]], False), ([[3], [1]], False), ([[2], [0]], False)]
     # a batch's padded tokens: rows [1, 2 | 3 | 6 | 4, 5] (width 6) and [8 | 3 | 1, 2] (width 4) pad to 2 x 6
     more = seqs + [seq([8], [1, 2]), seq([8], [3])]
-    assert fork_batches(more, [0, 1, 3, 5, 6], 8, True, max_tokens=11) == [([0, 3, 1], True), ([6, 5], True)]
-    assert fork_batches(more, [0, 1, 3, 5, 6], 8, True, max_tokens=12) == [([0, 3, 1, 6, 5], True)]
+    assert fork_batches(more, [0, 1, 3, 5, 6], 8, True, max_tokens=11) == [([[0, 3, 1]], True), ([[6, 5]], True)]
+    assert fork_batches(more, [0, 1, 3, 5, 6], 8, True, max_tokens=12) == [([[0, 3, 1], [6, 5]], True)]
+
+
+def test_two_rows_of_one_conversation_stay_two_rows(monkeypatch):
+    """Where the cost model cuts a conversation's replies into rows of two (each 10-token reply behind a 10-token
+    prompt: a third would add 10 + 0.05 * (40^2 - 30^2) = 45 > 20 + 0.05 * 20^2 = 40 alone), a batch that holds
+    both rows keeps them apart."""
+    import openrlaif.models.logprobs as lp
+
+    monkeypatch.setattr(lp, "FORK_ATTENTION_COST", 0.05)
+    seqs = [lp.Encoded([1] * 10 + [2 + i] * 10, [0] * 10 + [1] * 10) for i in range(4)]
+    assert lp.fork_batches(seqs, [0, 1, 2, 3], 8, True) == [([[0, 1], [2, 3]], True)]
 
 
 def test_long_replies_behind_a_short_prompt_stay_apart():

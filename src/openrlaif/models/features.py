@@ -23,7 +23,6 @@ from openrlaif.models.logprobs import (
     collate_forks,
     encode_response,
     fork_batches,
-    fork_groups,
     forks_supported,
 )
 
@@ -143,9 +142,10 @@ def reply_features(model, tokenizer, conversations: list[list[dict]], replies: l
             todo.append(i)
     start, tokens = time.perf_counter(), 0
     with bar(description, len(todo), "tok") as progress, torch.inference_mode():
-        for idx, forked in fork_batches(seqs, todo, batch_size, forks_supported(model)):
+        for rows, forked in fork_batches(seqs, todo, batch_size, forks_supported(model)):
+            idx = [i for row in rows for i in row]
             if forked:  # replies to one conversation in one row, the conversation once (collate_forks)
-                batch = collate_forks(fork_groups(seqs, idx), pad)
+                batch = collate_forks([[seqs[i] for i in row] for row in rows], pad)
                 hidden = layer_states(model, batch.input_ids, batch.mask, layers, batch.position_ids)
                 lengths = torch.bincount(batch.token_owner, minlength=len(idx))
             else:

@@ -179,18 +179,6 @@ def prompt_key(seq: Encoded) -> tuple[int, ...]:
     return tuple(seq.input_ids[:first])
 
 
-def fork_groups(seqs: list[Encoded], idx: list[int]) -> list[list[Encoded]]:
-    """The sequences ``idx`` of a forked batch (``fork_batches``: a conversation's replies side by side) as the
-    groups ``collate_forks`` takes."""
-    groups: list[list[Encoded]] = []
-    for j, i in enumerate(idx):
-        if j and prompt_key(seqs[i]) == prompt_key(seqs[idx[j - 1]]):
-            groups[-1].append(seqs[i])
-        else:
-            groups.append([seqs[i]])
-    return groups
-
-
 def fork_pieces(seqs: list[Encoded], members: list[int], batch_size: int) -> list[list[int]]:
     """A conversation's replies (``members``, same ``prompt_key``) cut into rows: a reply joins the current row while
     the row's extra cost (``row_cost``) is below its cost run alone, and a row holds at most ``batch_size``."""
@@ -210,11 +198,12 @@ def fork_pieces(seqs: list[Encoded], members: list[int], batch_size: int) -> lis
 
 
 def fork_batches(seqs: list[Encoded], todo: list[int], batch_size: int, fork: bool,
-                 max_tokens: int | None = None) -> list[tuple[list[int], bool]]:
-    """Batches of ``todo`` (indices of ``seqs``), each (indices, forked), at most ``batch_size`` sequences and
+                 max_tokens: int | None = None) -> list[tuple[list[list[int]], bool]]:
+    """Batches of ``todo`` (indices of ``seqs``), each (rows, forked), at most ``batch_size`` sequences and
     ``max_tokens`` padded tokens (default ``MAX_BATCH_TOKENS``) a batch. With ``fork``, replies to one conversation
-    share a row where that pays (``fork_pieces``) and such rows make forked batches (``collate_forks``); the rest go
-    into plain right-padded batches (``length_batches``). Widest first, so the first batch shows the worst memory."""
+    share a row where that pays (``fork_pieces``), and such rows make forked batches (each row a group for
+    ``collate_forks``); the rest go one sequence a row into plain right-padded batches (``length_batches``).
+    Widest first, so the first batch shows the worst memory."""
     max_tokens = max_tokens or MAX_BATCH_TOKENS
     groups: dict[tuple, list[int]] = {}
     for i in todo:
@@ -225,18 +214,18 @@ def fork_batches(seqs: list[Encoded], todo: list[int], batch_size: int, fork: bo
         n = shared_length([seqs[i] for i in piece])
         return n + sum(len(seqs[i].input_ids) - n for i in piece)
 
-    batches: list[tuple[list[int], bool]] = []
-    rows, widest = 0, 0
+    batches: list[tuple[list[list[int]], bool]] = []
+    widest = 0
     for piece in sorted((p for p in pieces if len(p) > 1), key=lambda p: -width(p)):
-        if (batches and len(batches[-1][0]) + len(piece) <= batch_size and (rows + 1) * widest <= max_tokens):
-            batches[-1][0].extend(piece)
-            rows += 1
+        rows = batches[-1][0] if batches else []
+        if rows and sum(map(len, rows)) + len(piece) <= batch_size and (len(rows) + 1) * widest <= max_tokens:
+            rows.append(piece)
         else:
-            batches.append((list(piece), True))
-            rows, widest = 1, width(piece)
+            batches.append(([piece], True))
+            widest = width(piece)
     alone = [p[0] for p in pieces if len(p) == 1]
     plain = length_batches([len(seqs[i].input_ids) for i in alone], batch_size, max_tokens)
-    return batches + [([alone[j] for j in b], False) for b in reversed(plain)]
+    return batches + [([[alone[j]] for j in b], False) for b in reversed(plain)]
 
 
 def pair_logprobs(module, chosen: list[Encoded], rejected: list[Encoded], pad_id: int, fork: bool,
@@ -630,19 +619,19 @@ def shared_prefix_logprobs(model, seqs: list[Encoded], pad_id: int, batch_size: 
         rest = list(range(len(seqs)))
         if forks_supported(model):  # a prompt's replies in one row where that pays (fork_batches)
             batches = fork_batches(seqs, rest, batch_size, True)
-            for idx, forked in batches:
+            for rows, forked in batches:
                 if forked:
-                    values = forked_response_logprobs(model, collate_forks(fork_groups(seqs, idx), pad_id)).tolist()
-                    out.update(zip(idx, values))
-                    tick(dict(zip(idx, values)))
-            rest = [i for idx, forked in batches if not forked for i in idx]
+                    batch = collate_forks([[seqs[i] for i in row] for row in rows], pad_id)
+                    done_now = dict(zip((i for row in rows for i in row),
+                                        forked_response_logprobs(model, batch).tolist()))
+                    out.update(done_now)
+                    tick(done_now)
+            rest = [row[0] for rows, forked in batches if not forked for row in rows]
         # the rest on their prefix's key/value cache (a prefix shared by replies that do not fork well is still
         # run once; where the model cannot take a 4-D mask, every sequence goes this way)
-        splits, masks = [], []
-        for i in rest:
-            n = seqs[i].response_mask.index(1)
-            splits.append(Split(tuple(seqs[i].input_ids[:n]), seqs[i].input_ids[n:]))
-            masks.append(seqs[i].response_mask[n:])
+        prefixes = [prompt_key(seqs[i]) for i in rest]
+        splits = [Split(p, seqs[i].input_ids[len(p):]) for p, i in zip(prefixes, rest)]
+        masks = [seqs[i].response_mask[len(p):] for p, i in zip(prefixes, rest)]
         found = split_response_logprobs(model, splits, masks, batch_size, pad_id,
                                         on_batch=lambda batch: tick({rest[j]: v for j, v in batch.items()}))
         out.update((rest[j], v) for j, v in found.items())
