@@ -180,3 +180,31 @@ def sft_run(tmp_path, tiny_model_dir):
         "sft.learning_rate=0.01", "train.checkpoint_every=0"])
     return cfg, open_run(cfg, tmp_path / "base")
 
+
+
+EXIT_SCRIPT = """
+import atexit, os, sys
+import torch, torch.distributed as dist
+from openrlaif.config import TrainConfig
+from openrlaif.models.accel import make_accelerator
+
+out = sys.argv[1] + "/rank" + os.environ["RANK"]
+atexit.register(lambda: open(out, "w").write(str(dist.is_initialized())))  # runs after handlers registered later
+accelerator = make_accelerator(TrainConfig(mixed_precision="no"))
+total = torch.ones(1)
+dist.all_reduce(total)
+assert accelerator.num_processes == 2 and total.item() == 2.0
+"""
+
+
+def test_launched_processes_end_their_process_group_before_the_interpreter_does(tmp_path):
+    """Left to interpreter teardown, gloo's threads can abort a finished process (SIGABRT); the accelerator's
+    exit hook destroys the group first, on every rank."""
+    script = tmp_path / "ends.py"
+    script.write_text(EXIT_SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path)]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]

@@ -54,11 +54,36 @@ def make_accelerator(tc: TrainConfig):
     # process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=resolved_mixed_precision(tc.mixed_precision),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         step_scheduler_with_optimizer=True,
     )
+    end_process_group_at_exit()
+    return accelerator
+
+
+_EXIT_HOOK = {"registered": False}
+
+
+def end_process_group_at_exit() -> None:
+    """When this process belongs to a process group (``accelerate launch``, ``torchrun``), destroy the group at
+    interpreter exit, while Python is still whole. Left to the interpreter's teardown, gloo's worker threads can
+    outlive it and the process aborts (SIGABRT, "terminate called without an active exception") after its work
+    is done and written. Registered once; a no-op in a single process or when the group is already gone."""
+    import atexit
+
+    import torch.distributed as dist
+
+    if _EXIT_HOOK["registered"] or not (dist.is_available() and dist.is_initialized()):
+        return
+
+    def destroy() -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(destroy)
+    _EXIT_HOOK["registered"] = True
 
 
 def cast_frozen_once_for(accelerator, model) -> None:
