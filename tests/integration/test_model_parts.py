@@ -542,6 +542,53 @@ def test_frozen_weights_cast_once_give_the_same_numbers(tiny_model_dir):
         assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)
 
 
+@pytest.mark.skipif(not __import__("openrlaif.models.loading", fromlist=["x"]).packing_available(),
+                    reason="oneDNN bf16 packing needs a processor with native bf16")
+def test_packed_frozen_layers_give_the_same_numbers_and_draws(tiny_model_dir, monkeypatch):
+    """pack_frozen (a sampler's bf16 copy) and a judge under autocast_matmuls: every linear layer runs on a weight
+    packed for oneDNN, with bit-identical logits and draws; a call that needs gradients takes the plain weight and
+    gets them; where the machine cannot pack, nothing changes."""
+    import copy
+
+    import openrlaif.models.loading as loading
+    from openrlaif.models.loading import autocast_matmuls, pack_frozen
+
+    ids = torch.randint(5, 200, (3, 17))
+    attn = torch.ones_like(ids)
+    attn[0, :4] = 0
+    tiny = load_causal_lm(str(tiny_model_dir), "bfloat16")
+    plain = tiny.model
+    packed = copy.deepcopy(plain)
+    linears = [m for m in packed.modules() if isinstance(m, torch.nn.Linear)]
+    assert pack_frozen(packed) == len(linears) > 0 and pack_frozen(packed) == len(linears)  # idempotent
+    with torch.inference_mode():
+        assert torch.equal(packed(input_ids=ids, attention_mask=attn).logits, plain(input_ids=ids, attention_mask=attn).logits)
+    assert all(m._openrlaif_cast[1].is_mkldnn for m in linears)  # each packed once, on first use
+    prompts = [[{"role": "user", "content": t}] for t in ("hello there", "a longer prompt for the sampler", "x")]
+    params = SamplingParams(1.5, 0.95, 12, 8, seed=3)
+    want = HFSampler(plain, tiny.tokenizer, row_seeds=True).sample(prompts, 2, params)
+    assert HFSampler(packed, tiny.tokenizer, row_seeds=True).sample(prompts, 2, params) == want
+    # gradients: the plain weight, and the same gradients as the unpacked model
+    grads = []
+    for m in (plain, packed):
+        m.zero_grad()
+        m(input_ids=ids, attention_mask=attn).logits.float().logsumexp(-1).mean().backward()
+        grads.append(m.get_decoder().layers[0].mlp.up_proj.weight.grad)
+    assert grads[0] is not None and torch.equal(grads[0], grads[1])
+    # a judge: float32 weights under bf16 autocast, its casts packed; the numbers plain autocast gives
+    judge32 = load_causal_lm(str(tiny_model_dir)).model.eval()
+    judge = copy.deepcopy(judge32)
+    autocast_matmuls(judge)
+    with torch.inference_mode():
+        got = judge(input_ids=ids, attention_mask=attn).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(got, judge32(input_ids=ids, attention_mask=attn).logits)
+    assert judge.lm_head._openrlaif_cast[1].is_mkldnn
+    # a machine without native bf16: nothing packed
+    monkeypatch.setattr(loading, "native_bf16", lambda flags=None: False)
+    assert not loading.packing_available() and pack_frozen(copy.deepcopy(plain)) == 0
+
+
 @pytest.mark.parametrize("precision", ["bf16", "no"])
 def test_training_stages_prepare_with_the_frozen_casts(tiny_model_dir, precision):
     """models.accel.prepare (every training stage's accelerator.prepare): under bf16 the LoRA policy's frozen

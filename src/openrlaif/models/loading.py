@@ -208,11 +208,14 @@ def autocast_matmuls(model, dtype: str = "bfloat16") -> None:
     """From now on run ``model``'s decoder and output head under autocast to ``dtype``: matrix products in that
     dtype, the weights, norms and the residual stream in their own (callers that use the decoder or the head
     alone, as ``models.logprobs`` does, get the same). Meant for a frozen judge: its linear layers keep their
-    autocast copies (``cast_frozen_once``) instead of casting at every call. Idempotent."""
+    autocast copies (``cast_frozen_once``), packed for oneDNN where it can, instead of casting at every call.
+    Idempotent."""
     import functools
 
     import torch
 
+    # the casts first: a wrapped part below keeps the forward it has now (the output head is itself a linear layer)
+    cast_frozen_once(model, dtype, packed=True)
     device = next(model.parameters()).device.type
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     parts = [m for m in (decoder, model.get_output_embeddings()) if m is not None] or [model]
@@ -228,33 +231,72 @@ def autocast_matmuls(model, dtype: str = "bfloat16") -> None:
 
         part.forward = forward
         part._openrlaif_autocast = dtype
-    cast_frozen_once(model, dtype)
 
 
-def cast_frozen_once(model, dtype: str = "bfloat16") -> int:
+def cast_frozen_once(model, dtype: str = "bfloat16", packed: bool = False) -> int:
     """Under autocast torch casts a weight afresh at every call unless it is a leaf that takes a gradient (its cast
     cache keeps only those): a frozen judge or a LoRA policy's frozen base paid 0-50 ms of casts per decoder
     forward of the 135M model here, with the machine's load (docs/benchmarks.md, bench/cast_once.py). This gives
     every ``nn.Linear`` of ``model`` its weight in ``dtype`` once, used whenever the layer runs under autocast to
     that dtype and no gradient flows to the weight: the very numbers autocast would cast (bit-identical outputs),
     cast again when the weight changes in place (an optimizer step, a merge) or is replaced. The parameters themselves are untouched (state dicts,
-    fingerprints and merges see float32); the copies cost 2 bytes per weight. Returns the number of layers that
-    have one; idempotent."""
+    fingerprints and merges see float32); the copies cost 2 bytes per weight. With ``packed`` (a model that only
+    runs without gradients: a judge) the copy is packed for oneDNN where this machine can (``packing_available``,
+    ``pack_frozen``). Returns the number of layers that have one; idempotent."""
     import torch
 
     cls = cast_once_linear()
+    pack = packed and packing_available(dtype)
     count = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear:
             module.__class__ = cls
             module._openrlaif_cast = (getattr(torch, dtype), None, None, None)
-        count += isinstance(module, cls)
+        if isinstance(module, cls):
+            module._openrlaif_pack = pack or getattr(module, "_openrlaif_pack", False)
+            count += 1
     return count
 
 
+def pack_frozen(model) -> int:
+    """For a model that only runs forward without gradients (a sampler's bf16 copy): each ``nn.Linear`` with bf16
+    weights computes through oneDNN with its weight packed once into oneDNN's blocked layout, where plain
+    ``F.linear`` re-lays it out at every call. Bit-identical outputs (tests/integration/test_model_parts.py); at
+    decoding's sizes (1-64 rows) the 135M model's products ran 1.4-2x as fast here, at a prompt's 1.1-1.3x
+    (docs/benchmarks.md). The packed copies cost 2 bytes per weight beside the weights, which stay as they are. A
+    call that needs gradients uses the plain weight. Nothing happens where oneDNN cannot (``packing_available``).
+    Returns the number of layers packed; idempotent."""
+    import torch
+
+    if not packing_available("bfloat16"):
+        return 0
+    cls = cast_once_linear()
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype == torch.bfloat16:
+            module.__class__ = cls
+            module._openrlaif_cast = (torch.bfloat16, None, None, None)
+        if isinstance(module, cls) and module._openrlaif_cast[0] == torch.bfloat16:
+            module._openrlaif_pack = True
+            count += 1
+    return count
+
+
+def packing_available(dtype: str = "bfloat16") -> bool:
+    """Whether linear layers can run on oneDNN packed weights here: torch built with oneDNN (its CPU wheels are),
+    and for bf16 a processor that computes it natively (``native_bf16``)."""
+    import torch
+
+    ops = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+            and hasattr(ops, "_reorder_linear_weight")):
+        return False
+    return dtype != "bfloat16" or native_bf16()
+
+
 def cast_once_linear():
-    """``CastOnceLinear``: an ``nn.Linear`` that keeps the autocast copy of its weight (``cast_frozen_once``); made
-    on first use so that importing this module does not import torch."""
+    """``CastOnceLinear``: an ``nn.Linear`` that keeps the autocast copy of its weight (``cast_frozen_once``) or
+    its packed copy (``pack_frozen``); made on first use so that importing this module does not import torch."""
     global CastOnceLinear
     if "CastOnceLinear" in globals():
         return CastOnceLinear
@@ -264,13 +306,24 @@ def cast_once_linear():
         w = self.weight
         device = w.device.type
         target, cast, ptr, version = self._openrlaif_cast
-        if (w.dtype != torch.float32 or not torch.is_autocast_enabled(device)
+        # packed: a CPU call with no gradient anywhere (oneDNN's packed product has no backward)
+        pack = (getattr(self, "_openrlaif_pack", False) and device == "cpu"
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+        if w.dtype == target:  # weights already in the target dtype (a bf16 sampler): only packing changes the call
+            if not pack:
+                return torch.nn.functional.linear(x, w, self.bias)
+        elif (w.dtype != torch.float32 or not torch.is_autocast_enabled(device)
                 or torch.get_autocast_dtype(device) != target or (w.requires_grad and torch.is_grad_enabled())):
             return torch.nn.functional.linear(x, w, self.bias)
-        if cast is None or ptr != w.data_ptr() or version != w._version:
+        if cast is None or ptr != w.data_ptr() or version != w._version or cast.is_mkldnn != pack:
             with torch.inference_mode(False), torch.no_grad():  # a plain tensor: usable where gradients flow to x
                 cast = w.detach().to(target)
+                if pack:
+                    cast = torch.ops.mkldnn._reorder_linear_weight(cast)
             self._openrlaif_cast = (target, cast, w.data_ptr(), w._version)
+        if pack:  # the numbers autocast's (or the bf16 layer's own) product gives, computed by oneDNN
+            bias = None if self.bias is None else self.bias.to(target)
+            return torch.ops.mkldnn._linear_pointwise(x.to(target), cast, bias, "none", [], "")
         return torch.nn.functional.linear(x, cast, self.bias)
 
     CastOnceLinear = type("CastOnceLinear", (torch.nn.Linear,), {"forward": forward, "__module__": __name__})

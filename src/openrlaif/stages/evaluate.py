@@ -133,7 +133,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         from openrlaif.models.policy import load_merged
         from openrlaif.sampling.hf import sample_side_by_side
 
-        writers = {"trained": load_merged(cfg, adapter, writing).model, "start": load_merged(cfg, None, writing).model}
+        writers = {"trained": load_merged(cfg, adapter, writing, frozen=True).model,
+                   "start": load_merged(cfg, None, writing, frozen=True).model}
         samplers.update({name: HFSampler(w, tok, f"eval: {name} policy", row_seeds=True)
                          for name, w in writers.items()})
         side_by_side += ["trained", "start"]
@@ -147,7 +148,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                              answer_logprobs(writers["start"], tok, scored, ec.batch_size, "eval: kl start"))
         del writers
         if previous is not None:
-            prev = answers("previous", load_merged(cfg, previous, writing).model)
+            prev = answers("previous", load_merged(cfg, previous, writing, frozen=True).model)
 
     def n_tokens(texts: list[str]) -> list[int]:
         return [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
