@@ -546,8 +546,8 @@ def test_frozen_weights_cast_once_give_the_same_numbers(tiny_model_dir):
                     reason="oneDNN bf16 packing needs a processor with native bf16")
 def test_packed_frozen_layers_give_the_same_numbers_and_draws(tiny_model_dir, monkeypatch):
     """pack_frozen (a sampler's bf16 copy) and a judge under autocast_matmuls: every linear layer runs on a weight
-    packed for oneDNN, with bit-identical logits and draws; a call that needs gradients takes the plain weight and
-    gets them; where the machine cannot pack, nothing changes."""
+    packed for oneDNN, with bit-identical logits and draws, the sampler's plain weights released; a call that needs
+    gradients still gets them at its inputs; where the machine cannot pack, nothing changes."""
     import copy
 
     import openrlaif.models.loading as loading
@@ -563,18 +563,28 @@ def test_packed_frozen_layers_give_the_same_numbers_and_draws(tiny_model_dir, mo
     assert pack_frozen(packed) == len(linears) > 0 and pack_frozen(packed) == len(linears)  # idempotent
     with torch.inference_mode():
         assert torch.equal(packed(input_ids=ids, attention_mask=attn).logits, plain(input_ids=ids, attention_mask=attn).logits)
-    assert all(m._openrlaif_cast[1].is_mkldnn for m in linears)  # each packed once, on first use
+    # each layer packed once and its own weight released
+    assert all(m.weight.numel() == 0 and m._openrlaif_packed_only.is_mkldnn for m in linears)
+    # an output head that shares the embeddings' weight (as SmolLM2's does) keeps it, packed beside it on first use
+    tied = copy.deepcopy(plain)
+    tied.lm_head.weight = tied.get_input_embeddings().weight
+    untied_logits = tied(input_ids=ids).logits.detach()
+    pack_frozen(tied)
+    with torch.inference_mode():
+        assert torch.equal(tied(input_ids=ids).logits, untied_logits)
+    assert tied.lm_head.weight is tied.get_input_embeddings().weight and tied.lm_head._openrlaif_cast[1].is_mkldnn
+    assert getattr(tied.lm_head, "_openrlaif_packed_only", None) is None
     prompts = [[{"role": "user", "content": t}] for t in ("hello there", "a longer prompt for the sampler", "x")]
     params = SamplingParams(1.5, 0.95, 12, 8, seed=3)
     want = HFSampler(plain, tiny.tokenizer, row_seeds=True).sample(prompts, 2, params)
     assert HFSampler(packed, tiny.tokenizer, row_seeds=True).sample(prompts, 2, params) == want
-    # gradients: the plain weight, and the same gradients as the unpacked model
+    # a call with gradients: they reach the inputs (here the embeddings) as through the unpacked model
     grads = []
     for m in (plain, packed):
         m.zero_grad()
         m(input_ids=ids, attention_mask=attn).logits.float().logsumexp(-1).mean().backward()
-        grads.append(m.get_decoder().layers[0].mlp.up_proj.weight.grad)
-    assert grads[0] is not None and torch.equal(grads[0], grads[1])
+        grads.append(m.get_input_embeddings().weight.grad)
+    assert grads[0] is not None and grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
     # a judge: float32 weights under bf16 autocast, its casts packed; the numbers plain autocast gives
     judge32 = load_causal_lm(str(tiny_model_dir)).model.eval()
     judge = copy.deepcopy(judge32)

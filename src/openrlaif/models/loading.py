@@ -263,19 +263,27 @@ def pack_frozen(model) -> int:
     weights computes through oneDNN with its weight packed once into oneDNN's blocked layout, where plain
     ``F.linear`` re-lays it out at every call. Bit-identical outputs (tests/integration/test_model_parts.py); at
     decoding's sizes (1-64 rows) the 135M model's products ran 1.4-2x as fast here, at a prompt's 1.1-1.3x
-    (docs/benchmarks.md). The packed copies cost 2 bytes per weight beside the weights, which stay as they are. A
-    call that needs gradients uses the plain weight. Nothing happens where oneDNN cannot (``packing_available``).
-    Returns the number of layers packed; idempotent."""
+    (docs/benchmarks.md). A layer's plain weight is released once packed (the packed copy holds the same numbers),
+    unless another part shares it (an output head tied to the embeddings: packed beside it, on first use); a call
+    that needs gradients reaches the input through the unpacked numbers, never the released weight. Nothing
+    happens where oneDNN cannot (``packing_available``). Returns the number of layers packed; idempotent."""
     import torch
 
     if not packing_available("bfloat16"):
         return 0
     cls = cast_once_linear()
+    owners: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        owners[param.data_ptr()] = owners.get(param.data_ptr(), 0) + 1
     count = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear and module.weight.dtype == torch.bfloat16:
             module.__class__ = cls
             module._openrlaif_cast = (torch.bfloat16, None, None, None)
+            if owners.get(module.weight.data_ptr(), 0) == 1:  # its own weight: packed now, the plain one released
+                with torch.inference_mode(False), torch.no_grad():
+                    module._openrlaif_packed_only = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach())
+                module.weight = torch.nn.Parameter(torch.empty(0, dtype=torch.bfloat16), requires_grad=False)
         if isinstance(module, cls) and module._openrlaif_cast[0] == torch.bfloat16:
             module._openrlaif_pack = True
             count += 1
@@ -303,6 +311,12 @@ def cast_once_linear():
     import torch
 
     def forward(self, x):
+        only = getattr(self, "_openrlaif_packed_only", None)
+        if only is not None:  # pack_frozen released the plain weight
+            if torch.is_grad_enabled() and x.requires_grad:  # gradients reach x through the same numbers
+                return torch.nn.functional.linear(x, only.to_dense(), self.bias)
+            bias = None if self.bias is None else self.bias.to(only.dtype)
+            return torch.ops.mkldnn._linear_pointwise(x.to(only.dtype), only, bias, "none", [], "")
         w = self.weight
         device = w.device.type
         target, cast, ptr, version = self._openrlaif_cast
