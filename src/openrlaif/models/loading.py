@@ -262,8 +262,8 @@ def pack_frozen(model) -> int:
     """For a model that only runs forward without gradients (a sampler's bf16 copy): each ``nn.Linear`` with bf16
     weights computes through oneDNN with its weight packed once into oneDNN's blocked layout, where plain
     ``F.linear`` re-lays it out at every call. Bit-identical outputs (tests/integration/test_model_parts.py); at
-    decoding's sizes (1-64 rows) the 135M model's products ran 1.4-2x as fast here, at a prompt's 1.1-1.3x
-    (docs/benchmarks.md). A layer's plain weight is released once packed (the packed copy holds the same numbers),
+    decoding's sizes (1-64 rows) the 135M model's products ran 1.1-1.6x as fast here and a decoding step
+    1.2-1.25x, at a prompt's 1,224 rows 1.03-1.1x (bench/packed_linear.py, docs/benchmarks.md). A layer's plain weight is released once packed (the packed copy holds the same numbers),
     unless another part shares it (an output head tied to the embeddings: packed beside it, on first use); a call
     that needs gradients reaches the input through the unpacked numbers, never the released weight. Nothing
     happens where oneDNN cannot (``packing_available``). Returns the number of layers packed; idempotent."""
@@ -281,8 +281,7 @@ def pack_frozen(model) -> int:
             module.__class__ = cls
             module._openrlaif_cast = (torch.bfloat16, None, None, None)
             if owners.get(module.weight.data_ptr(), 0) == 1:  # its own weight: packed now, the plain one released
-                with torch.inference_mode(False), torch.no_grad():
-                    module._openrlaif_packed_only = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach())
+                module._openrlaif_packed_only = packed_weight(module.weight)
                 module.weight = torch.nn.Parameter(torch.empty(0, dtype=torch.bfloat16), requires_grad=False)
         if isinstance(module, cls) and module._openrlaif_cast[0] == torch.bfloat16:
             module._openrlaif_pack = True
@@ -291,15 +290,31 @@ def pack_frozen(model) -> int:
 
 
 def packing_available(dtype: str = "bfloat16") -> bool:
-    """Whether linear layers can run on oneDNN packed weights here: torch built with oneDNN (its CPU wheels are),
-    and for bf16 a processor that computes it natively (``native_bf16``)."""
+    """Whether linear layers can run on oneDNN packed ``dtype`` weights here: bf16 only (packed float32 products
+    round differently from plain ones), with torch built with oneDNN (its CPU wheels are) on a processor that
+    computes bf16 natively (``native_bf16``)."""
     import torch
 
     ops = torch.ops.mkldnn
-    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
-            and hasattr(ops, "_reorder_linear_weight")):
-        return False
-    return dtype != "bfloat16" or native_bf16()
+    return (dtype == "bfloat16" and torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+            and hasattr(ops, "_reorder_linear_weight") and native_bf16())
+
+
+def packed_weight(weight):
+    """``weight`` (out, in) packed into oneDNN's blocked layout for ``packed_linear``: a plain tensor even when
+    made under inference mode, so a call with gradients can unpack it (``.to_dense()``)."""
+    import torch
+
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+
+
+def packed_linear(x, packed, bias):
+    """``F.linear(x, W, bias)`` on ``packed = packed_weight(W)``, in W's dtype: the same numbers, by oneDNN."""
+    import torch
+
+    bias = None if bias is None else bias.to(packed.dtype)
+    return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, bias, "none", [], "")
 
 
 def cast_once_linear():
@@ -315,8 +330,7 @@ def cast_once_linear():
         if only is not None:  # pack_frozen released the plain weight
             if torch.is_grad_enabled() and x.requires_grad:  # gradients reach x through the same numbers
                 return torch.nn.functional.linear(x, only.to_dense(), self.bias)
-            bias = None if self.bias is None else self.bias.to(only.dtype)
-            return torch.ops.mkldnn._linear_pointwise(x.to(only.dtype), only, bias, "none", [], "")
+            return packed_linear(x, only, self.bias)
         w = self.weight
         device = w.device.type
         target, cast, ptr, version = self._openrlaif_cast
@@ -332,12 +346,10 @@ def cast_once_linear():
         if cast is None or ptr != w.data_ptr() or version != w._version or cast.is_mkldnn != pack:
             with torch.inference_mode(False), torch.no_grad():  # a plain tensor: usable where gradients flow to x
                 cast = w.detach().to(target)
-                if pack:
-                    cast = torch.ops.mkldnn._reorder_linear_weight(cast)
+            cast = packed_weight(cast) if pack else cast
             self._openrlaif_cast = (target, cast, w.data_ptr(), w._version)
         if pack:  # the numbers autocast's (or the bf16 layer's own) product gives, computed by oneDNN
-            bias = None if self.bias is None else self.bias.to(target)
-            return torch.ops.mkldnn._linear_pointwise(x.to(target), cast, bias, "none", [], "")
+            return packed_linear(x, cast, self.bias)
         return torch.nn.functional.linear(x, cast, self.bias)
 
     CastOnceLinear = type("CastOnceLinear", (torch.nn.Linear,), {"forward": forward, "__module__": __name__})
