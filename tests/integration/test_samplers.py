@@ -232,27 +232,32 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
     _, items = load_benchmark(spec)
     # ... and the KL to the start is between those two copies, on the trained copy's held-out answers.
     from openrlaif.data.prompts import run_prompts
-    from openrlaif.stages.evaluate import answer_logprobs, kl_sequences, mean_difference
+    from openrlaif.stages.evaluate import answer_logprobs, drawn_sequences, mean_difference
 
-    assert ev["kl_dtype"] == "bfloat16"
+    assert ev["kl_dtype"] == "bfloat16" and ev["kl_trained_logprobs"] == "decoding steps"
     messages = {p.id: p.messages for p in run_prompts(cfg.data, "heldout", cfg.data.max_eval_prompts)}
     held = [json.loads(line) for line in store.path("samples.jsonl", 1).open()]
     held = [r for r in held if r["set"] == "heldout"]
-    logps = {}
-    for who, adapter in (("start", None), ("trained", store.path("policy", 1))):
-        merged = load_merged(cfg, adapter, "bfloat16")
+    convs = [messages[r["prompt_id"]] for r in held]
+    writers, recorded = {}, None
+    for who, adapter in (("trained", store.path("policy", 1)), ("start", None)):
+        merged = writers[who] = load_merged(cfg, adapter, "bfloat16")
         again = answer(merged.model, merged.tokenizer, items, run_settings(spec, cfg.eval.batch_size, cfg.seed), who)
         assert [r[who] for r in rows] == again.answers
-        seqs = kl_sequences(merged.tokenizer, [messages[r["prompt_id"]] for r in held], [r["trained"] for r in held])
-        logps[who] = answer_logprobs(merged.model, merged.tokenizer, seqs, cfg.eval.batch_size, who)
         # the two copies answered side by side (one thread each), with row seeds: what each writes alone (the same
         # prompts, so the same bf16 batches)
         params = SamplingParams(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens, cfg.eval.batch_size,
                                 cfg.seed + 7 + 1000)
-        alone = HFSampler(merged.model, merged.tokenizer, row_seeds=True).sample(
-            [messages[r["prompt_id"]] for r in held], 1, params)
+        sampler = HFSampler(merged.model, merged.tokenizer, row_seeds=True, record_logprobs=who == "trained")
+        alone = sampler.sample(convs, 1, params)
         assert [a[0] for a in alone] == [r[who] for r in held]
-    assert ev["kl_to_start"] == pytest.approx(mean_difference(logps["trained"], logps["start"]), abs=1e-3)
+        recorded = recorded or sampler
+    # ... and the KL to the start is between those two copies, on the trained copy's held-out answers as drawn:
+    # the trained copy's log-probs read off its decoding steps, the start copy's from a pass over those tokens
+    tok = writers["start"].tokenizer
+    seqs = drawn_sequences(tok, convs, [t[0] for t in recorded.tokens])
+    start = answer_logprobs(writers["start"].model, tok, seqs, cfg.eval.batch_size, "start")
+    assert ev["kl_to_start"] == pytest.approx(mean_difference([lp[0] for lp in recorded.logprobs], start), abs=1e-3)
     # The distributions: float32 vs its bf16 copy on real prompts (next-token KL, every position).
     lm = load_causal_lm(str(tiny_model_dir))
     half = copy.deepcopy(lm.model).to(torch.bfloat16)
@@ -262,3 +267,38 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
         q = torch.log_softmax(half(input_ids=ids).logits.float(), -1)
     kl = (p.exp() * (p - q)).sum(-1)
     assert float(kl.mean()) < 0.01 and float(kl.max()) < 0.05
+
+
+def test_decoding_steps_record_the_policy_s_own_log_probs_of_what_it_drew(tiny_model_dir):
+    """HFSampler(record_logprobs=True) keeps each answer's tokens as drawn (its stop token when it stopped) and
+    their summed log-probability under the model's raw distribution, read off the decoding steps: in float32
+    the same sums as a forward pass over prompt + drawn tokens (eval's KL takes them instead of that pass),
+    whatever the sampling temperature and nucleus; greedy decoding records nothing."""
+    from openrlaif.models.logprobs import batched_response_logprobs
+    from openrlaif.sampling.hf import HFSampler
+    from openrlaif.stages.evaluate import drawn_sequences
+
+    loaded = load_causal_lm(str(tiny_model_dir), "float32")
+    tok, model = loaded.tokenizer, loaded.model.eval()
+    convs = [[{"role": "user", "content": text}] for text in
+             ("Hi?", "Tell me about the sea and the sky, please.", "Why is grass green?")]
+    sampler = HFSampler(model, tok, row_seeds=True, record_logprobs=True)
+    # batch 4 with n=2: two prompts per decoding batch, so the prompts of two lengths share left-padded batches
+    out = sampler.sample(convs, 2, SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=12, batch_size=4, seed=3))
+    stops = {end_of_turn_id(tok), tok.eos_token_id} - {None}
+    for i in range(len(convs)):
+        for j in range(2):
+            drawn = sampler.tokens[i][j]
+            assert drawn and len(drawn) <= 12
+            assert (drawn[-1] in stops) == sampler.finished[i][j]
+            body = drawn[:-1] if sampler.finished[i][j] else drawn
+            assert tok.decode(body, skip_special_tokens=True).strip() == out[i][j]
+    flat = [(i, j) for i in range(len(convs)) for j in range(2)]
+    seqs = drawn_sequences(tok, [convs[i] for i, _ in flat], [sampler.tokens[i][j] for i, j in flat])
+    forward = batched_response_logprobs(model, seqs, tok.pad_token_id, 4, "forward")[0]
+    recorded = [sampler.logprobs[i][j] for i, j in flat]
+    assert recorded == pytest.approx(forward, abs=1e-4)  # 7.6e-6 here
+    assert all(lp < 0 for lp in recorded) and len(set(recorded)) == len(recorded)
+    greedy = HFSampler(model, tok, record_logprobs=True)
+    greedy.sample(convs, 1, SamplingParams(temperature=0.0, max_new_tokens=4))
+    assert greedy.tokens is None and greedy.logprobs is None

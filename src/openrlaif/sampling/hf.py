@@ -50,7 +50,8 @@ class HFSampler:
     sample ended with the end-of-turn token rather than hitting ``max_new_tokens``) are set.
     """
 
-    def __init__(self, model, tokenizer, description: str = "generate", row_seeds: bool = False):
+    def __init__(self, model, tokenizer, description: str = "generate", row_seeds: bool = False,
+                 record_logprobs: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.description = description
@@ -60,6 +61,12 @@ class HFSampler:
         self.stats = SampleStats()
         self.finished: list[list[bool]] = []
         self.progress = None  # an open progress bar to advance instead of opening one per call
+        # record_logprobs: after ``sample``, ``tokens[i][j]`` holds each answer's token ids as drawn (its stop token
+        # included when it stopped) and ``logprobs[i][j]`` their summed log-probability under the model (raw
+        # logits, before temperature and nucleus), read off the decoding steps; None when greedy
+        self.record_logprobs = record_logprobs
+        self.tokens: list[list[list[int]]] | None = None
+        self.logprobs: list[list[float]] | None = None
 
     def sample(self, prompts: list[Conversation], n: int, params: SamplingParams) -> list[list[str]]:
         import torch
@@ -77,6 +84,9 @@ class HFSampler:
         outputs: list[list[str]] = [["" for _ in range(n)] for _ in prompts]
         finished: list[list[bool]] = [[False] * n for _ in prompts]
         stats = SampleStats(sequences=len(prompts) * n)
+        record = self.record_logprobs and params.temperature > 0
+        drawn: list[list[list[int]]] = [[[] for _ in range(n)] for _ in prompts]
+        summed: list[list[float]] = [[0.0] * n for _ in prompts]
         torch.manual_seed(params.seed)
         tok.padding_side = "left"
         start = time.perf_counter()
@@ -87,26 +97,31 @@ class HFSampler:
                 enc = tok.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
                 # temperature 0 = greedy decoding (benchmarks); otherwise nucleus sampling (sampling.nucleus: the
                 # distribution of transformers' top-p warper, drawn ~8x faster at batch 64)
+                kwargs = sampling_kwargs(params.temperature, params.top_p,
+                                         [row_seed(params.seed, i, j) for i in chunk for j in range(n)]
+                                         if self.row_seeds else None, record=record)
                 out = generate_n(
-                    self.model, enc["input_ids"], enc["attention_mask"], n,
-                    **sampling_kwargs(params.temperature, params.top_p,
-                                      [row_seed(params.seed, i, j) for i in chunk for j in range(n)]
-                                      if self.row_seeds else None),
+                    self.model, enc["input_ids"], enc["attention_mask"], n, **kwargs,
                     max_new_tokens=params.max_new_tokens,
                     eos_token_id=stop_ids,
                     pad_token_id=tok.pad_token_id,
                 )
                 new = out[:, enc["input_ids"].shape[1] :]
-                for row, (i, j) in zip(new.tolist(), [(i, j) for i in chunk for j in range(n)]):
+                steps = torch.stack(kwargs["logits_processor"][0].logprobs, 1) if record else None  # (rows, steps)
+                for r, (row, (i, j)) in enumerate(zip(new.tolist(), [(i, j) for i in chunk for j in range(n)])):
                     kept, ended = cut_at_stop(row, stop_ids)
                     outputs[i][j] = tok.decode(kept, skip_special_tokens=True).strip()
                     finished[i][j] = ended
+                    if record:
+                        drawn[i][j] = row[: len(kept) + ended]
+                        summed[i][j] = float(steps[r, : len(kept) + ended].sum())
                     stats.new_tokens += len(kept) + ended
                     stats.finished += ended
                 stats.seconds = time.perf_counter() - start
                 advance(progress, len(chunk) * n, stats.tokens_per_s, "tok")
         self.stats = stats
         self.finished = finished
+        self.tokens, self.logprobs = (drawn, summed) if record else (None, None)
         return outputs
 
 

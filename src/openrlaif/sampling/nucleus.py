@@ -111,19 +111,31 @@ class NucleusSampler:
     """A ``generate`` logits processor that samples (temperature, top-p) and leaves only the drawn token finite;
     pass it with ``do_sample=False`` (``sampling_kwargs``). With ``row_seeds`` (one per row of the batch) each
     row draws from its own generator: a row's sample is a function of its seed and its own logits, the same
-    whether it is generated alone, in another batch or on another process."""
+    whether it is generated alone, in another batch or on another process. With ``record``, ``logprobs`` gets
+    one (B,) tensor per step: the log-probability of each row's drawn token under the model's own distribution
+    (the raw scores, before temperature and nucleus), which the caller would otherwise compute again in a
+    forward pass over the answers (eval's KL)."""
 
     def __init__(self, temperature: float, top_p: float, candidates: int | tuple[int, ...] = CANDIDATES,
-                 row_seeds: list[int] | None = None):
+                 row_seeds: list[int] | None = None, record: bool = False):
         self.temperature = temperature
         self.top_p = top_p
         self.candidates = candidates
         self.generators = None if row_seeds is None else [torch.Generator().manual_seed(s) for s in row_seeds]
+        self.logprobs: list[torch.Tensor] | None = [] if record else None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         tokens = sample_nucleus(scores, self.temperature, self.top_p, self.candidates, self.generators)
+        if self.logprobs is not None:
+            self.logprobs.append(drawn_logprobs(scores, tokens))
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
+
+
+def drawn_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(B,) log-probabilities of ``tokens`` (B,) under softmax(``scores``) (B, V), in float32."""
+    raw = scores.float()
+    return raw.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(raw, -1)
 
 
 def row_seed(seed: int, *where) -> int:
@@ -137,13 +149,15 @@ def row_seed(seed: int, *where) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def sampling_kwargs(temperature: float, top_p: float, row_seeds: list[int] | None = None) -> dict:
+def sampling_kwargs(temperature: float, top_p: float, row_seeds: list[int] | None = None, record: bool = False) -> dict:
     """``generate`` arguments that sample from the tempered top-p distribution (temperature 0: greedy); with
-    ``row_seeds``, each row from its own generator (see ``NucleusSampler``)."""
+    ``row_seeds``, each row from its own generator, with ``record`` keeping the drawn tokens' log-probabilities
+    (see ``NucleusSampler``: ``kwargs["logits_processor"][0]``; nothing is recorded when greedy)."""
     if temperature == 0:
         return {"do_sample": False}
     from transformers import LogitsProcessorList
 
     # greedy decoding applies none of generate's sampling warpers (temperature, top_k, top_p), whatever the
     # model's generation_config says: this processor is the whole draw
-    return {"do_sample": False, "logits_processor": LogitsProcessorList([NucleusSampler(temperature, top_p, row_seeds=row_seeds)])}
+    return {"do_sample": False, "logits_processor": LogitsProcessorList([NucleusSampler(temperature, top_p, row_seeds=row_seeds,
+                                                                                     record=record)])}

@@ -106,7 +106,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
     def answers(name: str, writer) -> list[str]:
         # row seeds: each policy's answer to a prompt draws the same random numbers, whatever the batch or thread
-        samplers[name] = HFSampler(writer, tok, f"eval: {name} policy", row_seeds=True)
+        samplers[name] = HFSampler(writer, tok, f"eval: {name} policy", row_seeds=True,
+                                   record_logprobs=name == "trained")
         out = [c[0] for c in samplers[name].sample(convs, 1, params)]
         samplers[name].model = None  # keep the statistics, not the model
         yardstick_answers(name, writer)
@@ -123,7 +124,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             prev = answers("previous", model)
         model.set_adapter("trained")
         trained = answers("trained", model)
-        kl = kl_to_start(model, tok, convs[:n_main], trained[:n_main], ec.batch_size)
+        kl, kl_from = kl_to_start(model, tok, convs[:n_main], trained[:n_main], ec.batch_size, samplers["trained"])
     else:
         # model.sample_dtype: each policy written by its own copy in that dtype, its adapter merged in (a plain
         # model decodes fastest; a bf16 peft model held ~3.4 GB more RSS while decoding at batch 64 here). The KL
@@ -135,17 +136,18 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
 
         writers = {"trained": load_merged(cfg, adapter, writing, frozen=True).model,
                    "start": load_merged(cfg, None, writing, frozen=True).model}
-        samplers.update({name: HFSampler(w, tok, f"eval: {name} policy", row_seeds=True)
-                         for name, w in writers.items()})
+        samplers.update({name: HFSampler(w, tok, f"eval: {name} policy", row_seeds=True,
+                                         record_logprobs=name == "trained") for name, w in writers.items()})
         side_by_side += ["trained", "start"]
         trained, start = ([c[0] for c in out] for out in sample_side_by_side(
             [samplers["trained"], samplers["start"]], convs, 1, params, "eval: trained and start policies"))
         for name, writer in writers.items():
             samplers[name].model = None
             yardstick_answers(name, writer)
-        scored = kl_sequences(tok, convs[:n_main], trained[:n_main])
-        kl = mean_difference(answer_logprobs(writers["trained"], tok, scored, ec.batch_size, "eval: kl trained"),
-                             answer_logprobs(writers["start"], tok, scored, ec.batch_size, "eval: kl start"))
+        scored, by_trained, kl_from = kl_terms(tok, convs[:n_main], trained[:n_main], samplers["trained"])
+        if by_trained is None:
+            by_trained = answer_logprobs(writers["trained"], tok, scored, ec.batch_size, "eval: kl trained")
+        kl = mean_difference(by_trained, answer_logprobs(writers["start"], tok, scored, ec.batch_size, "eval: kl start"))
         del writers
         if previous is not None:
             prev = answers("previous", load_merged(cfg, previous, writing, frozen=True).model)
@@ -183,6 +185,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                 cfg.seed)
     result.update({
         "samples_per_prompt": m, "prompts": len(heldout), "kl_to_start": round(kl, 4), "kl_dtype": writing,
+        "kl_trained_logprobs": kl_from,
         "judge": judge_name,
         "judge_position_stats": position_stats(verdicts),
         "mean_length_tokens": {name: round(sum(v) / max(len(v), 1), 2) for name, v in lengths.items()},
@@ -303,6 +306,27 @@ def kl_sequences(tok, convs: list[list[dict]], answers: list[str]) -> list:
     return [encode_response(tok, c, a, 10_000) for c, a in zip(convs, answers)]
 
 
+def drawn_sequences(tok, convs: list[list[dict]], drawn: list[list[int]]) -> list:
+    """Each prompt's tokens followed by the answer's tokens as the sampler drew them (its stop token included
+    when it stopped), the answer marked as the response."""
+    from openrlaif.models.loading import encode_prompts
+    from openrlaif.models.logprobs import Encoded
+
+    return [Encoded(p + t, [0] * len(p) + [1] * len(t)) for p, t in zip(encode_prompts(tok, convs), drawn)]
+
+
+def kl_terms(tok, convs: list[list[dict]], answers: list[str], sampler) -> tuple[list, list[float] | None, str]:
+    """What the KL scores, and the trained policy's log-probs of it when its sampler recorded them: the drawn
+    tokens with the log-probs of their decoding steps (no second pass over the answers), else the answers
+    re-encoded from their text (greedy decoding records nothing), to be scored by the caller. The third item
+    says which: 'decoding steps' or 'forward pass'."""
+    if sampler.tokens is None:
+        return kl_sequences(tok, convs, answers), None, "forward pass"
+    n = len(convs)
+    return (drawn_sequences(tok, convs, [t[0] for t in sampler.tokens[:n]]), [lp[0] for lp in sampler.logprobs[:n]],
+            "decoding steps")
+
+
 def answer_logprobs(model, tok, seqs: list, batch_size: int, description: str) -> list[float]:
     """Summed log-probs of each encoded answer under ``model``."""
     from openrlaif.models.logprobs import batched_response_logprobs
@@ -315,14 +339,20 @@ def mean_difference(trained: list[float], start: list[float]) -> float:
     return sum(t - s for t, s in zip(trained, start)) / max(len(trained), 1)
 
 
-def kl_to_start(model, tok, convs: list[list[dict]], answers: list[str], batch_size: int) -> float:
+def kl_to_start(model, tok, convs: list[list[dict]], answers: list[str], batch_size: int,
+                sampler=None) -> tuple[float, str]:
     """Mean log pi_trained(y) - log pi_start(y) (nats per answer) over the trained policy's eval answers, on a
-    PEFT model (the adapter on, then off).
+    PEFT model (the adapter on, then off), and where the trained log-probs came from (``kl_terms``: the
+    decoding steps of ``sampler`` when it recorded them, else a forward pass).
 
     A Monte-Carlo estimate of KL(trained || start); the answers were sampled at eval.temperature/top_p,
     not at temperature 1, so it is a proxy that tracks how far training moved the policy."""
-    seqs = kl_sequences(tok, convs, answers)
-    trained = answer_logprobs(model, tok, seqs, batch_size, "eval: kl trained")
+    if sampler is None:
+        seqs, trained, source = kl_sequences(tok, convs, answers), None, "forward pass"
+    else:
+        seqs, trained, source = kl_terms(tok, convs, answers, sampler)
+    if trained is None:
+        trained = answer_logprobs(model, tok, seqs, batch_size, "eval: kl trained")
     with model.disable_adapter():
         start = answer_logprobs(model, tok, seqs, batch_size, "eval: kl start")
-    return mean_difference(trained, start)
+    return mean_difference(trained, start), source
