@@ -6,7 +6,14 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from openrlaif.sampling.nucleus import NucleusSampler, nucleus_groups, nucleus_keep, nucleus_logits, sample_nucleus
+from openrlaif.sampling.nucleus import (
+    NucleusSampler,
+    drawn_logprobs,
+    nucleus_groups,
+    nucleus_keep,
+    nucleus_logits,
+    sample_nucleus,
+)
 
 
 def test_keep_is_the_smallest_set_reaching_top_p():
@@ -99,3 +106,25 @@ def test_processor_leaves_only_the_drawn_token_finite():
     chosen = out.argmax(-1)
     kept = TopPLogitsWarper(0.9)(None, scores / 0.7)
     assert all(math.isfinite(kept[r, c].item()) for r, c in enumerate(chosen.tolist()))
+
+
+def test_drawn_logprobs_are_the_raw_distribution_s():
+    # row 0: logits log(1), log(3) -> probabilities 1/4, 3/4; row 1: three equal logits -> 1/3 each
+    scores = torch.tensor([[0.0, math.log(3.0), -math.inf], [2.0, 2.0, 2.0]])
+    got = drawn_logprobs(scores, torch.tensor([1, 2]))
+    assert got.tolist() == pytest.approx([math.log(0.75), math.log(1 / 3)], abs=1e-6)
+    assert drawn_logprobs(scores.to(torch.bfloat16), torch.tensor([0, 0])).dtype == torch.float32
+
+
+def test_the_sampler_records_what_it_drew_at_any_temperature():
+    """With record, each step's log-probabilities are those of the drawn tokens under the untempered scores (the
+    model's own distribution), whatever temperature and nucleus the draw used."""
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(4, 50, generator=gen) * 3
+    sampler = NucleusSampler(0.5, 0.8, row_seeds=[1, 2, 3, 4], record=True)
+    out = sampler(None, scores.clone())
+    tokens = out.argmax(-1)
+    assert len(sampler.logprobs) == 1
+    assert sampler.logprobs[0].tolist() == pytest.approx(
+        torch.log_softmax(scores, -1).gather(-1, tokens[:, None]).squeeze(-1).tolist(), abs=1e-5)
+    assert NucleusSampler(0.5, 0.8).logprobs is None  # nothing kept unless asked
