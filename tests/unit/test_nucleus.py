@@ -6,14 +6,8 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from openrlaif.sampling.nucleus import (
-    NucleusSampler,
-    drawn_logprobs,
-    nucleus_groups,
-    nucleus_keep,
-    nucleus_logits,
-    sample_nucleus,
-)
+from openrlaif.optimize.losses import gathered_logprobs
+from openrlaif.sampling.nucleus import NucleusSampler, nucleus_groups, nucleus_keep, nucleus_logits, sample_nucleus
 
 
 def test_keep_is_the_smallest_set_reaching_top_p():
@@ -111,9 +105,11 @@ def test_processor_leaves_only_the_drawn_token_finite():
 def test_drawn_logprobs_are_the_raw_distribution_s():
     # row 0: logits log(1), log(3) -> probabilities 1/4, 3/4; row 1: three equal logits -> 1/3 each
     scores = torch.tensor([[0.0, math.log(3.0), -math.inf], [2.0, 2.0, 2.0]])
-    got = drawn_logprobs(scores, torch.tensor([1, 2]))
+    got = gathered_logprobs(scores, torch.tensor([1, 2]))
     assert got.tolist() == pytest.approx([math.log(0.75), math.log(1 / 3)], abs=1e-6)
-    assert drawn_logprobs(scores.to(torch.bfloat16), torch.tensor([0, 0])).dtype == torch.float32
+    sampler = NucleusSampler(1.0, 1.0, record=True)  # bf16 scores are recorded in float32
+    sampler(None, scores.to(torch.bfloat16))
+    assert sampler.logprobs[0].dtype == torch.float32
 
 
 def test_the_sampler_records_what_it_drew_at_any_temperature():

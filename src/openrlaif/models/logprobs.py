@@ -18,6 +18,11 @@ class Encoded:
     segment_ids: list[int] | None = None
 
 
+def prompt_then_response(prompt_ids: list[int], response_ids: list[int]) -> Encoded:
+    """A prompt's tokens followed by a response's, the response marked as what is scored."""
+    return Encoded(prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids))
+
+
 def pack_encoded(seqs: list[Encoded], groups: list[list[int]]) -> list[Encoded]:
     """Each group of ``seqs`` (indices, e.g. from ``data.chat.pack_groups``) concatenated into one sequence that
     remembers its rows' boundaries; ``collate_packed`` keeps the rows from attending to each other."""
@@ -266,7 +271,7 @@ def encode_response(tokenizer, prompt_messages: list[dict], response: str, max_l
     keep = min(len(prompt_ids), max(max_length // 2, max_length - len(response_ids)))
     prompt_ids = keep_system_turn(tokenizer, prompt_messages, prompt_ids, keep)
     response_ids = response_ids[: max_length - len(prompt_ids)]
-    return Encoded(prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids))
+    return prompt_then_response(prompt_ids, response_ids)
 
 
 def keep_system_turn(tokenizer, messages: list[dict], prompt_ids: list[int], keep: int) -> list[int]:

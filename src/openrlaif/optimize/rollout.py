@@ -12,7 +12,7 @@ from openrlaif.config import RunConfig
 from openrlaif.core.errors import UserError
 from openrlaif.core.store import RunStore
 from openrlaif.models.loading import cut_at_stop, stop_token_ids
-from openrlaif.models.logprobs import Encoded, collate
+from openrlaif.models.logprobs import Encoded, collate, prompt_then_response
 from openrlaif.sampling.nucleus import row_seed, sampling_kwargs
 
 
@@ -84,7 +84,7 @@ def sample(model, tok, prompt_ids: list[list[int]], k: int, cfg: RunConfig,
     seqs, finished = [], []
     for ids, row in zip(flat, out[:, enc["input_ids"].shape[1]:].tolist()):
         response, ended = cut_at_stop(row, stop, keep_stop=True)
-        seqs.append(Encoded(ids + response, [0] * len(ids) + [1] * len(response)))
+        seqs.append(prompt_then_response(ids, response))
         finished.append(ended)
     return seqs, finished
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from openrlaif.optimize.losses import gathered_logprobs
+
 CANDIDATES = (64, 1024)  # partial sorts tried in turn (per row); rows whose nucleus may extend past the last are sorted whole
 
 
@@ -127,15 +129,9 @@ class NucleusSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         tokens = sample_nucleus(scores, self.temperature, self.top_p, self.candidates, self.generators)
         if self.logprobs is not None:
-            self.logprobs.append(drawn_logprobs(scores, tokens))
+            self.logprobs.append(gathered_logprobs(scores.float(), tokens))
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
-
-
-def drawn_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(B,) log-probabilities of ``tokens`` (B,) under softmax(``scores``) (B, V), in float32."""
-    raw = scores.float()
-    return raw.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(raw, -1)
 
 
 def row_seed(seed: int, *where) -> int:

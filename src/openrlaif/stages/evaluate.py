@@ -124,7 +124,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
             prev = answers("previous", model)
         model.set_adapter("trained")
         trained = answers("trained", model)
-        kl, kl_from = kl_to_start(model, tok, convs[:n_main], trained[:n_main], ec.batch_size, samplers["trained"])
+        kl, kl_from = kl_to_start(tok, convs[:n_main], trained[:n_main], samplers["trained"],
+                                  lambda seqs: answer_logprobs(model, tok, seqs, ec.batch_size, "eval: kl trained"),
+                                  lambda seqs: adapter_off_logprobs(model, tok, seqs, ec.batch_size))
     else:
         # model.sample_dtype: each policy written by its own copy in that dtype, its adapter merged in (a plain
         # model decodes fastest; a bf16 peft model held ~3.4 GB more RSS while decoding at batch 64 here). The KL
@@ -144,10 +146,11 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         for name, writer in writers.items():
             samplers[name].model = None
             yardstick_answers(name, writer)
-        scored, by_trained, kl_from = kl_terms(tok, convs[:n_main], trained[:n_main], samplers["trained"])
-        if by_trained is None:
-            by_trained = answer_logprobs(writers["trained"], tok, scored, ec.batch_size, "eval: kl trained")
-        kl = mean_difference(by_trained, answer_logprobs(writers["start"], tok, scored, ec.batch_size, "eval: kl start"))
+        kl, kl_from = kl_to_start(tok, convs[:n_main], trained[:n_main], samplers["trained"],
+                                  lambda seqs: answer_logprobs(writers["trained"], tok, seqs, ec.batch_size,
+                                                               "eval: kl trained"),
+                                  lambda seqs: answer_logprobs(writers["start"], tok, seqs, ec.batch_size,
+                                                               "eval: kl start"))
         del writers
         if previous is not None:
             prev = answers("previous", load_merged(cfg, previous, writing, frozen=True).model)
@@ -310,9 +313,9 @@ def drawn_sequences(tok, convs: list[list[dict]], drawn: list[list[int]]) -> lis
     """Each prompt's tokens followed by the answer's tokens as the sampler drew them (its stop token included
     when it stopped), the answer marked as the response."""
     from openrlaif.models.loading import encode_prompts
-    from openrlaif.models.logprobs import Encoded
+    from openrlaif.models.logprobs import prompt_then_response
 
-    return [Encoded(p + t, [0] * len(p) + [1] * len(t)) for p, t in zip(encode_prompts(tok, convs), drawn)]
+    return [prompt_then_response(p, t) for p, t in zip(encode_prompts(tok, convs), drawn)]
 
 
 def kl_terms(tok, convs: list[list[dict]], answers: list[str], sampler) -> tuple[list, list[float] | None, str]:
@@ -339,20 +342,21 @@ def mean_difference(trained: list[float], start: list[float]) -> float:
     return sum(t - s for t, s in zip(trained, start)) / max(len(trained), 1)
 
 
-def kl_to_start(model, tok, convs: list[list[dict]], answers: list[str], batch_size: int,
-                sampler=None) -> tuple[float, str]:
-    """Mean log pi_trained(y) - log pi_start(y) (nats per answer) over the trained policy's eval answers, on a
-    PEFT model (the adapter on, then off), and where the trained log-probs came from (``kl_terms``: the
-    decoding steps of ``sampler`` when it recorded them, else a forward pass).
+def kl_to_start(tok, convs: list[list[dict]], answers: list[str], sampler, trained_logprobs,
+                start_logprobs) -> tuple[float, str]:
+    """Mean log pi_trained(y) - log pi_start(y) (nats per answer) over the trained policy's eval answers, and where
+    the trained log-probs came from (``kl_terms``: the decoding steps of ``sampler`` when it recorded them, else
+    ``trained_logprobs(seqs)``); the start's are ``start_logprobs(seqs)``.
 
     A Monte-Carlo estimate of KL(trained || start); the answers were sampled at eval.temperature/top_p,
     not at temperature 1, so it is a proxy that tracks how far training moved the policy."""
-    if sampler is None:
-        seqs, trained, source = kl_sequences(tok, convs, answers), None, "forward pass"
-    else:
-        seqs, trained, source = kl_terms(tok, convs, answers, sampler)
+    seqs, trained, source = kl_terms(tok, convs, answers, sampler)
     if trained is None:
-        trained = answer_logprobs(model, tok, seqs, batch_size, "eval: kl trained")
+        trained = trained_logprobs(seqs)
+    return mean_difference(trained, start_logprobs(seqs)), source
+
+
+def adapter_off_logprobs(model, tok, seqs: list, batch_size: int) -> list[float]:
+    """``answer_logprobs`` of a PEFT model with its adapter switched off: the start policy."""
     with model.disable_adapter():
-        start = answer_logprobs(model, tok, seqs, batch_size, "eval: kl start")
-    return mean_difference(trained, start), source
+        return answer_logprobs(model, tok, seqs, batch_size, "eval: kl start")
