@@ -577,9 +577,11 @@ def convert(force: Annotated[bool, typer.Option("--force", help="Delete the conv
 
 
 def main() -> None:
+    from openrlaif.core.memory import keep_freed_memory
     from openrlaif.core.preempt import EXIT_CODE, Preempted
 
     _quiet_libraries()
+    keep_freed_memory()  # before torch allocates: large tensors reuse the heap instead of fresh pages (core.memory)
     try:
         app()
     except UserError as err:
