@@ -15,6 +15,7 @@ from openrlaif import lineage
 from openrlaif.config import RunConfig, apply_overrides, config_from_dict, dump_config, load_config, with_starting_policy
 from openrlaif.core.errors import UserError
 from openrlaif.core.faults import kill_point
+from openrlaif.core.memory import large_blocks_from_heap
 from openrlaif.core.store import (ALL_STAGES, STAGES, RunStore, atomic_write_text, sha256_file, sha256_text,
                                   writer_lock)
 from openrlaif.stages import RL_TRAINERS, stage_run
@@ -273,6 +274,7 @@ def _run_stage_locked(name: str, cfg: RunConfig, store: RunStore, k: int) -> dic
             store.mark_stage(later, "stale", k)
     store.mark_stage(name, "running", k)
     inputs = lineage.input_hashes(name, cfg, store, k)  # what this stage reads, hashed before it runs
+    large_blocks_from_heap(name != "eval")  # where the CLI set core.memory's policy: eval's long answers fragment it
     t0 = time.perf_counter()
     try:
         summary = stage_function(name)(cfg, store, k)

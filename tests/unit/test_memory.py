@@ -9,13 +9,15 @@ import sys
 
 import pytest
 
-from openrlaif.core.memory import keep_freed_memory
+from openrlaif.core.memory import keep_freed_memory, large_blocks_from_heap
 
 PROGRAM = """
 import json, resource, sys
-from openrlaif.core.memory import keep_freed_memory
+from openrlaif.core.memory import keep_freed_memory, large_blocks_from_heap
 
-took = keep_freed_memory() if sys.argv[1] == "tuned" else False
+took = keep_freed_memory() if sys.argv[1] != "default" else False
+if sys.argv[1] == "eval":  # the pipeline's setting for the eval stage
+    large_blocks_from_heap(False)
 SIZE = 64 << 20  # above glibc's largest mmap threshold (32 MB): by default an mmap of its own
 
 def touch():
@@ -44,5 +46,17 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert tuned["faults"] < pages // 20  # the heap's pages, still mapped
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_stage_can_give_large_blocks_their_own_mapping_again():
+    pages = (64 << 20) // 4096
+    evaluating = faults("eval")
+    assert evaluating["took"] is True
+    assert evaluating["faults"] >= pages // 2  # mapped afresh and returned on free, as by default
+
+
 def test_system_setting_leaves_the_allocator_alone():
     assert keep_freed_memory({"OPENRLAIF_MALLOC": "system"}) is False
+
+
+def test_without_the_cli_s_policy_a_stage_sets_nothing():
+    assert large_blocks_from_heap(False) is False  # this test process never called keep_freed_memory
