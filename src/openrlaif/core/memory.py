@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -38,7 +39,9 @@ NEVER = 2**31 - 1  # mallopt takes an int: ~2 GB free at the heap's top before i
 _state = {"on": False}  # whether keep_freed_memory took in this process
 
 
+@functools.cache
 def _mallopt():
+    """glibc's ``mallopt``, looked up once; None where there is none."""
     if not sys.platform.startswith("linux"):
         return None
     try:
