@@ -1,6 +1,6 @@
 """One RLAIF round by a peer built by hand from transformers + TRL + PEFT, and the same round by `rlaif run`,
-one after the other on this machine, each in its own process: wall time per stage, whole-process wall time,
-peak RSS, and the ratio per stage.
+one after the other on this machine, each in its own process: wall time per stage, whole-process wall time and
+CPU-seconds (user + system: less sensitive to the machine's drift), peak RSS, and the ratio per stage.
 
     .venv/bin/python bench/round_vs_peer.py                        # peer, ours (gate measured), ours (gate cached)
     .venv/bin/python bench/round_vs_peer.py --skip peer            # ours only
@@ -49,6 +49,13 @@ def our_overrides(args) -> list[str]:
 
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def children_cpu_s() -> float:
+    """User + system CPU-seconds of the finished child processes so far: a process's difference of two readings is
+    the work it did, which drifts less with the machine's speed than its wall time (both sides use both cores)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- the peer ------------------------------------------------------------------------------------------------
@@ -155,9 +162,9 @@ def ours(args, cache: str, label: str) -> dict:
         cmd = [str(Path(sys.executable).with_name("rlaif")), "run", "-c", str(ROOT / "configs" / "quick.yaml"), "-o",
                str(out), *our_overrides(args)]
         env = {**os.environ, "OPENRLAIF_CACHE": cache}
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), children_cpu_s()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
         if proc.returncode != 0:
             raise SystemExit(f"rlaif run failed:\n{proc.stderr[-3000:]}")
         manifest = json.loads((out / "manifest.json").read_text())
@@ -165,6 +172,7 @@ def ours(args, cache: str, label: str) -> dict:
         judge_stats = json.loads((out / "round_1" / "judge_stats.json").read_text())
         ev = json.loads((out / "round_1" / "eval.json").read_text())
         return {"what": label, "stages": {s: st[s]["wall_s"] for s in STAGES}, "wall_s": round(wall, 1),
+                "cpu_s": round(cpu, 1),
                 "peak_rss_mb": max(st[s].get("peak_rss_mb") or 0 for s in STAGES),
                 "pairs": st["train"]["summary"]["pairs"], "win_rate": round(ev["win_rate"], 3),
                 "gate_s": (judge_stats.get("gate") or {}).get("wall_s"),
@@ -192,13 +200,15 @@ def one_invocation(args) -> list[dict]:
         cmd = [sys.executable, __file__, "--only", "peer", "--prompts", str(args.prompts), "--n", str(args.n),
                "--new-tokens", str(args.new_tokens), "--eval-prompts", str(args.eval_prompts), "--threads",
                str(args.threads), *args.overrides]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), children_cpu_s()
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        cpu = children_cpu_s() - cpu0
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             raise SystemExit(f"the peer failed:\n{proc.stderr[-3000:]}")
         row = json.loads(lines[-1][len("RESULT "):])
         row["wall_s"] = round(time.perf_counter() - t0, 1)  # the whole process, imports included
+        row["cpu_s"] = round(cpu, 1)
         results.append(row)
         print(json.dumps(row), flush=True)
     if "ours" not in args.skip:
@@ -218,6 +228,7 @@ def median_row(rows: list[dict]) -> dict:
     out["what"] = f"{rows[0]['what']} (median of {len(rows)})"
     out["stages"] = {s: statistics.median(r["stages"][s] for r in rows) for s in STAGES}
     out["wall_s"] = round(statistics.median(r["wall_s"] for r in rows), 1)
+    out["cpu_s"] = round(statistics.median(r["cpu_s"] for r in rows), 1)
     out["peak_rss_mb"] = max(r.get("peak_rss_mb") or 0 for r in rows)
     return out
 
@@ -253,8 +264,10 @@ def main() -> None:
     if len(reps) > 1 and reps[0][0]["what"] == "peer":
         for j in range(1, len(reps[0])):
             ratios = [r[0]["wall_s"] / r[j]["wall_s"] for r in reps]
+            cpu = [r[0]["cpu_s"] / r[j]["cpu_s"] for r in reps]
             print(f"{reps[0][j]['what']}: whole-process ratio per repetition "
-                  + ", ".join(f"{x:.2f}x" for x in ratios), flush=True)
+                  + ", ".join(f"{x:.2f}x" for x in ratios) + "; CPU-seconds ratio " + ", ".join(f"{x:.2f}x" for x in cpu),
+                  flush=True)
     print("\n| stage | " + " | ".join(r["what"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     base = results[0] if results[0]["what"].startswith("peer") else None
@@ -269,6 +282,11 @@ def main() -> None:
         ratio = f" ({base['wall_s'] / r['wall_s']:.2f}x)" if base and r is not base else ""
         cells.append(f"**{r['wall_s']:.1f} s**{ratio}, {r.get('peak_rss_mb', '?')} MB")
     print("| **wall, whole process** | " + " | ".join(cells) + " |")
+    cells = []
+    for r in results:
+        ratio = f" ({base['cpu_s'] / r['cpu_s']:.2f}x)" if base and r is not base else ""
+        cells.append(f"{r['cpu_s']:.1f} s{ratio}")
+    print("| CPU-seconds, whole process (user + system) | " + " | ".join(cells) + " |")
     print("| pairs trained / win rate (its own judge) | "
           + " | ".join(f"{r['pairs']} / {r['win_rate']}" for r in results) + " |")
 

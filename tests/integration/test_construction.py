@@ -45,12 +45,13 @@ def test_rlcd_generate_and_label(tmp_path, tiny_model_dir):
     for row in rows:
         assert row["conditions"] == ["positive", "positive", "negative", "negative"]
         assert row["principle"] in constitution and row["messages"][0]["role"] == "user"  # no system prompt kept
-    # The positive candidates are exactly what the policy samples under the positive system prompt.
+    # The positive candidates are exactly what the policy samples under the positive system prompt (row seeds:
+    # the same draws whether generate.lanes dealt the prompts out to two decoding loops or not).
     tiny = load_causal_lm(str(tiny_model_dir))
     prompts = select(load_prompts("builtin"), "train", cfg.data.max_train_prompts)
     params = SamplingParams(cfg.generate.temperature, cfg.generate.top_p, cfg.generate.max_new_tokens,
                             cfg.generate.batch_size, cfg.seed + 1000)
-    again = HFSampler(tiny.model, tiny.tokenizer).sample(
+    again = HFSampler(tiny.model, tiny.tokenizer, row_seeds=True).sample(
         [with_system(p.messages, constitution[r["principle"]].positive_prompt) for p, r in zip(prompts, rows)], 2, params)
     assert [r["candidates"][:2] for r in rows] == again
     run_stage("label", cfg, store)

@@ -227,6 +227,8 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
     ev = json.loads(store.path("eval.json", 1).read_text())
     ife = ev["benchmarks"]["ifeval-builtin-heldout"]
     assert ife["generation"]["dtype"] == "bfloat16" and ife["start"]["prompts"] == 3
+    # the two copies wrote them side by side (their tokens/s then share the cores, and the result says so)
+    assert ife["start"]["decoded_alongside"] == "trained" and ife["trained"]["decoded_alongside"] == "start"
     rows = [json.loads(line) for line in store.path("bench/ifeval-builtin-heldout_rows.jsonl", 1).open()]
     spec = cfg.eval.benchmarks[0]
     _, items = load_benchmark(spec)
@@ -302,3 +304,69 @@ def test_decoding_steps_record_the_policy_s_own_log_probs_of_what_it_drew(tiny_m
     greedy = HFSampler(model, tok, record_logprobs=True)
     greedy.sample(convs, 1, SamplingParams(temperature=0.0, max_new_tokens=4))
     assert greedy.tokens is None and greedy.logprobs is None
+
+
+def test_lanes_draw_what_one_decoding_loop_draws(tiny_model_dir, monkeypatch):
+    """HFSampler(lanes=2) deals each batch's prompts out to two decoding loops in two threads sharing the model
+    (generate.lanes): with row seeds every answer, its end flag, its drawn tokens and their log-probs are what
+    one loop with both threads writes; sampling in lanes without row seeds is refused, greedy needs none."""
+    from openrlaif.sampling import hf
+    from openrlaif.sampling.hf import HFSampler
+
+    jobs = []  # the number of decoding loops run at once, per batch
+    real = hf.in_threads
+    monkeypatch.setattr(hf, "in_threads", lambda batch: jobs.append(len(batch)) or real(batch))
+    loaded = load_causal_lm(str(tiny_model_dir), "float32")
+    tok, model = loaded.tokenizer, loaded.model.eval()
+    convs = [[{"role": "user", "content": text}] for text in
+             ("Hi?", "Tell me about the sea and the sky, please.", "Why is grass green?", "Count to five.",
+              "What is a lane?")]
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=10, batch_size=6, seed=11)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = HFSampler(model, tok, row_seeds=True, record_logprobs=True)
+        two = HFSampler(model, tok, row_seeds=True, record_logprobs=True, lanes=2)
+        a = one.sample(convs, 3, params)
+        jobs.clear()
+        b = two.sample(convs, 3, params)
+        assert jobs == [2, 2, 1]  # batches of 2, 2 and 1 prompts (6 rows // 3 samples): the pairs in two loops
+        assert a == b and one.finished == two.finished and one.tokens == two.tokens
+        assert [x for r in two.logprobs for x in r] == pytest.approx([x for r in one.logprobs for x in r], abs=1e-4)
+        assert len({t for row in a for t in row}) > 5  # it sampled
+        assert two.stats.new_tokens == one.stats.new_tokens and two.stats.sequences == 15
+        with pytest.raises(ValueError, match="row_seeds"):
+            HFSampler(model, tok, lanes=2).sample(convs, 2, params)
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=6, batch_size=4)
+        assert (HFSampler(model, tok, lanes=2).sample(convs, 1, greedy) == HFSampler(model, tok).sample(convs, 1, greedy))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_in_threads_shares_the_intra_op_threads_out():
+    """sampling.hf.in_threads: jobs at once in their own threads, each with its share of the intra-op threads,
+    results in order; one after the other in the calling thread when there are fewer threads than jobs."""
+    import threading
+
+    from openrlaif.sampling.hf import in_threads
+
+    barrier = threading.Barrier(2, timeout=30)  # both jobs must be running at once to pass it
+
+    def job(tag):
+        def run():
+            barrier.wait()
+            return tag, threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()
+        return run
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = in_threads([job("a"), job("b")])
+        assert [o[0] for o in out] == ["a", "b"] and len({o[1] for o in out} | {threading.get_ident()}) == 3
+        assert [o[2] for o in out] == [1, 1] and all(o[3] for o in out)
+        assert torch.get_num_threads() == 2  # the caller's own count is left alone
+        torch.set_num_threads(1)
+        seen = in_threads([lambda: threading.get_ident(), lambda: threading.get_ident()])
+        assert seen == [threading.get_ident()] * 2
+    finally:
+        torch.set_num_threads(threads)

@@ -31,17 +31,22 @@ class PolicyAnswers:
     tokens_per_s: float
     seconds: float
     new_tokens: int
+    alongside: str | None = None  # the other policy decoding at the same time (its speed shares the cores)
 
 
-def answer(model, tokenizer, items: list[IFEvalItem], settings: GenerationSettings, description: str) -> PolicyAnswers:
-    """One answer per prompt (the tokenizer's chat template, the settings' decoding)."""
+def answer(model, tokenizer, items: list[IFEvalItem], settings: GenerationSettings, description: str,
+           progress=None, alongside: str | None = None) -> PolicyAnswers:
+    """One answer per prompt (the tokenizer's chat template, the settings' decoding); ``progress``: an open bar
+    to advance (two writers side by side share one) instead of one of its own; ``alongside``: the policy that
+    answers at the same time in another thread (recorded: this one's tokens/s is then a share of the cores)."""
     sampler = HFSampler(model, tokenizer, description)
+    sampler.progress = progress
     params = SamplingParams(0.0 if settings.greedy else settings.temperature, 1.0, settings.max_new_tokens,
                             settings.batch_size, settings.seed)
     out = sampler.sample([it.messages for it in items], 1, params)
     s = sampler.stats
     return PolicyAnswers([o[0] for o in out], [f[0] for f in sampler.finished], round(s.tokens_per_s, 2),
-                         round(s.seconds, 2), s.new_tokens)
+                         round(s.seconds, 2), s.new_tokens, alongside)
 
 
 def score(items: list[IFEvalItem], answers: PolicyAnswers) -> tuple[list[Checked], dict]:
@@ -49,7 +54,7 @@ def score(items: list[IFEvalItem], answers: PolicyAnswers) -> tuple[list[Checked
     checked = [check(it, a) for it, a in zip(items, answers.answers)]
     result = accuracies(items, checked)
     result.update({"finish_rate": sum(answers.finished) / len(answers.finished), "tokens_per_s": answers.tokens_per_s,
-                   "seconds": answers.seconds, "new_tokens": answers.new_tokens})
+                   "seconds": answers.seconds, "new_tokens": answers.new_tokens, "decoded_alongside": answers.alongside})
     return checked, result
 
 

@@ -21,7 +21,8 @@ def build_sampler(cfg, store, k: int):
 
         set_threads(cfg.model.threads)
         policy = load_round_policy(cfg, store, k)
-        return HFSampler(policy.model, policy.tokenizer)
+        # row seeds: a candidate's draws depend on the run's seed and where it is, not on its batch or lane
+        return HFSampler(policy.model, policy.tokenizer, row_seeds=True, lanes=gc.lanes)
     if gc.backend == "vllm":
         from openrlaif.models.loading import resolve_model
 

@@ -48,16 +48,23 @@ class HFSampler:
 
     After ``sample`` the attributes ``stats`` (tokens, seconds) and ``finished`` (whether each
     sample ended with the end-of-turn token rather than hitting ``max_new_tokens``) are set.
+
+    With ``lanes`` > 1 each batch's prompts are dealt out to that many decoding loops that run at once, in
+    threads sharing the model, the process's intra-op threads shared out between them (``in_threads``); sampled
+    rows then need ``row_seeds``. Between a step's kernels, Python and the small ops leave a second intra-op thread
+    idle that a second loop fills: on 2 cores the embedded model's 24 prompts x 2 candidates x 64 tokens took 7.43 s
+    in one loop of two threads and 7.14 s in two loops of one (medians of 6, interleaved; docs/benchmarks.md).
     """
 
     def __init__(self, model, tokenizer, description: str = "generate", row_seeds: bool = False,
-                 record_logprobs: bool = False):
+                 record_logprobs: bool = False, lanes: int = 1):
         self.model = model
         self.tokenizer = tokenizer
         self.description = description
         # each row (prompt i, sample j) from its own generator seeded by (params.seed, i, j): its draws do not
         # depend on the batch or thread it runs in, and two policies answering with one seed share random numbers
         self.row_seeds = row_seeds
+        self.lanes = lanes
         self.stats = SampleStats()
         self.finished: list[list[bool]] = []
         self.progress = None  # an open progress bar to advance instead of opening one per call
@@ -73,6 +80,8 @@ class HFSampler:
 
         from openrlaif.core.progress import advance, bar
 
+        if self.lanes > 1 and params.temperature > 0 and not self.row_seeds:
+            raise ValueError("sampling in lanes needs row_seeds: the global generator would interleave their draws")
         tok = self.tokenizer
         stop_ids = stop_token_ids(tok)
         encoded = encode_prompts(tok, prompts)
@@ -88,41 +97,81 @@ class HFSampler:
         drawn: list[list[list[int]]] = [[[] for _ in range(n)] for _ in prompts]
         summed: list[list[float]] = [[0.0] * n for _ in prompts]
         torch.manual_seed(params.seed)
-        tok.padding_side = "left"
+
+        def decode(part: list[int]):
+            """(new token ids, per-step log-probs or None) of the n samples of each prompt in ``part``."""
+            ids, mask = left_padded([encoded[i] for i in part], tok.pad_token_id)
+            # temperature 0 = greedy decoding (benchmarks); otherwise nucleus sampling (sampling.nucleus: the
+            # distribution of transformers' top-p warper, drawn ~8x faster at batch 64)
+            kwargs = sampling_kwargs(params.temperature, params.top_p,
+                                     [row_seed(params.seed, i, j) for i in part for j in range(n)]
+                                     if self.row_seeds else None, record=record)
+            out = generate_n(self.model, ids, mask, n, **kwargs, max_new_tokens=params.max_new_tokens,
+                             eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
+            steps = torch.stack(kwargs["logits_processor"][0].logprobs, 1) if record else None  # (rows, steps)
+            return out[:, ids.shape[1] :], steps
+
         start = time.perf_counter()
         own = bar(self.description, len(prompts) * n, "tok") if self.progress is None else nullcontext(self.progress)
         with own as progress, torch.inference_mode():
             for b in range(0, len(order), per_batch):
                 chunk = order[b : b + per_batch]
-                enc = tok.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
-                # temperature 0 = greedy decoding (benchmarks); otherwise nucleus sampling (sampling.nucleus: the
-                # distribution of transformers' top-p warper, drawn ~8x faster at batch 64)
-                kwargs = sampling_kwargs(params.temperature, params.top_p,
-                                         [row_seed(params.seed, i, j) for i in chunk for j in range(n)]
-                                         if self.row_seeds else None, record=record)
-                out = generate_n(
-                    self.model, enc["input_ids"], enc["attention_mask"], n, **kwargs,
-                    max_new_tokens=params.max_new_tokens,
-                    eos_token_id=stop_ids,
-                    pad_token_id=tok.pad_token_id,
-                )
-                new = out[:, enc["input_ids"].shape[1] :]
-                steps = torch.stack(kwargs["logits_processor"][0].logprobs, 1) if record else None  # (rows, steps)
-                for r, (row, (i, j)) in enumerate(zip(new.tolist(), [(i, j) for i in chunk for j in range(n)])):
-                    kept, ended = cut_at_stop(row, stop_ids)
-                    outputs[i][j] = tok.decode(kept, skip_special_tokens=True).strip()
-                    finished[i][j] = ended
-                    if record:
-                        drawn[i][j] = row[: len(kept) + ended]
-                        summed[i][j] = float(steps[r, : len(kept) + ended].sum())
-                    stats.new_tokens += len(kept) + ended
-                    stats.finished += ended
+                parts = [p for p in (chunk[lane :: self.lanes] for lane in range(self.lanes)) if p]
+                for part, (new, steps) in zip(parts, in_threads([lambda p=p: decode(p) for p in parts])):
+                    for r, (row, (i, j)) in enumerate(zip(new.tolist(), [(i, j) for i in part for j in range(n)])):
+                        kept, ended = cut_at_stop(row, stop_ids)
+                        outputs[i][j] = tok.decode(kept, skip_special_tokens=True).strip()
+                        finished[i][j] = ended
+                        if record:
+                            drawn[i][j] = row[: len(kept) + ended]
+                            summed[i][j] = float(steps[r, : len(kept) + ended].sum())
+                        stats.new_tokens += len(kept) + ended
+                        stats.finished += ended
                 stats.seconds = time.perf_counter() - start
                 advance(progress, len(chunk) * n, stats.tokens_per_s, "tok")
         self.stats = stats
         self.finished = finished
         self.tokens, self.logprobs = (drawn, summed) if record else (None, None)
         return outputs
+
+
+def left_padded(rows: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask) of token rows padded on the left to the longest (what ``tokenizer.pad`` does
+    with padding_side='left', without touching the tokenizer from a lane's thread)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        if row:
+            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[r, width - len(row) :] = 1
+    return ids, mask
+
+
+def in_threads(jobs: list) -> list:
+    """Each job's result, the jobs run at once in threads among which the process's intra-op threads are shared
+    out (OpenMP's thread count is per calling thread); one after the other with all of them when there are
+    fewer intra-op threads than jobs, or one job."""
+    import torch
+
+    total = torch.get_num_threads()
+    threads = total // max(len(jobs), 1)
+    if len(jobs) < 2 or threads == 0:
+        return [job() for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(job):
+        torch.set_num_threads(threads)
+        with torch.inference_mode():  # grad mode is per thread
+            return job()
+
+    try:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            return [f.result() for f in [pool.submit(run, job) for job in jobs]]
+    finally:
+        torch.set_num_threads(total)  # MKL's count is process-wide: a job's setting would outlive it
 
 
 def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], n: int, params: SamplingParams,
@@ -133,20 +182,11 @@ def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], 
     the trained policy's 16 eval answers of 64 tokens took 9.8 s one after the other and 7.0 s side by side.
     The samplers need their own models and tokenizers, and ``row_seeds`` (the global generator is shared)."""
     import copy
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
 
     from openrlaif.core.progress import bar
 
     if any(not s.row_seeds for s in samplers):
         raise ValueError("samplers side by side need row_seeds: the global generator would interleave their draws")
-    threads = torch.get_num_threads() // len(samplers)  # 0: fewer threads than samplers, one after the other
-
-    def run(sampler: HFSampler) -> list[list[str]]:
-        torch.set_num_threads(threads)  # this thread's intra-op threads (OpenMP: per calling thread)
-        return sampler.sample(prompts, n, params)
-
     for s in samplers[1:]:
         if s.tokenizer is samplers[0].tokenizer:
             s.tokenizer = copy.deepcopy(s.tokenizer)  # padding side and batch encoding are per-object state
@@ -154,10 +194,7 @@ def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], 
         for s in samplers:
             s.progress = progress
         try:
-            if threads == 0:
-                return [s.sample(prompts, n, params) for s in samplers]
-            with ThreadPoolExecutor(len(samplers)) as pool:
-                return [f.result() for f in [pool.submit(run, s) for s in samplers]]
+            return in_threads([lambda s=s: s.sample(prompts, n, params) for s in samplers])
         finally:
             for s in samplers:
                 s.progress = None
