@@ -7,7 +7,14 @@ import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from openrlaif.optimize.losses import gathered_logprobs
-from openrlaif.sampling.nucleus import NucleusSampler, nucleus_groups, nucleus_keep, nucleus_logits, sample_nucleus
+from openrlaif.sampling.nucleus import (
+    NucleusSampler,
+    nucleus_groups,
+    nucleus_keep,
+    nucleus_logits,
+    row_seed,
+    sample_nucleus,
+)
 
 
 def test_keep_is_the_smallest_set_reaching_top_p():
@@ -68,12 +75,16 @@ def test_a_row_draws_the_same_token_alone_or_in_any_batch():
     assert again[:8].tolist() == together[:8].tolist()
 
 
-def test_draws_follow_the_renormalised_nucleus():
+@pytest.mark.parametrize("row_seeds", [False, True])
+def test_draws_follow_the_renormalised_nucleus(row_seeds):
+    """With torch's global generator, and with a generator per row (the generate stage's and eval's rows, each
+    seeded by where it is): the same distribution."""
     torch.manual_seed(0)
     row = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0] + [-6.0] * 40)
     temperature, top_p = 0.8, 0.9
     expected = torch.softmax(TopPLogitsWarper(top_p)(None, (row / temperature).unsqueeze(0)), -1)[0]
-    draws = sample_nucleus(row.repeat(40_000, 1), temperature, top_p, candidates=8)
+    generators = [torch.Generator().manual_seed(row_seed(5, i, 0)) for i in range(40_000)] if row_seeds else None
+    draws = sample_nucleus(row.repeat(40_000, 1), temperature, top_p, candidates=8, generators=generators)
     freq = torch.bincount(draws, minlength=row.numel()).float() / draws.numel()
     assert set(draws.unique().tolist()) <= set(expected.nonzero().squeeze(-1).tolist())  # never outside the nucleus
     tv = 0.5 * (freq - expected).abs().sum().item()
