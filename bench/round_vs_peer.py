@@ -265,9 +265,8 @@ def main() -> None:
         for j in range(1, len(reps[0])):
             ratios = [r[0]["wall_s"] / r[j]["wall_s"] for r in reps]
             cpu = [r[0]["cpu_s"] / r[j]["cpu_s"] for r in reps]
-            print(f"{reps[0][j]['what']}: whole-process ratio per repetition "
-                  + ", ".join(f"{x:.2f}x" for x in ratios) + "; CPU-seconds ratio " + ", ".join(f"{x:.2f}x" for x in cpu),
-                  flush=True)
+            print(f"{reps[0][j]['what']}: whole-process ratio per repetition " + ", ".join(f"{x:.2f}x" for x in ratios)
+                  + "; CPU-seconds ratio " + ", ".join(f"{x:.2f}x" for x in cpu), flush=True)
     print("\n| stage | " + " | ".join(r["what"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     base = results[0] if results[0]["what"].startswith("peer") else None

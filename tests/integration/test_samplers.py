@@ -338,7 +338,7 @@ def test_lanes_draw_what_one_decoding_loop_draws(tiny_model_dir, monkeypatch):
         with pytest.raises(ValueError, match="row_seeds"):
             HFSampler(model, tok, lanes=2).sample(convs, 2, params)
         greedy = SamplingParams(temperature=0.0, max_new_tokens=6, batch_size=4)
-        assert (HFSampler(model, tok, lanes=2).sample(convs, 1, greedy) == HFSampler(model, tok).sample(convs, 1, greedy))
+        assert HFSampler(model, tok, lanes=2).sample(convs, 1, greedy) == HFSampler(model, tok).sample(convs, 1, greedy)
     finally:
         torch.set_num_threads(threads)
 
@@ -364,9 +364,29 @@ def test_in_threads_shares_the_intra_op_threads_out():
         out = in_threads([job("a"), job("b")])
         assert [o[0] for o in out] == ["a", "b"] and len({o[1] for o in out} | {threading.get_ident()}) == 3
         assert [o[2] for o in out] == [1, 1] and all(o[3] for o in out)
-        assert torch.get_num_threads() == 2  # the caller's own count is left alone
+        assert torch.get_num_threads() == 2
         torch.set_num_threads(1)
         seen = in_threads([lambda: threading.get_ident(), lambda: threading.get_ident()])
         assert seen == [threading.get_ident()] * 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_in_threads_leaves_the_caller_its_thread_count_in_a_fresh_process():
+    """A worker's torch.set_num_threads(1) can show through to a calling thread that never read its own count (a
+    fresh process whose main thread ran a parallel product: 2 -> 1). in_threads reads the count before its workers
+    start, which pins the caller's, so a second side-by-side call still shares two threads out."""
+    import subprocess
+    import sys
+
+    program = (
+        "import torch\n"
+        "from openrlaif.sampling.hf import in_threads\n"
+        "torch.set_num_threads(2)\n"
+        "a = torch.randn(512, 512); a @ a\n"
+        "first = in_threads([lambda: torch.get_num_threads(), lambda: torch.get_num_threads()])\n"
+        "second = in_threads([lambda: torch.get_num_threads(), lambda: torch.get_num_threads()])\n"
+        "print(first, second, torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "[1, 1] [1, 1] 2"

@@ -461,6 +461,19 @@ def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 PREFIX_CHUNK_TOKENS = 8192
 
 
+def left_padded(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token rows padded on the left to the longest (what ``tokenizer.pad`` does
+    with padding_side='left', without the tokenizer: samplers call it from their lanes' threads)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        if len(row):
+            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[r, width - len(row) :] = 1
+    return ids, mask
+
+
 def prefix_hidden_states(model, splits: list[Split], batch_size: int, pad_id: int):
     """Yield ``(index, H)`` for every split, where ``H`` (len(suffix) + 1, hidden) holds the final
     hidden states that predict each suffix token and then the token after the sequence.
@@ -489,11 +502,7 @@ def prefix_hidden_states(model, splits: list[Split], batch_size: int, pad_id: in
         for b in range(0, len(chunk_prefixes), batch_size):
             batch = chunk_prefixes[b : b + batch_size]
             width = max(len(p) for p in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, p in enumerate(batch):
-                ids[r, width - len(p):] = torch.tensor(p)
-                attn[r, width - len(p):] = 1
+            ids, attn = left_padded(batch, pad_id)
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
             out = decoder(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
             layers = _kv(getattr(out, "cache", None) or out.past_key_values)

@@ -79,6 +79,7 @@ class HFSampler:
         import torch
 
         from openrlaif.core.progress import advance, bar
+        from openrlaif.models.logprobs import left_padded
 
         if self.lanes > 1 and params.temperature > 0 and not self.row_seeds:
             raise ValueError("sampling in lanes needs row_seeds: the global generator would interleave their draws")
@@ -135,29 +136,15 @@ class HFSampler:
         return outputs
 
 
-def left_padded(rows: list[list[int]], pad_id: int):
-    """(input_ids, attention_mask) of token rows padded on the left to the longest (what ``tokenizer.pad`` does
-    with padding_side='left', without touching the tokenizer from a lane's thread)."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        if row:
-            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[r, width - len(row) :] = 1
-    return ids, mask
-
-
 def in_threads(jobs: list) -> list:
     """Each job's result, the jobs run at once in threads among which the process's intra-op threads are shared
     out (OpenMP's thread count is per calling thread); one after the other with all of them when there are
     fewer intra-op threads than jobs, or one job."""
     import torch
 
-    total = torch.get_num_threads()
-    threads = total // max(len(jobs), 1)
+    # Reading the count here also pins the caller's own: in a process whose main thread never asked for it, a
+    # worker's set_num_threads(1) showed through to the caller afterwards (2 -> 1 in a bare torch script).
+    threads = torch.get_num_threads() // max(len(jobs), 1)
     if len(jobs) < 2 or threads == 0:
         return [job() for job in jobs]
     from concurrent.futures import ThreadPoolExecutor
@@ -167,17 +154,15 @@ def in_threads(jobs: list) -> list:
         with torch.inference_mode():  # grad mode is per thread
             return job()
 
-    try:
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            return [f.result() for f in [pool.submit(run, job) for job in jobs]]
-    finally:
-        torch.set_num_threads(total)  # MKL's count is process-wide: a job's setting would outlive it
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return [f.result() for f in [pool.submit(run, job) for job in jobs]]
 
 
 def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], n: int, params: SamplingParams,
                         description: str) -> list[list[list[str]]]:
     """Each sampler answers the same prompts in its own thread at once, the process's intra-op threads shared out
-    between them (one after the other when there are fewer threads than samplers), under one progress bar. A batch of ~16-20 rows decodes at a size where a
+    between them (``in_threads``: one after the other when there are fewer threads than samplers), under one
+    progress bar. A batch of ~16-20 rows decodes at a size where a
     second intra-op thread adds little (per-step latency, Python between the kernels): on 2 cores the start and
     the trained policy's 16 eval answers of 64 tokens took 9.8 s one after the other and 7.0 s side by side.
     The samplers need their own models and tokenizers, and ``row_seeds`` (the global generator is shared)."""
@@ -189,7 +174,7 @@ def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], 
         raise ValueError("samplers side by side need row_seeds: the global generator would interleave their draws")
     for s in samplers[1:]:
         if s.tokenizer is samplers[0].tokenizer:
-            s.tokenizer = copy.deepcopy(s.tokenizer)  # padding side and batch encoding are per-object state
+            s.tokenizer = copy.deepcopy(s.tokenizer)  # each thread encodes and decodes with its own
     with bar(description, len(prompts) * n * len(samplers), "tok") as progress:
         for s in samplers:
             s.progress = progress

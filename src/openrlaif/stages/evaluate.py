@@ -135,8 +135,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         # is between the two copies that wrote the answers: the trained one scores its answers, then the start.
         # The two copies answer side by side, one core each (sampling.hf.sample_side_by_side: a batch of ~16 rows
         # decodes faster so than one after the other with both cores).
-        from openrlaif.models.policy import load_merged
         from openrlaif.core.progress import bar
+        from openrlaif.models.policy import load_merged
         from openrlaif.sampling.hf import in_threads, sample_side_by_side
 
         writers = {"trained": load_merged(cfg, adapter, writing, frozen=True).model,
@@ -149,11 +149,12 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         for name in writers:
             samplers[name].model = None
         # the IFEval answers side by side too (greedy: no seeds to share), each writer with its sampler's tokenizer:
-        # the demo's 40 prompts x 128 tokens, both copies, 28.6-32.0 s one after the other, 23.8-25.5 s side by side
+        # the demo's 40 prompts x 128 tokens, both copies, 28.6-32.3 s one after the other, 23.8-28.7 s side by side
         bench_rows = sum(len(items) for spec, _, items in yardsticks if spec.name == "ifeval") * len(writers)
         with bar("bench: trained and start policies", bench_rows, "tok") if bench_rows else nullcontext() as pg:
-            in_threads([lambda name=name, w=w, other=other: yardstick_answers(name, w, samplers[name].tokenizer, pg, other)
-                        for (name, w), other in zip(writers.items(), reversed(list(writers)))])
+            in_threads([lambda name=name, other=other: yardstick_answers(name, writers[name], samplers[name].tokenizer,
+                                                                         pg, alongside=other)
+                        for name, other in (("trained", "start"), ("start", "trained"))])
         kl, kl_from = kl_to_start(tok, convs[:n_main], trained[:n_main], samplers["trained"],
                                   lambda seqs: answer_logprobs(writers["trained"], tok, seqs, ec.batch_size,
                                                                "eval: kl trained"),
