@@ -577,11 +577,13 @@ def convert(force: Annotated[bool, typer.Option("--force", help="Delete the conv
 
 
 def main() -> None:
+    from openrlaif.core.collector import freeze_between_stages
     from openrlaif.core.memory import keep_freed_memory
     from openrlaif.core.preempt import EXIT_CODE, Preempted
 
     _quiet_libraries()
     keep_freed_memory()  # before torch allocates: large tensors reuse the heap instead of fresh pages (core.memory)
+    freeze_between_stages()  # full collections walk only what a stage made, not the imported libraries (core.collector)
     try:
         app()
     except UserError as err:

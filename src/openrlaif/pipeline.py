@@ -154,7 +154,10 @@ def release_memory() -> bool:
     import ctypes
     import gc
 
+    from openrlaif.core import collector
+
     gc.collect()
+    collector.settle()  # where the CLI asked: the survivors are not walked by later collections (core.collector)
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols: libc's, when it is glibc
     if trim is None:  # musl, macOS: nothing to ask
         return False
@@ -164,8 +167,11 @@ def release_memory() -> bool:
 
 def open_run(cfg: RunConfig, out: str | Path, force: bool = False) -> RunStore:
     """Create or reopen a run directory for ``cfg``; refuses a directory made with another config."""
+    from openrlaif.core import collector
+
     store = RunStore(out)
-    hashes = validate_inputs(cfg)
+    with collector.deferred():  # the checks import the libraries: no collections in between (core.collector)
+        hashes = validate_inputs(cfg)
     resolved = dump_config(cfg)
     if store.config_path.is_file():
         old = store.config_path.read_text(encoding="utf-8")
