@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from openrlaif.optimize.losses import dpo_loss, sequence_logprobs, sft_loss
+from openrlaif.optimize.losses import dpo_loss, gathered_logprobs, sequence_logprobs, sft_loss
 
 
 def log_sigmoid(x: float) -> float:
@@ -131,3 +131,23 @@ def test_sft_loss_is_the_mean_nll_per_trained_token():
     assert loss.item() == pytest.approx(1.0)
     # no trained tokens: zero, not a division by zero
     assert sft_loss(torch.tensor([0.0]), torch.tensor([0])).item() == 0.0
+
+
+def test_gathered_logprobs_hand_computed_and_gradient():
+    # row 0: logits (0, ln 3) -> p = (1/4, 3/4); row 1: three equal logits -> p = 1/3 each
+    logits = torch.tensor([[0.0, math.log(3.0), -math.inf], [2.0, 2.0, 2.0]], requires_grad=True)
+    targets = torch.tensor([1, 2])
+    logp = gathered_logprobs(logits, targets)
+    assert torch.allclose(logp, torch.tensor([math.log(0.75), math.log(1 / 3)]), atol=1e-6)
+    logp.sum().backward()
+    # d log p(t) / d z = onehot(t) - softmax(z)
+    expected = torch.tensor([[-0.25, 0.25, 0.0], [-1 / 3, -1 / 3, 2 / 3]])
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
+def test_gathered_logprobs_matches_log_softmax_on_a_wide_vocabulary():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 49152, generator=g) * 4
+    targets = torch.randint(0, 49152, (64,), generator=g)
+    reference = torch.log_softmax(logits.double(), -1).gather(1, targets[:, None]).squeeze(1)
+    assert torch.allclose(gathered_logprobs(logits, targets).double(), reference, atol=1e-4)
