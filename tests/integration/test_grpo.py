@@ -126,4 +126,7 @@ def test_two_ddp_processes_match_one_process(tmp_path, tiny_model_dir):
     1-process run's rollouts; the group advantages and the per-sequence loss average the same way."""
     single, ddp = prepared(tmp_path, tiny_model_dir, ["single", "ddp"])
     single_and_ddp(single, ddp)
-    assert_same(single, ddp, atol=2e-4)  # Adam amplifies float-order noise on near-zero gradients
+    # Adam amplifies float-order noise on near-zero gradients. With the math attention kernel on these short rows
+    # (model.math_attention_up_to) the split batches round differently from the whole one: at most 2.01e-4 here
+    # (one element of 3,200), against < 2e-4 with the flash kernel.
+    assert_same(single, ddp, atol=3e-4)

@@ -617,3 +617,66 @@ def test_training_stages_prepare_with_the_frozen_casts(tiny_model_dir, precision
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert (len(cast) == len(linear) > 0) if precision == "bf16" else not cast
     assert accelerator.unwrap_model(policy).model is model
+
+
+def attention_ops(fn) -> set[str]:
+    """The SDPA kernels that ran inside ``fn()`` (forward and backward), by the profiler's op names."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    names = {e.key for e in prof.key_averages()}
+    return {kind for kind, op in (("flash", "aten::_scaled_dot_product_flash_attention_for_cpu"),
+                                  ("math", "aten::_scaled_dot_product_attention_math")) if op in names}
+
+
+def test_short_rows_train_with_the_math_attention_kernel(tiny_model_dir):
+    """models.loading.math_attention_for_short_rows: short rows (forward and backward) run the math kernel, long rows
+    and decoding steps the flash kernel; a deep copy (PPO's critic) is hooked on itself; the kernel flags are put
+    back even when the forward raises."""
+    import copy
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from openrlaif.models.loading import math_attention_for_short_rows
+
+    model = load_causal_lm(str(tiny_model_dir), math_attention_up_to=16).model
+    assert math_attention_for_short_rows(model, 16) is False  # already hooked
+    short, long = torch.randint(3, 50, (2, 12)), torch.randint(3, 50, (2, 40))
+
+    def train_pass(m, ids):
+        def run():
+            m.zero_grad()
+            m(input_ids=ids).logits.float().pow(2).mean().backward()
+        return run
+
+    assert attention_ops(train_pass(model, short)) == {"math"}
+    assert attention_ops(train_pass(model, long)) == {"flash"}
+    plain = load_causal_lm(str(tiny_model_dir)).model  # not hooked: flash for short rows too
+    assert attention_ops(train_pass(plain, short)) == {"flash"}
+    with torch.inference_mode():  # a decoding step (one new token after a cached prefix) is left to torch
+        out = model(input_ids=short, use_cache=True)
+        step = lambda: model(input_ids=short[:, -1:], cache=out.past_key_values, use_cache=True)  # noqa: E731
+        assert "math" not in attention_ops(step)
+    # the same numbers as running the math kernel by hand
+    with torch.inference_mode():
+        hooked = model(input_ids=short).logits
+        with sdpa_kernel(SDPBackend.MATH):
+            by_hand = plain(input_ids=short).logits
+    assert torch.equal(hooked, by_hand)
+    # a deep copy computes with its own weights through its own hooks
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.5)
+        with sdpa_kernel(SDPBackend.MATH):
+            expected = twin(input_ids=short).logits
+        twin_logits = twin(input_ids=short).logits
+    assert torch.equal(twin_logits, expected) and not torch.equal(twin_logits, hooked)
+    assert attention_ops(train_pass(twin, short)) == {"math"}
+    # a forward that raises leaves the kernels as they were
+    assert torch.backends.cuda.flash_sdp_enabled()
+    with pytest.raises(Exception):
+        model(input_ids=torch.full((1, 8), 10_000))  # an id past the vocabulary
+    assert torch.backends.cuda.flash_sdp_enabled()
+    assert attention_ops(train_pass(plain, short)) == {"flash"}

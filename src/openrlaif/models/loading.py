@@ -149,7 +149,10 @@ def load_tokenizer(path: Path | str, field: str = "model.policy"):
     return tok
 
 
-def load_causal_lm(spec: str, dtype: str = "float32", field: str = "model.policy") -> LoadedModel:
+def load_causal_lm(spec: str, dtype: str = "float32", field: str = "model.policy",
+                   math_attention_up_to: int = 0) -> LoadedModel:
+    """The model and tokenizer of ``spec`` in ``dtype``, in eval mode. ``math_attention_up_to``: for a model that
+    will be trained, short rows use the math attention kernel (``math_attention_for_short_rows``)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -159,7 +162,50 @@ def load_causal_lm(spec: str, dtype: str = "float32", field: str = "model.policy
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
     model.eval()
+    math_attention_for_short_rows(model, math_attention_up_to)
     return LoadedModel(model=model, tokenizer=load_tokenizer(path), path=str(path))
+
+
+def math_attention_for_short_rows(model, up_to: int) -> bool:
+    """From now on, a forward of ``model``'s decoder on the CPU whose rows hold 2..``up_to`` tokens computes
+    attention with torch's math SDPA kernel instead of its fused CPU (flash) kernel, and so does its backward.
+    For short rows the math kernel's few large products beat the flash kernel's blocked loops, most in the
+    backward: a LoRA DPO step on forked pairs of ~180 tokens per row took 1.30 -> 1.16 s here, of ~310 tokens
+    2.24 -> 2.16 s, but of ~440 tokens 2.88 -> 3.43 s (docs/benchmarks.md, session 38); the math kernel also keeps
+    each layer's attention weights for the backward (rows x heads x width^2), which only short rows can afford.
+    Meant for a model being trained: its reference, old-log-prob and policy passes then all run the same kernel
+    (the same numbers at step 0). Decoding steps (one new token) are left alone. ``up_to`` 0 does nothing.
+    Returns whether the decoder got the hooks; idempotent."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if up_to <= 0 or decoder is None or getattr(decoder, "_openrlaif_math_attention", None) is not None:
+        return False
+    import threading
+
+    local = threading.local()  # per thread, the kernel contexts of the forwards running now (pushed and popped in order)
+
+    def before(module, args, kwargs):
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        short = ids is not None and ids.device.type == "cpu" and 1 < ids.shape[1] <= module._openrlaif_math_attention
+        context = None
+        if short:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            context = sdpa_kernel(SDPBackend.MATH)
+            context.__enter__()
+        local.__dict__.setdefault("entered", []).append(context)
+
+    def after(module, args, kwargs, output):
+        context = local.entered.pop()
+        if context is not None:
+            context.__exit__(None, None, None)
+
+    # hooks, not a wrapped forward: a deep copy of the model (PPO's critic) gets hooks that act on itself
+    decoder.register_forward_pre_hook(before, with_kwargs=True)
+    decoder.register_forward_hook(after, with_kwargs=True, always_call=True)  # also when the forward raises
+    decoder._openrlaif_math_attention = up_to
+    return True
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:

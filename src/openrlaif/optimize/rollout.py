@@ -158,7 +158,7 @@ def rl_parts(cfg: RunConfig, store: RunStore, k: int) -> RLParts:
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
     accelerator = make_accelerator(cfg.train)
-    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype, math_attention_up_to=cfg.model.math_attention_up_to)
     model = add_lora(loaded.model, cfg.train, *round_adapters(cfg, store, k))
     return RLParts(prompts, encode_prompts(loaded.tokenizer, [p.messages for p in prompts]), accelerator,
                    loaded.tokenizer, model)

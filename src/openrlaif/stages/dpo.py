@@ -61,7 +61,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 2. The starting policy with a LoRA adapter (fresh, or round k-1's to continue) and the reference.
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
-    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype, math_attention_up_to=cfg.model.math_attention_up_to)
     tok = loaded.tokenizer
     model = add_lora(loaded.model, tc, *round_adapters(cfg, store, k))
     cast_frozen_once_for(accelerator, model)  # before the reference pass, which runs ahead of `prepare` (it casts too)

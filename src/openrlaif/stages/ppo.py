@@ -108,7 +108,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
     accelerator = make_accelerator(tc)
-    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype, math_attention_up_to=cfg.model.math_attention_up_to)
     tok = loaded.tokenizer
     # A separate critic is a copy of the starting model (not a second load from disk) with its own adapter.
     critic = add_lora(copy.deepcopy(loaded.model), tc) if pc.critic == "separate" else None

@@ -129,7 +129,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     # 2. The policy: LoRA (fresh, or round k-1's adapter to continue when this is a round's trainer) or every weight.
     set_threads(cfg.model.threads)
     torch.manual_seed(cfg.seed)
-    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype)
+    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype, math_attention_up_to=cfg.model.math_attention_up_to)
     tok = loaded.tokenizer
     if sc.full_finetune:
         model = loaded.model
