@@ -34,9 +34,12 @@ def checks(store):
     return [m for m in store.read_metrics() if m.get("stage") == "monitor"]
 
 
-@pytest.mark.parametrize("algo", ["rloo", "ppo"])
-def test_the_alarm_fires_when_the_proxy_rises_and_the_heldout_score_falls(tmp_path, tiny_model_dir, algo):
-    cfg = monitor_config(tiny_model_dir, algo, "monitor.heldout=test_overopt:goodhart")
+# PPO at this learning rate climbs the proxy in zigzags (e.g. proxy 1.0, 1.1, 3.3, 3.2, 7.7, 4.6 at checks 1-6, each
+# rise with a held-out fall): the order of its float sums decides whether two rises come in a row, so its case asks
+# for one diverging check and RLOO's, which climbs steadily, for two
+@pytest.mark.parametrize(("algo", "patience"), [("rloo", 2), ("ppo", 1)])
+def test_the_alarm_fires_when_the_proxy_rises_and_the_heldout_score_falls(tmp_path, tiny_model_dir, algo, patience):
+    cfg = monitor_config(tiny_model_dir, algo, "monitor.heldout=test_overopt:goodhart", f"monitor.patience={patience}")
     store = open_run(cfg, tmp_path / "run")
     summary = run_stage("train", cfg, store)
     rows = checks(store)
@@ -44,7 +47,7 @@ def test_the_alarm_fires_when_the_proxy_rises_and_the_heldout_score_falls(tmp_pa
     proxy, heldout = [r["proxy"] for r in rows], [r["heldout"] for r in rows]
     assert proxy[-1] > proxy[0] + 1.0, proxy  # the policy learned the proxy...
     assert heldout[-1] < max(heldout), heldout  # ...past the held-out score's peak
-    alarm = first_alarm(proxy, heldout, 2)
+    alarm = first_alarm(proxy, heldout, patience)
     assert alarm is not None and summary["monitor"]["alarm_step"] == rows[alarm]["step"], (proxy, heldout)
     assert rows[alarm]["alarm"] and not any(r["alarm"] for r in rows[:alarm])
     for r in rows:
