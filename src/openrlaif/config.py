@@ -58,11 +58,12 @@ class ModelConfig(_Strict):
         None, ge=1, description="torch CPU threads; null = torch's default (all cores)."
     )
     math_attention_up_to: int = Field(
-        320, ge=0, description="Training on a CPU: the trained policy's passes (forward, backward, reference and old "
+        200, ge=0, description="Training on a CPU: the trained policy's passes (forward, backward, reference and old "
         "log-probs) over rows of at most this many tokens compute attention with torch's math kernel instead of its "
-        "flash kernel. Here a LoRA DPO step on rows of ~180 tokens took 1.30 -> 1.16 s, of ~310 tokens 2.24 -> 2.16 s, "
-        "of ~440 tokens 2.88 -> 3.43 s (docs/benchmarks.md, session 38); the math kernel keeps every layer's "
-        "attention weights for the backward, so only short rows gain. 0 = the flash kernel always; GPUs unaffected."
+        "flash kernel. Here (bench/training_kernels.py) a LoRA DPO step on rows of ~180 tokens took 1.30 -> 1.16 s "
+        "and 1.41 -> 1.32 s; from ~210 tokens the math kernel was as fast or slower (~440 tokens: 3.35 -> 3.84 s), and "
+        "it keeps every layer's attention weights for the backward (docs/benchmarks.md, session 38). 0 = the flash "
+        "kernel always; GPUs unaffected."
     )
 
     @field_validator("judge_mixed_precision", mode="before")

@@ -170,9 +170,10 @@ def math_attention_for_short_rows(model, up_to: int) -> bool:
     """From now on, a forward of ``model``'s decoder on the CPU whose rows hold 2..``up_to`` tokens computes
     attention with torch's math SDPA kernel instead of its fused CPU (flash) kernel, and so does its backward.
     For short rows the math kernel's few large products beat the flash kernel's blocked loops, most in the
-    backward: a LoRA DPO step on forked pairs of ~180 tokens per row took 1.30 -> 1.16 s here, of ~310 tokens
-    2.24 -> 2.16 s, but of ~440 tokens 2.88 -> 3.43 s (docs/benchmarks.md, session 38); the math kernel also keeps
-    each layer's attention weights for the backward (rows x heads x width^2), which only short rows can afford.
+    backward: a LoRA DPO step on forked pairs of ~180 tokens per row took 1.30 -> 1.16 s and 1.41 -> 1.32 s here,
+    while from ~210 tokens it was as fast or slower (~440 tokens: 3.35 -> 3.84 s; bench/training_kernels.py,
+    docs/benchmarks.md, session 38); the math kernel also keeps each layer's attention weights for the backward
+    (rows x heads x width^2), which only short rows can afford.
     Meant for a model being trained: its reference, old-log-prob and policy passes then all run the same kernel
     (the same numbers at step 0). Decoding steps (one new token) are left alone. ``up_to`` 0 does nothing.
     Returns whether the decoder got the hooks; idempotent."""
@@ -180,6 +181,8 @@ def math_attention_for_short_rows(model, up_to: int) -> bool:
     if up_to <= 0 or decoder is None or getattr(decoder, "_openrlaif_math_attention", None) is not None:
         return False
     import threading
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     local = threading.local()  # per thread, the kernel contexts of the forwards running now (pushed and popped in order)
 
@@ -190,8 +193,6 @@ def math_attention_for_short_rows(model, up_to: int) -> bool:
         short = ids is not None and ids.device.type == "cpu" and 1 < ids.shape[1] <= module._openrlaif_math_attention
         context = None
         if short:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
             context = sdpa_kernel(SDPBackend.MATH)
             context.__enter__()
         local.__dict__.setdefault("entered", []).append(context)
