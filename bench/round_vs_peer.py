@@ -6,6 +6,7 @@ CPU-seconds (user + system: less sensitive to the machine's drift), peak RSS, an
     .venv/bin/python bench/round_vs_peer.py --skip peer            # ours only
     .venv/bin/python bench/round_vs_peer.py --only peer            # one side (used internally)
     .venv/bin/python bench/round_vs_peer.py --repeat 3             # interleaved, medians and per-repetition ratios
+    .venv/bin/python bench/round_vs_peer.py --peer-both-orders     # and a peer whose judge reads both orders
 
 The work is the same on both sides: ``--prompts`` train prompts x ``--n`` candidates of ``--new-tokens`` tokens
 (the prompts and sampling settings of configs/quick.yaml with the overrides below), one DPO epoch over one pair
@@ -16,6 +17,8 @@ The peer is what a user would write with the libraries' defaults: ``model.genera
 ``num_return_sequences``; a one-token pairwise judge (the policy's own model asked "A or B", one order, the
 larger of the two letters' logits wins: its labels carry position bias, ours are order-free soft labels);
 TRL's ``DPOTrainer`` (reference log-probs per step, its default); eval by the same one-token judge.
+``--peer-both-orders`` adds a second peer whose judge also reads every pair with the responses swapped and
+averages P(first) over the two orders (free of position bias, twice the judge's work): nearer in kind to ours.
 Ours is `rlaif run -c configs/quick.yaml` with ``--prompts 24 --n 2 ...`` turned into overrides, monitor,
 red team, anchors and benchmarks off (the peer has none); once with the judge gate measured (an empty gate
 cache) and once with the gate read from the cache the first run filled. Needs the `test` extra (trl).
@@ -102,10 +105,10 @@ def peer(args) -> dict:
             out += [texts[j : j + n] for j in range(0, len(texts), n)]
         return out
 
-    def judge(m, convs, firsts, seconds, batch=8):
-        """P(first is better) from one forward per pair, one order: the larger letter logit wins."""
+    def letter_probs(m, convs, firsts, seconds, batch=8):
+        """P(letter A) for each pair shown as A = first, B = second: one forward per pair."""
         ids = [tok(" A", add_special_tokens=False).input_ids[-1], tok(" B", add_special_tokens=False).input_ids[-1]]
-        wins = []
+        out = []
         for i in range(0, len(convs), batch):
             texts = [tok.apply_chat_template([{"role": "user", "content": JUDGE.format(prompt=c[-1]["content"], a=a, b=b)}],
                                              tokenize=False, add_generation_prompt=True) + "The better response is"
@@ -113,8 +116,16 @@ def peer(args) -> dict:
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
                 logits = m(**enc).logits[:, -1, ids]
-            wins += (logits[:, 0] > logits[:, 1]).tolist()
-        return wins
+            out += torch.softmax(logits.float(), -1)[:, 0].tolist()
+        return out
+
+    def judge(m, convs, firsts, seconds):
+        """Whether the first response wins: one order (the larger letter logit), or with --both-orders the mean of
+        P(first) over both orders (the pair also read with the responses swapped: no position bias, twice the work)."""
+        p = letter_probs(m, convs, firsts, seconds)
+        if args.both_orders:
+            p = [(x + 1 - y) / 2 for x, y in zip(p, letter_probs(m, convs, seconds, firsts))]
+        return [x > 0.5 for x in p]
 
     # 1. generate: n candidates per train prompt.
     t0 = time.perf_counter()
@@ -148,7 +159,8 @@ def peer(args) -> dict:
         old = [a[0] for a in sample(trained, heldout, 1, cfg.eval.batch_size, args.new_tokens)]
         wins = judge(trained, heldout, new, old)
     times["eval"] = time.perf_counter() - t0
-    return {"what": "peer", "stages": {k: round(v, 1) for k, v in times.items()}, "pairs": len(rows),
+    return {"what": "peer, both orders" if args.both_orders else "peer",
+            "stages": {k: round(v, 1) for k, v in times.items()}, "pairs": len(rows),
             "win_rate": round(sum(wins) / len(wins), 3), "wall_s": round(time.perf_counter() - t_process, 1)}
 
 
@@ -196,10 +208,10 @@ def isolated_cache() -> str:
 def one_invocation(args) -> list[dict]:
     """The peer, then ours with the gate measured (an empty gate cache) and cached, each in its own process."""
     results = []
-    if "peer" not in args.skip:
+    for both in ((False, True) if args.peer_both_orders else (False,)) if "peer" not in args.skip else ():
         cmd = [sys.executable, __file__, "--only", "peer", "--prompts", str(args.prompts), "--n", str(args.n),
                "--new-tokens", str(args.new_tokens), "--eval-prompts", str(args.eval_prompts), "--threads",
-               str(args.threads), *args.overrides]
+               str(args.threads), *(["--both-orders"] if both else []), *args.overrides]
         t0, cpu0 = time.perf_counter(), children_cpu_s()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         cpu = children_cpu_s() - cpu0
@@ -245,6 +257,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="invocations one after the other (peer, ours measured, "
                     "ours cached each time): the table shows medians, and the ratio of every repetition is printed "
                     "(the machine's speed drifts ~15%% between invocations)")
+    ap.add_argument("--both-orders", action="store_true", help=argparse.SUPPRESS)  # the peer process's judge
+    ap.add_argument("--peer-both-orders", action="store_true",
+                    help="also run the peer with its judge reading every pair in both orders (the mean of P(first); "
+                         "a position-debiased peer, nearer our order-free labels), as a second peer column")
     ap.add_argument("overrides", nargs="*", help="more overrides for our side (key=value)")
     args = ap.parse_args()
     if args.only == "peer":
@@ -261,12 +277,15 @@ def main() -> None:
             print(f"repetition {rep + 1} of {args.repeat}", flush=True)
         reps.append(one_invocation(args))
     results = reps[0] if len(reps) == 1 else [median_row([r[j] for r in reps]) for j in range(len(reps[0]))]
-    if len(reps) > 1 and reps[0][0]["what"] == "peer":
-        for j in range(1, len(reps[0])):
-            ratios = [r[0]["wall_s"] / r[j]["wall_s"] for r in reps]
-            cpu = [r[0]["cpu_s"] / r[j]["cpu_s"] for r in reps]
-            print(f"{reps[0][j]['what']}: whole-process ratio per repetition " + ", ".join(f"{x:.2f}x" for x in ratios)
-                  + "; CPU-seconds ratio " + ", ".join(f"{x:.2f}x" for x in cpu), flush=True)
+    peers = [j for j, row in enumerate(reps[0]) if row["what"].startswith("peer")]
+    if len(reps) > 1:
+        for p in peers:
+            for j in range(len(peers), len(reps[0])):
+                ratios = [r[p]["wall_s"] / r[j]["wall_s"] for r in reps]
+                cpu = [r[p]["cpu_s"] / r[j]["cpu_s"] for r in reps]
+                print(f"{reps[0][j]['what']} against {reps[0][p]['what']}: whole-process ratio per repetition "
+                      + ", ".join(f"{x:.2f}x" for x in ratios) + "; CPU-seconds ratio "
+                      + ", ".join(f"{x:.2f}x" for x in cpu), flush=True)
     print("\n| stage | " + " | ".join(r["what"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     base = results[0] if results[0]["what"].startswith("peer") else None
