@@ -205,10 +205,11 @@ def isolated_cache() -> str:
     return str(tmp)
 
 
-def one_invocation(args) -> list[dict]:
-    """The peer, then ours with the gate measured (an empty gate cache) and cached, each in its own process."""
-    results = []
-    for both in ((False, True) if args.peer_both_orders else (False,)) if "peer" not in args.skip else ():
+def one_invocation(args, ours_first: bool = False) -> list[dict]:
+    """The peer (and the both-orders peer), then ours with the gate measured (an empty gate cache) and cached, each
+    in its own process; ``ours_first`` runs ours before the peers. The rows come back peers first either way."""
+
+    def peer_run(both: bool) -> list[dict]:
         cmd = [sys.executable, __file__, "--only", "peer", "--prompts", str(args.prompts), "--n", str(args.n),
                "--new-tokens", str(args.new_tokens), "--eval-prompts", str(args.eval_prompts), "--threads",
                str(args.threads), *(["--both-orders"] if both else []), *args.overrides]
@@ -221,14 +222,21 @@ def one_invocation(args) -> list[dict]:
         row = json.loads(lines[-1][len("RESULT "):])
         row["wall_s"] = round(time.perf_counter() - t0, 1)  # the whole process, imports included
         row["cpu_s"] = round(cpu, 1)
-        results.append(row)
-        print(json.dumps(row), flush=True)
-    if "ours" not in args.skip:
+        return [row]
+
+    def ours_runs() -> list[dict]:
         cache = isolated_cache()
-        for label in ("ours, gate measured", "ours, gate cached"):
-            results.append(ours(args, cache, label))
-            print(json.dumps(results[-1]), flush=True)
-    return results
+        return [ours(args, cache, label) for label in ("ours, gate measured", "ours, gate cached")]
+
+    peers = [lambda both=both: peer_run(both) for both in ((False, True) if args.peer_both_orders else (False,))
+             if "peer" not in args.skip]
+    mine = [ours_runs] if "ours" not in args.skip else []
+    done = {}
+    for job in (mine + peers) if ours_first else (peers + mine):
+        done[job] = job()
+        for row in done[job]:
+            print(json.dumps(row), flush=True)
+    return [row for job in peers + mine for row in done[job]]
 
 
 def median_row(rows: list[dict]) -> dict:
@@ -255,8 +263,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["peer"])
     ap.add_argument("--skip", nargs="*", default=[], choices=["peer", "ours"])
     ap.add_argument("--repeat", type=int, default=1, help="invocations one after the other (peer, ours measured, "
-                    "ours cached each time): the table shows medians, and the ratio of every repetition is printed "
-                    "(the machine's speed drifts ~15%% between invocations)")
+                    "ours cached each time; every second one runs ours first, so a machine that drifts slower or "
+                    "faster favours neither side): the table shows medians, and the ratio of every repetition is "
+                    "printed (the machine's speed drifts ~15%% between invocations)")
     ap.add_argument("--both-orders", action="store_true", help=argparse.SUPPRESS)  # the peer process's judge
     ap.add_argument("--peer-both-orders", action="store_true",
                     help="also run the peer with its judge reading every pair in both orders (the mean of P(first); "
@@ -275,7 +284,7 @@ def main() -> None:
     for rep in range(args.repeat):
         if args.repeat > 1:
             print(f"repetition {rep + 1} of {args.repeat}", flush=True)
-        reps.append(one_invocation(args))
+        reps.append(one_invocation(args, ours_first=rep % 2 == 1))
     results = reps[0] if len(reps) == 1 else [median_row([r[j] for r in reps]) for j in range(len(reps[0]))]
     peers = [j for j, row in enumerate(reps[0]) if row["what"].startswith("peer")]
     if len(reps) > 1:
