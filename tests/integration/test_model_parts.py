@@ -15,7 +15,7 @@ from openrlaif.models.logprobs import collate
 from openrlaif.models.logprobs import encode_response as encode_pair_side
 from openrlaif.sampling.hf import HFSampler
 from openrlaif.sampling.types import SamplingParams
-from openrlaif.stages.dpo import smoothing_for
+from openrlaif.stages.dpo import REFERENCE_PAIRS, reference_batches, smoothing_for
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +186,32 @@ def test_smoothing_for():
     assert smoothing_for({"p_chosen": 1.2}, soft) == 0.0  # clamped to at least 0
     assert smoothing_for({}, soft) == 0.0  # no judge probability: the fixed value
     assert smoothing_for({"p_chosen": 0.8}, hard) == pytest.approx(0.1)
+
+
+def test_reference_batches_first_step_in_its_shapes_then_larger_batches():
+    """DPO's reference pass: the first step's pairs in the very parts the policy runs them in (micro-batches, then
+    process shares), then every other pair once, shortest first, REFERENCE_PAIRS at a time."""
+    import random
+
+    from openrlaif.models.accel import epoch_steps
+    from openrlaif.models.logprobs import Encoded
+
+    n = 21
+    chosen = [Encoded([1] * (10 + (i * 7) % 13), [0] * (10 + (i * 7) % 13)) for i in range(n)]
+    rejected = [Encoded([1] * (5 + i % 4), [0] * (5 + i % 4)) for i in range(n)]
+    tc = TrainConfig(batch_size=4, grad_accum_steps=2)
+    batches = reference_batches(chosen, rejected, tc, processes=2, seed=3)
+    first = next(epoch_steps(n, 4, 1, random.Random(3), 0, 1))[2]  # the order training draws with the same seed
+    # 4 pairs, 2 micro-batches of 2, each shared out over 2 processes: 4 parts of one pair
+    assert batches[:4] == [[first[0]], [first[1]], [first[2]], [first[3]]]
+    rest = batches[4:]
+    assert [len(b) for b in rest] == [REFERENCE_PAIRS, REFERENCE_PAIRS, n - 4 - 2 * REFERENCE_PAIRS]
+    flat = [i for b in rest for i in b]
+    assert sorted(flat + first) == list(range(n))  # every pair once
+    widths = [len(chosen[i].input_ids) + len(rejected[i].input_ids) for i in flat]
+    assert widths == sorted(widths)
+    one = reference_batches(chosen, rejected, TrainConfig(batch_size=4), processes=1, seed=3)
+    assert one[0] == first and reference_batches([], [], tc, 1, 0) == []
 
 
 def test_response_logprobs_matches_full_vocabulary_path(tiny):

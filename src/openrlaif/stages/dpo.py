@@ -29,6 +29,26 @@ def smoothing_for(pref: dict, tc: TrainConfig) -> float:
     return tc.label_smoothing
 
 
+REFERENCE_PAIRS = 8  # pairs per reference forward after the first step's (24 pairs of ~170-token rows: 5.2-5.7 s in
+#                     batches of 2, 4.5-5.0 s in batches of 8, no better in 12; docs/benchmarks.md, session 39)
+
+
+def reference_batches(chosen: list, rejected: list, tc: TrainConfig, processes: int, seed: int) -> list[list[int]]:
+    """The pairs of the reference pass, batch by batch: first the first step's pairs in the very batches
+    (micro-batches, process shares) the policy will run them in, since the same shapes give the same rounding and so,
+    under bf16 autocast too, the fresh adapter's first step sees exactly its reference; then every other pair, in
+    batches of ``REFERENCE_PAIRS`` pairs of similar lengths (a forward without gradients runs faster in larger
+    batches, and the policy has moved before it meets them)."""
+    from openrlaif.models.accel import epoch_steps, micro_batches, shards
+
+    steps = [idx for _, _, idx in epoch_steps(len(chosen), tc.batch_size, 1, random.Random(seed), 0, 1)]
+    if not steps:
+        return []
+    first = [part for chunk in micro_batches(steps[0], tc.grad_accum_steps) for part in shards(chunk, processes) if part]
+    rest = sorted((i for idx in steps[1:] for i in idx), key=lambda i: len(chosen[i].input_ids) + len(rejected[i].input_ids))
+    return first + [rest[a : a + REFERENCE_PAIRS] for a in range(0, len(rest), REFERENCE_PAIRS)]
+
+
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """Train a LoRA adapter with DPO on preferences.jsonl and save it to round_K/policy.
 
@@ -48,7 +68,6 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         micro_batches,
         prepare,
         shard,
-        shards,
     )
     from openrlaif.models.loading import load_causal_lm, set_threads
     from openrlaif.models.logprobs import forks_supported
@@ -82,14 +101,9 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         return c.clone(), r.clone()
 
     if tc.precompute_ref_logps:
-        # in the very batches (micro-batches, process shares) of the first epoch's steps: the same shapes give the
-        # same rounding, so under bf16 autocast too the fresh adapter's first step sees exactly its reference
-        first_epoch = [part for _, _, idx in epoch_steps(len(prefs), tc.batch_size, 1, random.Random(cfg.seed), 0, 1)
-                       for chunk in micro_batches(idx, tc.grad_accum_steps)
-                       for part in shards(chunk, accelerator.num_processes) if part]
         with bar("reference logps", len(prefs), "pairs") as pg:
             t0, done = time.perf_counter(), 0
-            for idx in first_epoch:
+            for idx in reference_batches(chosen, rejected, tc, accelerator.num_processes, cfg.seed):
                 ref_c[idx], ref_r[idx] = reference(idx)
                 done += len(idx)
                 advance(pg, len(idx), done / (time.perf_counter() - t0), "pairs")
