@@ -1,6 +1,6 @@
-"""Two kernels of a training step on the embedded model, each against what it replaced.
+"""Three kernels of a training step on the embedded model, each against what it replaced.
 
-    .venv/bin/python bench/training_kernels.py [--steps 8] [--widths 64,128,192,320]
+    .venv/bin/python bench/training_kernels.py [--steps 8] [--widths 64,128,192,320] [--only head|dpo|optimizer]
 
 1. Log-probs of the targets over SmolLM2's 49k vocabulary for 256 rows: ``optimize.losses.gathered_logprobs``
    (torch's fused log-softmax + gather) against gather minus logsumexp, forward + backward and forward alone
@@ -9,6 +9,9 @@
    width) with the math attention kernel on short rows (``model.math_attention_up_to``) and with the flash kernel,
    ``--steps`` steps each in alternation after one warm-up step each; prints the medians and the forked rows'
    width. Results: docs/benchmarks.md (session 38).
+3. The optimizer step over the LoRA r16 adapter of every linear layer (the bench round's 420 tensors, random
+   gradients): ``models.accel.adamw`` on a CPU (torch's fused AdamW) against torch's default and ``foreach`` AdamW,
+   medians of 30 steps after 3 (session 39).
 """
 
 from __future__ import annotations
@@ -106,13 +109,41 @@ def dpo_steps(steps: int, widths: list[int]) -> None:
               f"{statistics.median(times['flash']):.2f} s, math {statistics.median(times['math']):.2f} s", flush=True)
 
 
+def optimizer_steps() -> None:
+    from openrlaif.config import load_config
+    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.models.policy import add_lora
+
+    set_threads(2)
+    cfg = load_config(ROOT / "configs" / "quick.yaml", ["train.lora_r=16", "train.lora_alpha=32"])
+    model = add_lora(load_causal_lm(cfg.model.policy, cfg.model.dtype).model, cfg.train)
+    shapes = [p.shape for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(0)
+    for name, options in (("default", {}), ("foreach", {"foreach": True}), ("fused (models.accel.adamw on a CPU)",
+                                                                          {"fused": True})):
+        params = [torch.nn.Parameter(torch.randn(*shape, generator=generator) * 0.01) for shape in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator) * 1e-3
+        optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, **options)
+        for _ in range(3):
+            optimizer.step()
+        ms = median_ms(optimizer.step, 30)
+        print(f"AdamW step over {len(params)} LoRA tensors ({sum(p.numel() for p in params):,} values), {name}: "
+              f"{ms:.1f} ms", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--widths", default="64,128,192,320")
+    ap.add_argument("--only", choices=["head", "dpo", "optimizer"], help="run one of the three parts")
     args = ap.parse_args()
-    head_kernels()
-    dpo_steps(args.steps, [int(w) for w in args.widths.split(",")])
+    if args.only in (None, "head"):
+        head_kernels()
+    if args.only in (None, "dpo"):
+        dpo_steps(args.steps, [int(w) for w in args.widths.split(",")])
+    if args.only in (None, "optimizer"):
+        optimizer_steps()
 
 
 if __name__ == "__main__":

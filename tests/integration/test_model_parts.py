@@ -214,6 +214,30 @@ def test_reference_batches_first_step_in_its_shapes_then_larger_batches():
     assert one[0] == first and reference_batches([], [], tc, 1, 0) == []
 
 
+def test_adamw_is_fused_on_a_cpu_and_steps_like_the_default():
+    """models.accel.adamw: torch's fused AdamW on a CPU, with the updates of torch's default AdamW."""
+    from openrlaif.models.accel import adamw, make_accelerator
+
+    accelerator = make_accelerator(TrainConfig(mixed_precision="no"))
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(16, 24, generator=generator), torch.randn(24, 16, generator=generator)]
+    grads = [[torch.randn(t.shape, generator=generator) for t in start] for _ in range(3)]
+    runs = {}
+    for name, make in (("ours", lambda ps: adamw(accelerator, ps, 1e-2)),
+                       ("default", lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.0))):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        optimizer = make(params)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            optimizer.step()
+        runs[name] = (optimizer, params)
+    assert runs["ours"][0].defaults["fused"] is True and not runs["default"][0].defaults["fused"]
+    for mine, theirs, first in zip(runs["ours"][1], runs["default"][1], start):
+        assert not torch.equal(mine, first)  # it moved
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+
+
 def test_response_logprobs_matches_full_vocabulary_path(tiny):
     """The fast path (LM head on response positions only) equals log-softmax over every position."""
     from openrlaif.models.logprobs import response_logprobs

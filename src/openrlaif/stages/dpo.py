@@ -44,8 +44,10 @@ def reference_batches(chosen: list, rejected: list, tc: TrainConfig, processes: 
     steps = [idx for _, _, idx in epoch_steps(len(chosen), tc.batch_size, 1, random.Random(seed), 0, 1)]
     if not steps:
         return []
-    first = [part for chunk in micro_batches(steps[0], tc.grad_accum_steps) for part in shards(chunk, processes) if part]
-    rest = sorted((i for idx in steps[1:] for i in idx), key=lambda i: len(chosen[i].input_ids) + len(rejected[i].input_ids))
+    first = [part for chunk in micro_batches(steps[0], tc.grad_accum_steps)
+             for part in shards(chunk, processes) if part]
+    rest = sorted((i for idx in steps[1:] for i in idx),
+                  key=lambda i: len(chosen[i].input_ids) + len(rejected[i].input_ids))
     return first + [rest[a : a + REFERENCE_PAIRS] for a in range(0, len(rest), REFERENCE_PAIRS)]
 
 
@@ -59,6 +61,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.models.accel import (
         Checkpointer,
         accumulate,
+        adamw,
         cast_frozen_once_for,
         config_fingerprint,
         epoch_steps,
@@ -109,7 +112,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                 advance(pg, len(idx), done / (time.perf_counter() - t0), "pairs")
     # 4. Optimise the adapter: the policy forward goes through accelerate's wrapper.
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
+    optimizer = adamw(accelerator, params, tc.learning_rate)
     steps_per_epoch = math.ceil(len(prefs) / tc.batch_size)
     total = steps_per_epoch * tc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total), total)

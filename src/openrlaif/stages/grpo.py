@@ -29,7 +29,7 @@ from openrlaif.optimize.rollout import reward_source, rl_parts, rollout
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """GRPO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, items_per_step, prepare
+    from openrlaif.models.accel import Checkpointer, adamw, config_fingerprint, gather_mean, items_per_step, prepare
     from openrlaif.models.logprobs import SequenceLogprobs
 
     rl, gc, tc = cfg.rl, cfg.grpo, cfg.train
@@ -42,7 +42,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     local_minibatch = minibatch // accelerator.num_processes
     score = reward_source(cfg, store, k)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
+    optimizer = adamw(accelerator, params, tc.learning_rate)
     policy, optimizer = prepare(accelerator, model,
                                 SequenceLogprobs(model, per_token=True, temperature=rl.temperature), optimizer)
     checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator, config_fingerprint(cfg))

@@ -44,7 +44,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from openrlaif.core.progress import advance, bar
     from openrlaif.data.constitution import load_constitution
     from openrlaif.feedback.factory import build_judge, defend
-    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, prepare
+    from openrlaif.models.accel import Checkpointer, adamw, config_fingerprint, gather_mean, prepare
     from openrlaif.models.logprobs import SequenceLogprobs, forks_supported
 
     rl, tc = cfg.rl, cfg.train
@@ -56,7 +56,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     raw_judge, judge_name = build_judge(cfg, "online_dpo", store.root)
     judge = defend(cfg, raw_judge)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
+    optimizer = adamw(accelerator, params, tc.learning_rate)
     policy, optimizer = prepare(accelerator, model, SequenceLogprobs(model), optimizer)
     fork = tc.fork_pairs and forks_supported(model)  # a prompt's answers share one copy of it
     checkpoint = Checkpointer(store.path("checkpoint", k), tc.checkpoint_every, accelerator, config_fingerprint(cfg))

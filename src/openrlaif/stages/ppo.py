@@ -97,7 +97,7 @@ def reference_logprobs(actor_critic: ActorCritic, ids, attn, resp) -> torch.Tens
 def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     """PPO updates of a LoRA policy against rl.reward; the adapter goes to round_K/policy."""
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.accel import Checkpointer, config_fingerprint, gather_mean, make_accelerator, prepare
+    from openrlaif.models.accel import Checkpointer, adamw, config_fingerprint, gather_mean, make_accelerator, prepare
     from openrlaif.models.loading import load_causal_lm, set_threads
     from openrlaif.models.policy import add_lora, round_adapters
     from openrlaif.optimize.rollout import reward_source, rollout, train_prompts
@@ -115,8 +115,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     model = ActorCritic(add_lora(loaded.model, tc, *round_adapters(cfg, store, k)), critic, rl.temperature)
     score = reward_source(cfg, store, k)
     encoded_prompts = encode_prompts(tok, [p.messages for p in prompts])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
-                                  weight_decay=0.0)
+    optimizer = adamw(accelerator, [p for p in model.parameters() if p.requires_grad], tc.learning_rate)
     model, optimizer = prepare(accelerator, model, model, optimizer)
     inner = accelerator.unwrap_model(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -86,13 +86,13 @@ def train_member(model, chosen, rejected, p_chosen: torch.Tensor, rc: RewardConf
     from transformers import get_linear_schedule_with_warmup
 
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.accel import accumulate, gather_mean, make_accelerator, micro_batches, prepare, shard
+    from openrlaif.models.accel import accumulate, adamw, gather_mean, make_accelerator, micro_batches, prepare, shard
     from openrlaif.models.logprobs import collate
     from openrlaif.reward.model import RewardScores
 
     accelerator = make_accelerator(tc)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=rc.learning_rate, weight_decay=0.0)
+    optimizer = adamw(accelerator, params, rc.learning_rate)
     total = math.ceil(len(chosen) / rc.batch_size) * rc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
     scorer, optimizer, scheduler = prepare(accelerator, model, RewardScores(model), optimizer, scheduler)

@@ -110,7 +110,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     from transformers import get_linear_schedule_with_warmup
 
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.accel import (Checkpointer, accumulate, config_fingerprint, epoch_steps, gather_mean,
+    from openrlaif.models.accel import (Checkpointer, accumulate, adamw, config_fingerprint, epoch_steps, gather_mean,
                                         items_per_step, make_accelerator, micro_batches, prepare, shard)
     from openrlaif.models.loading import load_causal_lm, set_threads
     from openrlaif.data.chat import pack_groups
@@ -141,7 +141,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     eval_before = mean_loss(model, held_seqs, pad_id, sc.batch_size)
     # 4. Optimise: the summed log-probs go through accelerate's wrapper; the loss is per trained token of the step.
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=sc.learning_rate, weight_decay=0.0)
+    optimizer = adamw(accelerator, params, sc.learning_rate)
     steps_per_epoch = math.ceil(len(train_seqs) / sc.batch_size)
     total = steps_per_epoch * sc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(sc.warmup_ratio * total), total)
