@@ -109,7 +109,7 @@ def prepare(accelerator, model, *objects):
 def adamw(accelerator, params, lr: float):
     """AdamW without weight decay over a stage's trainable parameters. On a CPU (one process or several) it runs
     torch's fused kernel, which steps every parameter in one pass: the embedded model's LoRA r16 adapter on every
-    linear layer (420 tensors) took 21-23 ms a step with the default loop and 4.9 ms fused (docs/benchmarks.md,
+    linear layer (420 tensors) took 22 ms a step with the default loop and 5-6 ms fused (docs/benchmarks.md,
     session 39). Elsewhere it is torch's default, the path the GPU engines (DeepSpeed, FSDP) were written against."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True if accelerator.device.type == "cpu" else None)
 

@@ -29,8 +29,8 @@ def smoothing_for(pref: dict, tc: TrainConfig) -> float:
     return tc.label_smoothing
 
 
-REFERENCE_PAIRS = 8  # pairs per reference forward after the first step's (24 pairs of ~170-token rows: 5.2-5.7 s in
-#                     batches of 2, 4.5-5.0 s in batches of 8, no better in 12; docs/benchmarks.md, session 39)
+REFERENCE_PAIRS = 8  # pairs per reference forward after the first step's (24 pairs of ~170-token rows: 5.2-5.9 s in
+#                     batches of 2, 4.4-5.2 s in batches of 8, no better in 12; docs/benchmarks.md, session 39)
 
 
 def reference_batches(chosen: list, rejected: list, tc: TrainConfig, processes: int, seed: int) -> list[list[int]]:
