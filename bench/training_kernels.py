@@ -1,6 +1,7 @@
-"""Three kernels of a training step on the embedded model, each against what it replaced.
+"""Four pieces of a training stage on the embedded model, each against what it replaced.
 
-    .venv/bin/python bench/training_kernels.py [--steps 8] [--widths 64,128,192,320] [--only head|dpo|optimizer]
+    .venv/bin/python bench/training_kernels.py [--steps 8] [--widths 64,128,192,320]
+                                               [--only head|dpo|optimizer|reference]
 
 1. Log-probs of the targets over SmolLM2's 49k vocabulary for 256 rows: ``optimize.losses.gathered_logprobs``
    (torch's fused log-softmax + gather) against gather minus logsumexp, forward + backward and forward alone
@@ -12,6 +13,10 @@
 3. The optimizer step over the LoRA r16 adapter of every linear layer (the bench round's 420 tensors, random
    gradients): ``models.accel.adamw`` on a CPU (torch's fused AdamW) against torch's default and ``foreach`` AdamW,
    medians of 30 steps after 3 (session 39).
+4. DPO's reference pass (no gradients, adapter off, bf16 autocast) over 24 forked pairs of the quick config's train
+   prompts with random 64-token replies, in batches of 2 pairs (the steps' batches, as before session 39) and of
+   4, 8 (``stages.dpo.REFERENCE_PAIRS``) and 12; 3 rounds in alternation, medians, and whether the log-probs
+   equal those of batches of 2 (session 39).
 """
 
 from __future__ import annotations
@@ -132,11 +137,58 @@ def optimizer_steps() -> None:
               f"{ms:.1f} ms", flush=True)
 
 
+def reference_batches(rounds: int = 3) -> None:
+    from openrlaif.config import load_config
+    from openrlaif.data.prompts import run_prompts
+    from openrlaif.models.loading import cast_frozen_once, encode_prompts, load_causal_lm, set_threads
+    from openrlaif.models.logprobs import Encoded, SequenceLogprobs, pair_logprobs
+    from openrlaif.models.policy import add_lora, reference_policy
+
+    cfg = load_config(ROOT / "configs" / "quick.yaml", ["train.lora_r=16", "train.lora_alpha=32"])
+    set_threads(2)
+    loaded = load_causal_lm(cfg.model.policy, cfg.model.dtype, math_attention_up_to=cfg.model.math_attention_up_to)
+    tok = loaded.tokenizer
+    model = add_lora(loaded.model, cfg.train)
+    cast_frozen_once(model, "bfloat16")
+    model.eval()
+    prompts = encode_prompts(tok, [p.messages for p in run_prompts(cfg.data, "train", None)])
+    prompts = (prompts * 24)[:24]
+    rng = random.Random(0)
+
+    def reply(prompt):
+        return Encoded(prompt + [rng.randrange(100, 40000) for _ in range(64)], [0] * len(prompt) + [1] * 64)
+
+    chosen, rejected = [reply(p) for p in prompts], [reply(p) for p in prompts]
+
+    def run(batch: int) -> tuple[float, list[float]]:
+        t0, out = time.perf_counter(), []
+        for a in range(0, len(chosen), batch):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), reference_policy(model):
+                c, r = pair_logprobs(SequenceLogprobs(model), chosen[a : a + batch], rejected[a : a + batch],
+                                     tok.pad_token_id, True)
+            out += [x for pair in zip(c.tolist(), r.tolist()) for x in pair]
+        return time.perf_counter() - t0, out
+
+    run(2)  # warm-up
+    sizes = (2, 4, 8, 12)
+    times: dict[int, list[float]] = {b: [] for b in sizes}
+    values: dict[int, list[float]] = {}
+    for _ in range(rounds):
+        for b in sizes:
+            seconds, values[b] = run(b)
+            times[b].append(seconds)
+    for b in sizes:
+        same = "the same log-probs" if values[b] == values[2] else (
+            f"log-probs differ by up to {max(abs(x - y) for x, y in zip(values[b], values[2])):.2e}")
+        print(f"reference pass, 24 pairs in batches of {b}: {statistics.median(times[b]):.2f} s "
+              f"({', '.join(f'{t:.2f}' for t in times[b])}); {same} as in batches of 2", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--widths", default="64,128,192,320")
-    ap.add_argument("--only", choices=["head", "dpo", "optimizer"], help="run one of the three parts")
+    ap.add_argument("--only", choices=["head", "dpo", "optimizer", "reference"], help="run one of the four parts")
     args = ap.parse_args()
     if args.only in (None, "head"):
         head_kernels()
@@ -144,6 +196,8 @@ def main() -> None:
         dpo_steps(args.steps, [int(w) for w in args.widths.split(",")])
     if args.only in (None, "optimizer"):
         optimizer_steps()
+    if args.only in (None, "reference"):
+        reference_batches()
 
 
 if __name__ == "__main__":
