@@ -730,3 +730,40 @@ def test_short_rows_train_with_the_math_attention_kernel(tiny_model_dir):
         model(input_ids=torch.full((1, 8), 10_000))  # an id past the vocabulary
     assert torch.backends.cuda.flash_sdp_enabled()
     assert attention_ops(train_pass(plain, short)) == {"flash"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_direct_adapter_merge_equals_peft_merge_bit_for_bit(tiny_model_dir, tmp_path, dtype):
+    """A plain LoRA adapter merged from its file gives the very weights of peft's merge_and_unload, in both dtypes
+    the policy is loaded in; an adapter the direct path does not know (rank_pattern) goes through peft."""
+    import json
+
+    from peft import PeftModel
+
+    from openrlaif.models.policy import add_lora, merge_adapter, plain_lora_deltas, save_adapter
+
+    base = load_causal_lm(str(tiny_model_dir))
+    policy = add_lora(base.model, TrainConfig(lora_r=4, lora_alpha=8))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)  # a fresh adapter's B is zero: give it something to merge
+    adapter = save_adapter(policy, base.tokenizer, tmp_path / "adapter")
+    expected = PeftModel.from_pretrained(load_causal_lm(str(tiny_model_dir), dtype).model,
+                                         str(adapter)).merge_and_unload().state_dict()
+    fresh = load_causal_lm(str(tiny_model_dir), dtype).model
+    assert plain_lora_deltas(fresh, adapter) is not None  # the direct path, not peft's
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    merged = merge_adapter(fresh, adapter).state_dict()
+    assert merged.keys() == expected.keys()
+    assert all(torch.equal(merged[k], expected[k]) for k in expected)
+    assert sum(not torch.equal(merged[k], before[k]) for k in before) == 7 * len(fresh.model.layers)  # every projection
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["rank_pattern"] = {"q_proj": 4}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    other = load_causal_lm(str(tiny_model_dir), dtype).model
+    assert plain_lora_deltas(other, adapter) is None
+    merged = merge_adapter(other, adapter).state_dict()
+    assert all(torch.equal(merged[k], expected[k]) for k in expected)
