@@ -102,8 +102,9 @@ def load_merged(cfg: RunConfig, adapter: Path | None, dtype: str | None = None, 
 
 def plain_lora_deltas(model, adapter: Path) -> list[tuple] | None:
     """(linear layer, lora_A, lora_B, scaling) for every layer of a plain LoRA ``adapter`` (a peft directory: every
-    layer the config's r and alpha, on ``nn.Linear`` layers of ``model``, no DoRA, bias, fan-in-fan-out, extra saved
-    modules or layer replication), or None when it is anything else."""
+    layer the config's r and alpha, on ``nn.Linear`` layers of ``model``; no DoRA, bias, fan-in-fan-out, extra saved
+    modules, layer replication, targeted parameters, activated or quantisation-aware LoRA), or None when it is
+    anything else."""
     import json
     import math
 
@@ -117,7 +118,8 @@ def plain_lora_deltas(model, adapter: Path) -> list[tuple] | None:
     if (config.get("peft_type") != "LORA" or not weights.is_file() or config.get("use_dora")
             or config.get("rank_pattern") or config.get("alpha_pattern") or config.get("bias", "none") != "none"
             or config.get("modules_to_save") or config.get("fan_in_fan_out") or config.get("layer_replication")
-            or config.get("lora_bias") or not config.get("r")):
+            or config.get("lora_bias") or config.get("target_parameters") or config.get("alora_invocation_tokens")
+            or config.get("use_qalora") or not config.get("r")):
         return None
     from safetensors.torch import load_file
 
@@ -146,8 +148,8 @@ def merge_adapter(model, adapter: Path):
     ``PeftModel.from_pretrained(...).merge_and_unload()`` (W += (B @ A) * scaling, the product in float32 as peft's
     float32 adapter copies compute it; tests/integration/test_model_parts.py compares them bit for bit). A plain
     LoRA (``plain_lora_deltas``) is merged from its file, without building the peft model around ``model``:
-    0.5-0.7 s -> ~0.05 s for the embedded model's r16 adapter on 7 projections here (docs/benchmarks.md,
-    session 40); any other adapter through peft."""
+    0.44-0.62 s -> 0.09-0.19 s for the bench round's r16 adapter on the embedded model's 7 projections here
+    (docs/benchmarks.md, session 40); any other adapter through peft."""
     import torch
 
     deltas = plain_lora_deltas(model, adapter)
