@@ -89,6 +89,20 @@ def test_a_length_debiased_head_scores_without_the_length_column(tmp_path, tiny_
     assert result.cv_agreement >= 0.8  # the words differ, not only the lengths
 
 
+def test_a_fitted_judge_names_its_fallbacks_progress_as_its_own(heads, tiny_model_dir):
+    from openrlaif.feedback.methods import ContrastiveJudge
+    from openrlaif.models.loading import load_causal_lm
+
+    root, _ = heads
+    card, loaded = load_heads(root / "heads")
+    lm = load_causal_lm(str(tiny_model_dir))
+    fallback = ContrastiveJudge(lm.model, lm.tokenizer, description="other")
+    judge = FittedJudge(lm.model, lm.tokenizer, loaded, fallback=fallback, description="label")
+    assert fallback.description == "label"
+    judge.description = "judge gate"  # what label's gate does while it measures
+    assert (judge.description, fallback.description) == ("judge gate", "judge gate")
+
+
 def test_fitted_judge_prefers_the_kind_of_reply_people_chose(heads, tiny_model_dir):
     from openrlaif.models.loading import load_causal_lm
 

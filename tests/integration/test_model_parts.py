@@ -1,5 +1,6 @@
 """Model-facing parts on the tiny model: loading, sampler bookkeeping, judge batching, encoding."""
 
+import json
 import math
 
 import pytest
@@ -50,6 +51,24 @@ def test_tokenizer_without_chat_template_is_refused(tiny_model_dir, tmp_path):
     tok.save_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(UserError, match="no chat template"):
+        load_tokenizer(tmp_path)
+
+
+def test_tokenizer_is_read_once_per_process_and_again_once_rewritten(tiny_model_dir, tmp_path):
+    import shutil
+
+    root = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, root)
+    first = load_tokenizer(root)
+    assert load_tokenizer(root) is first  # the stages of one run share it
+    config = root / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data["model_max_length"] = 777
+    config.write_text(json.dumps(data))
+    again = load_tokenizer(root)
+    assert again is not first and again.model_max_length == 777
+    shutil.rmtree(root)
+    with pytest.raises(UserError, match="cannot load a tokenizer"):  # an error is never remembered
         load_tokenizer(tmp_path)
 
 

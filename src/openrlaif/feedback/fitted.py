@@ -131,13 +131,24 @@ class FittedJudge:
         self.batch_size = batch_size
         self.max_length = max_length
         self.cache = cache
-        self.description = description
+        self.description = description  # after the fallback: its progress bars say the same
         if expected_fingerprint is not None:
             actual = model_fingerprint(model)
             if actual != expected_fingerprint:
                 raise UserError(f"{source}: the heads were fitted on a different judge model (fingerprint "
                                 f"{expected_fingerprint}, this judge {actual}); refit them with `rlaif fit-judge` "
                                 "for this model.judge")
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @description.setter
+    def description(self, value: str) -> None:
+        """The progress bars' name, the fallback's too (the judge gate renames both while it measures)."""
+        self._description = value
+        if self.fallback is not None and hasattr(self.fallback, "description"):
+            self.fallback.description = value
 
     def head_for(self, principle_id: str) -> Head | None:
         return self.heads.get(principle_id) or (self.heads.get(ANY_PRINCIPLE) if self.use_any else None)
