@@ -171,16 +171,14 @@ _JUDGE_MODELS: dict[tuple, object] = {}  # this process's frozen judge models, l
 def judge_model(cfg: RunConfig, spec: str):
     """The local judge model (frozen), loaded once per process: label, eval, the red team and online DPO of one
     `rlaif run` share it (and its memory of the replies it read). Keyed by the model directory, the dtype, the
-    quantisation, the bf16 autocast and the weight files' modification times (a rewritten directory is loaded
-    again)."""
+    quantisation, the bf16 autocast and the weight files' names, sizes and times (``models.loading.files_stamp``:
+    a rewritten directory is loaded again)."""
     from openrlaif.models.features import mark_frozen
-    from openrlaif.models.loading import load_causal_lm, resolve_model
+    from openrlaif.models.loading import autocast_matmuls, files_stamp, judge_bf16, load_causal_lm, resolve_model
 
     field = "model.judge" if cfg.model.judge else "model.policy"
     path = resolve_model(spec, field)
-    stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in Path(path).glob("*.safetensors")))
-    from openrlaif.models.loading import autocast_matmuls, judge_bf16
-
+    stamp = files_stamp(path, weights=True)
     bf16 = judge_bf16(cfg.model)
     key = (str(path), cfg.model.dtype, cfg.model.judge_quantize, bf16, stamp)
     if key not in _JUDGE_MODELS:

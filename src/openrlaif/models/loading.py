@@ -136,13 +136,14 @@ _TOKENIZERS: dict[tuple, object] = {}  # load_tokenizer's: (directory, its files
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
 
 
-def tokenizer_stamp(path: Path | str) -> tuple:
-    """What identifies a model directory's tokenizer: the directory, and the name, size and modification time of
-    every file in it that is not a weight file (a rewritten tokenizer or template reads as a new one)."""
+def files_stamp(path: Path | str, weights: bool) -> tuple:
+    """What identifies a model directory's weights (``weights``) or the rest of it (tokenizer, template, config):
+    the directory, and the name, size and modification time of each of those files (a rewritten file reads as a
+    new one). Process-level memories key on it (``load_tokenizer``, ``feedback.factory.judge_model``)."""
     root = Path(path).expanduser().resolve()
-    files = sorted(f for f in root.iterdir() if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES)) \
+    files = sorted(f for f in root.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES) == weights) \
         if root.is_dir() else []
-    return (str(root), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    return (str(root), tuple((f.name, st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]))
 
 
 def load_tokenizer(path: Path | str, field: str = "model.policy"):
@@ -151,7 +152,7 @@ def load_tokenizer(path: Path | str, field: str = "model.policy"):
     it, where each parsed tokenizer.json again (0.13-0.37 s each here, ~1.4 s of a bench round). Callers set what
     they rely on before use (``padding_side='left'`` before padding); threads that encode at the same time take
     their own ``copy.deepcopy`` (``sampling.hf.sample_side_by_side``)."""
-    key = tokenizer_stamp(path)
+    key = files_stamp(path, weights=False)
     if key not in _TOKENIZERS:
         tok = _read_tokenizer(path, field)
         if len(_TOKENIZERS) >= 4:  # a policy, a judge, a reward model: a few at most
