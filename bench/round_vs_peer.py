@@ -7,6 +7,7 @@ CPU-seconds (user + system: less sensitive to the machine's drift), peak RSS, an
     .venv/bin/python bench/round_vs_peer.py --only peer            # one side (used internally)
     .venv/bin/python bench/round_vs_peer.py --repeat 3             # interleaved, medians and per-repetition ratios
     .venv/bin/python bench/round_vs_peer.py --peer-both-orders     # and a peer whose judge reads both orders
+    .venv/bin/python bench/round_vs_peer.py --pool A.log B.log     # one table from earlier invocations' printed rows
 
 The work is the same on both sides: ``--prompts`` train prompts x ``--n`` candidates of ``--new-tokens`` tokens
 (the prompts and sampling settings of configs/quick.yaml with the overrides below), one DPO epoch over one pair
@@ -270,8 +271,13 @@ def main() -> None:
     ap.add_argument("--peer-both-orders", action="store_true",
                     help="also run the peer with its judge reading every pair in both orders (the mean of P(first); "
                          "a position-debiased peer, nearer our order-free labels), as a second peer column")
+    ap.add_argument("--pool", nargs="+", metavar="LOG", help="run nothing: pool the rows printed by earlier "
+                    "invocations (their logs) into one table of medians and per-repetition ratios")
     ap.add_argument("overrides", nargs="*", help="more overrides for our side (key=value)")
     args = ap.parse_args()
+    if args.pool:
+        report(pooled_repetitions(args.pool))
+        return
     if args.only == "peer":
         row = peer(args)
         row["peak_rss_mb"] = peak_rss_mb()
@@ -285,6 +291,12 @@ def main() -> None:
         if args.repeat > 1:
             print(f"repetition {rep + 1} of {args.repeat}", flush=True)
         reps.append(one_invocation(args, ours_first=rep % 2 == 1))
+    report(reps)
+
+
+def report(reps: list[list[dict]]) -> None:
+    """The per-repetition ratios (with more than one repetition) and the table of medians. ``reps``: one list of
+    rows per repetition, every one in the same order of columns (peers first)."""
     results = reps[0] if len(reps) == 1 else [median_row([r[j] for r in reps]) for j in range(len(reps[0]))]
     peers = [j for j, row in enumerate(reps[0]) if row["what"].startswith("peer")]
     if len(reps) > 1:
@@ -316,6 +328,35 @@ def main() -> None:
     print("| CPU-seconds, whole process (user + system) | " + " | ".join(cells) + " |")
     print("| pairs trained / win rate (its own judge) | "
           + " | ".join(f"{r['pairs']} / {r['win_rate']}" for r in results) + " |")
+
+
+def pooled_repetitions(paths: list[str]) -> list[list[dict]]:
+    """The repetitions printed by earlier invocations (their JSON rows, one per process, in the logs at ``paths``),
+    pooled: the rows grouped by column and dealt out in order, so the k-th repetition holds each column's k-th row.
+    Only the columns every log has are pooled (a log with the both-orders peer pools with one without it on the
+    others); the columns must then have as many rows each (the same number of repetitions per log)."""
+    columns: dict[str, list[dict]] = {}
+    common: set[str] | None = None
+    for path in paths:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise SystemExit(f"--pool: cannot read {path} ({exc.strerror}); give the logs of earlier invocations")
+        rows = [json.loads(line) for line in lines if line.startswith('{"what"')]
+        if not rows:
+            raise SystemExit(f"--pool: {path} holds no rows (the JSON lines this script prints, one per process)")
+        for row in rows:
+            columns.setdefault(row["what"], []).append(row)
+        common = {row["what"] for row in rows} if common is None else common & {row["what"] for row in rows}
+    dropped = sorted(set(columns) - common)
+    if dropped:
+        print(f"pooled without {', '.join(dropped)} (not in every log)", flush=True)
+    counts = {name: len(rows) for name, rows in columns.items() if name in common}
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"--pool: the columns have different numbers of rows ({counts}); pool logs of whole "
+                         "invocations")
+    order = sorted((name for name in columns if name in common), key=lambda name: not name.startswith("peer"))
+    return [[columns[name][k] for name in order] for k in range(next(iter(counts.values())))]
 
 
 if __name__ == "__main__":
