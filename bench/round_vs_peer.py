@@ -351,12 +351,13 @@ def pooled_repetitions(paths: list[str]) -> list[list[dict]]:
     dropped = sorted(set(columns) - common)
     if dropped:
         print(f"pooled without {', '.join(dropped)} (not in every log)", flush=True)
-    counts = {name: len(rows) for name, rows in columns.items() if name in common}
+    # the kept columns, peers first as printed (a stable sort keeps each group's order of first appearance)
+    order = sorted((name for name in columns if name in common), key=lambda name: not name.startswith("peer"))
+    counts = {name: len(columns[name]) for name in order}
     if len(set(counts.values())) != 1:
         raise SystemExit(f"--pool: the columns have different numbers of rows ({counts}); pool logs of whole "
                          "invocations")
-    order = sorted((name for name in columns if name in common), key=lambda name: not name.startswith("peer"))
-    return [[columns[name][k] for name in order] for k in range(next(iter(counts.values())))]
+    return [[columns[name][k] for name in order] for k in range(counts[order[0]])]
 
 
 if __name__ == "__main__":
