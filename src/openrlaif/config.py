@@ -144,10 +144,13 @@ class GenerateConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(64, ge=1, description="Maximum tokens per candidate.")
     batch_size: int = Field(64, ge=1, description="Sequences decoded together (64 is ~15% faster than 32 on 2 cores).")
-    lanes: int = Field(
-        2, ge=1, description="backend=hf: decoding loops that share a batch's prompts and run at once, the intra-op "
-        "threads (model.threads) shared out between them; 1 = one loop with every thread. On 2 cores two loops of "
-        "one thread sampled the round's 48 candidates 4-12% faster than one loop of two (docs/benchmarks.md)."
+    lanes: int | Literal["auto"] = Field(
+        "auto", description="backend=hf: decoding loops that share a batch's prompts and run at once, the intra-op "
+        "threads (model.threads) shared out between them; 1 = one loop with every thread. 'auto': one loop on a GPU "
+        "and where the CPU multiplies the bf16 sampler's matrices in AMX tiles (there a step waits on reading the "
+        "weights, which each loop reads again: 2 cores sampled the round's 48 candidates in 6.1 s in one loop "
+        "against 7.8 s in two), two elsewhere (on 2 cores of an AVX-512 CPU without AMX two loops of one thread "
+        "were 4-12% faster than one loop of two). docs/benchmarks.md, sessions 37 and 43."
     )
     mode: Literal["standard", "rlcd"] = Field(
         "standard",
@@ -162,6 +165,15 @@ class GenerateConfig(_Strict):
     )
     api: SamplerApiConfig | None = Field(None, description="The server for backend=openai.")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Engine settings for backend=vllm.")
+
+    @field_validator("lanes", mode="before")
+    @classmethod
+    def _lanes_auto_or_count(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        if isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
+            return int(value)
+        raise ValueError("must be 'auto' or a whole number >= 1")
 
     @model_validator(mode="after")
     def _backend_needs_api(self):

@@ -240,3 +240,27 @@ def test_judge_mixed_precision_resolves_by_the_processor_and_never_for_int8(monk
         assert loading.judge_bf16(load_config(None, ["model.judge_mixed_precision=auto"]).model) is native
         int8 = load_config(None, ["model.judge_mixed_precision=auto", "model.judge_quantize=int8"]).model
         assert not loading.judge_bf16(int8)
+
+
+def test_decoding_lanes_resolve_by_the_processor_and_dtype():
+    """generate.lanes: a number stands; 'auto' is one loop on a GPU and for a bf16 sampler on an AMX CPU, two
+    elsewhere (an AVX-512 CPU without AMX, or a float32 sampler); anything but 'auto' or a count >= 1 is refused
+    with one line naming the field."""
+    from openrlaif.config import load_config
+    from openrlaif.core.errors import UserError
+    from openrlaif.models import loading
+    from openrlaif.sampling.hf import decoding_lanes
+
+    amx, avx512 = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, {"avx2", "avx512f", "avx512_bf16"}
+    assert loading.amx_bf16(amx) and not loading.amx_bf16(avx512)
+    assert decoding_lanes("auto", "bfloat16", amx, cuda=False) == 1
+    assert decoding_lanes("auto", "float32", amx, cuda=False) == 2
+    assert decoding_lanes("auto", "bfloat16", avx512, cuda=False) == 2
+    assert decoding_lanes("auto", "float32", set(), cuda=True) == 1
+    assert decoding_lanes(3, "bfloat16", amx, cuda=False) == 3 and decoding_lanes(1, "float32", avx512, cuda=False) == 1
+    assert load_config(None, []).generate.lanes == "auto"
+    assert load_config(None, ["generate.lanes=2"]).generate.lanes == 2
+    for bad in ("0", "many", "true", "1.5"):
+        with pytest.raises(UserError, match=r"generate\.lanes.*'auto' or a whole number >= 1") as err:
+            load_config(None, [f"generate.lanes={bad}"])
+        assert "\n" not in str(err.value)

@@ -246,6 +246,14 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
+def this_cpu_flags() -> set[str]:
+    """This machine's CPU feature flags (from /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        return cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return set()
+
+
 def native_bf16(flags: set[str] | None = None) -> bool:
     """Whether this machine computes bfloat16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX-512
     BF16 or AMX (``flags``: the CPU's flags, read from /proc/cpuinfo when None)."""
@@ -253,12 +261,13 @@ def native_bf16(flags: set[str] | None = None) -> bool:
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    if flags is None:
-        try:
-            flags = cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
-        except OSError:
-            return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool((this_cpu_flags() if flags is None else flags) & {"avx512_bf16", "amx_bf16"})
+
+
+def amx_bf16(flags: set[str] | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in AMX tiles (Intel Xeon since Sapphire Rapids; ``flags`` as
+    for ``native_bf16``)."""
+    return "amx_bf16" in (this_cpu_flags() if flags is None else flags)
 
 
 def sample_dtype(model_cfg) -> str:

@@ -15,14 +15,15 @@ def build_sampler(cfg, store, k: int):
     gc = cfg.generate
     adapter = start_adapter(store, k)
     if gc.backend == "hf":
-        from openrlaif.models.loading import set_threads
+        from openrlaif.models.loading import sample_dtype, set_threads
         from openrlaif.models.policy import load_round_policy
-        from openrlaif.sampling.hf import HFSampler
+        from openrlaif.sampling.hf import HFSampler, decoding_lanes
 
         set_threads(cfg.model.threads)
         policy = load_round_policy(cfg, store, k)
         # row seeds: a candidate's draws depend on the run's seed and where it is, not on its batch or lane
-        return HFSampler(policy.model, policy.tokenizer, row_seeds=True, lanes=gc.lanes)
+        return HFSampler(policy.model, policy.tokenizer, row_seeds=True,
+                         lanes=decoding_lanes(gc.lanes, sample_dtype(cfg.model)))
     if gc.backend == "vllm":
         from openrlaif.models.loading import resolve_model
 

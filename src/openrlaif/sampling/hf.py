@@ -136,6 +136,23 @@ class HFSampler:
         return outputs
 
 
+def decoding_lanes(choice: int | str, dtype: str, flags: set[str] | None = None, cuda: bool | None = None) -> int:
+    """``generate.lanes`` resolved for a sampler whose model decodes in ``dtype``: a number stands; 'auto' is one
+    loop on a GPU (its kernels queue on one device) and where the CPU multiplies bf16 in AMX tiles (the products
+    are then cheap and a step waits on reading the weights, which every loop reads again), two elsewhere (a second
+    loop fills the intra-op thread that Python leaves idle between a step's kernels). ``flags``: the CPU's flags
+    (read from /proc/cpuinfo when None); ``cuda``: whether a GPU is used (asked of torch when None)."""
+    if choice != "auto":
+        return int(choice)
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    from openrlaif.models.loading import amx_bf16
+
+    return 1 if cuda or (dtype == "bfloat16" and amx_bf16(flags)) else 2
+
+
 def in_threads(jobs: list) -> list:
     """Each job's result, the jobs run at once in threads among which the process's intra-op threads are shared
     out (OpenMP's thread count is per calling thread); one after the other with all of them when there are

@@ -36,8 +36,10 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     for record in done:
         totals = _add(totals, SampleStats(**record["stats"]))
     # 3. The policy that samples this round (round 1: the starting policy; round k: round k-1's policy).
+    lanes = None  # decoding loops of an in-process sampler (generate.lanes resolved), for the summary
     if len(done) < len(chunks):
         sampler = build_sampler(cfg, store, k)  # generate.backend: hf (in process), vllm, or an OpenAI-compatible server
+        lanes = getattr(sampler, "lanes", None)
         # 4. Sample N candidates per prompt, chunk by chunk (RLCD: half under the positive, half under the
         # negative system prompt), appending each finished chunk.
         remaining = sum(len(c) for c in chunks[len(done):]) * cfg.generate.n
@@ -63,6 +65,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "tokens_per_s": round(totals.tokens_per_s, 2),
         "finished_rate": round(totals.finished / max(totals.sequences, 1), 3),
         "resumed_chunks": len(done),
+        "decoding_lanes": lanes,
     }
 
 
