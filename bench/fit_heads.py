@@ -44,7 +44,7 @@ def main() -> None:
     from openrlaif.evaluate.judge_eval import evaluate_judge
     from openrlaif.feedback.fit_heads import fit_judge
     from openrlaif.feedback.fitted import FittedJudge, load_heads
-    from openrlaif.models.loading import load_causal_lm
+    from openrlaif.models.loading import judge_batch_size, load_causal_lm
 
     cfg = load_config(None, args.overrides)
     lines = args.data.read_text(encoding="utf-8").splitlines()
@@ -65,7 +65,7 @@ def main() -> None:
     card, heads = load_heads(args.out / "heads")
     spec = cfg.model.judge or cfg.model.policy
     lm = load_causal_lm(spec, cfg.model.dtype)
-    judge = FittedJudge(lm.model, lm.tokenizer, heads, name=spec, batch_size=cfg.label.batch_size,
+    judge = FittedJudge(lm.model, lm.tokenizer, heads, name=spec, batch_size=judge_batch_size(cfg),
                         max_length=cfg.feedback.max_length, expected_fingerprint=card["judge_fingerprint"])
     start = time.perf_counter()
     metrics = evaluate_judge(judge, load_labelled_pairs(str(heldout_file)), load_constitution("builtin"),

@@ -52,7 +52,7 @@ def main() -> None:
     from openrlaif.evaluate.judge_eval import evaluate_judge
     from openrlaif.feedback.fit_heads import fit_judge
     from openrlaif.feedback.fitted import ANY_PRINCIPLE, FittedJudge, load_heads, save_heads
-    from openrlaif.models.loading import load_causal_lm
+    from openrlaif.models.loading import judge_batch_size, load_causal_lm
 
     cfg = load_config(None, ["model.dtype=float32"])
     work = REPO / "runs" / "ship_heads"
@@ -81,7 +81,7 @@ def main() -> None:
     figures: dict[str, dict] = {key: {} for key in heads}
     for key, head in heads.items():
         judge = FittedJudge(lm.model, lm.tokenizer, {ANY_PRINCIPLE: head}, name="embedded",
-                            batch_size=cfg.label.batch_size, max_length=cfg.feedback.max_length,
+                            batch_size=judge_batch_size(cfg), max_length=cfg.feedback.max_length,
                             expected_fingerprint=card["judge_fingerprint"], description=f"held out: {key}")
         for principle, (path, n) in heldout.items():
             if key not in (principle, ANY_PRINCIPLE):

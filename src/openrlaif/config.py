@@ -138,6 +138,15 @@ class VLLMConfig(_Strict):
     max_model_len: int | None = Field(None, ge=16, description="Context length to reserve; null = the model's.")
 
 
+def auto_or_count(value):
+    """A field that takes 'auto' or a whole number >= 1 (a digit string from an override becomes the number)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    if isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
+        return int(value)
+    raise ValueError("must be 'auto' or a whole number >= 1")
+
+
 class GenerateConfig(_Strict):
     n: int = Field(4, ge=2, description="Candidates sampled per train prompt (best-of-N).")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
@@ -169,11 +178,7 @@ class GenerateConfig(_Strict):
     @field_validator("lanes", mode="before")
     @classmethod
     def _lanes_auto_or_count(cls, value):
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            return value
-        if isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
-            return int(value)
-        raise ValueError("must be 'auto' or a whole number >= 1")
+        return auto_or_count(value)
 
     @model_validator(mode="after")
     def _backend_needs_api(self):
@@ -188,7 +193,12 @@ class LabelConfig(_Strict):
         description="Pairs per prompt: 'best_worst' (highest vs lowest mean win probability over all "
         "judged pairs) or 'all' (every judged pair, oriented by the judge).",
     )
-    batch_size: int = Field(8, ge=1, description="Judge prompts scored together (grouped by length).")
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="Judge prompts scored together (grouped by length). 'auto': 16 where a bf16 judge "
+        "computes on a CPU with AMX tiles (there larger batches spread each step's fixed cost: the bench round's "
+        "label stage 5.8-6.2 s against 6.9-7.4 s at 8), 8 elsewhere (16 was no faster on an AVX-512 CPU without "
+        "AMX). docs/benchmarks.md, sessions 39 and 43."
+    )
     max_response_chars: int = Field(
         600, ge=50, description="Responses are cut to this many characters inside the judge prompt."
     )
@@ -223,6 +233,11 @@ class LabelConfig(_Strict):
         "'penalize' makes it lose every comparison with a candidate that does not address the judge; 'drop' "
         "leaves it out of judging; 'keep' only marks the pairs (judge_directed) and trains on them as labelled.",
     )
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_auto_or_count(cls, value):
+        return auto_or_count(value)
 
 
 class ApiConfig(_Strict):

@@ -264,3 +264,22 @@ def test_decoding_lanes_resolve_by_the_processor_and_dtype():
         with pytest.raises(UserError, match=r"generate\.lanes.*'auto' or a whole number >= 1") as err:
             load_config(None, [f"generate.lanes={bad}"])
         assert "\n" not in str(err.value)
+
+
+def test_judge_batch_size_resolves_by_the_processor(monkeypatch):
+    """label.batch_size: a number stands; 'auto' is 16 for a bf16 judge on a CPU with AMX tiles, 8 for a float32
+    judge there and on a CPU without AMX; a bad value is refused with one line naming the field."""
+    from openrlaif.config import load_config
+    from openrlaif.core.errors import UserError
+    from openrlaif.models import loading
+
+    amx, avx512 = {"avx512f", "avx512_bf16", "amx_bf16"}, {"avx512f", "avx512_bf16"}
+    cfg = load_config(None, [])
+    assert cfg.label.batch_size == "auto"
+    monkeypatch.setattr(loading, "judge_bf16", lambda model_cfg: True)
+    assert loading.judge_batch_size(cfg, amx) == 16 and loading.judge_batch_size(cfg, avx512) == 8
+    assert loading.judge_batch_size(load_config(None, ["label.batch_size=4"]), amx) == 4
+    monkeypatch.setattr(loading, "judge_bf16", lambda model_cfg: False)
+    assert loading.judge_batch_size(cfg, amx) == 8
+    with pytest.raises(UserError, match=r"label\.batch_size.*'auto' or a whole number >= 1"):
+        load_config(None, ["label.batch_size=0"])

@@ -43,19 +43,26 @@ class JudgeContext:
         return self.cfg.label
 
     @property
+    def batch_size(self) -> int:
+        """label.batch_size resolved for this machine (``models.loading.judge_batch_size``)."""
+        from openrlaif.models.loading import judge_batch_size
+
+        return judge_batch_size(self.cfg)
+
+    @property
     def fb(self):
         return self.cfg.feedback
 
 
 def _pairwise(c: JudgeContext):
-    return LocalJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.label.batch_size,
+    return LocalJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.batch_size,
                       max_response_chars=c.label.max_response_chars, description=c.description, cache=c.cache)
 
 
 def _contrastive(c: JudgeContext):
     from openrlaif.feedback.methods import ContrastiveJudge
 
-    return ContrastiveJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.label.batch_size,
+    return ContrastiveJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.batch_size,
                             max_length=c.fb.max_length, normalize=c.fb.normalize, temperature=c.fb.temperature,
                             description=c.description, cache=c.cache)
 
@@ -63,7 +70,7 @@ def _contrastive(c: JudgeContext):
 def _pointwise(c: JudgeContext):
     from openrlaif.feedback.methods import PointwiseJudge
 
-    return PointwiseJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.label.batch_size,
+    return PointwiseJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.batch_size,
                           max_response_chars=c.label.max_response_chars, temperature=c.fb.temperature,
                           description=c.description, cache=c.cache)
 
@@ -71,7 +78,7 @@ def _pointwise(c: JudgeContext):
 def _cot(c: JudgeContext):
     from openrlaif.feedback.methods import ChainOfThoughtJudge
 
-    return ChainOfThoughtJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.label.batch_size,
+    return ChainOfThoughtJudge(c.loaded.model, c.loaded.tokenizer, name=c.spec, batch_size=c.batch_size,
                                max_response_chars=c.label.max_response_chars, max_new_tokens=c.fb.cot_max_tokens,
                                description=c.description, cache=c.cache)
 
@@ -92,7 +99,7 @@ def _fitted(c: JudgeContext):
     card, heads = load_heads(c.fb.heads)
     fallback = JUDGE_BUILDERS[c.fb.fallback](c) if c.fb.fallback else None
     return FittedJudge(c.loaded.model, c.loaded.tokenizer, heads, fallback=fallback, name=c.spec,
-                       batch_size=c.label.batch_size, max_length=c.fb.max_length, cache=c.cache,
+                       batch_size=c.batch_size, max_length=c.fb.max_length, cache=c.cache,
                        description=c.description, expected_fingerprint=card.get("judge_fingerprint"), card=card,
                        directory=c.fb.heads if c.fb.heads == "builtin" else str(heads_directory(c.fb.heads)),
                        use_any=c.fb.any_head)
@@ -233,6 +240,7 @@ def build_detector(cfg: RunConfig, judge, notes: bool = True):
     from openrlaif.core.progress import console
     from openrlaif.feedback.fitted import BUILTIN_HEADS, heads_directory
     from openrlaif.feedback.injection import ProbeDetector, load_probe
+    from openrlaif.models.loading import judge_batch_size
 
     spec = cfg.label.injection_probe
     if spec is None:
@@ -255,6 +263,6 @@ def build_detector(cfg: RunConfig, judge, notes: bool = True):
             console.print("label.injection_probe: the shipped probe was fitted on the embedded judge, not this "
                           "one; judge-directed replies are found by the patterns alone")
         return None
-    return ProbeDetector(holder.model, holder.tokenizer, probe, batch_size=cfg.label.batch_size,
+    return ProbeDetector(holder.model, holder.tokenizer, probe, batch_size=judge_batch_size(cfg),
                          max_length=cfg.feedback.max_length)
 

@@ -163,7 +163,7 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
               fit_random_slice: bool = False) -> list[FitResult]:
     """Fit heads (for ``principle``, or per principle of the pairs' column plus one for every principle) on
     labelled pairs and/or an audited run's verdicts, and write them to ``out``."""
-    from openrlaif.models.loading import cache_dir, load_causal_lm, set_threads
+    from openrlaif.models.loading import cache_dir, judge_batch_size, load_causal_lm, set_threads
 
     out = Path(out)
     # 1. Inputs, before any model loads.
@@ -190,7 +190,7 @@ def fit_judge(cfg: RunConfig, pairs_spec: str | None, out: str | Path, *, princi
     cache = FeatureCache(cache_dir() / "features.sqlite") if cfg.feedback.cache is not None else None
     feats = cached_reply_features(loaded.model, loaded.tokenizer, [json.loads(c) for c, _ in keys],
                                   [r for _, r in keys], layers=layers, cache=cache,
-                                  fingerprint=model_fingerprint(loaded.model), batch_size=cfg.label.batch_size,
+                                  fingerprint=model_fingerprint(loaded.model), batch_size=judge_batch_size(cfg),
                                   max_length=cfg.feedback.max_length, description="fit-judge: features")
     if cache is not None:
         console.print(f"fit-judge: features of {len(keys)} replies, {cache.hits // (len(POOLINGS) * len(layers))} read from "
@@ -240,8 +240,10 @@ def audit_check(loaded, heads: list[Head], audit: AuditPairs, cfg: RunConfig, ru
                 in_sample: bool) -> dict | None:
     """Agreement with people on the audit's random slice: the run's AI labels (before) and the new heads
     (after), on the slice pairs whose principle has a head."""
+    from openrlaif.models.loading import judge_batch_size
+
     judge = FittedJudge(loaded.model, loaded.tokenizer, {h.principle: h for h in heads},
-                        batch_size=cfg.label.batch_size, max_length=cfg.feedback.max_length,
+                        batch_size=judge_batch_size(cfg), max_length=cfg.feedback.max_length,
                         description="fit-judge: audit check")
     idx = [i for i, p in enumerate(audit.check) if judge.head_for(p.principle or ANY_PRINCIPLE) is not None]
     if not idx:

@@ -289,6 +289,18 @@ def judge_bf16(model_cfg) -> bool:
     return choice == "bf16"
 
 
+def judge_batch_size(cfg, flags: set[str] | None = None) -> int:
+    """Sequences a local judge scores together (``label.batch_size`` resolved): a number stands; 'auto' is 16 where
+    a bf16 judge (``judge_bf16``) computes on a CPU with AMX tiles, whose products are cheap enough that a larger
+    batch spreads each pass's fixed cost, and 8 elsewhere. ``flags``: the CPU's flags (read here when None)."""
+    choice = cfg.label.batch_size
+    if choice != "auto":
+        return int(choice)
+    import torch
+
+    return 16 if not torch.cuda.is_available() and amx_bf16(flags) and judge_bf16(cfg.model) else 8
+
+
 def autocast_matmuls(model, dtype: str = "bfloat16") -> None:
     """From now on run ``model``'s decoder and output head under autocast to ``dtype``: matrix products in that
     dtype, the weights, norms and the residual stream in their own (callers that use the decoder or the head

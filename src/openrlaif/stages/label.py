@@ -277,7 +277,7 @@ def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], 
     """Label pairs by how they were made: Constitutional-AI revisions (revised > original, plus revision SFT
     rows in revisions.jsonl) or RLCD (positive-prompt candidate > negative-prompt candidate)."""
     from openrlaif.feedback.revision import critique_and_revise, rlcd_pairs
-    from openrlaif.models.loading import load_causal_lm, set_threads
+    from openrlaif.models.loading import judge_batch_size, load_causal_lm, set_threads
 
     fb = cfg.feedback
     start = time.perf_counter()
@@ -310,7 +310,7 @@ def construction_run(cfg: RunConfig, store: RunStore, k: int, rows: list[dict], 
                 owners.append(r)
         cache = open_cache(cfg, store.root)
         revisions = critique_and_revise(loaded.model, loaded.tokenizer, units, max_new_tokens=fb.revision_max_tokens,
-                                        batch_size=cfg.label.batch_size, cache=cache, name=spec, description="revise")
+                                        batch_size=judge_batch_size(cfg), cache=cache, name=spec, description="revise")
         # 2. Usable revisions become pairs and SFT rows.
         sft = []
         for r, rev in zip(owners, revisions):
