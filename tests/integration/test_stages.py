@@ -87,6 +87,7 @@ def test_label_output(staged):
     # 3 candidates -> 3 comparisons per prompt (fewer only for identical/empty candidates)
     assert 0 < stats["comparisons"] <= 4 * 3
     assert stats["forward_passes"] == 2 * stats["comparisons"]
+    assert stats["batch_size"] == 4  # label.batch_size as the tiny config sets it
     assert stats["n"] + stats["unscored"] == stats["comparisons"]
     assert stats["pairs_written"] == len(prefs)
     assert stats["pair_mode"] == "best_worst"

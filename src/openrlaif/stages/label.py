@@ -224,6 +224,8 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         "constitution": constitution.name,
         "comparisons": len(items),
         "forward_passes": 2 * len(items),
+        # sequences per local pass (label.batch_size resolved); None for a remote, rule or ensemble judge
+        "batch_size": getattr(judge, "batch_size", None),
         "pairs_written": len(prefs),
         "pair_mode": cfg.label.pairs,
         "seconds": round(seconds, 2),
