@@ -38,7 +38,7 @@ def curve(store):
 @pytest.mark.parametrize("variant", ["grpo", "dr_grpo"])
 def test_grpo_raises_the_reward(tmp_path, tiny_model_dir, variant):
     # learning rate 1e-2 over 30 steps: at 2e-2 over 20, plain GRPO's reward rose to ~6 and fell back to ~2 by the
-    # last steps in 1 of 5 seeds on an AMX CPU (its float32 products round differently from an AVX2 one's); at 1e-2
+    # last steps in 1 of 5 seeds on an AMX CPU (its float32 products round differently from the AMD machine's of earlier sessions); at 1e-2
     # all 5 seeds of both variants ended at 11-16 'e's against 1.0-1.6 at the start (session 43)
     cfg = load_config(None, tiny_overrides(tiny_model_dir) + grpo_args("rl.kl_coef=0.01", f"grpo.variant={variant}",
                                                                        "grpo.minibatch_size=8", "rl.steps=30",

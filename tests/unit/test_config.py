@@ -277,9 +277,12 @@ def test_judge_batch_size_resolves_by_the_processor(monkeypatch):
     cfg = load_config(None, [])
     assert cfg.label.batch_size == "auto"
     monkeypatch.setattr(loading, "judge_bf16", lambda model_cfg: True)
-    assert loading.judge_batch_size(cfg, amx) == 16 and loading.judge_batch_size(cfg, avx512) == 8
-    assert loading.judge_batch_size(load_config(None, ["label.batch_size=4"]), amx) == 4
+    assert loading.judge_batch_size(cfg, amx, cuda=False) == 16
+    assert loading.judge_batch_size(cfg, avx512, cuda=False) == 8
+    assert loading.judge_batch_size(cfg, amx, cuda=True) == 8
+    assert loading.judge_batch_size(load_config(None, ["label.batch_size=4"]), amx, cuda=False) == 4
+    assert loading.this_cpu_flags() is loading.this_cpu_flags()  # /proc/cpuinfo read once per process
     monkeypatch.setattr(loading, "judge_bf16", lambda model_cfg: False)
-    assert loading.judge_batch_size(cfg, amx) == 8
+    assert loading.judge_batch_size(cfg, amx, cuda=False) == 8
     with pytest.raises(UserError, match=r"label\.batch_size.*'auto' or a whole number >= 1"):
         load_config(None, ["label.batch_size=0"])

@@ -8,6 +8,7 @@ cache (``$OPENRLAIF_CACHE`` or ``~/.cache/openrlaif``) and every later load read
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -246,12 +247,14 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
-def this_cpu_flags() -> set[str]:
-    """This machine's CPU feature flags (from /proc/cpuinfo; empty where it cannot be read)."""
+@functools.cache
+def this_cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags (from /proc/cpuinfo, read once per process; empty where it cannot be
+    read): the dtype, packing, decoding-loop and judge-batch choices all ask."""
     try:
-        return cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+        return frozenset(cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")))
     except OSError:
-        return set()
+        return frozenset()
 
 
 def native_bf16(flags: set[str] | None = None) -> bool:
@@ -289,16 +292,19 @@ def judge_bf16(model_cfg) -> bool:
     return choice == "bf16"
 
 
-def judge_batch_size(cfg, flags: set[str] | None = None) -> int:
+def judge_batch_size(cfg, flags: set[str] | None = None, cuda: bool | None = None) -> int:
     """Sequences a local judge scores together (``label.batch_size`` resolved): a number stands; 'auto' is 16 where
     a bf16 judge (``judge_bf16``) computes on a CPU with AMX tiles, whose products are cheap enough that a larger
-    batch spreads each pass's fixed cost, and 8 elsewhere. ``flags``: the CPU's flags (read here when None)."""
+    batch spreads each pass's fixed cost, and 8 elsewhere (a GPU included). ``flags``: the CPU's flags (read here
+    when None); ``cuda``: whether a GPU is used (asked of torch when None)."""
     choice = cfg.label.batch_size
     if choice != "auto":
         return int(choice)
-    import torch
+    if cuda is None:
+        import torch
 
-    return 16 if not torch.cuda.is_available() and amx_bf16(flags) and judge_bf16(cfg.model) else 8
+        cuda = torch.cuda.is_available()
+    return 16 if not cuda and amx_bf16(flags) and judge_bf16(cfg.model) else 8
 
 
 def autocast_matmuls(model, dtype: str = "bfloat16") -> None:
