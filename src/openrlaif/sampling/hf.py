@@ -22,25 +22,56 @@ def cache_argument(model) -> str:
 def generate_n(model, input_ids, attention_mask, n: int, **kwargs):
     """``generate`` with ``n`` continuations of each (left-padded) prompt row, prompt-major (row i * n + j), where
     each prompt's prefill runs once: the KV cache of every prompt token but the last is computed for the unique
-    prompts and repeated n times (the cache is expanded, not the prompt), then ``generate`` goes on from the last
+    prompts and repeated n times (the cache is expanded, not the prompt), then decoding goes on from the last
     prompt token. The positions follow the padding as ``generate``'s own prefill does, so the logits are those
-    of the plain call (tests/integration/test_samplers.py draws the same tokens both ways)."""
+    of the plain call (tests/integration/test_samplers.py draws the same tokens both ways). Where
+    ``models.decoding.lean_decoder`` reproduces the model's decoding exactly (Llama on a CPU) and ``kwargs`` ask
+    for nothing but a greedy loop after an optional logits processor, its loop decodes instead of ``generate``
+    (the same tokens, ~20% less time a step; n = 1 then takes the same split prefill)."""
     import torch
 
+    from openrlaif.models.decoding import lean_decoder
+
     ids, mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
-    if n == 1 or input_ids.shape[1] < 2 or not isinstance(model, torch.nn.Module):
+    torch_model = isinstance(model, torch.nn.Module)
+    lean = lean_decoder(model) if torch_model and input_ids.shape[1] >= 2 and lean_arguments(kwargs) else None
+    if lean is None and (n == 1 or input_ids.shape[1] < 2 or not torch_model):
         # nothing to share (one sample, a one-token prompt) or no KV cache to share (not a torch model)
         return model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    cache = prefill(model, input_ids, attention_mask, n)
+    if lean is None:
+        return model.generate(input_ids=ids, attention_mask=mask, **{cache_argument(model): cache}, **kwargs)
+    stops = kwargs["eos_token_id"]
+    with torch.inference_mode():
+        return lean.generate(ids, mask, cache, kwargs["max_new_tokens"],
+                             [stops] if isinstance(stops, int) else list(stops), kwargs["pad_token_id"],
+                             kwargs.get("logits_processor") or None)
+
+
+def prefill(model, input_ids, attention_mask, n: int = 1):
+    """The KV cache (a ``DynamicCache``) of every token but the last of each left-padded prompt row, computed once
+    per row and repeated for its ``n`` samples (prompt-major), with the positions ``generate`` gives padded rows."""
+    import torch
     from transformers import DynamicCache
 
-    name = cache_argument(model)
     cache = DynamicCache(config=model.config)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
-              use_cache=True, **{name: cache})
-    cache.batch_repeat_interleave(n)
-    return model.generate(input_ids=ids, attention_mask=mask, **{name: cache}, **kwargs)
+              use_cache=True, **{cache_argument(model): cache})
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+    return cache
+
+
+LEAN_ARGUMENTS = {"do_sample", "logits_processor", "max_new_tokens", "eos_token_id", "pad_token_id"}
+
+
+def lean_arguments(kwargs: dict) -> bool:
+    """Whether ``generate`` arguments ask for what the lean loop does: a greedy choice after an optional logits
+    processor, a token budget, stop tokens and a pad token, nothing else."""
+    return (set(kwargs) <= LEAN_ARGUMENTS and kwargs.get("do_sample") is False and kwargs.get("max_new_tokens")
+            is not None and kwargs.get("eos_token_id") is not None and kwargs.get("pad_token_id") is not None)
 
 
 class HFSampler:
