@@ -153,3 +153,115 @@ def test_what_the_lean_loop_declines(tiny_model_dir):
     assert not lean_arguments({**plain, "do_sample": True}) and not lean_arguments({**plain, "num_beams": 2})
     assert not lean_arguments({k: v for k, v in plain.items() if k != "eos_token_id"})
 
+
+
+def trained_adapter(model, path, targets=None):
+    """A LoRA r4 adapter on ``targets`` (default: every projection) of ``model`` with trained-looking B matrices,
+    saved as a peft directory at ``path``; returns the peft model (float32 adapter)."""
+    from openrlaif.config import TrainConfig
+    from openrlaif.models.policy import add_lora
+
+    tc = TrainConfig(lora_r=4, lora_alpha=8, **({"lora_target_modules": targets} if targets else {}))
+    torch.manual_seed(3)  # peft draws the A matrices from the global generator
+    peft_model = add_lora(copy.deepcopy(model), tc).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.3)
+    peft_model.save_pretrained(path)
+    return peft_model
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("targets", [None, ["q_proj", "v_proj", "down_proj"]], ids=["every-layer", "some-layers"])
+def test_adapter_rows_decode_as_peft_and_base_rows_as_the_base(tiny_model_dir, tmp_path, dtype, targets):
+    """One loop over [adapter rows; base rows]: the adapter's rows (their prefill through ``adapted_forward``) give
+    the logits of peft's unmerged model on the same base weights, the base's rows the base model's: to float32
+    rounding (the products run over twice the rows, which a CPU's kernels may block differently, and a bf16
+    output rounds where float32 sums differ in their last bits)."""
+    from peft import PeftModel
+
+    from openrlaif.models.decoding import adapted_forward, lora_deltas
+
+    float_model, tok = model_in(tiny_model_dir, "float32")
+    trained_adapter(float_model, tmp_path / "adapter", targets)
+    reference = load_causal_lm(str(tiny_model_dir), dtype).model.eval()  # the same weights, not packed
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(reference), str(tmp_path / "adapter")).eval()
+    model, _ = model_in(tiny_model_dir, dtype)
+    deltas = lora_deltas(model, tmp_path / "adapter")
+    assert deltas is not None and len(deltas) == 2 * (7 if targets is None else 3)
+    lean = lean_decoder(model).with_adapter(deltas)
+    enc = encoded(tok, TEXTS)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    rows, prompt = ids.shape
+    with adapted_forward(deltas):
+        adapted_cache = prefill(model, ids, mask)
+    base_cache = prefill(model, ids, mask)
+    assert not any(m._forward_hooks for m in deltas)  # the hooks are gone after the block
+    peft_cache, plain_cache = prefill(peft_model, ids, mask), prefill(reference, ids, mask)
+    # here the bf16 numbers came out bit-identical to peft's; the tolerances allow a few bf16 roundings elsewhere
+    tol = 1e-5 if dtype == "float32" else 0.02
+    for a, b in zip(adapted_cache.layers, peft_cache.layers):  # the hooked prefill is peft's prefill
+        for ours, theirs in ((a.keys.float(), b.keys.float()), (a.values.float(), b.values.float())):
+            assert (ours - theirs).abs().max() <= (1e-6 if dtype == "float32" else 0.01) * theirs.abs().max()
+    keys = [torch.cat([a.keys, b.keys]) for a, b in zip(adapted_cache.layers, base_cache.layers)]
+    values = [torch.cat([a.values, b.values]) for a, b in zip(adapted_cache.layers, base_cache.layers)]
+    keys = [torch.cat([k, k.new_zeros(*k.shape[:2], 5, k.shape[-1])], 2) for k in keys]
+    values = [torch.cat([v, v.new_zeros(*v.shape[:2], 5, v.shape[-1])], 2) for v in values]
+    full = torch.cat([mask, torch.ones(rows, 5, dtype=mask.dtype)], 1)
+    tokens, positions = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
+    name = cache_argument(reference)
+    with torch.inference_mode():
+        for step in range(5):
+            filled = prompt - 1 + step
+            both = lean.step(tokens.repeat(2, 1), positions.repeat(2, 1), keys, values, filled,
+                             full.bool().repeat(2, 1)[:, None, None, : filled + 1], adapted_rows=rows).float()
+            theirs = peft_model(input_ids=tokens, attention_mask=full[:, : filled + 1], position_ids=positions,
+                                use_cache=True, **{name: peft_cache}).logits[:, -1]
+            plain = reference(input_ids=tokens, attention_mask=full[:, : filled + 1], position_ids=positions,
+                              use_cache=True, **{name: plain_cache}).logits[:, -1]
+            assert torch.allclose(both[:rows], theirs.float(), atol=tol), (both[:rows] - theirs).abs().max()
+            assert torch.allclose(both[rows:], plain.float(), atol=tol)
+            assert (theirs - plain).abs().max() > 0.3  # the adapter matters
+            tokens, positions = theirs.argmax(-1, keepdim=True), positions + 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_with_adapter_answers_as_the_two_policies(tiny_model_dir, tmp_path, dtype):
+    """The start and its adapter answer in one loop: in float32 the start's answers are those it gives alone and
+    the adapter's those of peft's unmerged policy through ``generate``, every token and the recorded log-probs (a
+    packed bf16 copy's roundings move the tiny model's near-uniform draws: its logits are checked above); log-probs
+    are recorded for the adapter's rows only."""
+    from openrlaif.models.decoding import lora_deltas
+    from openrlaif.sampling.hf import HFSampler, sample_with_adapter
+    from openrlaif.sampling.types import SamplingParams
+
+    base, tok = model_in(tiny_model_dir, "float32")
+    peft_model = trained_adapter(base, tmp_path / "adapter")
+    prompts = [[{"role": "user", "content": t}] for t in TEXTS + ("Count to five.", "What is rain?")]
+    params = SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=10, batch_size=4, seed=7)
+
+    def answers(model, adapter: bool, record: bool):
+        s = HFSampler(model, tok, row_seeds=True, record_logprobs=record)
+        return s, s.sample(prompts, 2, params)
+
+    reference_trained = answers(peft_model, True, True)  # float32 peft through generate
+    model, _ = model_in(tiny_model_dir, dtype)
+    start_alone = answers(model, False, False)
+    deltas = lora_deltas(model, tmp_path / "adapter")
+    lean = lean_decoder(model).with_adapter(deltas)
+    trained, start = HFSampler(model, tok, row_seeds=True, record_logprobs=True), HFSampler(model, tok, row_seeds=True)
+    got_trained, got_start = sample_with_adapter(trained, start, lean, deltas, prompts, 2, params)
+    assert got_trained != got_start and trained.logprobs is not None and start.logprobs is None
+    flat = lambda out: [a for row in out for a in row]  # noqa: E731
+
+    def agreeing(a, b) -> int:
+        return sum(x == y for x, y in zip(flat(a), flat(b)))
+
+    if dtype == "float32":
+        assert got_start == start_alone[1] and start.finished == start_alone[0].finished
+        assert got_trained == reference_trained[1] and trained.tokens == reference_trained[0].tokens
+        assert all(abs(a - b) < 1e-3 for a, b in zip(flat(trained.logprobs), flat(reference_trained[0].logprobs)))
+    else:
+        assert agreeing(got_start, start_alone[1]) >= len(flat(got_start)) // 2

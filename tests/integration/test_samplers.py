@@ -218,21 +218,25 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
     for stage in ("generate", "label", "train", "eval"):
         run_stage(stage, cfg, store)
     assert store.stage_done("eval")
-    # IFEval's answers come from the same bf16 writers as the held-out answers: each policy's merged copy, greedy.
+    # IFEval's answers come from the same bf16 writer as the held-out answers: one start copy, the trained
+    # adapter unmerged on the trained rows (sampling.hf.sample_with_adapter), greedy.
     import json
+
+    from peft import PeftModel
 
     from openrlaif.evaluate.benchmarks import answer, load_benchmark, run_settings
     from openrlaif.models.policy import load_merged
 
     ev = json.loads(store.path("eval.json", 1).read_text())
+    assert ev["trained_writer"] == "start copy with the adapter unmerged, one decoding loop"
     ife = ev["benchmarks"]["ifeval-builtin-heldout"]
     assert ife["generation"]["dtype"] == "bfloat16" and ife["start"]["prompts"] == 3
-    # the two copies wrote them side by side (their tokens/s then share the cores, and the result says so)
+    # the two policies wrote them in one loop (their tokens/s then share it, and the result says so)
     assert ife["start"]["decoded_alongside"] == "trained" and ife["trained"]["decoded_alongside"] == "start"
     rows = [json.loads(line) for line in store.path("bench/ifeval-builtin-heldout_rows.jsonl", 1).open()]
     spec = cfg.eval.benchmarks[0]
     _, items = load_benchmark(spec)
-    # ... and the KL to the start is between those two copies, on the trained copy's held-out answers.
+    # ... and the KL to the start is between those two, on the trained policy's held-out answers.
     from openrlaif.data.prompts import run_prompts
     from openrlaif.stages.evaluate import answer_logprobs, drawn_sequences, mean_difference
 
@@ -241,24 +245,26 @@ def test_sampling_in_bfloat16_writes_answers_from_nearly_the_policy_s_distributi
     held = [json.loads(line) for line in store.path("samples.jsonl", 1).open()]
     held = [r for r in held if r["set"] == "heldout"]
     convs = [messages[r["prompt_id"]] for r in held]
-    writers, recorded = {}, None
-    for who, adapter in (("trained", store.path("policy", 1)), ("start", None)):
-        merged = writers[who] = load_merged(cfg, adapter, "bfloat16")
-        again = answer(merged.model, merged.tokenizer, items, run_settings(spec, cfg.eval.batch_size, cfg.seed), who)
+    start_copy = load_merged(cfg, None, "bfloat16", frozen=True)
+    # each policy alone, through transformers: the start's packed bf16 copy, and peft's unmerged trained policy on
+    # a bf16 copy of the start (its adapter in float32, as the one loop computes it)
+    trained_peft = PeftModel.from_pretrained(load_causal_lm(str(tiny_model_dir), "bfloat16").model,
+                                             str(store.path("policy", 1))).eval()
+    writers, recorded = {"trained": trained_peft, "start": start_copy.model}, None
+    for who, model in writers.items():
+        again = answer(model, start_copy.tokenizer, items, run_settings(spec, cfg.eval.batch_size, cfg.seed), who)
         assert [r[who] for r in rows] == again.answers
-        # the two copies answered side by side (one thread each), with row seeds: what each writes alone (the same
-        # prompts, so the same bf16 batches)
         params = SamplingParams(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens, cfg.eval.batch_size,
                                 cfg.seed + 7 + 1000)
-        sampler = HFSampler(merged.model, merged.tokenizer, row_seeds=True, record_logprobs=who == "trained")
+        sampler = HFSampler(model, start_copy.tokenizer, row_seeds=True, record_logprobs=who == "trained")
         alone = sampler.sample(convs, 1, params)
         assert [a[0] for a in alone] == [r[who] for r in held]
         recorded = recorded or sampler
     # ... and the KL to the start is between those two copies, on the trained copy's held-out answers as drawn:
     # the trained copy's log-probs read off its decoding steps, the start copy's from a pass over those tokens
-    tok = writers["start"].tokenizer
+    tok = start_copy.tokenizer
     seqs = drawn_sequences(tok, convs, [t[0] for t in recorded.tokens])
-    start = answer_logprobs(writers["start"].model, tok, seqs, cfg.eval.batch_size, "start")
+    start = answer_logprobs(start_copy.model, tok, seqs, cfg.eval.batch_size, "start")
     assert ev["kl_to_start"] == pytest.approx(mean_difference([lp[0] for lp in recorded.logprobs], start), abs=1e-3)
     # The distributions: float32 vs its bf16 copy on real prompts (next-token KL, every position).
     lm = load_causal_lm(str(tiny_model_dir))
@@ -390,3 +396,29 @@ def test_in_threads_leaves_the_caller_its_thread_count_in_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0] == "[1, 1] [1, 1] 2"
+
+
+def test_eval_in_bfloat16_falls_back_to_a_merged_copy_per_policy(tmp_path, tiny_model_dir):
+    """Where the lean loop does not reproduce the policy (here a generation config with a repetition penalty, a
+    logits processor of generate's own), each policy answers with its own bf16 copy, the adapter merged in, side by
+    side in threads, and eval.json says which way the trained policy's answers were written."""
+    import json
+    import shutil
+
+    from conftest import tiny_overrides
+
+    from openrlaif.config import load_config
+    from openrlaif.pipeline import open_run, run_stage
+
+    model_dir = tmp_path / "penalised"
+    shutil.copytree(tiny_model_dir, model_dir)
+    gen = json.loads((model_dir / "generation_config.json").read_text())
+    (model_dir / "generation_config.json").write_text(json.dumps({**gen, "repetition_penalty": 1.1}))
+    cfg = load_config(None, tiny_overrides(model_dir) + ["model.sample_dtype=bfloat16", "eval.red_team=null",
+                                                         "eval.anchors=null"])
+    store = open_run(cfg, tmp_path / "run")
+    for stage in ("generate", "label", "train", "eval"):
+        run_stage(stage, cfg, store)
+    ev = json.loads(store.path("eval.json", 1).read_text())
+    assert ev["trained_writer"] == "its own copy, the adapter merged in"
+    assert ev["kl_dtype"] == "bfloat16" and ev["kl_trained_logprobs"] == "decoding steps"

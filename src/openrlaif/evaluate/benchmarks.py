@@ -41,9 +41,29 @@ def answer(model, tokenizer, items: list[IFEvalItem], settings: GenerationSettin
     answers at the same time in another thread (recorded: this one's tokens/s is then a share of the cores)."""
     sampler = HFSampler(model, tokenizer, description)
     sampler.progress = progress
-    params = SamplingParams(0.0 if settings.greedy else settings.temperature, 1.0, settings.max_new_tokens,
-                            settings.batch_size, settings.seed)
-    out = sampler.sample([it.messages for it in items], 1, params)
+    out = sampler.sample([it.messages for it in items], 1, sampling_params(settings))
+    return policy_answers(sampler, out, alongside)
+
+
+def answer_with_adapter(lean, deltas: dict, model, tokenizer, items: list[IFEvalItem], settings: GenerationSettings,
+                        progress=None) -> tuple[PolicyAnswers, PolicyAnswers]:
+    """``answer`` for the trained and the start policy at once: ``model`` with and without the adapter ``deltas``
+    in one decoding loop (``sampling.hf.sample_with_adapter``; ``lean``: the model's lean loop with the adapter)."""
+    from openrlaif.sampling.hf import sample_with_adapter
+
+    trained, start = (HFSampler(model, tokenizer, "bench", row_seeds=True) for _ in range(2))
+    out = sample_with_adapter(trained, start, lean, deltas, [it.messages for it in items], 1,
+                              sampling_params(settings), progress)
+    return policy_answers(trained, out[0], "start"), policy_answers(start, out[1], "trained")
+
+
+def sampling_params(settings: GenerationSettings) -> SamplingParams:
+    return SamplingParams(0.0 if settings.greedy else settings.temperature, 1.0, settings.max_new_tokens,
+                          settings.batch_size, settings.seed)
+
+
+def policy_answers(sampler, out: list[list[str]], alongside: str | None) -> PolicyAnswers:
+    """A sampler's first answer to each prompt, with its stops and speed."""
     s = sampler.stats
     return PolicyAnswers([o[0] for o in out], [f[0] for f in sampler.finished], round(s.tokens_per_s, 2),
                          round(s.seconds, 2), s.new_tokens, alongside)

@@ -7,8 +7,12 @@ transformers' forward walks 30 layers of modules, keyword dicts, mask building a
 runs the same kernels on the same weights in the same order (RMS norms in float32, the rotary embedding, SDPA with
 the same mask, the packed linear layers of ``models.loading.pack_frozen``), writing keys and values into buffers
 reserved for the whole answer, so its logits are bit-identical to the model's own forward
-(tests/integration/test_decoding.py compares them and the tokens drawn, with padding and without), at ~25% less
-time a step (docs/benchmarks.md, session 44).
+(tests/integration/test_decoding.py compares them and the tokens drawn, with padding and without), at ~20% less
+time a step (docs/benchmarks.md, session 44). Layers of one input on packed weights (q|k|v, gate|up) run as one
+product over their stacked weights: the same numbers, fewer calls.
+
+``LeanLlama.with_adapter`` adds a LoRA adapter, unmerged, to the first rows of the batch: one loop then decodes a
+policy and the policy with its adapter (eval's start and trained answers) over one copy of the weights.
 
 ``lean_decoder(model)`` returns None for anything it does not reproduce exactly (another architecture, a peft
 wrapper, rope scaling, biases, another attention implementation, a GPU, a generation config that adds logits
@@ -17,6 +21,7 @@ processors of its own), and the caller keeps ``generate``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # generation-config fields that make ``generate`` add a logits processor or change its stopping even when it
@@ -32,17 +37,14 @@ PROCESSOR_FIELDS = (
 
 @dataclass
 class LlamaLayer:
-    """One decoder layer's weights and linear maps (each a callable on the hidden states)."""
+    """One decoder layer: its norms' weights and its projections (``Projection``: q|k|v, o, gate|up, down)."""
 
     input_norm: object
-    q: object
-    k: object
-    v: object
-    o: object
+    qkv: "Projection"
+    o: "Projection"
     post_norm: object
-    gate: object
-    up: object
-    down: object
+    gate_up: "Projection"
+    down: "Projection"
 
 
 def _linear(module):
@@ -54,6 +56,67 @@ def _linear(module):
     if packed is not None:
         return lambda x: packed_linear(x, packed, None)
     return module
+
+
+class Projection:
+    """Linear layers of one input (q|k|v, gate|up, or a single one) as one call returning each layer's output.
+    Layers on packed bf16 weights run as one product over their weights stacked and packed once (oneDNN computes
+    each output column alike whatever its neighbours: bit-identical to the separate products, fewer calls);
+    others one by one. ``delta`` (A (R, in), B (sum of outputs, R), both float32, and the scaling:
+    ``with_delta``): a LoRA adapter added to the first ``rows`` rows as peft computes an unmerged one, ``y + (x @
+    A^T) @ B^T * scaling`` in float32, cast back to the output's dtype."""
+
+    def __init__(self, modules: list, maps: list | None = None, delta=None):
+        import torch
+
+        from openrlaif.models.loading import packed_linear, packed_weight
+
+        self.modules = modules
+        self.sizes = [m.out_features for m in modules]
+        packed = [getattr(m, "_openrlaif_packed_only", None) for m in modules]
+        if maps is not None:
+            self.maps = maps
+        elif len(modules) > 1 and all(p is not None for p in packed):
+            stacked = packed_weight(torch.cat([p.to_dense() for p in packed]))
+            self.maps = [lambda x: packed_linear(x, stacked, None)]
+        else:
+            self.maps = [_linear(m) for m in modules]
+        self.delta = delta
+
+    def with_delta(self, deltas: dict):
+        """This projection with the LoRA matrices ``deltas`` holds for its layers ({module: (A, B, scaling)})."""
+        import torch
+
+        mine = [deltas.get(m) for m in self.modules]
+        if all(d is None for d in mine):
+            return Projection(self.modules, self.maps)
+        scalings = {d[2] for d in mine if d is not None}
+        if len(scalings) != 1:
+            raise ValueError("one LoRA scaling per projection expected")
+        ranks = [0 if d is None else d[0].shape[0] for d in mine]
+        a = torch.cat([d[0].float() for d in mine if d is not None])
+        b = torch.zeros(sum(self.sizes), sum(ranks))
+        row = col = 0
+        for d, size, rank in zip(mine, self.sizes, ranks):
+            if d is not None:
+                b[row : row + size, col : col + rank] = d[1].float()
+            row, col = row + size, col + rank
+        return Projection(self.modules, self.maps, (a, b, scalings.pop()))
+
+    def __call__(self, x, rows: int = 0) -> list:
+        import torch
+        from torch.nn.functional import linear
+
+        if self.delta is None or rows == 0:
+            if len(self.maps) > 1:
+                return [f(x) for f in self.maps]
+            y = self.maps[0](x)
+        else:
+            y = self.maps[0](x) if len(self.maps) == 1 else torch.cat([f(x) for f in self.maps], -1)
+            a, b, scaling = self.delta
+            part = y[:rows].view(rows, -1)  # peft's arithmetic, its very calls: y + B(A(x)) * scaling in float32
+            part.copy_(part + linear(linear(x[:rows].reshape(rows, -1).float(), a), b) * scaling)
+        return list(y.split(self.sizes, -1)) if len(self.sizes) > 1 else [y]
 
 
 def _plain_generation_config(model) -> bool:
@@ -86,7 +149,42 @@ def lean_decoder(model) -> "LeanLlama | None":
                    or m._forward_pre_hooks for m in linears)
             or not _plain_generation_config(model)):
         return None
-    return LeanLlama(model)
+    # built once per model (stacking the packed weights costs ~0.1 s), again if its packed weights were replaced
+    key = (id(model), *(id(getattr(m, "_openrlaif_packed_only", m.weight)) for m in linears))
+    cached = getattr(model, "_openrlaif_lean", None)
+    if cached is None or cached[0] != key:
+        cached = (key, LeanLlama(model))
+        model.__dict__["_openrlaif_lean"] = cached
+    return cached[1]
+
+
+def lora_deltas(model, adapter) -> dict | None:
+    """{linear layer of ``model``: (A, B, scaling)} of a plain LoRA adapter directory (``models.policy
+    .plain_lora_deltas``), or None when it is anything else."""
+    from openrlaif.models.policy import plain_lora_deltas
+
+    found = plain_lora_deltas(model, adapter)
+    return None if found is None else {layer: (a, b, scaling) for layer, a, b, scaling in found}
+
+
+@contextmanager
+def adapted_forward(deltas: dict):
+    """Within the block, every linear layer in ``deltas`` adds its LoRA delta to its output (forward hooks, peft's
+    unmerged arithmetic as in ``Projection``): the model's own forward then computes the adapted policy (a prefill
+    for ``LeanLlama.generate``'s adapted rows)."""
+
+    def hook(module, args, output):
+        from torch.nn.functional import linear
+
+        a, b, scaling = deltas[module]
+        return (output + linear(linear(args[0].float(), a.float()), b.float()) * scaling).to(output.dtype)
+
+    handles = [layer.register_forward_hook(hook) for layer in deltas]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class LeanLlama:
@@ -95,23 +193,32 @@ class LeanLlama:
 
     def __init__(self, model):
         config = model.config
-        self.model = model
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         inner = model.model
-        self.layers = [LlamaLayer(layer.input_layernorm.weight, _linear(layer.self_attn.q_proj),
-                                  _linear(layer.self_attn.k_proj), _linear(layer.self_attn.v_proj),
-                                  _linear(layer.self_attn.o_proj), layer.post_attention_layernorm.weight,
-                                  _linear(layer.mlp.gate_proj), _linear(layer.mlp.up_proj),
-                                  _linear(layer.mlp.down_proj))
+        self.layers = [LlamaLayer(layer.input_layernorm.weight,
+                                  Projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+                                  Projection([layer.self_attn.o_proj]), layer.post_attention_layernorm.weight,
+                                  Projection([layer.mlp.gate_proj, layer.mlp.up_proj]), Projection([layer.mlp.down_proj]))
                        for layer in inner.layers[: config.num_hidden_layers]]
         self.scaling = inner.layers[0].self_attn.scaling
         self.embed = inner.embed_tokens
         self.final_norm = inner.norm.weight
         self.inv_freq = inner.rotary_emb.inv_freq
         self.head = model.lm_head
+
+    def with_adapter(self, deltas: dict) -> "LeanLlama":
+        """This loop with a LoRA adapter (``lora_deltas``) on the rows ``generate``'s ``adapted_rows`` names: the
+        model's own weights for every row, the adapter's low-rank delta added to those rows' projections."""
+        import copy
+
+        other = copy.copy(self)
+        other.layers = [LlamaLayer(layer.input_norm, layer.qkv.with_delta(deltas), layer.o.with_delta(deltas),
+                                   layer.post_norm, layer.gate_up.with_delta(deltas), layer.down.with_delta(deltas))
+                        for layer in self.layers]
+        return other
 
     def rms_norm(self, x, weight):
         import torch
@@ -126,11 +233,12 @@ class LeanLlama:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
-    def step(self, tokens, positions, keys, values, filled: int, mask):
+    def step(self, tokens, positions, keys, values, filled: int, mask, adapted_rows: int = 0):
         """Logits (B, V) of the next token after ``tokens`` (B, 1) at ``positions`` (B, 1): their keys and values
         are written at column ``filled`` of every layer's buffers ``keys``/``values`` (B, KV heads, T, D), and
         attention runs over columns 0..filled with ``mask`` (B, 1, 1, filled + 1; True = attend), or over all of
-        them without a mask (no padding: what transformers passes then)."""
+        them without a mask (no padding: what transformers passes then). The first ``adapted_rows`` rows take the
+        adapter of ``with_adapter``."""
         import torch
         from torch.nn.functional import scaled_dot_product_attention, silu
 
@@ -142,9 +250,10 @@ class LeanLlama:
         end = filled + 1
         for i, layer in enumerate(self.layers):
             h = self.rms_norm(x, layer.input_norm)
-            q = self.rotate(layer.q(h).view(rows, 1, heads, dim).transpose(1, 2), cos, sin)
-            keys[i][:, :, filled:end] = self.rotate(layer.k(h).view(rows, 1, kv, dim).transpose(1, 2), cos, sin)
-            values[i][:, :, filled:end] = layer.v(h).view(rows, 1, kv, dim).transpose(1, 2)
+            q, k, v = layer.qkv(h, adapted_rows)
+            q = self.rotate(q.view(rows, 1, heads, dim).transpose(1, 2), cos, sin)
+            keys[i][:, :, filled:end] = self.rotate(k.view(rows, 1, kv, dim).transpose(1, 2), cos, sin)
+            values[i][:, :, filled:end] = v.view(rows, 1, kv, dim).transpose(1, 2)
             k, v = keys[i][:, :, :end], values[i][:, :, :end]
             if mask is None:  # transformers' SDPA path without a mask: grouped-query attention in the kernel
                 out = scaled_dot_product_attention(q, k, v, scale=self.scaling, enable_gqa=True)
@@ -152,28 +261,33 @@ class LeanLlama:
                 out = scaled_dot_product_attention(q.reshape(rows, kv, heads // kv, dim), k, v, attn_mask=mask,
                                                    scale=self.scaling)
             out = out.reshape(rows, heads, 1, dim).transpose(1, 2).reshape(rows, 1, heads * dim)
-            x = x + layer.o(out)
+            x = x + layer.o(out, adapted_rows)[0]
             h = self.rms_norm(x, layer.post_norm)
-            x = x + layer.down(silu(layer.gate(h)) * layer.up(h))
+            gate, up = layer.gate_up(h, adapted_rows)
+            x = x + layer.down(silu(gate) * up, adapted_rows)[0]
         return self.head(self.rms_norm(x, self.final_norm))[:, -1]
 
     def generate(self, input_ids, attention_mask, cache, max_new_tokens: int, stop_ids: list[int], pad_id: int,
-                 processor=None):
+                 processor=None, adapted_rows: int = 0):
         """``generate``'s greedy loop from a KV cache of every prompt token but the last (a ``DynamicCache`` over
-        ``input_ids[:, :-1]``, its rows matching ``input_ids``: ``sampling.hf.prefill``): the prompt rows
+        ``input_ids[:, :-1]``, its rows matching ``input_ids``: ``sampling.hf.prefill``; or a list of them whose
+        rows, one after the other, match): the prompt rows
         (left-padded) followed by the new tokens, pad after a row's stop token, ending when every row has stopped
         or at ``max_new_tokens``. ``processor(ids, scores)`` (float32 scores) chooses the token as in
-        ``generate``."""
+        ``generate``. The first ``adapted_rows`` rows decode with the adapter of ``with_adapter`` (their cache
+        prefilled so: ``adapted_forward``)."""
         import torch
 
         rows, prompt = input_ids.shape
         width = prompt - 1 + max_new_tokens
+        caches = cache if isinstance(cache, list) else [cache]
         keys, values = [], []
-        for layer in cache.layers[: len(self.layers)]:
-            buf_k = torch.empty(rows, self.kv_heads, width, self.head_dim, dtype=layer.keys.dtype)
+        for i in range(len(self.layers)):
+            parts = [c.layers[i] for c in caches]
+            buf_k = torch.empty(rows, self.kv_heads, width, self.head_dim, dtype=parts[0].keys.dtype)
             buf_v = torch.empty_like(buf_k)
-            buf_k[:, :, : prompt - 1] = layer.keys
-            buf_v[:, :, : prompt - 1] = layer.values
+            buf_k[:, :, : prompt - 1] = torch.cat([p.keys for p in parts]) if len(parts) > 1 else parts[0].keys
+            buf_v[:, :, : prompt - 1] = torch.cat([p.values for p in parts]) if len(parts) > 1 else parts[0].values
             keys.append(buf_k)
             values.append(buf_v)
         padded = not bool(attention_mask.all())
@@ -185,7 +299,7 @@ class LeanLlama:
         for s in range(max_new_tokens):
             filled = prompt - 1 + s
             mask = full[:, None, None, : filled + 1] if padded else None
-            scores = self.step(tokens, positions, keys, values, filled, mask).float()
+            scores = self.step(tokens, positions, keys, values, filled, mask, adapted_rows).float()
             if processor is not None:
                 scores = processor(ids, scores)
             chosen = scores.argmax(-1)

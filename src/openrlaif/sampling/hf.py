@@ -116,18 +116,8 @@ class HFSampler:
             raise ValueError("sampling in lanes needs row_seeds: the global generator would interleave their draws")
         tok = self.tokenizer
         stop_ids = stop_token_ids(tok)
-        encoded = encode_prompts(tok, prompts)
-        lengths = [len(ids) for ids in encoded]
-        # Decode longest prompts together; a batch holds whole prompts (all n samples of each), so each prompt's
-        # prefill runs once and its KV cache is shared by its n samples (``generate_n``).
-        per_batch = max(1, params.batch_size // n)
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-        outputs: list[list[str]] = [["" for _ in range(n)] for _ in prompts]
-        finished: list[list[bool]] = [[False] * n for _ in prompts]
-        stats = SampleStats(sequences=len(prompts) * n)
-        record = self.record_logprobs and params.temperature > 0
-        drawn: list[list[list[int]]] = [[[] for _ in range(n)] for _ in prompts]
-        summed: list[list[float]] = [[0.0] * n for _ in prompts]
+        encoded, order, per_batch = batch_plan(tok, prompts, n, params)
+        answers = Answers(self, len(prompts), n, params, stop_ids)
         torch.manual_seed(params.seed)
 
         def decode(part: list[int]):
@@ -137,11 +127,10 @@ class HFSampler:
             # distribution of transformers' top-p warper, drawn ~8x faster at batch 64)
             kwargs = sampling_kwargs(params.temperature, params.top_p,
                                      [row_seed(params.seed, i, j) for i in part for j in range(n)]
-                                     if self.row_seeds else None, record=record)
+                                     if self.row_seeds else None, record=answers.record)
             out = generate_n(self.model, ids, mask, n, **kwargs, max_new_tokens=params.max_new_tokens,
                              eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
-            steps = torch.stack(kwargs["logits_processor"][0].logprobs, 1) if record else None  # (rows, steps)
-            return out[:, ids.shape[1] :], steps
+            return out[:, ids.shape[1] :], recorded_steps(kwargs)
 
         start = time.perf_counter()
         own = bar(self.description, len(prompts) * n, "tok") if self.progress is None else nullcontext(self.progress)
@@ -150,21 +139,62 @@ class HFSampler:
                 chunk = order[b : b + per_batch]
                 parts = [p for p in (chunk[lane :: self.lanes] for lane in range(self.lanes)) if p]
                 for part, (new, steps) in zip(parts, in_threads([lambda p=p: decode(p) for p in parts])):
-                    for r, (row, (i, j)) in enumerate(zip(new.tolist(), [(i, j) for i in part for j in range(n)])):
-                        kept, ended = cut_at_stop(row, stop_ids)
-                        outputs[i][j] = tok.decode(kept, skip_special_tokens=True).strip()
-                        finished[i][j] = ended
-                        if record:
-                            drawn[i][j] = row[: len(kept) + ended]
-                            summed[i][j] = float(steps[r, : len(kept) + ended].sum())
-                        stats.new_tokens += len(kept) + ended
-                        stats.finished += ended
-                stats.seconds = time.perf_counter() - start
-                advance(progress, len(chunk) * n, stats.tokens_per_s, "tok")
-        self.stats = stats
-        self.finished = finished
-        self.tokens, self.logprobs = (drawn, summed) if record else (None, None)
-        return outputs
+                    answers.take(part, new, steps)
+                answers.stats.seconds = time.perf_counter() - start
+                advance(progress, len(chunk) * n, answers.stats.tokens_per_s, "tok")
+        return answers.finish()
+
+
+def batch_plan(tok, prompts: list[Conversation], n: int, params: SamplingParams):
+    """(encoded prompts, their order, prompts per batch): longest prompts decode together, and a batch holds whole
+    prompts (all n samples of each), so each prompt's prefill runs once and its KV cache is shared by its n
+    samples (``generate_n``)."""
+    encoded = encode_prompts(tok, prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    return encoded, order, max(1, params.batch_size // n)
+
+
+def recorded_steps(kwargs: dict):
+    """The (rows, steps) log-probs a recording ``NucleusSampler`` in ``kwargs`` kept, or None."""
+    import torch
+
+    processors = kwargs.get("logits_processor")
+    kept = processors[0].logprobs if processors else None
+    return torch.stack(kept, 1) if kept else None
+
+
+class Answers:
+    """What one ``HFSampler.sample`` call collects, batch by batch, and hands to its sampler at the end: the texts
+    cut at their stop token, whether each stopped, counts and, when recording, the drawn tokens and their summed
+    log-probs."""
+
+    def __init__(self, sampler: HFSampler, prompts: int, n: int, params: SamplingParams, stop_ids: list[int]):
+        self.sampler, self.n, self.stop_ids = sampler, n, stop_ids
+        self.outputs: list[list[str]] = [["" for _ in range(n)] for _ in range(prompts)]
+        self.finished: list[list[bool]] = [[False] * n for _ in range(prompts)]
+        self.stats = SampleStats(sequences=prompts * n)
+        self.record = sampler.record_logprobs and params.temperature > 0
+        self.drawn: list[list[list[int]]] = [[[] for _ in range(n)] for _ in range(prompts)]
+        self.summed: list[list[float]] = [[0.0] * n for _ in range(prompts)]
+
+    def take(self, part: list[int], new, steps) -> None:
+        """The new tokens (rows: the n samples of each prompt of ``part``, prompt-major) and per-step log-probs."""
+        tok = self.sampler.tokenizer
+        for r, (row, (i, j)) in enumerate(zip(new.tolist(), [(i, j) for i in part for j in range(self.n)])):
+            kept, ended = cut_at_stop(row, self.stop_ids)
+            self.outputs[i][j] = tok.decode(kept, skip_special_tokens=True).strip()
+            self.finished[i][j] = ended
+            if self.record:
+                self.drawn[i][j] = row[: len(kept) + ended]
+                self.summed[i][j] = float(steps[r, : len(kept) + ended].sum())
+            self.stats.new_tokens += len(kept) + ended
+            self.stats.finished += ended
+
+    def finish(self) -> list[list[str]]:
+        s = self.sampler
+        s.stats, s.finished = self.stats, self.finished
+        s.tokens, s.logprobs = (self.drawn, self.summed) if self.record else (None, None)
+        return self.outputs
 
 
 def decoding_lanes(choice: int | str, dtype: str, flags: set[str] | None = None, cuda: bool | None = None) -> int:
@@ -231,6 +261,63 @@ def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], 
         finally:
             for s in samplers:
                 s.progress = None
+
+
+def sample_with_adapter(adapted: HFSampler, base: HFSampler, lean, deltas: dict, prompts: list[Conversation],
+                        n: int, params: SamplingParams, progress=None) -> tuple[list[list[str]], list[list[str]]]:
+    """Two policies answer the same prompts in one decoding loop: ``base``'s model, and that model with a LoRA
+    adapter (``deltas``: ``models.decoding.lora_deltas``) unmerged, as ``adapted``. Both samplers hold the same
+    model and tokenizer; ``lean`` is the model's ``models.decoding.lean_decoder`` with the adapter
+    (``with_adapter``). Each batch is prefilled twice (the adapter's rows through the model's forward with the
+    adapter hooked in: ``adapted_forward``), then one loop decodes the adapter's rows and the base's rows at once,
+    every product over all rows of the model's weights, the low-rank delta on the adapter's rows alone: one read
+    of the weights a step and one interpreter, where two copies side by side read two and contend for one
+    (docs/benchmarks.md, session 44). The adapter's rows decode the unmerged adapter in the model's dtype (a merged
+    bf16 copy rounds the sum W + BA instead); every row's numbers are its policy's up to the products' rounding,
+    which on a CPU may depend on how many rows a product takes. Each sampler's rows draw with its own row seeds and
+    record as they would alone. Returns (adapted's answers, base's answers)."""
+    import torch
+
+    from openrlaif.core.progress import advance, bar
+    from openrlaif.models.decoding import adapted_forward
+    from openrlaif.models.logprobs import left_padded
+
+    samplers = [adapted, base]
+    if any(not s.row_seeds for s in samplers) or adapted.tokenizer is not base.tokenizer or adapted.model is not base.model:
+        raise ValueError("sample_with_adapter needs two row-seeded samplers of one model and one tokenizer")
+    model, tok = base.model, base.tokenizer
+    stop_ids = stop_token_ids(tok)
+    encoded, order, per_batch = batch_plan(tok, prompts, n, params)
+    answers = [Answers(s, len(prompts), n, params, stop_ids) for s in samplers]
+    start = time.perf_counter()
+    own = bar(adapted.description, len(prompts) * n * 2, "tok") if progress is None else nullcontext(progress)
+    with own as progress, torch.inference_mode():
+        for b in range(0, len(order), per_batch):
+            part = order[b : b + per_batch]
+            ids, mask = left_padded([encoded[i] for i in part], tok.pad_token_id)
+            seeds = [row_seed(params.seed, i, j) for i in part for j in range(n)]
+            rows = len(seeds)
+            # each policy's rows drawn by their own processor, from their own generators: as they draw alone (one
+            # processor over both would run top-k over twice the rows, whose order among tied bf16 logits can differ)
+            kwargs = [sampling_kwargs(params.temperature, params.top_p, seeds, record=a.record) for a in answers]
+            processors = [k.get("logits_processor") for k in kwargs]
+
+            def draw(all_ids, scores, processors=processors, rows=rows):
+                return torch.cat([processors[0](all_ids[:rows], scores[:rows]),
+                                  processors[1](all_ids[rows:], scores[rows:])])
+
+            with adapted_forward(deltas):
+                adapted_cache = prefill(model, ids, mask, n)
+            base_cache = prefill(model, ids, mask, n)
+            out = lean.generate(ids.repeat_interleave(n, 0).repeat(2, 1), mask.repeat_interleave(n, 0).repeat(2, 1),
+                                [adapted_cache, base_cache], params.max_new_tokens, stop_ids, tok.pad_token_id,
+                                draw if processors[0] is not None else None, adapted_rows=rows)
+            for g, (a, k) in enumerate(zip(answers, kwargs)):
+                a.take(part, out[g * rows : (g + 1) * rows, ids.shape[1] :], recorded_steps(k))
+                a.stats.seconds = time.perf_counter() - start
+            advance(progress, rows * 2, sum(a.stats.new_tokens for a in answers)
+                    / max(time.perf_counter() - start, 1e-9), "tok")
+    return answers[0].finish(), answers[1].finish()
 
 
 def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, *, batch_size: int = 16,

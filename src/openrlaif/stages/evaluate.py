@@ -118,6 +118,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     n_main, n_red = len(heldout) * m, len(red)
     side_by_side: list[str] = []  # the samplers that ran at once
     if writing == cfg.model.dtype:
+        trained_writer = "the start with the adapter (peft), one after the other"
         model = adapters()
         with model.disable_adapter():
             start = answers("start", model)
@@ -130,37 +131,62 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                   lambda seqs: answer_logprobs(model, tok, seqs, ec.batch_size, "eval: kl trained"),
                                   lambda seqs: adapter_off_logprobs(model, tok, seqs, ec.batch_size))
     else:
-        # model.sample_dtype: each policy written by its own copy in that dtype, its adapter merged in (a plain
-        # model decodes fastest; a bf16 peft model held ~3.4 GB more RSS while decoding at batch 64 here). The KL
-        # is between the two copies that wrote the answers: the trained one scores its answers, then the start.
-        # The two copies answer side by side, one core each (sampling.hf.sample_side_by_side: a batch of ~16 rows
-        # decodes faster so than one after the other with both cores).
+        # model.sample_dtype: the answers are written by a copy in that dtype (a plain model decodes fastest; a bf16
+        # peft model held ~3.4 GB more RSS while decoding at batch 64 here). Where the lean loop runs the copy and
+        # the answers are sampled (so the trained log-probs come off the decoding steps), one copy writes both
+        # policies' answers in one loop, the trained adapter unmerged on the trained rows
+        # (sampling.hf.sample_with_adapter: the weights read once a step, one interpreter). Otherwise each policy
+        # has its own copy, its adapter merged in, and the two answer side by side, one core each
+        # (sampling.hf.sample_side_by_side). The KL is between what wrote the answers: the trained log-probs
+        # recorded while decoding (else scored by the trained copy), the start's scored by the start copy.
         from openrlaif.core.progress import bar
+        from openrlaif.evaluate.benchmarks import answer_with_adapter
+        from openrlaif.models.decoding import lean_decoder, lora_deltas
         from openrlaif.models.policy import load_merged
-        from openrlaif.sampling.hf import in_threads, sample_side_by_side
+        from openrlaif.sampling.hf import in_threads, sample_side_by_side, sample_with_adapter
 
-        writers = {"trained": load_merged(cfg, adapter, writing, frozen=True).model,
-                   "start": load_merged(cfg, None, writing, frozen=True).model}
-        samplers.update({name: HFSampler(w, tok, f"eval: {name} policy", row_seeds=True,
-                                         record_logprobs=name == "trained") for name, w in writers.items()})
+        writers = {"start": load_merged(cfg, None, writing, frozen=True).model}
+        deltas = lora_deltas(writers["start"], adapter) if params.temperature > 0 else None
+        lean = lean_decoder(writers["start"]) if deltas is not None else None
+        bench_rows = sum(len(items) for spec, _, items in yardsticks if spec.name == "ifeval") * 2
         side_by_side += ["trained", "start"]
-        trained, start = ([c[0] for c in out] for out in sample_side_by_side(
-            [samplers["trained"], samplers["start"]], convs, 1, params, "eval: trained and start policies"))
-        for name in writers:
+        if lean is not None:
+            lean = lean.with_adapter(deltas)
+            samplers.update({name: HFSampler(writers["start"], tok, f"eval: {name} policy", row_seeds=True,
+                                             record_logprobs=name == "trained") for name in ("trained", "start")})
+            trained_writer = "start copy with the adapter unmerged, one decoding loop"
+            with bar("eval: trained and start policies", len(convs) * 2, "tok") as pg:
+                trained, start = ([c[0] for c in out] for out in sample_with_adapter(
+                    samplers["trained"], samplers["start"], lean, deltas, convs, 1, params, pg))
+            with bar("bench: trained and start policies", bench_rows, "tok") if bench_rows else nullcontext() as pg:
+                for spec, label, items in yardsticks:
+                    if spec.name == "ifeval":
+                        bench_answers[label]["trained"], bench_answers[label]["start"] = answer_with_adapter(
+                            lean, deltas, writers["start"], tok, items,
+                            run_settings(spec, ec.batch_size, cfg.seed, writing), pg)
+        else:
+            writers["trained"] = load_merged(cfg, adapter, writing, frozen=True).model
+            samplers.update({name: HFSampler(writers[name], tok, f"eval: {name} policy", row_seeds=True,
+                                             record_logprobs=name == "trained") for name in ("trained", "start")})
+            trained_writer = "its own copy, the adapter merged in"
+            trained, start = ([c[0] for c in out] for out in sample_side_by_side(
+                [samplers["trained"], samplers["start"]], convs, 1, params, "eval: trained and start policies"))
+            # the IFEval answers side by side too (greedy: no seeds to share), each writer with its sampler's
+            # tokenizer: the demo's 40 prompts x 128 tokens, both copies, 28.6-32.3 s one after the other, 23.8-28.7 s
+            # side by side
+            with bar("bench: trained and start policies", bench_rows, "tok") if bench_rows else nullcontext() as pg:
+                in_threads([lambda name=name, other=other: yardstick_answers(name, writers[name],
+                                                                             samplers[name].tokenizer, pg,
+                                                                             alongside=other)
+                            for name, other in (("trained", "start"), ("start", "trained"))])
+        for name in ("trained", "start"):
             samplers[name].model = None
-        # the IFEval answers side by side too (greedy: no seeds to share), each writer with its sampler's tokenizer:
-        # the demo's 40 prompts x 128 tokens, both copies, 28.6-32.3 s one after the other, 23.8-28.7 s side by side
-        bench_rows = sum(len(items) for spec, _, items in yardsticks if spec.name == "ifeval") * len(writers)
-        with bar("bench: trained and start policies", bench_rows, "tok") if bench_rows else nullcontext() as pg:
-            in_threads([lambda name=name, other=other: yardstick_answers(name, writers[name], samplers[name].tokenizer,
-                                                                         pg, alongside=other)
-                        for name, other in (("trained", "start"), ("start", "trained"))])
         kl, kl_from = kl_to_start(tok, convs[:n_main], trained[:n_main], samplers["trained"],
                                   lambda seqs: answer_logprobs(writers["trained"], tok, seqs, ec.batch_size,
                                                                "eval: kl trained"),
                                   lambda seqs: answer_logprobs(writers["start"], tok, seqs, ec.batch_size,
                                                                "eval: kl start"))
-        del writers
+        del writers, lean
         if previous is not None:
             prev = answers("previous", load_merged(cfg, previous, writing, frozen=True).model)
 
@@ -198,6 +224,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     result.update({
         "samples_per_prompt": m, "prompts": len(heldout), "kl_to_start": round(kl, 4), "kl_dtype": writing,
         "kl_trained_logprobs": kl_from,
+        "trained_writer": trained_writer,
         "judge": judge_name,
         "judge_position_stats": position_stats(verdicts),
         "mean_length_tokens": {name: round(sum(v) / max(len(v), 1), 2) for name, v in lengths.items()},
