@@ -8,7 +8,9 @@ prefill is timed apart (one forward over the prompts). Also prints the time of o
 own logits of every step of one call (staged partial sorts vs one partial sort of 1024, row seeds as eval draws)
 and on random logits of the vocabulary's width. With ``--n`` > 1 the batch is batch/n prompts x n
 samples (a round's generate stage), and a third path computes each prompt's prefill once and shares its KV
-cache among its n samples (``sampling.hf.generate_n``). ``--dtype bfloat16`` runs a bf16 copy (what
+cache among its n samples (``sampling.hf.generate_n``). A last path decodes the same rows in the lean loop of
+``models.decoding`` (one prefill per prompt, no stop token, so every row runs to ``--new-tokens``; only where
+``lean_decoder`` takes the model). ``--dtype bfloat16`` runs a bf16 copy (what
 ``model.sample_dtype: auto`` writes with). ``--compile`` adds the nucleus path on a static KV cache with the model's
 forward under ``torch.compile`` (inductor): the first call, compilation included, and the best later call.
 Results: docs/benchmarks.md.
@@ -57,6 +59,14 @@ def main() -> None:
     }
     if args.n > 1:
         paths["sampling.nucleus, one prefill per prompt (generate_n)"] = "shared"
+    from openrlaif.models.decoding import lean_decoder
+    from openrlaif.models.loading import pack_frozen
+
+    if args.dtype == "bfloat16":
+        pack_frozen(lm.model)  # as a sampler's bf16 copy runs (models.policy.load_merged(frozen=True))
+    lean = lean_decoder(lm.model)
+    if lean is not None:
+        paths["sampling.nucleus, lean decoding loop (models.decoding)"] = "lean"
     results = {}
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -67,7 +77,14 @@ def main() -> None:
             for r in range(args.repeats):
                 torch.manual_seed(r)
                 t0 = time.perf_counter()
-                if kwargs == "shared":
+                if kwargs == "lean":
+                    from openrlaif.sampling.hf import prefill
+
+                    cache = prefill(lm.model, unique["input_ids"], unique["attention_mask"], args.n)
+                    processor = sampling_kwargs(args.temperature, args.top_p)["logits_processor"]
+                    lean.generate(enc["input_ids"], enc["attention_mask"], cache, args.new_tokens, [],
+                                  tok.pad_token_id, processor)
+                elif kwargs == "shared":
                     generate_n(lm.model, unique["input_ids"], unique["attention_mask"], args.n,
                                **sampling_kwargs(args.temperature, args.top_p), max_new_tokens=args.new_tokens,
                                min_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
