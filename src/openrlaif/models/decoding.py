@@ -274,7 +274,8 @@ class LeanLlama:
         rows, one after the other, match): the prompt rows
         (left-padded) followed by the new tokens, pad after a row's stop token, ending when every row has stopped
         or at ``max_new_tokens``. ``processor(ids, scores)`` (float32 scores) chooses the token as in
-        ``generate``. The first ``adapted_rows`` rows decode with the adapter of ``with_adapter`` (their cache
+        ``generate`` (the argmax of what it returns), or its ``draw(scores)`` where it has one (a logits
+        processor list of one such). The first ``adapted_rows`` rows decode with the adapter of ``with_adapter`` (their cache
         prefilled so: ``adapted_forward``)."""
         import torch
 
@@ -290,6 +291,8 @@ class LeanLlama:
             buf_v[:, :, : prompt - 1] = torch.cat([p.values for p in parts]) if len(parts) > 1 else parts[0].values
             keys.append(buf_k)
             values.append(buf_v)
+        one = processor[0] if isinstance(processor, list) and len(processor) == 1 else processor
+        draw = getattr(one, "draw", None)  # sampling.nucleus.NucleusSampler (or what stands for several)
         padded = not bool(attention_mask.all())
         full = torch.cat([attention_mask.bool(), attention_mask.new_ones(rows, max_new_tokens).bool()], 1)
         positions = attention_mask.long().sum(-1, keepdim=True) - 1
@@ -300,9 +303,10 @@ class LeanLlama:
             filled = prompt - 1 + s
             mask = full[:, None, None, : filled + 1] if padded else None
             scores = self.step(tokens, positions, keys, values, filled, mask, adapted_rows).float()
-            if processor is not None:
-                scores = processor(ids, scores)
-            chosen = scores.argmax(-1)
+            if draw is not None:  # the processor's own draw: the same token as the argmax of what it returns
+                chosen = draw(scores)
+            else:
+                chosen = (processor(ids, scores) if processor is not None else scores).argmax(-1)
             chosen = chosen * unfinished + pad_id * (1 - unfinished)
             ids = torch.cat([ids, chosen[:, None]], dim=-1)
             unfinished = unfinished * (~torch.isin(chosen, stops)).long()

@@ -302,22 +302,31 @@ def sample_with_adapter(adapted: HFSampler, base: HFSampler, lean, deltas: dict,
             kwargs = [sampling_kwargs(params.temperature, params.top_p, seeds, record=a.record) for a in answers]
             processors = [k.get("logits_processor") for k in kwargs]
 
-            def draw(all_ids, scores, processors=processors, rows=rows):
-                return torch.cat([processors[0](all_ids[:rows], scores[:rows]),
-                                  processors[1](all_ids[rows:], scores[rows:])])
-
+            both = None if processors[0] is None else BothDraws(processors[0][0], processors[1][0], rows)
             with adapted_forward(deltas):
                 adapted_cache = prefill(model, ids, mask, n)
             base_cache = prefill(model, ids, mask, n)
             out = lean.generate(ids.repeat_interleave(n, 0).repeat(2, 1), mask.repeat_interleave(n, 0).repeat(2, 1),
                                 [adapted_cache, base_cache], params.max_new_tokens, stop_ids, tok.pad_token_id,
-                                draw if processors[0] is not None else None, adapted_rows=rows)
+                                both, adapted_rows=rows)
             for g, (a, k) in enumerate(zip(answers, kwargs)):
                 a.take(part, out[g * rows : (g + 1) * rows, ids.shape[1] :], recorded_steps(k))
                 a.stats.seconds = time.perf_counter() - start
             advance(progress, rows * 2, sum(a.stats.new_tokens for a in answers)
                     / max(time.perf_counter() - start, 1e-9), "tok")
     return answers[0].finish(), answers[1].finish()
+
+
+class BothDraws:
+    """Two ``NucleusSampler``-s as one draw over their rows stacked (the first ``rows`` rows, then the rest)."""
+
+    def __init__(self, first, second, rows: int):
+        self.first, self.second, self.rows = first, second, rows
+
+    def draw(self, scores):
+        import torch
+
+        return torch.cat([self.first.draw(scores[: self.rows]), self.second.draw(scores[self.rows :])])
 
 
 def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, *, batch_size: int = 16,

@@ -126,10 +126,16 @@ class NucleusSampler:
         self.generators = None if row_seeds is None else [torch.Generator().manual_seed(s) for s in row_seeds]
         self.logprobs: list[torch.Tensor] | None = [] if record else None
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B,) the token drawn for each row of ``scores`` (B, V), recorded as ``__call__`` records: for a decoding
+        loop that takes tokens (``models.decoding.LeanLlama``) rather than scores to take the argmax of."""
         tokens = sample_nucleus(scores, self.temperature, self.top_p, self.candidates, self.generators)
         if self.logprobs is not None:
             self.logprobs.append(gathered_logprobs(scores.float(), tokens))
+        return tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        tokens = self.draw(scores)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
 
