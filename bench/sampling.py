@@ -82,7 +82,7 @@ def main() -> None:
 
                     cache = prefill(lm.model, unique["input_ids"], unique["attention_mask"], args.n)
                     processor = sampling_kwargs(args.temperature, args.top_p)["logits_processor"]
-                    lean.generate(enc["input_ids"], enc["attention_mask"], cache, args.new_tokens, [],
+                    lean.generate(enc["input_ids"], enc["attention_mask"], [cache], args.new_tokens, [],
                                   tok.pad_token_id, processor)
                 elif kwargs == "shared":
                     generate_n(lm.model, unique["input_ids"], unique["attention_mask"], args.n,

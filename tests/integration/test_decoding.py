@@ -41,11 +41,7 @@ def test_a_lean_step_gives_the_forward_s_logits_bit_for_bit(tiny_model_dir, dtyp
     assert bool((mask == 0).any()) == (len(texts) > 1)  # the padded case has padding, the one-row case none
     cache = prefill(model, ids, mask)
     rows, prompt = ids.shape
-    keys = [torch.zeros(rows, lean.kv_heads, prompt + 6, lean.head_dim, dtype=layer.keys.dtype)
-            for layer in cache.layers]
-    values = [k.clone() for k in keys]
-    for layer, k, v in zip(cache.layers, keys, values):
-        k[:, :, : prompt - 1], v[:, :, : prompt - 1] = layer.keys, layer.values
+    keys, values = lean.buffers([cache], prompt + 5)
     full = torch.cat([mask, torch.ones(rows, 6, dtype=mask.dtype)], 1)
     tokens, positions = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
     name = cache_argument(model)
@@ -79,7 +75,7 @@ def test_the_lean_loop_draws_what_generate_draws(tiny_model_dir, dtype, temperat
             cache = prefill(model, enc["input_ids"], enc["attention_mask"], n)
             with torch.inference_mode():
                 if lean:
-                    got = lean_decoder(model).generate(ids, mask, cache, 12, stops, tok.pad_token_id,
+                    got = lean_decoder(model).generate(ids, mask, [cache], 12, stops, tok.pad_token_id,
                                                        kwargs.get("logits_processor"))
                 else:
                     got = model.generate(input_ids=ids, attention_mask=mask, eos_token_id=stops,
@@ -205,10 +201,7 @@ def test_adapter_rows_decode_as_peft_and_base_rows_as_the_base(tiny_model_dir, t
     for a, b in zip(adapted_cache.layers, peft_cache.layers):  # the hooked prefill is peft's prefill
         for ours, theirs in ((a.keys.float(), b.keys.float()), (a.values.float(), b.values.float())):
             assert (ours - theirs).abs().max() <= (1e-6 if dtype == "float32" else 0.01) * theirs.abs().max()
-    keys = [torch.cat([a.keys, b.keys]) for a, b in zip(adapted_cache.layers, base_cache.layers)]
-    values = [torch.cat([a.values, b.values]) for a, b in zip(adapted_cache.layers, base_cache.layers)]
-    keys = [torch.cat([k, k.new_zeros(*k.shape[:2], 5, k.shape[-1])], 2) for k in keys]
-    values = [torch.cat([v, v.new_zeros(*v.shape[:2], 5, v.shape[-1])], 2) for v in values]
+    keys, values = lean.buffers([adapted_cache, base_cache], prompt - 1 + 5)
     full = torch.cat([mask, torch.ones(rows, 5, dtype=mask.dtype)], 1)
     tokens, positions = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
     name = cache_argument(reference)
@@ -242,17 +235,16 @@ def test_sample_with_adapter_answers_as_the_two_policies(tiny_model_dir, tmp_pat
     prompts = [[{"role": "user", "content": t}] for t in TEXTS + ("Count to five.", "What is rain?")]
     params = SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=10, batch_size=4, seed=7)
 
-    def answers(model, adapter: bool, record: bool):
+    def answers(model, record: bool):
         s = HFSampler(model, tok, row_seeds=True, record_logprobs=record)
         return s, s.sample(prompts, 2, params)
 
-    reference_trained = answers(peft_model, True, True)  # float32 peft through generate
+    reference_trained = answers(peft_model, True)  # float32 peft through generate
     model, _ = model_in(tiny_model_dir, dtype)
-    start_alone = answers(model, False, False)
+    start_alone = answers(model, False)
     deltas = lora_deltas(model, tmp_path / "adapter")
-    lean = lean_decoder(model).with_adapter(deltas)
     trained, start = HFSampler(model, tok, row_seeds=True, record_logprobs=True), HFSampler(model, tok, row_seeds=True)
-    got_trained, got_start = sample_with_adapter(trained, start, lean, deltas, prompts, 2, params)
+    got_trained, got_start = sample_with_adapter(trained, start, deltas, prompts, 2, params)
     assert got_trained != got_start and trained.logprobs is not None and start.logprobs is None
     flat = lambda out: [a for row in out for a in row]  # noqa: E731
 

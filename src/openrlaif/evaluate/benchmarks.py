@@ -45,14 +45,14 @@ def answer(model, tokenizer, items: list[IFEvalItem], settings: GenerationSettin
     return policy_answers(sampler, out, alongside)
 
 
-def answer_with_adapter(lean, deltas: dict, model, tokenizer, items: list[IFEvalItem], settings: GenerationSettings,
+def answer_with_adapter(deltas: dict, model, tokenizer, items: list[IFEvalItem], settings: GenerationSettings,
                         progress=None) -> tuple[PolicyAnswers, PolicyAnswers]:
     """``answer`` for the trained and the start policy at once: ``model`` with and without the adapter ``deltas``
-    in one decoding loop (``sampling.hf.sample_with_adapter``; ``lean``: the model's lean loop with the adapter)."""
+    in one decoding loop (``sampling.hf.sample_with_adapter``)."""
     from openrlaif.sampling.hf import sample_with_adapter
 
     trained, start = (HFSampler(model, tokenizer, "bench", row_seeds=True) for _ in range(2))
-    out = sample_with_adapter(trained, start, lean, deltas, [it.messages for it in items], 1,
+    out = sample_with_adapter(trained, start, deltas, [it.messages for it in items], 1,
                               sampling_params(settings), progress)
     return policy_answers(trained, out[0], "start"), policy_answers(start, out[1], "trained")
 

@@ -50,9 +50,9 @@ class LlamaLayer:
 def _linear(module):
     """The layer as a callable: straight onto oneDNN's packed weight where ``pack_frozen`` packed it (what the
     module's own forward does without gradients, minus its checks), else the module itself."""
-    from openrlaif.models.loading import packed_linear
+    from openrlaif.models.loading import packed_linear, packed_only
 
-    packed = getattr(module, "_openrlaif_packed_only", None)
+    packed = packed_only(module)
     if packed is not None:
         return lambda x: packed_linear(x, packed, None)
     return module
@@ -69,11 +69,11 @@ class Projection:
     def __init__(self, modules: list, maps: list | None = None, delta=None):
         import torch
 
-        from openrlaif.models.loading import packed_linear, packed_weight
+        from openrlaif.models.loading import packed_linear, packed_only, packed_weight
 
         self.modules = modules
         self.sizes = [m.out_features for m in modules]
-        packed = [getattr(m, "_openrlaif_packed_only", None) for m in modules]
+        packed = [packed_only(m) for m in modules]
         if maps is not None:
             self.maps = maps
         elif len(modules) > 1 and all(p is not None for p in packed):
@@ -88,24 +88,22 @@ class Projection:
         import torch
 
         mine = [deltas.get(m) for m in self.modules]
-        if all(d is None for d in mine):
+        present = [d for d in mine if d is not None]
+        if not present:
             return Projection(self.modules, self.maps)
-        scalings = {d[2] for d in mine if d is not None}
-        if len(scalings) != 1:
-            raise ValueError("one LoRA scaling per projection expected")
-        ranks = [0 if d is None else d[0].shape[0] for d in mine]
-        a = torch.cat([d[0].float() for d in mine if d is not None])
-        b = torch.zeros(sum(self.sizes), sum(ranks))
+        # the layers' A matrices stacked, their B matrices block-diagonal: one low-rank product for all outputs
+        a = torch.cat([d[0].float() for d in present])
+        b = torch.zeros(sum(self.sizes), a.shape[0])
         row = col = 0
-        for d, size, rank in zip(mine, self.sizes, ranks):
+        for d, size in zip(mine, self.sizes):
             if d is not None:
-                b[row : row + size, col : col + rank] = d[1].float()
-            row, col = row + size, col + rank
-        return Projection(self.modules, self.maps, (a, b, scalings.pop()))
+                b[row : row + size, col : col + d[0].shape[0]] = d[1].float()
+                col += d[0].shape[0]
+            row += size
+        return Projection(self.modules, self.maps, (a, b, present[0][2]))  # a plain LoRA: one scaling
 
     def __call__(self, x, rows: int = 0) -> list:
         import torch
-        from torch.nn.functional import linear
 
         if self.delta is None or rows == 0:
             if len(self.maps) > 1:
@@ -113,10 +111,17 @@ class Projection:
             y = self.maps[0](x)
         else:
             y = self.maps[0](x) if len(self.maps) == 1 else torch.cat([f(x) for f in self.maps], -1)
-            a, b, scaling = self.delta
-            part = y[:rows].view(rows, -1)  # peft's arithmetic, its very calls: y + B(A(x)) * scaling in float32
-            part.copy_(part + linear(linear(x[:rows].reshape(rows, -1).float(), a), b) * scaling)
+            part = y[:rows].view(rows, -1)
+            part.copy_(part + lora_delta(x[:rows].reshape(rows, -1), *self.delta))
         return list(y.split(self.sizes, -1)) if len(self.sizes) > 1 else [y]
+
+
+def lora_delta(x, a, b, scaling: float):
+    """A LoRA adapter's term for input ``x`` with peft's own calls and dtype: ``B(A(x)) * scaling`` in float32 (an
+    unmerged peft layer adds it to the base output, then casts back to that output's dtype)."""
+    from torch.nn.functional import linear
+
+    return linear(linear(x.float(), a.float()), b.float()) * scaling
 
 
 def _plain_generation_config(model) -> bool:
@@ -150,7 +155,9 @@ def lean_decoder(model) -> "LeanLlama | None":
             or not _plain_generation_config(model)):
         return None
     # built once per model (stacking the packed weights costs ~0.1 s), again if its packed weights were replaced
-    key = (id(model), *(id(getattr(m, "_openrlaif_packed_only", m.weight)) for m in linears))
+    from openrlaif.models.loading import packed_only
+
+    key = (id(model), *((id(packed_only(m)), id(m.weight)) for m in linears))
     cached = getattr(model, "_openrlaif_lean", None)
     if cached is None or cached[0] != key:
         cached = (key, LeanLlama(model))
@@ -174,10 +181,7 @@ def adapted_forward(deltas: dict):
     for ``LeanLlama.generate``'s adapted rows)."""
 
     def hook(module, args, output):
-        from torch.nn.functional import linear
-
-        a, b, scaling = deltas[module]
-        return (output + linear(linear(args[0].float(), a.float()), b.float()) * scaling).to(output.dtype)
+        return (output + lora_delta(args[0], *deltas[module])).to(output.dtype)
 
     handles = [layer.register_forward_hook(hook) for layer in deltas]
     try:
@@ -267,30 +271,35 @@ class LeanLlama:
             x = x + layer.down(silu(gate) * up, adapted_rows)[0]
         return self.head(self.rms_norm(x, self.final_norm))[:, -1]
 
-    def generate(self, input_ids, attention_mask, cache, max_new_tokens: int, stop_ids: list[int], pad_id: int,
-                 processor=None, adapted_rows: int = 0):
-        """``generate``'s greedy loop from a KV cache of every prompt token but the last (a ``DynamicCache`` over
-        ``input_ids[:, :-1]``, its rows matching ``input_ids``: ``sampling.hf.prefill``; or a list of them whose
-        rows, one after the other, match): the prompt rows
-        (left-padded) followed by the new tokens, pad after a row's stop token, ending when every row has stopped
-        or at ``max_new_tokens``. ``processor(ids, scores)`` (float32 scores) chooses the token as in
-        ``generate`` (the argmax of what it returns), or its ``draw(scores)`` where it has one (a logits
-        processor list of one such). The first ``adapted_rows`` rows decode with the adapter of ``with_adapter`` (their cache
-        prefilled so: ``adapted_forward``)."""
+    def buffers(self, caches: list, width: int) -> tuple[list, list]:
+        """Every layer's key and value buffers (B, KV heads, ``width``, D), their first columns holding the prompt
+        caches ``caches`` (``DynamicCache``-s whose rows, one after the other, make the batch)."""
+        import torch
+
+        keys, values = [], []
+        for i in range(len(self.layers)):
+            k = torch.cat([c.layers[i].keys for c in caches])
+            v = torch.cat([c.layers[i].values for c in caches])
+            buf_k = k.new_empty(k.shape[0], self.kv_heads, width, self.head_dim)
+            buf_v = torch.empty_like(buf_k)
+            buf_k[:, :, : k.shape[2]], buf_v[:, :, : v.shape[2]] = k, v
+            keys.append(buf_k)
+            values.append(buf_v)
+        return keys, values
+
+    def generate(self, input_ids, attention_mask, caches: list, max_new_tokens: int, stop_ids: list[int],
+                 pad_id: int, processor=None, adapted_rows: int = 0):
+        """``generate``'s greedy loop from the KV caches of every prompt token but the last (``DynamicCache``-s over
+        ``input_ids[:, :-1]`` from ``sampling.hf.prefill``, whose rows, one after the other, match ``input_ids``):
+        the prompt rows (left-padded) followed by the new tokens, pad after a row's stop token, ending when every
+        row has stopped or at ``max_new_tokens``. ``processor(ids, scores)`` (float32 scores) chooses the token as
+        in ``generate`` (the argmax of what it returns), or its ``draw(scores)`` where it has one (also a logits
+        processor list of one such). The first ``adapted_rows`` rows decode with the adapter of ``with_adapter``
+        (their cache prefilled so: ``adapted_forward``)."""
         import torch
 
         rows, prompt = input_ids.shape
-        width = prompt - 1 + max_new_tokens
-        caches = cache if isinstance(cache, list) else [cache]
-        keys, values = [], []
-        for i in range(len(self.layers)):
-            parts = [c.layers[i] for c in caches]
-            buf_k = torch.empty(rows, self.kv_heads, width, self.head_dim, dtype=parts[0].keys.dtype)
-            buf_v = torch.empty_like(buf_k)
-            buf_k[:, :, : prompt - 1] = torch.cat([p.keys for p in parts]) if len(parts) > 1 else parts[0].keys
-            buf_v[:, :, : prompt - 1] = torch.cat([p.values for p in parts]) if len(parts) > 1 else parts[0].values
-            keys.append(buf_k)
-            values.append(buf_v)
+        keys, values = self.buffers(caches, prompt - 1 + max_new_tokens)
         one = processor[0] if isinstance(processor, list) and len(processor) == 1 else processor
         draw = getattr(one, "draw", None)  # sampling.nucleus.NucleusSampler (or what stands for several)
         padded = not bool(attention_mask.all())

@@ -420,6 +420,11 @@ def packed_linear(x, packed, bias):
     return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, bias, "none", [], "")
 
 
+def packed_only(module):
+    """The oneDNN-packed weight ``pack_frozen`` left a linear layer with (its plain weight released), or None."""
+    return getattr(module, "_openrlaif_packed_only", None)
+
+
 def cast_once_linear():
     """``CastOnceLinear``: an ``nn.Linear`` that keeps the autocast copy of its weight (``cast_frozen_once``) or
     its packed copy (``pack_frozen``); made on first use so that importing this module does not import torch."""
@@ -429,7 +434,7 @@ def cast_once_linear():
     import torch
 
     def forward(self, x):
-        only = getattr(self, "_openrlaif_packed_only", None)
+        only = packed_only(self)
         if only is not None:  # pack_frozen released the plain weight
             if torch.is_grad_enabled() and x.requires_grad:  # gradients reach x through the same numbers
                 return torch.nn.functional.linear(x, only.to_dense(), self.bias)

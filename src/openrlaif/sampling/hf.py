@@ -43,7 +43,7 @@ def generate_n(model, input_ids, attention_mask, n: int, **kwargs):
         return model.generate(input_ids=ids, attention_mask=mask, **{cache_argument(model): cache}, **kwargs)
     stops = kwargs["eos_token_id"]
     with torch.inference_mode():
-        return lean.generate(ids, mask, cache, kwargs["max_new_tokens"],
+        return lean.generate(ids, mask, [cache], kwargs["max_new_tokens"],
                              [stops] if isinstance(stops, int) else list(stops), kwargs["pad_token_id"],
                              kwargs.get("logits_processor") or None)
 
@@ -263,12 +263,11 @@ def sample_side_by_side(samplers: list[HFSampler], prompts: list[Conversation], 
                 s.progress = None
 
 
-def sample_with_adapter(adapted: HFSampler, base: HFSampler, lean, deltas: dict, prompts: list[Conversation],
-                        n: int, params: SamplingParams, progress=None) -> tuple[list[list[str]], list[list[str]]]:
+def sample_with_adapter(adapted: HFSampler, base: HFSampler, deltas: dict, prompts: list[Conversation], n: int,
+                        params: SamplingParams, progress=None) -> tuple[list[list[str]], list[list[str]]]:
     """Two policies answer the same prompts in one decoding loop: ``base``'s model, and that model with a LoRA
     adapter (``deltas``: ``models.decoding.lora_deltas``) unmerged, as ``adapted``. Both samplers hold the same
-    model and tokenizer; ``lean`` is the model's ``models.decoding.lean_decoder`` with the adapter
-    (``with_adapter``). Each batch is prefilled twice (the adapter's rows through the model's forward with the
+    model, one the lean loop takes (``models.decoding.lean_decoder``), and the same tokenizer. Each batch is prefilled twice (the adapter's rows through the model's forward with the
     adapter hooked in: ``adapted_forward``), then one loop decodes the adapter's rows and the base's rows at once,
     every product over all rows of the model's weights, the low-rank delta on the adapter's rows alone: one read
     of the weights a step and one interpreter, where two copies side by side read two and contend for one
@@ -279,13 +278,17 @@ def sample_with_adapter(adapted: HFSampler, base: HFSampler, lean, deltas: dict,
     import torch
 
     from openrlaif.core.progress import advance, bar
-    from openrlaif.models.decoding import adapted_forward
+    from openrlaif.models.decoding import adapted_forward, lean_decoder
     from openrlaif.models.logprobs import left_padded
 
     samplers = [adapted, base]
-    if any(not s.row_seeds for s in samplers) or adapted.tokenizer is not base.tokenizer or adapted.model is not base.model:
-        raise ValueError("sample_with_adapter needs two row-seeded samplers of one model and one tokenizer")
     model, tok = base.model, base.tokenizer
+    lean = lean_decoder(model)
+    if (lean is None or any(not s.row_seeds for s in samplers) or adapted.tokenizer is not tok
+            or adapted.model is not model):
+        raise ValueError("sample_with_adapter needs two row-seeded samplers of one model the lean loop takes and "
+                         "one tokenizer")
+    lean = lean.with_adapter(deltas)
     stop_ids = stop_token_ids(tok)
     encoded, order, per_batch = batch_plan(tok, prompts, n, params)
     answers = [Answers(s, len(prompts), n, params, stop_ids) for s in samplers]
@@ -297,11 +300,9 @@ def sample_with_adapter(adapted: HFSampler, base: HFSampler, lean, deltas: dict,
             ids, mask = left_padded([encoded[i] for i in part], tok.pad_token_id)
             seeds = [row_seed(params.seed, i, j) for i in part for j in range(n)]
             rows = len(seeds)
-            # each policy's rows drawn by their own processor, from their own generators: as they draw alone (one
-            # processor over both would run top-k over twice the rows, whose order among tied bf16 logits can differ)
+            # each policy's rows drawn by its own sampler from its own row generators, exactly as it draws alone
             kwargs = [sampling_kwargs(params.temperature, params.top_p, seeds, record=a.record) for a in answers]
             processors = [k.get("logits_processor") for k in kwargs]
-
             both = None if processors[0] is None else BothDraws(processors[0][0], processors[1][0], rows)
             with adapted_forward(deltas):
                 adapted_cache = prefill(model, ids, mask, n)

@@ -133,12 +133,12 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
     else:
         # model.sample_dtype: the answers are written by a copy in that dtype (a plain model decodes fastest; a bf16
         # peft model held ~3.4 GB more RSS while decoding at batch 64 here). Where the lean loop runs the copy and
-        # the answers are sampled (so the trained log-probs come off the decoding steps), one copy writes both
-        # policies' answers in one loop, the trained adapter unmerged on the trained rows
-        # (sampling.hf.sample_with_adapter: the weights read once a step, one interpreter). Otherwise each policy
-        # has its own copy, its adapter merged in, and the two answer side by side, one core each
-        # (sampling.hf.sample_side_by_side). The KL is between what wrote the answers: the trained log-probs
-        # recorded while decoding (else scored by the trained copy), the start's scored by the start copy.
+        # the adapter is a plain LoRA, one copy writes both policies' answers in one loop, the trained adapter
+        # unmerged on the trained rows (sampling.hf.sample_with_adapter: the weights read once a step, one
+        # interpreter). Otherwise each policy has its own copy, its adapter merged in, and the two answer side by
+        # side, one core each (sampling.hf.sample_side_by_side). The KL is between what wrote the answers: the
+        # trained log-probs recorded while decoding (eval samples: eval.temperature > 0), the start's scored by
+        # the start copy.
         from openrlaif.core.progress import bar
         from openrlaif.evaluate.benchmarks import answer_with_adapter
         from openrlaif.models.decoding import lean_decoder, lora_deltas
@@ -146,24 +146,22 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
         from openrlaif.sampling.hf import in_threads, sample_side_by_side, sample_with_adapter
 
         writers = {"start": load_merged(cfg, None, writing, frozen=True).model}
-        deltas = lora_deltas(writers["start"], adapter) if params.temperature > 0 else None
-        lean = lean_decoder(writers["start"]) if deltas is not None else None
+        deltas = lora_deltas(writers["start"], adapter) if lean_decoder(writers["start"]) is not None else None
         bench_rows = sum(len(items) for spec, _, items in yardsticks if spec.name == "ifeval") * 2
         side_by_side += ["trained", "start"]
-        if lean is not None:
-            lean = lean.with_adapter(deltas)
+        if deltas is not None:
             samplers.update({name: HFSampler(writers["start"], tok, f"eval: {name} policy", row_seeds=True,
                                              record_logprobs=name == "trained") for name in ("trained", "start")})
             trained_writer = "start copy with the adapter unmerged, one decoding loop"
             with bar("eval: trained and start policies", len(convs) * 2, "tok") as pg:
                 trained, start = ([c[0] for c in out] for out in sample_with_adapter(
-                    samplers["trained"], samplers["start"], lean, deltas, convs, 1, params, pg))
+                    samplers["trained"], samplers["start"], deltas, convs, 1, params, pg))
             with bar("bench: trained and start policies", bench_rows, "tok") if bench_rows else nullcontext() as pg:
                 for spec, label, items in yardsticks:
                     if spec.name == "ifeval":
                         bench_answers[label]["trained"], bench_answers[label]["start"] = answer_with_adapter(
-                            lean, deltas, writers["start"], tok, items,
-                            run_settings(spec, ec.batch_size, cfg.seed, writing), pg)
+                            deltas, writers["start"], tok, items, run_settings(spec, ec.batch_size, cfg.seed, writing),
+                            pg)
         else:
             writers["trained"] = load_merged(cfg, adapter, writing, frozen=True).model
             samplers.update({name: HFSampler(writers[name], tok, f"eval: {name} policy", row_seeds=True,
@@ -186,7 +184,7 @@ def run(cfg: RunConfig, store: RunStore, k: int = 1) -> dict:
                                                                "eval: kl trained"),
                                   lambda seqs: answer_logprobs(writers["start"], tok, seqs, ec.batch_size,
                                                                "eval: kl start"))
-        del writers, lean
+        del writers
         if previous is not None:
             prev = answers("previous", load_merged(cfg, previous, writing, frozen=True).model)
 
